@@ -1,0 +1,57 @@
+"""interventions: composable hooks (cache, patch, steer, SAE edits, gradients) for any PyTorch
+model, diffusion pipelines with their denoising steps and CFG branches included.
+
+>>> import torch
+>>> from interventions import attach, Cache, Patch
+>>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+>>> clean = Cache()
+>>> with attach(model, {"1": clean}):
+...     y_clean = model(torch.ones(1, 4))
+>>> with attach(model, {"1": Patch(clean)}):
+...     y_patched = model(torch.zeros(1, 4))
+>>> torch.equal(y_clean, y_patched)
+True
+"""
+
+from .context import Context, When
+from .errors import (
+    AdapterError,
+    CompiledModelError,
+    HookError,
+    InterventionError,
+    ShapeMismatchError,
+    SiteNeverFiredError,
+    SiteNeverFiredWarning,
+)
+from .hooks import Ablate, AddVector, Cache, Grads, Lambda, Patch, SAEEdit
+from .session import Session, attach
+from .sites import Site, SiteError, SiteNotFoundError
+from .store import DiskStore, MemoryStore
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Ablate",
+    "AdapterError",
+    "AddVector",
+    "Cache",
+    "CompiledModelError",
+    "Context",
+    "DiskStore",
+    "Grads",
+    "HookError",
+    "InterventionError",
+    "Lambda",
+    "MemoryStore",
+    "Patch",
+    "SAEEdit",
+    "Session",
+    "ShapeMismatchError",
+    "Site",
+    "SiteError",
+    "SiteNeverFiredError",
+    "SiteNeverFiredWarning",
+    "SiteNotFoundError",
+    "When",
+    "attach",
+]

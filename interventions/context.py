@@ -1,0 +1,163 @@
+"""What a hook knows when it fires: the site, the call, and for denoisers the step, timestep and
+classifier-free-guidance branch of the rows it sees; and ``When``, which restricts a hook to some
+of them without the user counting calls.
+
+The step index is the number of distinct denoiser timesteps seen since the run began (a run
+begins when the pipeline's scheduler sets its timesteps, or when the session starts): a second
+pass at the same timestep, as in sequential CFG, stays in the same step. Solvers that evaluate
+the denoiser at intermediate timesteps (Heun, DPM-Solver 2S) count each evaluation as a step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+Rows = slice
+Segments = tuple[tuple[str | None, Rows], ...]
+ALL_ROWS: Segments = ((None, slice(None)),)
+
+
+class RunState:
+    """Mutable tracking state of one session, updated by the adapter around denoiser calls."""
+
+    __slots__ = ("call", "run", "step", "timestep", "segments", "in_denoiser", "_last_t", "forced")
+
+    def __init__(self) -> None:
+        self.call = -1  # index of the current root (or denoiser) call
+        self.run = 0
+        self.step: int | None = None
+        self.timestep: float | None = None
+        self.segments: Segments = ALL_ROWS
+        self.in_denoiser = False
+        self._last_t: float | None = None
+        self.forced: str | None = None  # branch set by ``session.branch(name)``
+
+    def new_run(self) -> None:
+        self.run += 1
+        self.step = None
+        self._last_t = None
+
+    def enter_denoiser(self, timestep: float | None, segments: Segments) -> None:
+        self.call += 1
+        if timestep is not None and timestep != self._last_t:
+            self.step = 0 if self.step is None else self.step + 1
+            self._last_t = timestep
+        elif self.step is None:
+            self.step = 0
+        self.timestep = timestep
+        self.segments = ((self.forced, slice(None)),) if self.forced else segments
+        self.in_denoiser = True
+
+    def exit_denoiser(self) -> None:
+        self.in_denoiser = False
+        self.segments = ((self.forced, slice(None)),) if self.forced else ALL_ROWS
+
+
+class Context:
+    """Passed to every hook call. Cheap: one per site, reading the session's live state."""
+
+    __slots__ = ("site", "layout", "_state", "branch", "rows")
+
+    def __init__(self, site: str, state: RunState, layout: str | None = None) -> None:
+        self.site = site
+        self.layout = layout
+        self._state = state
+        self.branch: str | None = None
+        self.rows: Rows = slice(None)
+
+    @property
+    def step(self) -> int | None:
+        """Denoising step index, or None outside a denoiser call (and for plain models)."""
+        return self._state.step if self._state.in_denoiser else None
+
+    @property
+    def timestep(self) -> float | None:
+        return self._state.timestep if self._state.in_denoiser else None
+
+    @property
+    def call(self) -> int:
+        """Index of the current root-model (or denoiser) call within the session."""
+        return self._state.call
+
+    @property
+    def run(self) -> int:
+        return self._state.run
+
+    @property
+    def key(self) -> tuple[str, int | None, str | None]:
+        """The store key of this firing: (site, step or call, branch)."""
+        step = self.step if self._state.in_denoiser else self._state.call
+        return (self.site, step, self.branch)
+
+    def __repr__(self) -> str:
+        return (
+            f"Context(site={self.site!r}, step={self.step}, t={self.timestep}, "
+            f"branch={self.branch!r}, call={self.call})"
+        )
+
+
+StepSpec = int | range | slice | Iterable[int] | Callable[[int], bool] | None
+
+
+@dataclass(frozen=True)
+class When:
+    """Restrict a hook to some denoising steps, a timestep interval and a CFG branch.
+
+    ``steps``: an index, a ``range``/``slice``, an iterable of indices or a predicate;
+    ``t``: inclusive ``(lo, hi)`` interval on the timestep (or sigma) the denoiser received;
+    ``branch``: ``"cond"``, ``"uncond"`` or ``"all"``; ``calls``: like ``steps`` on the call index,
+    for models without steps (e.g. the generation step of a language model).
+
+    >>> When(steps=range(0, 10), branch="cond").allows(step=3, t=500.0, branch="cond", call=0)
+    True
+    """
+
+    steps: StepSpec = None
+    t: tuple[float, float] | None = None
+    branch: str = "all"
+    calls: StepSpec = None
+    _steps: Callable[[int], bool] | None = field(init=False, repr=False, compare=False)
+    _calls: Callable[[int], bool] | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.t is not None and (len(self.t) != 2 or self.t[0] > self.t[1]):
+            raise ValueError(f"When(t=...) takes an interval (lo, hi) with lo <= hi, got {self.t}")
+        if not isinstance(self.branch, str):
+            raise TypeError(f"When(branch=...) takes a string such as 'cond', got {self.branch!r}")
+        object.__setattr__(self, "_steps", _predicate(self.steps, "steps"))
+        object.__setattr__(self, "_calls", _predicate(self.calls, "calls"))
+
+    def allows(self, step: int | None, t: float | None, branch: str | None, call: int) -> bool:
+        if self._steps is not None and (step is None or not self._steps(step)):
+            return False
+        if self.t is not None and (t is None or not self.t[0] <= t <= self.t[1]):
+            return False
+        if self.branch != "all" and branch != self.branch:
+            return False
+        return self._calls is None or self._calls(call)
+
+
+def _predicate(spec: StepSpec, name: str) -> Callable[[int], bool] | None:
+    if spec is None:
+        return None
+    if isinstance(spec, bool):
+        raise TypeError(f"When({name}=...) takes indices, not a bool")
+    if isinstance(spec, int):
+        return lambda i: i == spec
+    if isinstance(spec, slice):
+        lo, hi, st = spec.start or 0, spec.stop, spec.step or 1
+        return lambda i: i >= lo and (hi is None or i < hi) and (i - lo) % st == 0
+    if isinstance(spec, range):
+        return spec.__contains__
+    if callable(spec):
+        return spec
+    values = frozenset(spec)
+    return values.__contains__
+
+
+def as_when(value: Any) -> When | None:
+    if value is None or isinstance(value, When):
+        return value
+    raise TypeError(f"when= takes a When(...), got {type(value).__name__}")

@@ -1,0 +1,31 @@
+"""Errors the library raises. Each message names the site and says how to fix the input."""
+
+from __future__ import annotations
+
+
+class InterventionError(Exception):
+    """Base class: a misuse that the library detected (never a bug in the user's model)."""
+
+
+class ShapeMismatchError(InterventionError, ValueError):
+    """A vector, patch or hook result whose shape, dtype or device does not fit the site."""
+
+
+class HookError(InterventionError, RuntimeError):
+    """A hook raised while the model ran; the original exception is the ``__cause__``."""
+
+
+class SiteNeverFiredError(InterventionError, RuntimeError):
+    """A site that the session hooked was never reached (raised with ``on_unfired="error"``)."""
+
+
+class SiteNeverFiredWarning(UserWarning):
+    """A site that the session hooked was never reached (the default report)."""
+
+
+class CompiledModelError(InterventionError, RuntimeError):
+    """Hooks added to a model that ``torch.compile`` already traced would be silently ignored."""
+
+
+class AdapterError(InterventionError, ValueError):
+    """The adapter cannot read the model (a timestep, a CFG layout, a component)."""

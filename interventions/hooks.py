@@ -1,0 +1,334 @@
+"""The hooks: one operation each on the tensor at a site, composable in order.
+
+Every hook is a small dataclass called as ``hook(x, ctx) -> tensor | None`` (None: unchanged),
+with an optional ``when=When(...)`` that restricts it to some steps, timesteps or CFG branch.
+The session hands a hook only the rows of the branch it is called for, so a hook never needs
+to know how a pipeline lays out its CFG batch.
+
+>>> import torch
+>>> from interventions import attach, Cache, AddVector
+>>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
+>>> cache = Cache()
+>>> with attach(model, {"0": [cache, AddVector(torch.ones(4), scale=2.0)]}):
+...     _ = model(torch.zeros(1, 4))
+>>> cache["0"].shape
+torch.Size([1, 4])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import torch
+from jaxtyping import Float
+
+from .context import Context, When
+from .errors import InterventionError, ShapeMismatchError
+from .layout import along_features, feature_dim, from_tokens, to_tokens, token_mask
+from .store import MemoryStore, Store, StoreKey
+
+Tensor = torch.Tensor
+
+
+class Hook(Protocol):
+    when: When | None
+
+    def __call__(self, x: Tensor, ctx: Context) -> Tensor | None: ...
+
+
+def _check_fits(what: str, site: str, src: Tensor, x: Tensor, *, broadcast: bool) -> None:
+    if broadcast:
+        try:
+            ok = torch.broadcast_shapes(src.shape, x.shape) == x.shape
+        except RuntimeError:
+            ok = False
+    else:
+        ok = src.shape == x.shape
+    if not ok:
+        raise ShapeMismatchError(
+            f"{what} at site {site!r}: shape {tuple(src.shape)} does not fit the activation's "
+            f"shape {tuple(x.shape)}"
+        )
+    if src.dtype != x.dtype:
+        raise ShapeMismatchError(
+            f"{what} at site {site!r}: dtype {src.dtype} differs from the activation's {x.dtype}; "
+            f"convert it with .to({x.dtype})"
+        )
+    if src.device != x.device:
+        raise ShapeMismatchError(
+            f"{what} at site {site!r}: tensor is on {src.device} but the activation is on "
+            f"{x.device}; move it with .to('{x.device}')"
+        )
+
+
+def _feature_vector(what: str, v: Tensor, x: Tensor, ctx: Context) -> Tensor:
+    """A 1-D per-feature vector placed on the site's feature axis, or a broadcastable tensor."""
+    if v.ndim == 1:
+        dim = feature_dim(ctx.layout, x.ndim)
+        if v.shape[0] != x.shape[dim]:
+            raise ShapeMismatchError(
+                f"{what} at site {ctx.site!r}: vector shape {tuple(v.shape)} does not fit the "
+                f"activation's shape {tuple(x.shape)} ({x.shape[dim]} features on dim {dim}, "
+                f"layout {ctx.layout or 'features last'})"
+            )
+        v = along_features(v, x, ctx.layout)
+    _check_fits(what, ctx.site, v, x, broadcast=True)
+    return v
+
+
+def _mask_for(x: Tensor, ctx: Context, mask: Tensor | None, tokens: Any, channels: Any) -> Tensor | None:
+    """Combine a broadcastable bool mask, token positions and channel indices into one mask."""
+    out: Tensor | None = None
+    if mask is not None:
+        _check_fits("mask", ctx.site, mask.to(torch.bool), x.bool(), broadcast=True)
+        out = mask.to(torch.bool)
+    if tokens is not None:
+        t = token_mask(x, ctx.layout, torch.as_tensor(tokens))
+        out = t if out is None else out & t
+    if channels is not None:
+        flat = torch.zeros(x.shape[feature_dim(ctx.layout, x.ndim)], dtype=torch.bool)
+        flat[torch.as_tensor(channels)] = True
+        c = along_features(flat.to(x.device), x, ctx.layout)
+        out = c if out is None else out & c
+    return out
+
+
+@dataclass(eq=False)
+class Cache:
+    """Record the site's tensor in a store under (site, step, branch).
+
+    ``clone=True`` copies the tensor so that a later in-place op in the model (an inplace ReLU)
+    cannot change what was recorded; ``clone=False`` saves a copy when that cannot happen.
+    """
+
+    store: Store = field(default_factory=MemoryStore)
+    clone: bool = True
+    when: When | None = None
+
+    def __call__(self, x: Tensor, ctx: Context) -> None:
+        t = x.detach()
+        self.store.put(ctx.key, t.clone() if self.clone else t)
+
+    def keys(self) -> list[StoreKey]:
+        return self.store.keys()
+
+    def get(self, site: str, step: int | None = 0, branch: str | None = None) -> Tensor:
+        """The tensor cached at ``site`` for a step (or call index) and branch."""
+        return self.store.get((site, step, branch))
+
+    def entries(self, site: str) -> dict[tuple[int | None, str | None], Tensor]:
+        """All cached tensors of one site, keyed by (step, branch)."""
+        return {(k[1], k[2]): self.store.get(k) for k in self.store.keys() if k[0] == site}
+
+    def __getitem__(self, site: str) -> Tensor:
+        found = self.entries(site)
+        if len(found) != 1:
+            sites = sorted({k[0] for k in self.store.keys()})
+            raise KeyError(
+                f"site {site!r} has {len(found)} cached entries (cached sites: {sites[:8]}); "
+                "use cache.get(site, step=..., branch=...) or cache.entries(site)"
+            )
+        return next(iter(found.values()))
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+
+PatchSource = Cache | Store | Tensor | Callable[[Tensor, Context], Tensor]
+
+
+@dataclass(eq=False)
+class Patch:
+    """Replace the site's tensor with a source: a Cache/Store (same key, or ``site=`` another
+    site's), a tensor, or ``fn(x, ctx) -> tensor``. ``alpha`` interpolates (1: full patch, exact);
+    ``mask``/``tokens``/``channels`` restrict which elements are patched.
+    """
+
+    source: PatchSource
+    site: str | None = None
+    alpha: float = 1.0
+    mask: Tensor | None = None
+    tokens: Sequence[int] | Tensor | None = None
+    channels: Sequence[int] | Tensor | None = None
+    when: When | None = None
+
+    def __call__(self, x: Tensor, ctx: Context) -> Tensor:
+        src = self._source(x, ctx)
+        _check_fits("Patch", ctx.site, src, x, broadcast=not isinstance(self.source, Cache))
+        mask = _mask_for(x, ctx, self.mask, self.tokens, self.channels)
+        if self.alpha != 1.0:
+            patched = torch.lerp(x, src, self.alpha)
+        elif mask is None:  # a copy, so the model never writes into the source in place
+            return src.expand_as(x).clone()
+        else:
+            patched = src
+        return patched if mask is None else torch.where(mask, patched, x)
+
+    def _source(self, x: Tensor, ctx: Context) -> Tensor:
+        src = self.source
+        if isinstance(src, Tensor):
+            return src
+        if isinstance(src, Cache):
+            src = src.store
+        if hasattr(src, "get") and hasattr(src, "put"):
+            _, step, branch = ctx.key
+            return src.get((self.site or ctx.site, step, branch)).to(x.device)  # type: ignore[union-attr]
+        if callable(src):
+            out = src(x, ctx)
+            if not isinstance(out, Tensor):
+                raise InterventionError(f"Patch at site {ctx.site!r}: the source function returned {type(out).__name__}, not a tensor")
+            return out
+        raise TypeError(f"Patch source must be a Cache, store, tensor or callable, got {type(src).__name__}")
+
+
+@dataclass(eq=False)
+class AddVector:
+    """``h <- h + scale * v`` along the feature axis; ``unit`` normalises ``v`` first;
+    ``restore_norm`` rescales each token to its old norm: ``(h + a v) |h| / |h + a v|``."""
+
+    vector: Float[Tensor, "..."]
+    scale: float = 1.0
+    unit: bool = False
+    restore_norm: bool = False
+    mask: Tensor | None = None
+    tokens: Sequence[int] | Tensor | None = None
+    when: When | None = None
+
+    def __call__(self, x: Tensor, ctx: Context) -> Tensor | None:
+        if self.scale == 0:
+            return None
+        v = _feature_vector("AddVector", self.vector, x, ctx)
+        if self.unit:
+            v = v / v.norm(dim=feature_dim(ctx.layout, x.ndim), keepdim=True).clamp_min(1e-12)
+        out = x + self.scale * v
+        if self.restore_norm:
+            dim = feature_dim(ctx.layout, x.ndim)
+            out = out * (x.norm(dim=dim, keepdim=True) / out.norm(dim=dim, keepdim=True).clamp_min(1e-12))
+        mask = _mask_for(x, ctx, self.mask, self.tokens, None)
+        return out if mask is None else torch.where(mask, out, x)
+
+
+@dataclass(eq=False)
+class Ablate:
+    """``"zero"``: h <- 0; ``"mean"``: h <- value (default: the mean over all but the feature
+    axis); ``"project"``: h <- h - strength * max(0, <h, v>) v with v the unit ``direction``."""
+
+    mode: Literal["zero", "mean", "project"] = "zero"
+    direction: Tensor | None = None
+    value: Tensor | None = None
+    strength: float = 1.0
+    mask: Tensor | None = None
+    tokens: Sequence[int] | Tensor | None = None
+    channels: Sequence[int] | Tensor | None = None
+    when: When | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("zero", "mean", "project"):
+            raise ValueError(f"Ablate mode must be 'zero', 'mean' or 'project', got {self.mode!r}")
+        if self.mode == "project" and self.direction is None:
+            raise ValueError("Ablate('project') needs direction=<a per-feature vector>")
+
+    def __call__(self, x: Tensor, ctx: Context) -> Tensor:
+        dim = feature_dim(ctx.layout, x.ndim)
+        if self.mode == "zero":
+            out = torch.zeros_like(x)
+        elif self.mode == "mean":
+            if self.value is None:
+                out = x.mean(dim=[d for d in range(x.ndim) if d != dim], keepdim=True).expand_as(x)
+            else:
+                out = _feature_vector("Ablate(mean)", self.value, x, ctx).expand_as(x)
+        else:
+            assert self.direction is not None
+            v = _feature_vector("Ablate(project)", self.direction, x, ctx)
+            v = v / v.norm(dim=dim, keepdim=True).clamp_min(1e-12)
+            coef = (x * v).sum(dim=dim, keepdim=True).clamp_min(0)
+            out = x - self.strength * coef * v
+        mask = _mask_for(x, ctx, self.mask, self.tokens, self.channels)
+        return out if mask is None else torch.where(mask, out, x)
+
+
+class Autoencoder(Protocol):
+    def encode(self, x: Tensor) -> Tensor: ...
+    def decode(self, z: Tensor) -> Tensor: ...
+
+
+@dataclass(eq=False)
+class SAEEdit:
+    """Encode the site's tokens, edit the latents, decode, and keep the SAE's error term:
+    ``x + dec(edit(z)) - dec(z)``. With no edit the result is ``x`` itself.
+
+    ``edit(z, ctx) -> z'`` works on ``[num_tokens, d_sae]`` latents; ``tokens`` restricts the
+    edit to some positions. Any object with ``encode``/``decode`` works.
+    """
+
+    sae: Autoencoder
+    edit: Callable[[Tensor, Context], Tensor] | None = None
+    tokens: Sequence[int] | Tensor | None = None
+    when: When | None = None
+
+    def __call__(self, x: Tensor, ctx: Context) -> Tensor | None:
+        if self.edit is None:
+            return None
+        tok = to_tokens(x, ctx.layout)
+        z = self.sae.encode(tok)
+        z_edit = self.edit(z, ctx)
+        if not isinstance(z_edit, Tensor) or z_edit.shape != z.shape:
+            got = tuple(z_edit.shape) if isinstance(z_edit, Tensor) else type(z_edit).__name__
+            raise ShapeMismatchError(
+                f"SAEEdit at site {ctx.site!r}: edit returned {got}, expected latents of shape {tuple(z.shape)}"
+            )
+        delta = self.sae.decode(z_edit) - self.sae.decode(z)
+        out = x + from_tokens(delta, x, ctx.layout).to(x.dtype)
+        mask = _mask_for(x, ctx, None, self.tokens, None)
+        return out if mask is None else torch.where(mask, out, x)
+
+
+@dataclass(eq=False)
+class Grads:
+    """Collect d(loss)/d(site tensor) for a loss computed later, keyed like Cache.
+
+    Works for input sites too (a text embedding): a tensor that does not require grad is
+    replaced by an equal leaf that does. Needs grad enabled where the model runs (diffusers
+    pipelines' ``__call__`` runs under ``no_grad``: call the denoiser directly).
+    """
+
+    store: Store = field(default_factory=MemoryStore)
+    when: When | None = None
+
+    def __call__(self, x: Tensor, ctx: Context) -> Tensor | None:
+        if not torch.is_grad_enabled():
+            raise InterventionError(
+                f"Grads at site {ctx.site!r}: gradients are disabled here (torch.no_grad or "
+                "inference_mode); run the model under torch.enable_grad()"
+            )
+        key = ctx.key
+        out = None
+        if not x.requires_grad:
+            out = x = x.detach().requires_grad_(True)
+        x.register_hook(lambda g: self.store.put(key, g.detach()))
+        return out
+
+    def get(self, site: str, step: int | None = 0, branch: str | None = None) -> Tensor:
+        return self.store.get((site, step, branch))
+
+    def __getitem__(self, site: str) -> Tensor:
+        found = [k for k in self.store.keys() if k[0] == site]
+        if len(found) != 1:
+            raise KeyError(f"site {site!r} has {len(found)} gradient entries; use grads.get(site, step, branch)")
+        return self.store.get(found[0])
+
+
+@dataclass(eq=False)
+class Lambda:
+    """Any function ``fn(x, ctx) -> tensor | None``."""
+
+    fn: Callable[[Tensor, Context], Tensor | None]
+    when: When | None = None
+
+    def __call__(self, x: Tensor, ctx: Context) -> Tensor | None:
+        return self.fn(x, ctx)
+
+
+HOOK_TYPES = (Cache, Patch, AddVector, Ablate, SAEEdit, Grads, Lambda)

@@ -1,0 +1,399 @@
+"""``attach()``: resolve every site, register torch hooks, compose hooks in order, and remove
+every one of them on exit, on an exception and on KeyboardInterrupt.
+
+Torch hooks are global state on the modules; a session is the only owner of the handles it
+creates, and ``remove()`` is idempotent, so an interrupted notebook cell never leaves a hook
+behind. Sessions nest: an inner session's hooks run after the outer one's on the same site.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import adapters as _adapters
+from .adapters.base import Adapter, Undo
+from .context import ALL_ROWS, Context, RunState, as_when
+from .errors import (
+    CompiledModelError,
+    HookError,
+    InterventionError,
+    ShapeMismatchError,
+    SiteNeverFiredError,
+    SiteNeverFiredWarning,
+)
+from .hooks import Hook
+from .sites import Site, SiteNotFoundError, resolve
+
+HookSpec = Hook | Sequence[Hook]
+_UNSET = object()
+
+
+@dataclass
+class _Entry:
+    site: Site
+    name: str
+    module: nn.Module
+    hooks: list[Hook]
+    ctx: Context
+    layout_fixed: bool
+    params: list[str] = field(default_factory=list)
+    fired: int = 0
+
+
+class Session:
+    """A set of hooks attached to a model; a context manager and a handle with ``remove()``.
+
+    Build it with :func:`attach`. ``session.branch("cond")`` labels the calls inside it as one
+    CFG branch (for loops that run the branches as separate passes by hand), and
+    ``session.new_run()`` restarts step counting for a bare denoiser.
+    """
+
+    def __init__(
+        self,
+        target: Any,
+        hooks: Mapping[str, HookSpec],
+        *,
+        adapter: Adapter | None = None,
+        cfg: Sequence[str] | None = None,
+        layouts: Mapping[str, str] | None = None,
+        on_unfired: str = "warn",
+    ) -> None:
+        if on_unfired not in ("warn", "error", "ignore"):
+            raise ValueError(f"on_unfired must be 'warn', 'error' or 'ignore', got {on_unfired!r}")
+        self.adapter = adapter if adapter is not None else _adapters.detect(target, cfg=cfg)
+        self.on_unfired = on_unfired
+        self.state = RunState()
+        self._handles: list[Any] = []
+        self._undo: list[Undo] = []
+        self._active = False
+        modules = self._module_table()
+        _refuse_compiled(target, modules)
+        self.entries = self._resolve(hooks, modules, dict(layouts or {}))
+        self._register(modules)
+
+    # -- building ------------------------------------------------------------------------------
+    def _module_table(self) -> dict[str, nn.Module]:
+        table: dict[str, nn.Module] = {}
+        for prefix, comp in self.adapter.components().items():
+            for name, mod in comp.named_modules():
+                table[f"{prefix}.{name}" if prefix and name else prefix or name] = mod
+        return table
+
+    def _resolve(self, hooks: Mapping[str, HookSpec], modules: dict[str, nn.Module], layouts: dict[str, str]) -> list[_Entry]:
+        if not isinstance(hooks, Mapping):
+            raise TypeError("attach(model, hooks): hooks is a dict {site pattern: hook or [hooks]}")
+        paths = list(modules)
+        groups = self.adapter.groups()
+        by_site: dict[Site, _Entry] = {}
+        for pattern, spec in hooks.items():
+            hook_list = [spec] if not isinstance(spec, (list, tuple)) else list(spec)
+            for h in hook_list:
+                if not callable(h):
+                    raise TypeError(f"site {pattern!r}: {h!r} is not a hook (a callable hook(x, ctx))")
+                as_when(getattr(h, "when", None))
+            for site in self._expand(pattern, paths, groups):
+                entry = by_site.get(site)
+                if entry is None:
+                    name = str(site)
+                    layout = layouts.get(name, layouts.get(site.module, _UNSET))
+                    entry = _Entry(site, name, modules[site.module], [], Context(name, self.state), layout is not _UNSET)
+                    if layout is not _UNSET:
+                        entry.ctx.layout = layout  # type: ignore[assignment]
+                    if site.direction == "input":
+                        entry.params = _param_names(entry.module)
+                    by_site[site] = entry
+                entry.hooks.extend(hook_list)
+        return list(by_site.values())
+
+    def _expand(self, pattern: str, paths: list[str], groups: Mapping[str, list[str]]) -> list[Site]:
+        if pattern.startswith("@"):
+            name, _, suffix = pattern[1:].partition(":")
+            if name not in groups:
+                raise SiteNotFoundError(
+                    f"site group {pattern!r} is not defined for the {self.adapter.name} adapter; "
+                    f"groups: {sorted(groups) or 'none'}"
+                )
+            out: list[Site] = []
+            for p in groups[name]:
+                out += resolve(p + (":" + suffix if suffix else ""), paths)
+            return list(dict.fromkeys(out))
+        return resolve(pattern, paths)
+
+    def _register(self, modules: dict[str, nn.Module]) -> None:
+        try:
+            self._undo += self.adapter.install(self.state)
+            den = self.adapter.denoiser
+            tracked = modules.get(den) if den is not None else None
+            if den is not None and tracked is None:
+                raise InterventionError(f"{self.adapter.name} adapter: denoiser {den!r} is not in the model")
+            if tracked is not None:
+                self._handles.append(tracked.register_forward_pre_hook(self._enter_denoiser, with_kwargs=True, prepend=True))
+            else:
+                for root in self.adapter.roots():
+                    self._handles.append(modules[root].register_forward_pre_hook(self._enter_call, prepend=True))
+            for e in self.entries:
+                if e.site.direction == "output":
+                    self._handles.append(e.module.register_forward_hook(self._output_hook(e)))
+                else:
+                    self._handles.append(e.module.register_forward_pre_hook(self._input_hook(e), with_kwargs=True))
+            if tracked is not None:  # registered last: it runs after this session's output hooks
+                self._handles.append(tracked.register_forward_hook(self._exit_denoiser, always_call=True))
+            self._active = True
+        except BaseException:
+            self.remove()
+            raise
+
+    # -- tracking ------------------------------------------------------------------------------
+    def _enter_call(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        self.state.call += 1
+
+    def _enter_denoiser(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        t = self.adapter.read_timestep(module, args, kwargs)
+        batch = self.adapter.batch_of(args, kwargs) or 0
+        segments = self.adapter.segments(module, args, kwargs, batch)
+        self.state.enter_denoiser(t, segments)
+
+    def _exit_denoiser(self, module: nn.Module, args: Any, output: Any) -> None:
+        self.state.exit_denoiser()
+
+    # -- firing --------------------------------------------------------------------------------
+    def _output_hook(self, e: _Entry) -> Any:
+        def hook(module: nn.Module, args: Any, output: Any) -> Any:
+            x = _get(output, e.site.key, e.name)
+            new = self._run(e, x)
+            return None if new is None else _put(output, e.site.key, new)
+
+        return hook
+
+    def _input_hook(self, e: _Entry) -> Any:
+        key = e.site.key
+
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            where, idx = _locate_input(key[0], args, kwargs, e)
+            holder = args[idx] if where == "args" else kwargs[idx]  # type: ignore[index]
+            x = _get(holder, key[1:], e.name)
+            new = self._run(e, x)
+            if new is None:
+                return None
+            value = _put(holder, key[1:], new)
+            if where == "args":
+                args = (*args[: int(idx)], value, *args[int(idx) + 1 :])
+            else:
+                kwargs = {**kwargs, idx: value}
+            return args, kwargs
+
+        return hook
+
+    def _run(self, e: _Entry, x: Any) -> torch.Tensor | None:
+        if not isinstance(x, torch.Tensor):
+            raise InterventionError(f"site {e.name!r} carries a {type(x).__name__}, not a tensor; pick a tensor element (e.g. {e.name}:output.0)")
+        e.fired += 1
+        ctx = e.ctx
+        if not e.layout_fixed:
+            ctx.layout = self.adapter.layout(e.site.module, x.ndim)
+            e.layout_fixed = True
+        state = self.state
+        segments = state.segments
+        if len(segments) > 1 and (not x.ndim or x.shape[0] != segments[-1][1].stop):
+            segments = ALL_ROWS  # not batch-major at this site: no row split possible
+        step, t, call = ctx.step, ctx.timestep, state.call
+        changed = False
+        pieces = []
+        for branch, rows in segments:
+            ctx.branch, ctx.rows = branch, rows
+            xs = x if len(segments) == 1 else x[rows]
+            for h in e.hooks:
+                when = h.when
+                if when is not None and not when.allows(step, t, branch, call):
+                    continue
+                try:
+                    out = h(xs, ctx)
+                except InterventionError:
+                    raise
+                except Exception as exc:
+                    raise HookError(f"{type(h).__name__} at site {e.name!r} ({ctx!r}) raised {type(exc).__name__}: {exc}") from exc
+                if out is not None:
+                    if not isinstance(out, torch.Tensor) or out.shape != xs.shape:
+                        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                        raise ShapeMismatchError(f"{type(h).__name__} at site {e.name!r} returned {got}; the activation has shape {tuple(xs.shape)}")
+                    xs, changed = out, True
+            pieces.append(xs)
+        ctx.branch, ctx.rows = None, slice(None)
+        if not changed:
+            return None
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
+
+    # -- user controls -------------------------------------------------------------------------
+    @contextmanager
+    def branch(self, name: str) -> Iterator[None]:
+        """Label every call inside the block as CFG branch ``name`` (sequential CFG by hand)."""
+        previous = self.state.forced
+        self.state.forced = name
+        self.state.segments = ((name, slice(None)),)
+        try:
+            yield
+        finally:
+            self.state.forced = previous
+            self.state.segments = ((previous, slice(None)),) if previous else ALL_ROWS
+
+    def new_run(self) -> None:
+        """Restart step counting (the next distinct timestep is step 0)."""
+        self.state.new_run()
+
+    @property
+    def fired(self) -> dict[str, int]:
+        """How many times each site fired."""
+        return {e.name: e.fired for e in self.entries}
+
+    # -- removal -------------------------------------------------------------------------------
+    def remove(self) -> None:
+        """Remove every hook and wrapper this session added. Safe to call twice."""
+        while self._handles:
+            self._handles.pop().remove()
+        while self._undo:
+            self._undo.pop()()
+        self._active = False
+
+    def report_unfired(self) -> None:
+        unfired = [e.name for e in self.entries if e.fired == 0]
+        if not unfired or self.on_unfired == "ignore":
+            return
+        msg = (
+            f"{len(unfired)} hooked site(s) never fired during the session: {unfired[:10]}. "
+            "The module was not called (another branch of the model, or a different model object?)"
+        )
+        if self.on_unfired == "error":
+            raise SiteNeverFiredError(msg)
+        warnings.warn(msg, SiteNeverFiredWarning, stacklevel=3)
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.remove()
+        if exc_type is None:
+            self.report_unfired()
+
+    def __repr__(self) -> str:
+        state = "active" if self._active else "removed"
+        return f"<Session {state}, {self.adapter.name} adapter, {len(self.entries)} sites>"
+
+
+def attach(
+    target: Any,
+    hooks: Mapping[str, HookSpec],
+    *,
+    adapter: Adapter | None = None,
+    cfg: Sequence[str] | None = None,
+    layouts: Mapping[str, str] | None = None,
+    on_unfired: str = "warn",
+) -> Session:
+    """Attach hooks to a model or a diffusers pipeline.
+
+    ``hooks`` maps site patterns (``"blocks.*.attn"``, ``"unet.mid_block:output"``, a group
+    such as ``"@cross_attn"``) to a hook or a list of hooks that run in order. Every site is
+    resolved before anything is registered. ``cfg`` declares a batched CFG layout for a bare
+    denoiser (e.g. ``("uncond", "cond")``); pipelines are detected by their adapter.
+    ``layouts`` overrides the activation layout of a site (``{"blocks.0": "BCT"}``).
+    ``on_unfired``: what to do when a site never fired: "warn" (default), "error", "ignore".
+
+    >>> import torch
+    >>> from interventions import attach, Cache
+    >>> model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Tanh())
+    >>> with attach(model, {"*": Cache()}) as session:
+    ...     _ = model(torch.randn(2, 3))
+    >>> session.fired
+    {'0': 1, '1': 1}
+    """
+    return Session(target, hooks, adapter=adapter, cfg=cfg, layouts=layouts, on_unfired=on_unfired)
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def _refuse_compiled(target: Any, modules: dict[str, nn.Module]) -> None:
+    import torch._dynamo.config as dynamo_config
+
+    if not getattr(dynamo_config, "skip_nnmodule_hook_guards", True):
+        return  # hooks are guarded: adding one recompiles instead of being ignored
+    compiled = [
+        name or type(target).__name__
+        for name, m in modules.items()
+        if type(m).__name__ == "OptimizedModule" or getattr(m, "_compiled_call_impl", None) is not None
+    ]
+    if compiled:
+        raise CompiledModelError(
+            f"cannot attach hooks to {compiled[:3]}: already compiled with torch.compile, so hooks "
+            "added now would be silently ignored. Attach before compiling, attach to the original "
+            "module (compiled._orig_mod) and call it, or set "
+            "torch._dynamo.config.skip_nnmodule_hook_guards = False to recompile on hook changes."
+        )
+
+
+def _param_names(module: nn.Module) -> list[str]:
+    try:
+        return [
+            p.name
+            for p in inspect.signature(module.forward).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        ]
+    except (TypeError, ValueError):
+        return []
+
+
+def _locate_input(key: int | str, args: tuple[Any, ...], kwargs: dict[str, Any], e: _Entry) -> tuple[str, int | str]:
+    if isinstance(key, int):
+        if key < len(args):
+            return "args", key
+        name = e.params[key] if key < len(e.params) else None
+        if name is not None and name in kwargs:
+            return "kwargs", name
+    else:
+        if key in kwargs:
+            return "kwargs", key
+        if key in e.params and e.params.index(key) < len(args):
+            return "args", e.params.index(key)
+    raise InterventionError(
+        f"site {e.name!r}: the call passed no argument {key!r} "
+        f"({len(args)} positional, keywords {sorted(kwargs)}); parameters: {e.params[:8]}"
+    )
+
+
+def _get(value: Any, key: tuple[int | str, ...], site: str) -> Any:
+    for k in key:
+        try:
+            if isinstance(k, int) or isinstance(value, Mapping):
+                value = value[k]
+            else:
+                value = getattr(value, k)
+        except (IndexError, KeyError, AttributeError, TypeError):
+            raise InterventionError(f"site {site!r}: cannot take {k!r} from a {type(value).__name__}") from None
+    return value
+
+
+def _put(value: Any, key: tuple[int | str, ...], new: Any) -> Any:
+    if not key:
+        return new
+    k, rest = key[0], key[1:]
+    if isinstance(value, tuple) and isinstance(k, int):
+        items = list(value)
+        items[k] = _put(items[k], rest, new)
+        return type(value)(items) if type(value) is tuple else type(value)(*items)
+    if isinstance(value, list) and isinstance(k, int):
+        items = list(value)
+        items[k] = _put(items[k], rest, new)
+        return items
+    if isinstance(value, Mapping) and not hasattr(value, "__dataclass_fields__"):
+        return {**value, k: _put(value[k], rest, new)}
+    if isinstance(value, Mapping):  # diffusers/transformers output objects: set the field
+        k = list(value.keys())[k] if isinstance(k, int) else k
+        value[k] = _put(value[k], rest, new)
+        return value
+    setattr(value, k, _put(getattr(value, k), rest, new))  # type: ignore[arg-type]
+    return value
