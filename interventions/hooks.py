@@ -48,8 +48,7 @@ def _check_fits(what: str, site: str, src: Tensor, x: Tensor, *, broadcast: bool
         ok = src.shape == x.shape
     if not ok:
         raise ShapeMismatchError(
-            f"{what} at site {site!r}: shape {tuple(src.shape)} does not fit the activation's "
-            f"shape {tuple(x.shape)}"
+            f"{what} at site {site!r}: shape {tuple(src.shape)} does not fit the activation's shape {tuple(x.shape)}"
         )
     if src.dtype != x.dtype:
         raise ShapeMismatchError(
@@ -178,7 +177,9 @@ class Patch:
         if callable(src):
             out = src(x, ctx)
             if not isinstance(out, Tensor):
-                raise InterventionError(f"Patch at site {ctx.site!r}: the source function returned {type(out).__name__}, not a tensor")
+                raise InterventionError(
+                    f"Patch at site {ctx.site!r}: the source function returned {type(out).__name__}, not a tensor"
+                )
             return out
         raise TypeError(f"Patch source must be a Cache, store, tensor or callable, got {type(src).__name__}")
 

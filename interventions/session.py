@@ -87,14 +87,16 @@ class Session:
                 table[f"{prefix}.{name}" if prefix and name else prefix or name] = mod
         return table
 
-    def _resolve(self, hooks: Mapping[str, HookSpec], modules: dict[str, nn.Module], layouts: dict[str, str]) -> list[_Entry]:
+    def _resolve(
+        self, hooks: Mapping[str, HookSpec], modules: dict[str, nn.Module], layouts: dict[str, str]
+    ) -> list[_Entry]:
         if not isinstance(hooks, Mapping):
             raise TypeError("attach(model, hooks): hooks is a dict {site pattern: hook or [hooks]}")
         paths = list(modules)
         groups = self.adapter.groups()
         by_site: dict[Site, _Entry] = {}
         for pattern, spec in hooks.items():
-            hook_list = [spec] if not isinstance(spec, (list, tuple)) else list(spec)
+            hook_list: list[Hook] = [spec] if not isinstance(spec, (list, tuple)) else list(spec)  # type: ignore[list-item]
             for h in hook_list:
                 if not callable(h):
                     raise TypeError(f"site {pattern!r}: {h!r} is not a hook (a callable hook(x, ctx))")
@@ -104,7 +106,9 @@ class Session:
                 if entry is None:
                     name = str(site)
                     layout = layouts.get(name, layouts.get(site.module, _UNSET))
-                    entry = _Entry(site, name, modules[site.module], [], Context(name, self.state), layout is not _UNSET)
+                    entry = _Entry(
+                        site, name, modules[site.module], [], Context(name, self.state), layout is not _UNSET
+                    )
                     if layout is not _UNSET:
                         entry.ctx.layout = layout  # type: ignore[assignment]
                     if site.direction == "input":
@@ -135,7 +139,9 @@ class Session:
             if den is not None and tracked is None:
                 raise InterventionError(f"{self.adapter.name} adapter: denoiser {den!r} is not in the model")
             if tracked is not None:
-                self._handles.append(tracked.register_forward_pre_hook(self._enter_denoiser, with_kwargs=True, prepend=True))
+                self._handles.append(
+                    tracked.register_forward_pre_hook(self._enter_denoiser, with_kwargs=True, prepend=True)
+                )
             else:
                 for root in self.adapter.roots():
                     self._handles.append(modules[root].register_forward_pre_hook(self._enter_call, prepend=True))
@@ -187,14 +193,16 @@ class Session:
             if where == "args":
                 args = (*args[: int(idx)], value, *args[int(idx) + 1 :])
             else:
-                kwargs = {**kwargs, idx: value}
+                kwargs = {**kwargs, str(idx): value}
             return args, kwargs
 
         return hook
 
     def _run(self, e: _Entry, x: Any) -> torch.Tensor | None:
         if not isinstance(x, torch.Tensor):
-            raise InterventionError(f"site {e.name!r} carries a {type(x).__name__}, not a tensor; pick a tensor element (e.g. {e.name}:output.0)")
+            raise InterventionError(
+                f"site {e.name!r} carries a {type(x).__name__}, not a tensor; pick a tensor element (e.g. {e.name}:output.0)"
+            )
         e.fired += 1
         ctx = e.ctx
         if not e.layout_fixed:
@@ -219,11 +227,15 @@ class Session:
                 except InterventionError:
                     raise
                 except Exception as exc:
-                    raise HookError(f"{type(h).__name__} at site {e.name!r} ({ctx!r}) raised {type(exc).__name__}: {exc}") from exc
+                    raise HookError(
+                        f"{type(h).__name__} at site {e.name!r} ({ctx!r}) raised {type(exc).__name__}: {exc}"
+                    ) from exc
                 if out is not None:
                     if not isinstance(out, torch.Tensor) or out.shape != xs.shape:
                         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-                        raise ShapeMismatchError(f"{type(h).__name__} at site {e.name!r} returned {got}; the activation has shape {tuple(xs.shape)}")
+                        raise ShapeMismatchError(
+                            f"{type(h).__name__} at site {e.name!r} returned {got}; the activation has shape {tuple(xs.shape)}"
+                        )
                     xs, changed = out, True
             pieces.append(xs)
         ctx.branch, ctx.rows = None, slice(None)
@@ -393,7 +405,7 @@ def _put(value: Any, key: tuple[int | str, ...], new: Any) -> Any:
         return {**value, k: _put(value[k], rest, new)}
     if isinstance(value, Mapping):  # diffusers/transformers output objects: set the field
         k = list(value.keys())[k] if isinstance(k, int) else k
-        value[k] = _put(value[k], rest, new)
+        value[k] = _put(value[k], rest, new)  # type: ignore[index]
         return value
     setattr(value, k, _put(getattr(value, k), rest, new))  # type: ignore[arg-type]
     return value

@@ -212,7 +212,10 @@ def test_hooks_on_one_site_compose_in_order(tiny_mlp):
     x = torch.randn(1, 4)
     with torch.no_grad():
         ref = tiny_mlp.embed(x)
-        with attach(tiny_mlp, {"embed": hooks}), attach(tiny_mlp.embed, {"": Lambda(lambda y, c: seen.append("c") or None)}):
+        with (
+            attach(tiny_mlp, {"embed": hooks}),
+            attach(tiny_mlp.embed, {"": Lambda(lambda y, c: seen.append("c") or None)}),
+        ):
             cache = Cache()
             with attach(tiny_mlp, {"embed": cache}):
                 tiny_mlp(x)

@@ -114,7 +114,11 @@ class DiffusersModelAdapter(Adapter):
         leaf = path.rsplit(".", 1)[-1]
         den_prefix = self._prefix()
         audio = type(self._denoiser_module()).__name__ == "StableAudioDiTModel"
-        if audio and path in (den_prefix, f"{den_prefix}.preprocess_conv".lstrip("."), f"{den_prefix}.postprocess_conv".lstrip(".")):
+        if audio and path in (
+            den_prefix,
+            f"{den_prefix}.preprocess_conv".lstrip("."),
+            f"{den_prefix}.postprocess_conv".lstrip("."),
+        ):
             return True
         return path.split(".", 1)[0] == "vae" and leaf != "" and self._audio_vae()
 
@@ -130,7 +134,11 @@ class DiffusersModelAdapter(Adapter):
         pre = f"{den}." if den else ""
         candidates = {
             "cross_attn": [f"{pre}**.attn2"],
-            "self_attn": [f"{pre}**.attn1", f"{pre}transformer_blocks.*.attn", f"{pre}single_transformer_blocks.*.attn"],
+            "self_attn": [
+                f"{pre}**.attn1",
+                f"{pre}transformer_blocks.*.attn",
+                f"{pre}single_transformer_blocks.*.attn",
+            ],
             "attn": [f"{pre}**.attn", f"{pre}**.attn1", f"{pre}**.attn2", f"{pre}**.attentions.*"],
             "blocks": [
                 f"{pre}down_blocks.*",

@@ -47,4 +47,8 @@ class TransformersAdapter(Adapter):
             "mlp": [f"{blocks}.*.mlp", f"{blocks}.*.feed_forward"],
             "cross_attn": [f"{blocks}.*.crossattention", f"{blocks}.*.encoder_attn"],
         }
-        return {g: [p for p in pats if expand(p, paths)] for g, pats in candidates.items() if any(expand(p, paths) for p in pats)}
+        return {
+            g: [p for p in pats if expand(p, paths)]
+            for g, pats in candidates.items()
+            if any(expand(p, paths) for p in pats)
+        }
