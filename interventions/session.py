@@ -379,6 +379,8 @@ def _locate_input(key: int | str, args: tuple[Any, ...], kwargs: dict[str, Any],
 
 def _get(value: Any, key: tuple[int | str, ...], site: str) -> Any:
     for k in key:
+        if isinstance(value, torch.Tensor):
+            raise InterventionError(f"site {site!r}: the value is already a tensor; drop the key {k!r} from the site")
         try:
             if isinstance(k, int) or isinstance(value, Mapping):
                 value = value[k]

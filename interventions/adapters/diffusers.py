@@ -129,31 +129,26 @@ class DiffusersModelAdapter(Adapter):
         return False
 
     def groups(self) -> Mapping[str, list[str]]:
-        paths = [self._join(p, n) for p, comp in self.components().items() for n, _ in comp.named_modules()]
+        """``cross_attn`` / ``self_attn`` / ``attn`` from diffusers ``Attention`` modules (joint
+        MMDiT attention counts as self-attention), ``blocks`` from the denoiser's block lists."""
         den = self._prefix()
         pre = f"{den}." if den else ""
-        candidates = {
-            "cross_attn": [f"{pre}**.attn2"],
-            "self_attn": [
-                f"{pre}**.attn1",
-                f"{pre}transformer_blocks.*.attn",
-                f"{pre}single_transformer_blocks.*.attn",
-            ],
-            "attn": [f"{pre}**.attn", f"{pre}**.attn1", f"{pre}**.attn2", f"{pre}**.attentions.*"],
-            "blocks": [
-                f"{pre}down_blocks.*",
-                f"{pre}mid_block",
-                f"{pre}up_blocks.*",
-                f"{pre}transformer_blocks.*",
-                f"{pre}single_transformer_blocks.*",
-            ],
-        }
-        out = {}
-        for group, patterns in candidates.items():
-            live = [p for p in patterns if expand(p, paths)]
-            if live:
-                out[group] = live
-        return out
+        paths: dict[str, nn.Module] = {}
+        for prefix, comp in self.components().items():
+            if prefix == den:
+                paths.update({self._join(prefix, n): m for n, m in comp.named_modules()})
+        attn = [p for p, m in paths.items() if type(m).__name__ == "Attention"]
+        cross = [p for p in attn if getattr(paths[p], "is_cross_attention", False)]
+        block_patterns = (
+            "down_blocks.*",
+            "mid_block",
+            "up_blocks.*",
+            "transformer_blocks.*",
+            "single_transformer_blocks.*",
+        )
+        blocks = [pre + b for b in block_patterns if expand(pre + b, list(paths))]
+        groups = {"attn": attn, "cross_attn": cross, "self_attn": [p for p in attn if p not in cross], "blocks": blocks}
+        return {name: sites for name, sites in groups.items() if sites}
 
     @staticmethod
     def _join(prefix: str, name: str) -> str:
