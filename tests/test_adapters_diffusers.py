@@ -144,7 +144,6 @@ def test_cond_only_hook_changes_only_cond_rows(case):
 
 def test_patching_every_site_from_same_run_is_bit_identical(case):
     name, c, pipe = case
-    den = "unet" if "unet" in pipe.components else "transformer"
     sites = c.patch_sites
     cache = Cache()
     with attach(pipe, {s: cache for s in sites}):

@@ -1,0 +1,34 @@
+"""The README's tour runs as written, and does what its text says."""
+
+import re
+from pathlib import Path
+
+import torch
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _blocks():
+    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def test_readme_tour_runs_and_does_what_it_says():
+    blocks = _blocks()
+    assert len(blocks) == 2
+    ns: dict = {}
+    exec(compile(blocks[0], "README.md:diffusers", "exec"), ns)
+    # "one entry per (site, step, branch): here 5 sites x 10 steps x 2 branches"
+    assert len(ns["red"].keys()) == 5 * 10 * 2
+    pipe, run, seed = ns["pipe"], ns["run"], ns["seed"]
+    plain = pipe("a blue circle", generator=seed(), **run).images
+    assert not torch.equal(plain, ns["patched"]) and not torch.equal(plain, ns["steered"])
+
+    exec(compile(blocks[1], "README.md:transformers", "exec"), ns)
+    model = ns["model"]
+    with torch.no_grad():
+        corrupt = model(ns["corrupt_ids"]).logits
+        clean = model(ns["clean_ids"]).logits
+    # restoring token 0 at the first block makes the corrupted run the clean run
+    torch.testing.assert_close(ns["restored"], clean)
+    assert not torch.allclose(corrupt, clean)
+    assert ns["steered_ids"].shape == (1, 9)
