@@ -260,30 +260,66 @@ class SAEEdit:
     """Encode the site's tokens, edit the latents, decode, and keep the SAE's error term:
     ``x + dec(edit(z)) - dec(z)``. With no edit the result is ``x`` itself.
 
-    ``edit(z, ctx) -> z'`` works on ``[num_tokens, d_sae]`` latents; ``tokens`` restricts the
-    edit to some positions. Any object with ``encode``/``decode`` works.
+    ``edit(z, ctx) -> z'`` works on ``[num_tokens, d_sae]`` latents; with ``stage="pre"`` it
+    edits the pre-activations before the SAE's top-k / threshold (needs ``sae.pre_acts`` and
+    ``sae.activate``). ``tokens`` restricts the edit to some positions. Any object with
+    ``encode``/``decode`` works for ``stage="post"``.
     """
 
     sae: Autoencoder
     edit: Callable[[Tensor, Context], Tensor] | None = None
+    stage: Literal["post", "pre"] = "post"
     tokens: Sequence[int] | Tensor | None = None
     when: When | None = None
+
+    def __post_init__(self) -> None:
+        if self.stage not in ("post", "pre"):
+            raise ValueError(f"SAEEdit stage must be 'post' or 'pre', got {self.stage!r}")
+        if self.stage == "pre" and not (hasattr(self.sae, "pre_acts") and hasattr(self.sae, "activate")):
+            raise TypeError("SAEEdit(stage='pre') needs an SAE with pre_acts() and activate()")
 
     def __call__(self, x: Tensor, ctx: Context) -> Tensor | None:
         if self.edit is None:
             return None
         tok = to_tokens(x, ctx.layout)
-        z = self.sae.encode(tok)
+        if self.stage == "pre":
+            pre = self.sae.pre_acts(tok)  # type: ignore[attr-defined]
+            z = self.sae.activate(pre)  # type: ignore[attr-defined]
+            z_edit = self.sae.activate(self._edited(pre, ctx))  # type: ignore[attr-defined]
+        else:
+            z = self.sae.encode(tok)
+            z_edit = self._edited(z, ctx)
+        delta = self.sae.decode(z_edit) - self.sae.decode(z)
+        out = x + from_tokens(delta, x, ctx.layout).to(x.dtype)
+        mask = _mask_for(x, ctx, None, self.tokens, None)
+        return out if mask is None else torch.where(mask, out, x)
+
+    def _edited(self, z: Tensor, ctx: Context) -> Tensor:
+        assert self.edit is not None
         z_edit = self.edit(z, ctx)
         if not isinstance(z_edit, Tensor) or z_edit.shape != z.shape:
             got = tuple(z_edit.shape) if isinstance(z_edit, Tensor) else type(z_edit).__name__
             raise ShapeMismatchError(
                 f"SAEEdit at site {ctx.site!r}: edit returned {got}, expected latents of shape {tuple(z.shape)}"
             )
-        delta = self.sae.decode(z_edit) - self.sae.decode(z)
-        out = x + from_tokens(delta, x, ctx.layout).to(x.dtype)
-        mask = _mask_for(x, ctx, None, self.tokens, None)
-        return out if mask is None else torch.where(mask, out, x)
+        return z_edit
+
+
+@dataclass(eq=False)
+class WidthCheck:
+    """Refuse a site whose feature width differs from what an artifact (SAE, vector) was made for."""
+
+    width: int
+    what: str
+    when: When | None = None
+
+    def __call__(self, x: Tensor, ctx: Context) -> None:
+        dim = feature_dim(ctx.layout, x.ndim)
+        if x.shape[dim] != self.width:
+            raise ShapeMismatchError(
+                f"{self.what}: site {ctx.site!r} has {x.shape[dim]} features (shape {tuple(x.shape)}), "
+                f"the artifact expects {self.width}; it was made for another model or site"
+            )
 
 
 @dataclass(eq=False)

@@ -8,7 +8,9 @@ from interventions.testing import assert_no_hooks_left
 from tests import sat_support, tiny_models
 
 STEPS = 4
-sat = pytest.mark.skipif(not sat_support.sat_available(), reason="stable-audio-tools not installed (.ci/install-audio.sh)")
+sat = pytest.mark.skipif(
+    not sat_support.sat_available(), reason="stable-audio-tools not installed (.ci/install-audio.sh)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +22,10 @@ def sat_model():
 @sat
 def test_sat_cache_records_steps_times_branches_with_right_rows(sat_model):
     cache = Cache()
-    with attach(sat_model, {"@cross_attn": cache, "@blocks": cache, "model.model.transformer.layers.0.cross_attn:input.context": cache}):
+    with attach(
+        sat_model,
+        {"@cross_attn": cache, "@blocks": cache, "model.model.transformer.layers.0.cross_attn:input.context": cache},
+    ):
         sat_support.generate(sat_model, steps=STEPS, cfg_scale=3.0, seed=0)
     site = "model.model.transformer.layers.0.cross_attn"
     expected = {(s, b) for s in range(STEPS) for b in ("cond", "uncond")}

@@ -28,7 +28,7 @@ def test_readme_tour_runs_and_does_what_it_says():
     with torch.no_grad():
         corrupt = model(ns["corrupt_ids"]).logits
         clean = model(ns["clean_ids"]).logits
-    # restoring token 0 at the first block makes the corrupted run the clean run
+    # restoring token 0's embedding makes the corrupted run the clean run
     torch.testing.assert_close(ns["restored"], clean)
     assert not torch.allclose(corrupt, clean)
     assert ns["steered_ids"].shape == (1, 9)

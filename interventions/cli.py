@@ -1,0 +1,155 @@
+"""The ``interventions`` command.
+
+::
+
+    interventions hub push DIR REPO_ID [--revision R] [--tag T] [--message M] [--private] [--endpoint URL]
+    interventions hub pull REPO_ID [--revision R] [--subfolder S] [--local-dir D] [--cache-dir C] [--offline]
+    interventions run                      list the recipes that can be run
+    interventions run RECIPE [ARGS...]     run one (its own options follow its name)
+
+``hub`` talks to the Hub through ``hub_cards`` (imported only when a hub command runs; the Hub is
+``--endpoint``, else ``$HF_ENDPOINT``, else huggingface.co; the token is ``$HF_TOKEN`` or the one
+saved by ``hf auth login``). Recipes register lazily: :data:`RECIPES` maps a name to
+``"module:function"`` plus a one-line help, and packages may add more through the
+``interventions.recipes`` entry-point group; nothing is imported until a recipe runs. A recipe
+function takes the remaining command-line arguments (``list[str]``) and returns an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from importlib import import_module
+
+__all__ = ["RECIPES", "main", "recipes", "register_recipe"]
+
+#: name -> ("package.module:function", one-line help); filled by recipe modules' authors, imported lazily.
+RECIPES: dict[str, tuple[str, str]] = {}
+
+
+def register_recipe(name: str, target: str, help: str = "") -> None:
+    """Make ``interventions run NAME`` call ``target`` (``"module:function"``), imported when it runs."""
+    if ":" not in target:
+        raise ValueError(f"recipe target must be 'module:function', got {target!r}")
+    RECIPES[name] = (target, help)
+
+
+def recipes() -> dict[str, tuple[str, str]]:
+    """Registered recipes plus those of the ``interventions.recipes`` entry-point group."""
+    from importlib.metadata import entry_points
+
+    found = dict(RECIPES)
+    for ep in entry_points(group="interventions.recipes"):
+        found.setdefault(ep.name, (ep.value, ""))
+    return found
+
+
+def _load(target: str) -> Callable[[list[str]], int | None]:
+    module, _, func = target.partition(":")
+    obj = import_module(module)
+    for part in func.split("."):
+        obj = getattr(obj, part)
+    return obj  # type: ignore[return-value]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="interventions", description="Hook-based interventions for PyTorch models.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    hub = sub.add_parser("hub", help="push artifacts to / pull them from the Hugging Face Hub")
+    hub.set_defaults(print_help=hub.print_help)
+    hub_sub = hub.add_subparsers(dest="hub_command", metavar="ACTION")
+    push = hub_sub.add_parser("push", help="upload a folder of artifacts (checked first) in one commit")
+    push.add_argument("dir", help="folder with SAEs / steering vectors / a model, and its README.md card")
+    push.add_argument("repo_id", help="namespace/name on the Hub")
+    push.add_argument("--revision", help="branch to commit to (created if missing; default main)")
+    push.add_argument("--tag", help="tag the new commit with this name")
+    push.add_argument("--message", default="Upload artifacts with interventions", help="commit message")
+    push.add_argument("--private", action="store_true", help="create the repo private")
+    push.add_argument("--endpoint", help="Hub URL (default: $HF_ENDPOINT or huggingface.co)")
+
+    pull = hub_sub.add_parser("pull", help="download the safetensors, JSON and cards of a repo (never pickles)")
+    pull.add_argument("repo_id", help="namespace/name on the Hub")
+    pull.add_argument("--revision", help="branch, tag or commit (default main)")
+    pull.add_argument("--subfolder", help="only this folder of the repo")
+    pull.add_argument("--local-dir", help="copy the files here instead of returning the Hub cache folder")
+    pull.add_argument("--cache-dir", help="Hub cache folder (default: $HF_HUB_CACHE)")
+    pull.add_argument("--offline", action="store_true", help="read the Hub cache only (no network)")
+    pull.add_argument("--endpoint", help="Hub URL (default: $HF_ENDPOINT or huggingface.co)")
+
+    run = sub.add_parser("run", help="run a recipe (without a name: list them)")
+    run.add_argument("recipe", nargs="?", help="recipe name")
+    run.add_argument("args", nargs=argparse.REMAINDER, help="the recipe's own arguments")
+    return parser
+
+
+def _hub(args: argparse.Namespace) -> int:
+    if args.hub_command is None:
+        args.print_help()
+        return 2
+    from hub_cards import ArtifactError, pull, push
+
+    try:
+        if args.hub_command == "push":
+            info = push(
+                args.dir,
+                args.repo_id,
+                revision=args.revision,
+                tag=args.tag,
+                commit_message=args.message,
+                private=True if args.private else None,
+                endpoint=args.endpoint,
+            )
+            print(info.commit_url)
+            if args.tag:
+                print(f"tagged {args.tag} -> {info.oid}")
+            return 0
+        if args.hub_command == "pull":
+            path = pull(
+                args.repo_id,
+                revision=args.revision,
+                subfolder=args.subfolder,
+                local_dir=args.local_dir,
+                cache_dir=args.cache_dir,
+                local_files_only=args.offline,
+                endpoint=args.endpoint,
+            )
+            print(path)
+            return 0
+    except ArtifactError as e:
+        print(f"interventions hub {args.hub_command}: {e}", file=sys.stderr)
+        return 2
+    raise AssertionError(args.hub_command)  # argparse allows only push and pull
+
+
+def _run(args: argparse.Namespace) -> int:
+    available = recipes()
+    if args.recipe is None:
+        if not available:
+            print("no recipes are registered yet")
+        for name, (_, text) in sorted(available.items()):
+            print(f"{name:24s} {text}")
+        return 0
+    if args.recipe not in available:
+        names = ", ".join(sorted(available)) or "none yet"
+        print(f"interventions run: unknown recipe {args.recipe!r} (available: {names})", file=sys.stderr)
+        return 2
+    code = _load(available[args.recipe][0])(list(args.args))
+    return int(code or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``interventions`` console script; returns the exit code."""
+    parser = _parser()
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    if args.command == "hub":
+        return _hub(args)
+    if args.command == "run":
+        return _run(args)
+    parser.print_help()
+    return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

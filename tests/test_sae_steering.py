@@ -1,0 +1,174 @@
+"""SAEs, SAEEdit on a real SAE, feature scores and steering vectors."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from interventions import Cache, DiskStore, ShapeMismatchError, SiteNotFoundError, When, attach
+from interventions.sae import SAE, SAEInfo, clamp, scale, zero
+from interventions.sae_train import TrainConfig, train_sae
+from interventions.scores import cohens_d, difference_of_means, normalized_difference, tfidf, top_features
+from interventions.steering import SteeringVector, directions_from_features
+from interventions.testing import activations, assert_identity, assert_no_hooks_left, module_paths, module_trees
+from tests import tiny_models
+
+
+@settings(max_examples=30, deadline=None)
+@given(module_trees(width=8), st.sampled_from(["topk", "batchtopk", "relu", "jumprelu"]), st.integers(0, 99), st.data())
+def test_sae_edit_without_edit_is_identity_for_every_kind(model, kind, seed, data):
+    sae = SAE(8, 24, kind, k=4, seed=seed)
+    x = data.draw(activations((3, 8)))
+    site = data.draw(st.sampled_from(module_paths(model)))
+    assert_identity(model, {site: sae.edit()}, x)
+    assert_identity(model, {site: sae.edit(lambda z, ctx: z)}, x)
+    assert_identity(model, {site: sae.edit(lambda p, ctx: p, stage="pre")}, x)
+
+
+def test_topk_and_batchtopk_sparsity():
+    sae = SAE(8, 32, "batchtopk", k=4)
+    pre = torch.randn(10, 32)
+    batch = sae.activate(pre, batch_topk=True)
+    assert (batch != 0).sum() <= 40 and (batch != 0).sum(-1).max() > 4  # k per token on average only
+    assert (sae.activate(pre) != 0).sum(-1).max() <= 4  # per-token top-k at inference
+
+
+@pytest.fixture(scope="module")
+def diffusion_store(tmp_path_factory):
+    """Mid-block activations of a tiny SD pipeline: 12 prompts x 6 steps x 2 branches, on disk."""
+    pipe = tiny_models.sd_pipeline()
+    store = DiskStore(tmp_path_factory.mktemp("acts"), buffer_bytes=64 << 10)
+    words = ["red", "blue", "green", "circle", "square", "star"]
+    with attach(pipe, {"unet.mid_block": Cache(store)}):
+        for i in range(12):
+            pipe(
+                f"a {words[i % 6]} {words[(i + 2) % 6]}",
+                num_inference_steps=6,
+                guidance_scale=3.0,
+                generator=torch.Generator().manual_seed(i),
+                output_type="pt",
+            )
+            store_prompt = i
+    store.flush()
+    assert store_prompt == 11
+    return store
+
+
+def test_sae_on_cached_diffusion_activations_reaches_low_fvu(diffusion_store):
+    cfg = TrainConfig(steps=600, batch_size=128, lr=3e-3, eval_tokens=1024, shuffle_tokens=4096, progress=False)
+    sae, report = train_sae(
+        diffusion_store, d_sae=64, kind="topk", k=8, layout="BCHW", site="unet.mid_block", config=cfg
+    )
+    # measured: FVU 0.03-0.05 at L0 8 on this data; issue 3 asks for FVU < 0.1 at L0 <= 32
+    assert report.l0 <= 32 and report.fvu < 0.1, report
+    assert report.tokens_seen == 600 * 128
+    assert sae.info.site == "unet.mid_block" and sae.info.layout == "BCHW"
+
+
+def test_sae_attach_edits_its_site_and_refuses_other_widths(diffusion_store):
+    pipe = tiny_models.sd_pipeline()
+    sae = SAE(16, 32, "topk", k=4, info=SAEInfo(site="unet.mid_block", layout="BCHW"))
+    run = dict(prompt="a red circle", num_inference_steps=3, guidance_scale=3.0, output_type="pt")
+    base = pipe(generator=torch.Generator().manual_seed(0), **run).images
+    with sae.attach(pipe, edit=zero(range(32)), when=When(branch="cond")):
+        edited = pipe(generator=torch.Generator().manual_seed(0), **run).images
+    assert not torch.equal(base, edited)
+    wrong = SAE(24, 32, "topk", k=4, info=SAEInfo(site="unet.mid_block", layout="BCHW"))
+    with pytest.raises(ShapeMismatchError, match="SAE for 'unet.mid_block'.*16 features.*expects 24"):
+        with wrong.attach(pipe, edit=zero([0])):
+            pipe(generator=torch.Generator().manual_seed(0), **run)
+    missing = SAE(16, 32, "topk", k=4, info=SAEInfo(site="unet.mid_blok"))
+    with pytest.raises(SiteNotFoundError, match="unet.mid_block"):
+        missing.attach(pipe, edit=zero([0]))
+    assert_no_hooks_left(pipe.unet)
+    assert torch.equal(pipe(generator=torch.Generator().manual_seed(0), **run).images, base)
+
+
+def test_edit_helpers():
+    z = torch.ones(2, 5)
+    assert scale([1], -2.0)(z, None)[:, 1].eq(-2).all()
+    assert clamp([0, 4], 7.0)(z, None)[:, [0, 4]].eq(7).all()
+    assert zero([2])(z, None)[:, 2].eq(0).all() and z.eq(1).all()  # edits never write in place
+
+
+def test_caa_recovers_a_planted_direction():
+    torch.manual_seed(0)
+    d = 32
+    planted = torch.randn(d)
+    planted /= planted.norm()
+    model = torch.nn.Sequential(torch.nn.Linear(d, d), torch.nn.Tanh())
+    with torch.no_grad():
+        model[0].weight.copy_(torch.eye(d) + 0.01 * torch.randn(d, d))  # near-identity: the site sees ~the input
+        model[0].bias.zero_()
+    x = torch.randn(256, 10, d)
+    x[:128] += 3.0 * planted  # half of the inputs carry the direction
+    pos, neg = Cache(), Cache()
+    with torch.no_grad():
+        with attach(model, {"0": pos}):
+            model(x[:128])
+        with attach(model, {"0": neg}):
+            model(x[128:])
+    vector = SteeringVector.contrastive({"0": pos["0"]}, {"0": neg["0"]}, unit=True)
+    cosine = float(vector.directions["0"] @ planted)
+    assert cosine > 0.95, cosine
+    pca = SteeringVector.pca({"0": pos["0"][:64]}, {"0": neg["0"][:64]})
+    assert float(pca.directions["0"] @ planted) > 0.95
+
+
+def test_contrastive_from_stores_per_step_and_apply_with_when():
+    pipe = tiny_models.sd_pipeline()
+    site = "unet.mid_block"
+    pos, neg = Cache(), Cache()
+    run = dict(num_inference_steps=3, guidance_scale=3.0, output_type="pt")
+    with attach(pipe, {site: pos}):
+        pipe("a red circle", generator=torch.Generator().manual_seed(0), **run)
+    with attach(pipe, {site: neg}):
+        pipe("a blue square", generator=torch.Generator().manual_seed(0), **run)
+    vec = SteeringVector.contrastive(pos.store, neg.store, layout="BCHW", branch="cond", per_step=True, unit=True)
+    assert sorted(vec.directions) == [(site, 0), (site, 1), (site, 2)]
+    seen = Cache()
+    with vec.attach(pipe, scale=5.0, restore_norm=True), attach(pipe, {site: seen}):
+        pipe("a blue square", generator=torch.Generator().manual_seed(0), **run)
+    assert torch.equal(seen.get(site, 0, "uncond"), neg.get(site, 0, "uncond"))
+    assert not torch.equal(seen.get(site, 0, "cond"), neg.get(site, 0, "cond"))
+    removed = Cache()
+    with vec.attach(pipe, mode="remove"), attach(pipe, {site: removed}):
+        pipe("a red circle", generator=torch.Generator().manual_seed(0), **run)
+    v0 = vec.directions[(site, 0)]
+    proj = torch.einsum("bchw,c->bhw", removed.get(site, 0, "cond"), v0)
+    assert proj.max() <= 1e-4
+
+
+def test_feature_scores_hand_computed():
+    pos = torch.tensor([[2.0, 0.0, 1.0], [4.0, 0.0, 1.0]])
+    neg = torch.tensor([[1.0, 1.0, 1.0], [1.0, 3.0, 1.0]])
+    torch.testing.assert_close(difference_of_means(pos, neg), torch.tensor([2.0, -2.0, 0.0]))
+    # p_c = [3,0,1]/4, p_o = [1,2,1]/4
+    torch.testing.assert_close(normalized_difference(pos, neg), torch.tensor([0.5, -0.5, 0.0]))
+    torch.testing.assert_close(
+        tfidf(pos, neg), torch.tensor([3.0, 0.0, 1.0]) * torch.log1p(1 / (torch.tensor([1.0, 2.0, 1.0]) + 1e-6))
+    )
+    # pooled std: feature 0: var(pos)=2, var(neg)=0 -> pooled 1 -> d = 2; feature 1: var 0 and 2 -> d = -2
+    torch.testing.assert_close(cohens_d(pos, neg)[:2], torch.tensor([2.0, -2.0]))
+    assert top_features(difference_of_means(pos, neg), 1).tolist() == [0]
+    w = torch.eye(3)
+    torch.testing.assert_close(directions_from_features(w, [0, 2], [1.0, 2.0]), torch.tensor([1.0, 0.0, 2.0]))
+
+
+def test_sae_and_vector_save_load_roundtrip(tmp_path):
+    sae = SAE(
+        8,
+        16,
+        "jumprelu",
+        info=SAEInfo(site="blocks.0", layout="BNC", base_model="tiny/model", steps=[0, 2], branch="cond"),
+    )
+    sae.save(tmp_path / "sae")
+    back = SAE.load(tmp_path / "sae")
+    assert back.kind == "jumprelu" and back.info.steps == [0, 2] and back.info.branch == "cond"
+    for n in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold"):
+        assert torch.equal(getattr(sae, n), getattr(back, n))
+    vec = SteeringVector({"a.1": torch.randn(4), ("a", 3): torch.randn(4)}, base_model="m", branch="cond")
+    vec.save(tmp_path / "vec")
+    got = SteeringVector.load(tmp_path / "vec")
+    assert set(got.directions) == set(vec.directions) and got.branch == "cond"
+    assert all(torch.equal(got.directions[k], vec.directions[k]) for k in vec.directions)
