@@ -213,3 +213,74 @@ def test_when_t_interval_selects_by_timestep_value():
     expected = {i for i, t in enumerate(timesteps) if t <= 500}
     assert {k[1] for k in cache.keys()} == expected
     assert {k[2] for k in cache.keys()} == {"cond"}  # guidance 1: one branch, labelled cond
+
+
+def _denoiser_calls(pipe, case):
+    """The denoiser's (args, kwargs) of the first step's call(s) in a real pipeline run."""
+    den = pipe.components["unet"] if "unet" in pipe.components else pipe.components["transformer"]
+    calls = []
+    handle = den.register_forward_pre_hook(lambda m, a, kw: calls.append((a, dict(kw))), with_kwargs=True)
+    try:
+        _run(pipe, case)
+    finally:
+        handle.remove()
+    return den, calls
+
+
+def _rows(value, rows, batch):
+    return value[rows] if isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == batch else value
+
+
+def _cat(a, b, batch):
+    return torch.cat([a, b]) if isinstance(a, torch.Tensor) and a.ndim and a.shape[0] == batch else a
+
+
+@pytest.mark.parametrize("name", ["sd", "sd3", "dit", "flux", "stable_audio"])
+def test_batched_and_sequential_cfg_agree_for_a_cond_only_hook(name):
+    """The same cond-only hook gives the same denoiser output whether the two branches run as one
+    batched call (rows labelled by the layout) or as two calls (labelled with session.branch)."""
+    c = CASES[name]
+    pipe = getattr(tiny_models, c.build)()
+    den, calls = _denoiser_calls(pipe, c)
+    site = {"sd": "down_blocks.0.attentions.0:output.0", "sd3": "transformer_blocks.0:output.1"}.get(
+        name, "transformer_blocks.0"
+    )
+    site = {"flux": "transformer_blocks.0:output.1", "stable_audio": "transformer_blocks.0.attn2"}.get(name, site)
+    if name == "flux":  # natively sequential: cond call, then uncond call; build the batch from them
+        (a_c, kw_c), (a_u, kw_u) = calls[0], calls[1]
+        batch = kw_c["hidden_states"].shape[0]
+        order = ("cond", "uncond")
+        batched_kw = {k: _cat(kw_c[k], kw_u[k], batch) for k in kw_c}
+        batched_args = a_c
+        per_branch = {"cond": (a_c, kw_c), "uncond": (a_u, kw_u)}
+    else:
+        args, kw = calls[0]
+        x = args[0] if args else kw.get("hidden_states", kw.get("sample"))
+        batch, half = x.shape[0], x.shape[0] // 2
+        order = c.branches
+        batched_args, batched_kw = args, kw
+        per_branch = {
+            b: (tuple(_rows(v, rows, batch) for v in args), {k: _rows(v, rows, batch) for k, v in kw.items()})
+            for b, rows in zip(order, (slice(0, half), slice(half, batch)), strict=True)
+        }
+    probe = Cache()
+    with torch.no_grad(), attach(den, {site: probe}, cfg=order):
+        den(*batched_args, **batched_kw)
+    width = probe.get(site, 0, "cond").shape[1 if probe.get(site, 0, "cond").ndim == 4 else -1]
+    hook = {
+        site: AddVector(torch.linspace(-1, 1, width), when=When(branch="cond"))
+    }  # not constant: LayerNorm would erase that
+    with torch.no_grad():
+        with attach(den, hook, cfg=order):
+            batched = den(*batched_args, **batched_kw)[0]
+        with attach(den, hook) as s:
+            outs = {}
+            for b in order:
+                with s.branch(b):
+                    a, k = per_branch[b]
+                    outs[b] = den(*a, **k)[0]
+        plain_uncond = den(*per_branch["uncond"][0], **per_branch["uncond"][1])[0]
+    sequential = torch.cat([outs[b] for b in order])
+    torch.testing.assert_close(batched, sequential, atol=1e-5, rtol=1e-4)
+    assert torch.equal(outs["uncond"], plain_uncond)  # the uncond pass is untouched
+    assert not torch.allclose(outs["cond"], den(*per_branch["cond"][0], **per_branch["cond"][1])[0])
