@@ -54,7 +54,9 @@ def _brute(pattern, paths):
             expanded = []
             for i, p in enumerate(pats):
                 expanded += ["*"] * counts[stars.index(i)] if i in stars else [p]
-            if len(expanded) == len(parts) and all(fnmatch.fnmatchcase(a, b) for a, b in zip(parts, expanded, strict=True)):
+            if len(expanded) == len(parts) and all(
+                fnmatch.fnmatchcase(a, b) for a, b in zip(parts, expanded, strict=True)
+            ):
                 return True
         return False
 
