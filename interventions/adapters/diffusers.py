@@ -105,22 +105,19 @@ class DiffusersModelAdapter(Adapter):
         return halves(self.cfg, batch) if self.cfg else ALL_ROWS
 
     def layout(self, path: str, ndim: int) -> str | None:
-        if ndim == 3 and self._is_audio_channels_site(path):
+        if ndim == 3 and self._channels_by_time(path):
             return "BCT"
         return {4: "BCHW", 3: "BNC", 2: "BC"}.get(ndim)
 
-    def _is_audio_channels_site(self, path: str) -> bool:
-        """Sites of StableAudioDiTModel and audio VAEs that carry channels x time, not tokens."""
-        leaf = path.rsplit(".", 1)[-1]
-        den_prefix = self._prefix()
-        audio = type(self._denoiser_module()).__name__ == "StableAudioDiTModel"
-        if audio and path in (
-            den_prefix,
-            f"{den_prefix}.preprocess_conv".lstrip("."),
-            f"{den_prefix}.postprocess_conv".lstrip("."),
-        ):
-            return True
-        return path.split(".", 1)[0] == "vae" and leaf != "" and self._audio_vae()
+    def _channels_by_time(self, path: str) -> bool:
+        """StableAudioDiTModel's own input/output and pre/post convolutions, and an audio VAE's
+        sites, carry channels x time rather than tokens."""
+        den = self._prefix()
+        if type(self._denoiser_module()).__name__ == "StableAudioDiTModel":
+            local = path[len(den) :].lstrip(".") if den else path
+            if path == den or local in ("preprocess_conv", "postprocess_conv"):
+                return True
+        return self._audio_vae() and path.split(".", 1)[0] == "vae"
 
     def _prefix(self) -> str:
         return ""
