@@ -158,4 +158,38 @@ __all__ = [
     "module_paths",
     "module_trees",
     "site_patterns",
+    "tensor_sites",
 ]
+
+
+def tensor_sites(model: nn.Module, run: Callable[[], Any], prefix: str = "") -> list[str]:
+    """Every output site of ``model``'s submodules that carries a tensor during ``run()``:
+    ``path`` for tensor outputs, ``path:output.i`` for tensor elements of tuple outputs.
+    Modules called more or less often than ``model`` itself are left out (a module reused within
+    one call, like a shared activation, would have several values under one store key)."""
+    seen: dict[str, Any] = {}
+    calls: dict[str, int] = {}
+
+    def record(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            calls[name] = calls.get(name, 0) + 1
+            seen[name] = output
+
+        return hook
+
+    handles = [m.register_forward_hook(record(n)) for n, m in model.named_modules()]
+    try:
+        run()
+    finally:
+        for h in handles:
+            h.remove()
+    sites: list[str] = []
+    for name, out in seen.items():
+        if not name or calls[name] != calls.get("", 0):
+            continue
+        path = f"{prefix}.{name}" if prefix else name
+        if isinstance(out, torch.Tensor):
+            sites.append(path)
+        elif isinstance(out, tuple):
+            sites += [f"{path}:output.{i}" for i, o in enumerate(out) if isinstance(o, torch.Tensor)]
+    return sites

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from interventions import AddVector, Cache, Patch, When, attach
-from interventions.testing import assert_no_hooks_left
+from interventions.testing import assert_no_hooks_left, tensor_sites
 from tests import sat_support, tiny_models
 
 STEPS = 4
@@ -49,7 +49,10 @@ def test_sat_cond_only_hook_and_bit_identical_patching(sat_model):
     assert torch.equal(steered.get(site, 0, "uncond"), base.get(site, 0, "uncond"))
     assert not torch.equal(steered.get(site, 0, "cond"), base.get(site, 0, "cond"))
 
-    sites = ["@blocks", "@self_attn", "@cross_attn"]
+    sites = tensor_sites(
+        sat_model.model.model, lambda: sat_support.generate(sat_model, steps=STEPS, seed=0), "model.model"
+    )
+    assert len(sites) > 30
     cache = Cache()
     with attach(sat_model, {s: cache for s in sites}):
         sat_support.generate(sat_model, steps=STEPS, cfg_scale=3.0, seed=0)
@@ -78,12 +81,16 @@ def test_lm_groups_cache_patch_and_steer(build):
             model(ids)
         blocks = [s for s in session.fired if s.endswith(("h.0", "h.1", "layers.0", "layers.1"))]
         assert len(blocks) == 2 and all(cache[s].shape[-1] == 64 for s in blocks)
-        with attach(model, {"@blocks": Patch(cache), "@mlp": Patch(cache)}):
+        every = tensor_sites(model, lambda: model(ids))
+        full = Cache()
+        with attach(model, {s: full for s in every}):
+            model(ids)
+        with attach(model, {s: Patch(full) for s in every}):
             assert torch.equal(model(ids).logits, ref)
-        with attach(model, {"@mlp": AddVector(torch.ones(64), scale=4.0, tokens=[2])}):
+        with attach(model, {"@mlp": AddVector(torch.ones(64), scale=4.0, tokens=[ids.shape[1] - 1])}):
             steered = model(ids).logits
-    assert ids.shape[1] == 3  # causal: steering the last token leaves the earlier ones untouched
-    assert torch.equal(steered[:, :2], ref[:, :2]) and not torch.equal(steered[:, 2], ref[:, 2])
+    last = ids.shape[1] - 1  # causal: steering the last token leaves the earlier ones untouched
+    assert torch.equal(steered[:, :last], ref[:, :last]) and not torch.equal(steered[:, last], ref[:, last])
     assert_no_hooks_left(model)
 
 
