@@ -1,0 +1,1 @@
+"""Recipes built on the public API of `interventions`."""

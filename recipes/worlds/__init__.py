@@ -1,0 +1,1 @@
+"""Synthetic worlds with known ground truth, tiny model builders and shipped checkpoints."""
