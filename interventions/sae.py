@@ -86,7 +86,7 @@ class SAE(nn.Module):
         if self.kind == "relu":
             return torch.relu(pre)
         if self.kind == "jumprelu":
-            return pre * (pre > self.threshold)
+            return torch.relu(pre) * (pre > self.threshold)  # SAELens' formula
         if self.kind == "batchtopk" and batch_topk:
             flat = torch.relu(pre).flatten()
             top = flat.topk(min(self.k * pre.shape[0], flat.numel()))

@@ -1,0 +1,194 @@
+"""SAELens interop: SAEs we save and publish load with SAELens 6.x ``SAE.from_pretrained``, unchanged.
+
+Two stages, run by ``scripts/saelens_interop.sh`` in two interpreters (SAELens' pins, e.g.
+transformers, clash with the project's, so it lives in its own virtual environment):
+
+``export OUT`` (the project's Python)
+    Saves one SAE per architecture (standard, topk, batchtopk, jumprelu) with ``hub_cards.save_sae``
+    under ``OUT/repo/<site>/``, writes the repo card, and stores inputs and the expected latents and
+    reconstructions in ``OUT/expected/<name>.safetensors``. The expectations come from the formula
+    ``z = act((x - b_dec) W_enc + b_enc)``, ``x_hat = z W_dec + b_dec``; when ``interventions.SAE``
+    is importable, our module is loaded from the same folder and must give the same outputs.
+
+``check OUT`` (the SAELens venv's Python; needs only this checkout on ``sys.path``)
+    Starts the test Hub server (``tests/hub_server.py``), points ``HF_ENDPOINT`` at it, pushes
+    ``OUT/repo`` with ``hub_cards.push``, then for every SAE: ``SAE.load_from_disk(folder)`` and
+    ``SAE.from_pretrained("<org>/<repo>", "<site>")`` must give W_enc, W_dec, b_enc, b_dec
+    (threshold) bit for bit and the expected encode / decode outputs.
+
+Exit code 0 when everything matches; the report is printed either way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+D_IN, D_SAE, K, N = 16, 64, 8, 32
+REPO_ID = "interop/tiny-saes"
+SAES = {  # name -> (architecture, site)
+    "standard": ("standard", "blocks.0.hook_resid_post"),
+    "topk": ("topk", "unet.mid_block.attentions.0"),
+    "batchtopk": ("batchtopk", "transformer_blocks.1.attn2"),
+    "jumprelu": ("jumprelu", "model.layers.2.mlp"),
+}
+
+
+def _reference(arch: str, t: dict, x):  # type: ignore[no-untyped-def]
+    import torch
+
+    pre = (x - t["b_dec"]) @ t["W_enc"] + t["b_enc"]
+    if arch == "standard":
+        z = torch.relu(pre)
+    elif arch == "jumprelu":
+        z = torch.relu(pre) * (pre > t["threshold"])
+    else:
+        top = pre.topk(K, dim=-1)
+        z = torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
+    return z, z @ t["W_dec"] + t["b_dec"]
+
+
+def export(out: Path) -> int:
+    import torch
+
+    from hub_cards import load_sae, save_sae, write_card
+
+    gen = torch.Generator().manual_seed(0)
+    (out / "expected").mkdir(parents=True, exist_ok=True)
+    ours = None
+    try:
+        from interventions.artifacts import load_sae as ours  # type: ignore[no-redef]
+    except ImportError as e:
+        print(f"interventions.SAE not importable ({e}); checking against the formula only")
+    for name, (arch, site) in SAES.items():
+        w_dec = torch.randn(D_SAE, D_IN, generator=gen)
+        w_dec = w_dec / w_dec.norm(dim=-1, keepdim=True)
+        t = {
+            "W_enc": torch.randn(D_IN, D_SAE, generator=gen) * 0.5,
+            "W_dec": w_dec,
+            "b_enc": torch.randn(D_SAE, generator=gen) * 0.1,
+            "b_dec": torch.randn(D_IN, generator=gen) * 0.1,
+        }
+        if arch == "jumprelu":
+            t["threshold"] = torch.rand(D_SAE, generator=gen) * 0.5
+        cfg: dict = {
+            "architecture": arch,
+            "metadata": {
+                "site": site,
+                "base_model": "tiny/model",
+                "layout": "BNC",
+                "steps": [0, 1, 2],
+                "branch": "cond",
+                "method": f"{arch}-sae",
+            },
+        }
+        if arch in ("topk", "batchtopk"):
+            cfg["k"] = K
+        folder = save_sae(out / "repo" / site, cfg=cfg, tensors=t)
+        cfg_back, t_back = load_sae(folder)
+        assert cfg_back["architecture"] == arch and all(torch.equal(t[n], t_back[n]) for n in t), name
+        x = torch.randn(N, D_IN, generator=gen)
+        z, x_hat = _reference(arch, t, x)
+        if ours is not None:
+            with torch.no_grad():
+                sae = ours(folder)
+                z_ours, x_hat_ours = sae.encode(x), sae.decode(sae.encode(x))
+            assert torch.allclose(z_ours, z, atol=1e-6) and torch.allclose(x_hat_ours, x_hat, atol=1e-6), name
+            z, x_hat = z_ours, x_hat_ours
+        from safetensors.torch import save_file
+
+        save_file(
+            {"x": x, "z": z.contiguous(), "x_hat": x_hat.contiguous()}, str(out / "expected" / f"{name}.safetensors")
+        )
+    write_card(out / "repo", "sae", repo_id=REPO_ID)
+    (out / "saes.json").write_text(json.dumps({n: s for n, (_, s) in SAES.items()}, indent=2))
+    print(
+        f"exported {len(SAES)} SAEs to {out / 'repo'} (expected outputs from {'interventions.SAE' if ours else 'the formula'})"
+    )
+    return 0
+
+
+def check(out: Path) -> int:
+    from tests.hub_server import HubServer
+
+    saes = json.loads((out / "saes.json").read_text())
+    failures: list[str] = []
+    with HubServer() as hub, tempfile.TemporaryDirectory() as home:
+        # huggingface_hub reads these once, at import: set them before anything imports it.
+        os.environ.update(
+            HF_ENDPOINT=hub.url,
+            HF_HOME=home,
+            HF_TOKEN="hf_interop",
+            HF_HUB_DISABLE_TELEMETRY="1",
+            HF_HUB_DISABLE_PROGRESS_BARS="1",
+        )
+        t0 = time.time()
+        import sae_lens
+        import torch
+        from sae_lens import SAE
+        from safetensors.torch import load_file
+
+        import hub_cards
+
+        print(f"sae_lens {sae_lens.__version__}, torch {torch.__version__} (import {time.time() - t0:.1f}s)")
+        info = hub_cards.push(out / "repo", REPO_ID, tag="v1")
+        print(f"pushed {out / 'repo'} to {hub.url}/{REPO_ID} @ {info.oid[:12]} (tag v1)")
+        for name, site in saes.items():
+            folder = out / "repo" / site
+            expected = load_file(str(out / "expected" / f"{name}.safetensors"))
+            ref = load_file(str(folder / "sae_weights.safetensors"))
+            for how, load in (
+                ("load_from_disk", lambda f=folder: SAE.load_from_disk(str(f))),
+                ("from_pretrained", lambda s=site: SAE.from_pretrained(REPO_ID, s)),
+            ):
+                try:
+                    sae = load()
+                except Exception as e:  # report every failure, not just the first
+                    failures.append(f"{name} {how}: {type(e).__name__}: {e}")
+                    continue
+                problems = []
+                meta = sae.cfg.metadata
+                if (meta.site, meta.hook_name, meta.layout, meta.steps) != (site, site, "BNC", [0, 1, 2]):
+                    problems.append(f"metadata lost: {meta}")
+                for p, value in ref.items():
+                    got = getattr(sae, p).detach()
+                    if not torch.equal(got, value):
+                        problems.append(f"{p} differs (max {float((got - value).abs().max()):.3g})")
+                with torch.no_grad():
+                    z = sae.encode(expected["x"])
+                    x_hat = sae.decode(z)
+                exact = torch.equal(z, expected["z"]) and torch.equal(x_hat, expected["x_hat"])
+                for label, a, b in (("encode", z, expected["z"]), ("decode", x_hat, expected["x_hat"])):
+                    if not torch.allclose(a, b, atol=1e-6, rtol=1e-5):
+                        problems.append(f"{label} differs (max {float((a - b).abs().max()):.3g})")
+                status = (
+                    "FAIL " + "; ".join(problems) if problems else ("ok, bit-exact" if exact else "ok, within 1e-6")
+                )
+                print(f"  {name:10s} {how:16s} {type(sae).__name__:12s} {status}")
+                failures += [f"{name} {how}: {p}" for p in problems]
+        fetched = hub.downloaded()
+        print(f"SAELens downloaded {len(fetched)} files from the test Hub")
+    if failures:
+        print("FAILED:\n  " + "\n  ".join(failures))
+        return 1
+    print("SAELens interop: all SAEs load unchanged and match")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] not in ("export", "check"):
+        print(__doc__)
+        return 2
+    out = Path(argv[1])
+    return export(out) if argv[0] == "export" else check(out)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
