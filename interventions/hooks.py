@@ -38,14 +38,30 @@ class Hook(Protocol):
     def __call__(self, x: Tensor, ctx: Context) -> Tensor | None: ...
 
 
+def _broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
+    """Whether ``shape`` broadcasts to exactly ``target`` (plain Python: torch's check costs µs)."""
+    if len(shape) > len(target):
+        return False
+    return all(s == 1 or s == t for s, t in zip(reversed(shape), reversed(target), strict=False))
+
+
+class _Memo:
+    """One cached value per hook, valid while its key (activation shape, dtype, device, layout and
+    the hook's own parameters) is unchanged: validation and reshaping run once, not per call."""
+
+    __slots__ = ("key", "value")
+
+    def __init__(self) -> None:
+        self.key: Any = None
+        self.value: Any = None
+
+
+def _memo_field() -> Any:
+    return field(default_factory=_Memo, init=False, repr=False, compare=False)
+
+
 def _check_fits(what: str, site: str, src: Tensor, x: Tensor, *, broadcast: bool) -> None:
-    if broadcast:
-        try:
-            ok = torch.broadcast_shapes(src.shape, x.shape) == x.shape
-        except RuntimeError:
-            ok = False
-    else:
-        ok = src.shape == x.shape
+    ok = _broadcasts_to(tuple(src.shape), tuple(x.shape)) if broadcast else src.shape == x.shape
     if not ok:
         raise ShapeMismatchError(
             f"{what} at site {site!r}: shape {tuple(src.shape)} does not fit the activation's shape {tuple(x.shape)}"
@@ -196,18 +212,24 @@ class AddVector:
     mask: Tensor | None = None
     tokens: Sequence[int] | Tensor | None = None
     when: When | None = None
+    _memo: _Memo = _memo_field()
 
     def __call__(self, x: Tensor, ctx: Context) -> Tensor | None:
         if self.scale == 0:
             return None
-        v = _feature_vector("AddVector", self.vector, x, ctx)
-        if self.unit:
-            v = v / v.norm(dim=feature_dim(ctx.layout, x.ndim), keepdim=True).clamp_min(1e-12)
-        out = x + self.scale * v
+        v = self.vector
+        key = (x.shape, x.dtype, x.device, ctx.layout, self.scale, self.unit, id(v), v._version, id(self.mask), id(self.tokens))
+        memo = self._memo
+        if memo.key != key:
+            vec = _feature_vector("AddVector", v, x, ctx)
+            if self.unit:
+                vec = vec / vec.norm(dim=feature_dim(ctx.layout, x.ndim), keepdim=True).clamp_min(1e-12)
+            memo.key, memo.value = key, (self.scale * vec, _mask_for(x, ctx, self.mask, self.tokens, None))
+        delta, mask = memo.value
+        out = x + delta
         if self.restore_norm:
             dim = feature_dim(ctx.layout, x.ndim)
             out = out * (x.norm(dim=dim, keepdim=True) / out.norm(dim=dim, keepdim=True).clamp_min(1e-12))
-        mask = _mask_for(x, ctx, self.mask, self.tokens, None)
         return out if mask is None else torch.where(mask, out, x)
 
 

@@ -31,6 +31,7 @@ from .errors import (
 )
 from .hooks import Hook
 from .sites import Site, SiteNotFoundError, resolve
+from .tree import ModuleTree
 
 HookSpec = Hook | Sequence[Hook]
 _UNSET = object()
@@ -74,26 +75,15 @@ class Session:
         self._handles: list[Any] = []
         self._undo: list[Undo] = []
         self._active = False
-        modules = self._module_table()
-        _refuse_compiled(target, modules)
-        self.entries = self._resolve(hooks, modules, dict(layouts or {}))
-        self._register(modules)
+        self.tree = ModuleTree(self.adapter.components())
+        self.entries = self._resolve(hooks, dict(layouts or {}))
+        _refuse_compiled(self.tree, [e.site.module for e in self.entries] + [self.adapter.denoiser or ""])
+        self._register()
 
     # -- building ------------------------------------------------------------------------------
-    def _module_table(self) -> dict[str, nn.Module]:
-        table: dict[str, nn.Module] = {}
-        for prefix, comp in self.adapter.components().items():
-            for name, mod in comp.named_modules():
-                table[f"{prefix}.{name}" if prefix and name else prefix or name] = mod
-        return table
-
-    def _resolve(
-        self, hooks: Mapping[str, HookSpec], modules: dict[str, nn.Module], layouts: dict[str, str]
-    ) -> list[_Entry]:
+    def _resolve(self, hooks: Mapping[str, HookSpec], layouts: dict[str, str]) -> list[_Entry]:
         if not isinstance(hooks, Mapping):
             raise TypeError("attach(model, hooks): hooks is a dict {site pattern: hook or [hooks]}")
-        paths = list(modules)
-        groups = self.adapter.groups()
         by_site: dict[Site, _Entry] = {}
         for pattern, spec in hooks.items():
             hook_list: list[Hook] = [spec] if not isinstance(spec, (list, tuple)) else list(spec)  # type: ignore[list-item]
@@ -101,14 +91,12 @@ class Session:
                 if not callable(h):
                     raise TypeError(f"site {pattern!r}: {h!r} is not a hook (a callable hook(x, ctx))")
                 as_when(getattr(h, "when", None))
-            for site in self._expand(pattern, paths, groups):
+            for site, module in self._expand(pattern):
                 entry = by_site.get(site)
                 if entry is None:
                     name = str(site)
                     layout = layouts.get(name, layouts.get(site.module, _UNSET))
-                    entry = _Entry(
-                        site, name, modules[site.module], [], Context(name, self.state), layout is not _UNSET
-                    )
+                    entry = _Entry(site, name, module, [], Context(name, self.state), layout is not _UNSET)
                     if layout is not _UNSET:
                         entry.ctx.layout = layout  # type: ignore[assignment]
                     if site.direction == "input":
@@ -117,25 +105,34 @@ class Session:
                 entry.hooks.extend(hook_list)
         return list(by_site.values())
 
-    def _expand(self, pattern: str, paths: list[str], groups: Mapping[str, list[str]]) -> list[Site]:
+    def _expand(self, pattern: str) -> list[tuple[Site, nn.Module]]:
+        """Sites for a pattern with their modules: a literal path is looked up directly, a glob or
+        a group (``@cross_attn``) is matched against every module path."""
         if pattern.startswith("@"):
+            groups = self.adapter.groups()
             name, _, suffix = pattern[1:].partition(":")
             if name not in groups:
                 raise SiteNotFoundError(
                     f"site group {pattern!r} is not defined for the {self.adapter.name} adapter; "
                     f"groups: {sorted(groups) or 'none'}"
                 )
-            out: list[Site] = []
+            out: list[tuple[Site, nn.Module]] = []
             for p in groups[name]:
-                out += resolve(p + (":" + suffix if suffix else ""), paths)
+                out += self._expand(p + (":" + suffix if suffix else ""))
             return list(dict.fromkeys(out))
-        return resolve(pattern, paths)
+        site = Site.parse(pattern)
+        if not site.is_glob:
+            module = self.tree.get(site.module)
+            if module is not None:
+                return [(site, module)]
+        table = self.tree.paths()
+        return [(s, table[s.module]) for s in resolve(site, list(table))]
 
-    def _register(self, modules: dict[str, nn.Module]) -> None:
+    def _register(self) -> None:
         try:
             self._undo += self.adapter.install(self.state)
             den = self.adapter.denoiser
-            tracked = modules.get(den) if den is not None else None
+            tracked = self.tree.get(den) if den is not None else None
             if den is not None and tracked is None:
                 raise InterventionError(f"{self.adapter.name} adapter: denoiser {den!r} is not in the model")
             if tracked is not None:
@@ -144,7 +141,9 @@ class Session:
                 )
             else:
                 for root in self.adapter.roots():
-                    self._handles.append(modules[root].register_forward_pre_hook(self._enter_call, prepend=True))
+                    module = self.tree.get(root)
+                    assert module is not None
+                    self._handles.append(module.register_forward_pre_hook(self._enter_call, prepend=True))
             for e in self.entries:
                 if e.site.direction == "output":
                     self._handles.append(e.module.register_forward_hook(self._output_hook(e)))
@@ -172,10 +171,17 @@ class Session:
 
     # -- firing --------------------------------------------------------------------------------
     def _output_hook(self, e: _Entry) -> Any:
+        key, run = e.site.key, self._run
+        if not key:  # the common case: the module's output is the tensor
+
+            def plain(module: nn.Module, args: Any, output: Any) -> Any:
+                return run(e, output)
+
+            return plain
+
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
-            x = _get(output, e.site.key, e.name)
-            new = self._run(e, x)
-            return None if new is None else _put(output, e.site.key, new)
+            new = run(e, _get(output, key, e.name))
+            return None if new is None else _put(output, key, new)
 
         return hook
 
@@ -199,6 +205,7 @@ class Session:
         return hook
 
     def _run(self, e: _Entry, x: Any) -> torch.Tensor | None:
+        """Run a site's hooks on ``x``, one branch's rows at a time; the new tensor or None."""
         if not isinstance(x, torch.Tensor):
             raise InterventionError(
                 f"site {e.name!r} carries a {type(x).__name__}, not a tensor; pick a tensor element (e.g. {e.name}:output.0)"
@@ -208,40 +215,49 @@ class Session:
         if not e.layout_fixed:
             ctx.layout = self.adapter.layout(e.site.module, x.ndim)
             e.layout_fixed = True
-        state = self.state
-        segments = state.segments
+        segments = self.state.segments
         if len(segments) > 1 and (not x.ndim or x.shape[0] != segments[-1][1].stop):
             segments = ALL_ROWS  # not batch-major at this site: no row split possible
-        step, t, call = ctx.step, ctx.timestep, state.call
+        try:
+            if len(segments) == 1:
+                ctx.branch = segments[0][0]
+                return self._apply(e, x, ctx)
+            pieces, changed = [], False
+            for branch, rows in segments:
+                ctx.branch, ctx.rows = branch, rows
+                out = self._apply(e, x[rows], ctx)
+                changed |= out is not None
+                pieces.append(x[rows] if out is None else out)
+            return torch.cat(pieces, dim=0) if changed else None
+        finally:
+            ctx.branch, ctx.rows = None, slice(None)
+
+    def _apply(self, e: _Entry, x: torch.Tensor, ctx: Context) -> torch.Tensor | None:
         changed = False
-        pieces = []
-        for branch, rows in segments:
-            ctx.branch, ctx.rows = branch, rows
-            xs = x if len(segments) == 1 else x[rows]
-            for h in e.hooks:
-                when = h.when
-                if when is not None and not when.allows(step, t, branch, call):
+        selector: tuple[Any, ...] | None = None
+        for h in e.hooks:
+            when = h.when
+            if when is not None:
+                if selector is None:
+                    selector = (ctx.step, ctx.timestep, ctx.branch, self.state.call)
+                if not when.allows(*selector):
                     continue
-                try:
-                    out = h(xs, ctx)
-                except InterventionError:
-                    raise
-                except Exception as exc:
-                    raise HookError(
-                        f"{type(h).__name__} at site {e.name!r} ({ctx!r}) raised {type(exc).__name__}: {exc}"
-                    ) from exc
-                if out is not None:
-                    if not isinstance(out, torch.Tensor) or out.shape != xs.shape:
-                        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-                        raise ShapeMismatchError(
-                            f"{type(h).__name__} at site {e.name!r} returned {got}; the activation has shape {tuple(xs.shape)}"
-                        )
-                    xs, changed = out, True
-            pieces.append(xs)
-        ctx.branch, ctx.rows = None, slice(None)
-        if not changed:
-            return None
-        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
+            try:
+                out = h(x, ctx)
+            except InterventionError:
+                raise
+            except Exception as exc:
+                raise HookError(
+                    f"{type(h).__name__} at site {e.name!r} ({ctx!r}) raised {type(exc).__name__}: {exc}"
+                ) from exc
+            if out is not None:
+                if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+                    got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                    raise ShapeMismatchError(
+                        f"{type(h).__name__} at site {e.name!r} returned {got}; the activation has shape {tuple(x.shape)}"
+                    )
+                x, changed = out, True
+        return x if changed else None
 
     # -- user controls -------------------------------------------------------------------------
     @contextmanager
@@ -329,23 +345,26 @@ def attach(
 
 
 # -- helpers -----------------------------------------------------------------------------------
-def _refuse_compiled(target: Any, modules: dict[str, nn.Module]) -> None:
-    import torch._dynamo.config as dynamo_config
+def _refuse_compiled(tree: ModuleTree, paths: list[str]) -> None:
+    """Refuse hooks below a module that torch.compile already traced (they would be ignored)."""
+    compiled = set()
+    for path in paths:
+        for depth, m in enumerate(tree.chain(path)):
+            if type(m).__name__ == "OptimizedModule" or m.__dict__.get("_compiled_call_impl") is not None:
+                parts = path.split(".")[: depth if "" in tree.components else depth + 1]
+                compiled.add(".".join(parts) or type(m).__name__)
+    if not compiled:
+        return
+    import torch._dynamo.config as dynamo_config  # only now: importing dynamo costs seconds
 
     if not getattr(dynamo_config, "skip_nnmodule_hook_guards", True):
         return  # hooks are guarded: adding one recompiles instead of being ignored
-    compiled = [
-        name or type(target).__name__
-        for name, m in modules.items()
-        if type(m).__name__ == "OptimizedModule" or getattr(m, "_compiled_call_impl", None) is not None
-    ]
-    if compiled:
-        raise CompiledModelError(
-            f"cannot attach hooks to {compiled[:3]}: already compiled with torch.compile, so hooks "
-            "added now would be silently ignored. Attach before compiling, attach to the original "
-            "module (compiled._orig_mod) and call it, or set "
-            "torch._dynamo.config.skip_nnmodule_hook_guards = False to recompile on hook changes."
-        )
+    raise CompiledModelError(
+        f"cannot attach hooks under {sorted(compiled)[:3]}: already compiled with torch.compile, so hooks "
+        "added now would be silently ignored. Attach before compiling, attach to the original "
+        "module (compiled._orig_mod) and call it, or set "
+        "torch._dynamo.config.skip_nnmodule_hook_guards = False to recompile on hook changes."
+    )
 
 
 def _param_names(module: nn.Module) -> list[str]:

@@ -293,9 +293,13 @@ def test_compiled_model_is_refused_not_silently_ignored(tiny_mlp):
     with pytest.raises(CompiledModelError, match="already compiled with torch.compile"):
         attach(compiled, {"_orig_mod.head": Cache()})
     tiny_mlp.layers[0].compile(backend="eager")
-    with pytest.raises(CompiledModelError, match="layers.0"):
-        attach(tiny_mlp, {"head": Cache()})
+    with pytest.raises(CompiledModelError, match=r"under \['layers.0'\]"):
+        attach(tiny_mlp, {"head": Cache(), "layers.0.attn": Cache()})
     assert_no_hooks_left(tiny_mlp)
+    cache = Cache()  # a site outside the compiled submodule is fine
+    with attach(tiny_mlp, {"head": cache}):
+        tiny_mlp(torch.ones(1, 4))
+    assert cache["head"].shape == (1, 3)
 
 
 def test_sessions_nest_and_inner_exit_keeps_outer(tiny_mlp):

@@ -35,7 +35,8 @@ DIT_NULL_CLASS = 1000
 
 
 def is_pipeline(obj: Any) -> bool:
-    return type(obj).__module__.startswith("diffusers") and isinstance(getattr(obj, "components", None), dict)
+    """A diffusers pipeline (read from its class: ``components`` is a costly property)."""
+    return type(obj).__module__.startswith("diffusers") and hasattr(type(obj), "components")
 
 
 def is_diffusers_model(obj: Any) -> bool:
