@@ -60,15 +60,18 @@ class SteeringVector:
         layout: str | None = None,
         branch: str | None = "cond",
         per_step: bool = False,
+        sites: Iterable[str] | None = None,
         **meta: Any,
     ) -> SteeringVector:
         """CAA: ``mean(positive) - mean(negative)`` over all tokens, per site (and per step).
 
         Inputs are activations keyed like the directions, or two stores filled by ``Cache``
-        (then only ``branch`` rows are used and ``per_step`` keeps one direction per step).
+        (then only ``branch`` rows are used, ``per_step`` keeps one direction per step and
+        ``sites`` picks some of the stored sites).
         """
-        pos = _group(positive, layout, branch, per_step)
-        neg = _group(negative, layout, branch, per_step)
+        keep = set(sites) if sites is not None else None
+        pos = _group(positive, layout, branch, per_step, keep)
+        neg = _group(negative, layout, branch, per_step, keep)
         missing = set(pos) ^ set(neg)
         if missing:
             raise ValueError(
@@ -155,14 +158,14 @@ class SteeringVector:
 
 
 def _group(
-    source: Mapping[Key, Tensor] | Store, layout: str | None, branch: str | None, per_step: bool
+    source: Mapping[Key, Tensor] | Store, layout: str | None, branch: str | None, per_step: bool, sites: set[str] | None
 ) -> dict[Key, Tensor]:
     """Token matrices per direction key, from a mapping or from a store's (site, step, branch)."""
     if isinstance(source, Mapping):
         return {k: to_tokens(v, layout).float() for k, v in source.items()}
     groups: dict[Key, list[Tensor]] = {}
     for site, step, b in source.keys():
-        if branch is not None and b != branch:
+        if (branch is not None and b != branch) or (sites is not None and site not in sites):
             continue
         key: Key = (site, int(step)) if per_step and step is not None else site
         groups.setdefault(key, []).append(to_tokens(source.get((site, step, b)), layout).float())

@@ -12,9 +12,10 @@ def _blocks():
     return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 
 
-def test_readme_tour_runs_and_does_what_it_says():
+def test_readme_tour_runs_and_does_what_it_says(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     blocks = _blocks()
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     ns: dict = {}
     exec(compile(blocks[0], "README.md:diffusers", "exec"), ns)
     # "one entry per (site, step, branch): here 5 sites x 10 steps x 2 branches"
@@ -31,3 +32,11 @@ def test_readme_tour_runs_and_does_what_it_says():
     torch.testing.assert_close(ns["restored"], clean)
     assert not torch.allclose(corrupt, clean)
     assert ns["steered_ids"].shape == (1, 9)
+
+    exec(compile(blocks[2], "README.md:artifacts", "exec"), ns)
+    report, sae = ns["report"], ns["sae"]
+    assert report.l0 <= 16 and report.fvu < 0.5, report
+    assert (tmp_path / "saes" / "unet.mid_block" / "sae_weights.safetensors").exists()
+    assert not torch.equal(ns["edited"], ns["run"]("a red circle"))
+    assert sae.info.site == "unet.mid_block"
+    assert len(ns["vector"].directions) == 10  # one direction per step
