@@ -25,7 +25,10 @@ from importlib import import_module
 __all__ = ["RECIPES", "main", "recipes", "register_recipe"]
 
 #: name -> ("package.module:function", one-line help); filled by recipe modules' authors, imported lazily.
-RECIPES: dict[str, tuple[str, str]] = {}
+RECIPES: dict[str, tuple[str, str]] = {
+    "sdi_gan": ("recipes.sdi_gan:main", "SDI-GAN fast calorimeter simulation (arXiv 2406.03263)"),
+    "expertsim": ("recipes.expertsim:main", "ExpertSim mixture of generative experts (arXiv 2508.20991)"),
+}
 
 
 def register_recipe(name: str, target: str, help: str = "") -> None:

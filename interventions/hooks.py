@@ -56,6 +56,10 @@ class _Memo:
         self.value: Any = None
 
 
+def _no_batch(mask: Tensor | None) -> bool:
+    return mask is None or mask.ndim < 2 or mask.shape[0] == 1
+
+
 def _memo_field() -> Any:
     return field(default_factory=_Memo, init=False, repr=False, compare=False)
 
@@ -126,6 +130,15 @@ class Cache:
         t = x.detach()
         self.store.put(ctx.key, t.clone() if self.clone else t)
 
+    def put_rows(self, x: Tensor, ctx: Context, segments: Sequence[tuple[str | None, slice]]) -> None:
+        """Store each CFG branch's rows of a batched call under its own key, copying once."""
+        t = x.detach()
+        if self.clone:
+            t = t.clone()
+        site, step, _ = ctx.key
+        for branch, rows in segments:
+            self.store.put((site, step, branch), t[rows])
+
     def keys(self) -> list[StoreKey]:
         return self.store.keys()
 
@@ -168,6 +181,12 @@ class Patch:
     tokens: Sequence[int] | Tensor | None = None
     channels: Sequence[int] | Tensor | None = None
     when: When | None = None
+
+    @property
+    def rowwise(self) -> bool:
+        """A fixed tensor without a batch axis patches every row alike."""
+        src = self.source
+        return isinstance(src, Tensor) and (src.ndim < 2 or src.shape[0] == 1) and _no_batch(self.mask)
 
     def __call__(self, x: Tensor, ctx: Context) -> Tensor:
         src = self._source(x, ctx)
@@ -214,11 +233,15 @@ class AddVector:
     when: When | None = None
     _memo: _Memo = _memo_field()
 
+    @property
+    def rowwise(self) -> bool:
+        return (self.vector.ndim < 2 or self.vector.shape[0] == 1) and _no_batch(self.mask)
+
     def __call__(self, x: Tensor, ctx: Context) -> Tensor | None:
         if self.scale == 0:
             return None
         v = self.vector
-        key = (x.shape, x.dtype, x.device, ctx.layout, self.scale, self.unit, id(v), v._version, id(self.mask), id(self.tokens))
+        key = (x.shape, x.dtype, ctx.layout, self.scale, self.unit, id(v), v._version, id(self.mask), id(self.tokens))
         memo = self._memo
         if memo.key != key:
             vec = _feature_vector("AddVector", v, x, ctx)
@@ -252,6 +275,11 @@ class Ablate:
             raise ValueError(f"Ablate mode must be 'zero', 'mean' or 'project', got {self.mode!r}")
         if self.mode == "project" and self.direction is None:
             raise ValueError("Ablate('project') needs direction=<a per-feature vector>")
+
+    @property
+    def rowwise(self) -> bool:
+        """Everything but a mean taken over the batch itself acts on each row alike."""
+        return (self.mode != "mean" or self.value is not None) and _no_batch(self.mask)
 
     def __call__(self, x: Tensor, ctx: Context) -> Tensor:
         dim = feature_dim(ctx.layout, x.ndim)
@@ -293,6 +321,8 @@ class SAEEdit:
     stage: Literal["post", "pre"] = "post"
     tokens: Sequence[int] | Tensor | None = None
     when: When | None = None
+
+    rowwise = True  # per token
 
     def __post_init__(self) -> None:
         if self.stage not in ("post", "pre"):

@@ -29,7 +29,7 @@ from .errors import (
     SiteNeverFiredError,
     SiteNeverFiredWarning,
 )
-from .hooks import Hook
+from .hooks import Cache, Hook
 from .sites import Site, SiteNotFoundError, resolve
 from .tree import ModuleTree
 
@@ -47,6 +47,7 @@ class _Entry:
     layout_fixed: bool
     params: list[str] = field(default_factory=list)
     fired: int = 0
+    whole: bool = False  # every hook acts on each row alike (or caches): no CFG split needed
 
 
 class Session:
@@ -103,6 +104,10 @@ class Session:
                         entry.params = _param_names(entry.module)
                     by_site[site] = entry
                 entry.hooks.extend(hook_list)
+        for entry in by_site.values():
+            entry.whole = all(
+                h.when is None and (isinstance(h, Cache) or getattr(h, "rowwise", False)) for h in entry.hooks
+            )
         return list(by_site.values())
 
     def _expand(self, pattern: str) -> list[tuple[Site, nn.Module]]:
@@ -222,6 +227,8 @@ class Session:
             if len(segments) == 1:
                 ctx.branch = segments[0][0]
                 return self._apply(e, x, ctx)
+            if e.whole:
+                return self._apply_whole(e, x, ctx, segments)
             pieces, changed = [], False
             for branch, rows in segments:
                 ctx.branch, ctx.rows = branch, rows
@@ -231,6 +238,19 @@ class Session:
             return torch.cat(pieces, dim=0) if changed else None
         finally:
             ctx.branch, ctx.rows = None, slice(None)
+
+    def _apply_whole(self, e: _Entry, x: torch.Tensor, ctx: Context, segments: Any) -> torch.Tensor | None:
+        """Hooks that act on each row alike run once on the whole CFG batch; caches store each
+        branch's rows under its own key (one copy, no split and re-join)."""
+        changed = False
+        for h in e.hooks:
+            if isinstance(h, Cache):
+                h.put_rows(x, ctx, segments)
+                continue
+            out = self._call(e, h, x, ctx)
+            if out is not None:
+                x, changed = out, True
+        return x if changed else None
 
     def _apply(self, e: _Entry, x: torch.Tensor, ctx: Context) -> torch.Tensor | None:
         changed = False
@@ -242,22 +262,27 @@ class Session:
                     selector = (ctx.step, ctx.timestep, ctx.branch, self.state.call)
                 if not when.allows(*selector):
                     continue
-            try:
-                out = h(x, ctx)
-            except InterventionError:
-                raise
-            except Exception as exc:
-                raise HookError(
-                    f"{type(h).__name__} at site {e.name!r} ({ctx!r}) raised {type(exc).__name__}: {exc}"
-                ) from exc
+            out = self._call(e, h, x, ctx)
             if out is not None:
-                if not isinstance(out, torch.Tensor) or out.shape != x.shape:
-                    got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-                    raise ShapeMismatchError(
-                        f"{type(h).__name__} at site {e.name!r} returned {got}; the activation has shape {tuple(x.shape)}"
-                    )
                 x, changed = out, True
         return x if changed else None
+
+    @staticmethod
+    def _call(e: _Entry, h: Hook, x: torch.Tensor, ctx: Context) -> torch.Tensor | None:
+        try:
+            out = h(x, ctx)
+        except InterventionError:
+            raise
+        except Exception as exc:
+            raise HookError(
+                f"{type(h).__name__} at site {e.name!r} ({ctx!r}) raised {type(exc).__name__}: {exc}"
+            ) from exc
+        if out is not None and (not isinstance(out, torch.Tensor) or out.shape != x.shape):
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ShapeMismatchError(
+                f"{type(h).__name__} at site {e.name!r} returned {got}; the activation has shape {tuple(x.shape)}"
+            )
+        return out
 
     # -- user controls -------------------------------------------------------------------------
     @contextmanager

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -56,6 +57,10 @@ class Site:
         """Parse ``path[:output|:input][.key...]``; ``parse(str(site)) == site``."""
         if not isinstance(text, str):
             raise SiteError(f"a site is a string, got {type(text).__name__}")
+        return _parse(text)
+
+    @classmethod
+    def _parse_uncached(cls, text: str) -> Site:
         module, sep, rest = text.partition(":")
         if not sep:
             return cls(module)
@@ -77,6 +82,11 @@ class Site:
     @property
     def is_glob(self) -> bool:
         return bool(_GLOB_CHARS.search(self.module))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(text: str) -> Site:
+    return Site._parse_uncached(text)
 
 
 def _parse_key(part: str, text: str) -> int | str:

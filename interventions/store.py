@@ -75,8 +75,9 @@ class DiskStore:
     """Safetensors shards under ``path``; at most ``buffer_bytes`` of activations stay in memory.
 
     Entries are buffered on the CPU and written as ``shard-00000.safetensors``, ... when the
-    buffer is full (and on :meth:`flush`); ``index.json`` maps each key to its shard. Reading opens
-    the shard lazily, so a store much larger than memory can be streamed.
+    buffer is full (and on :meth:`flush`). Each tensor is named by its JSON-encoded key, so the
+    shards' own headers are the index (read when a store is reopened). Reading opens the shard
+    lazily, so a store much larger than memory can be streamed.
 
     >>> import tempfile
     >>> store = DiskStore(tempfile.mkdtemp(), buffer_bytes=1024)
@@ -92,14 +93,17 @@ class DiskStore:
         self._buffer: dict[StoreKey, torch.Tensor] = {}
         self._buffered = 0
         self._index: dict[StoreKey, str] = {}
-        index = self.path / "index.json"
-        if index.exists():
-            for name, shard in json.loads(index.read_text())["entries"].items():
-                self._index[tuple(json.loads(name))] = shard  # type: ignore[assignment]
-        self._next_shard = len(set(self._index.values()))
+        shards = sorted(p.name for p in self.path.glob("shard-*.safetensors"))
+        for shard in shards:
+            with safe_open(str(self.path / shard), framework="pt") as f:
+                for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                    self._index[tuple(json.loads(name))] = shard  # type: ignore[assignment]
+        self._next_shard = int(shards[-1][6:11]) + 1 if shards else 0
 
     def put(self, key: StoreKey, tensor: torch.Tensor) -> None:
         tensor = tensor.detach().to("cpu").contiguous()
+        if tensor._base is not None:  # a view (one CFG branch's rows): safetensors needs its own storage
+            tensor = tensor.clone()
         if key in self._buffer:
             self._buffered -= self._buffer[key].nbytes
         self._buffer[key] = tensor
@@ -108,7 +112,7 @@ class DiskStore:
             self.flush()
 
     def flush(self) -> None:
-        """Write buffered entries as one new shard and update ``index.json``."""
+        """Write buffered entries as one new shard."""
         if not self._buffer:
             return
         shard = f"shard-{self._next_shard:05d}.safetensors"
@@ -118,8 +122,6 @@ class DiskStore:
             self._index[k] = shard
         self._buffer.clear()
         self._buffered = 0
-        entries = {_tensor_name(k): s for k, s in self._index.items()}
-        (self.path / "index.json").write_text(json.dumps({"entries": entries}))
 
     def get(self, key: StoreKey) -> torch.Tensor:
         if key in self._buffer:

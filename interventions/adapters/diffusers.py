@@ -161,7 +161,10 @@ class DiffusersPipelineAdapter(DiffusersModelAdapter):
     def __init__(self, target: Any, *, cfg: Sequence[str] | None = None) -> None:
         Adapter.__init__(self, _ModuleStandIn(), cfg=cfg)
         self.pipe = target
-        self._comps = {k: v for k, v in target.components.items() if isinstance(v, nn.Module)}
+        # the registered component names are the config's keys (``pipe.components`` would
+        # inspect the constructor's signature on every attach)
+        names = [k for k in target.config.keys() if not k.startswith("_")]
+        self._comps = {k: m for k in names if isinstance(m := getattr(target, k, None), nn.Module)}
         names = [n for n in ("unet", "transformer", "prior") if n in self._comps]
         self.denoiser = names[0] if names else None
         self._sequential = None
