@@ -223,21 +223,20 @@ class Session:
         segments = self.state.segments
         if len(segments) > 1 and (not x.ndim or x.shape[0] != segments[-1][1].stop):
             segments = ALL_ROWS  # not batch-major at this site: no row split possible
-        try:
-            if len(segments) == 1:
-                ctx.branch = segments[0][0]
-                return self._apply(e, x, ctx)
-            if e.whole:
-                return self._apply_whole(e, x, ctx, segments)
-            pieces, changed = [], False
-            for branch, rows in segments:
-                ctx.branch, ctx.rows = branch, rows
-                out = self._apply(e, x[rows], ctx)
-                changed |= out is not None
-                pieces.append(x[rows] if out is None else out)
-            return torch.cat(pieces, dim=0) if changed else None
-        finally:
-            ctx.branch, ctx.rows = None, slice(None)
+        if len(segments) == 1:
+            ctx.branch = segments[0][0]
+            return self._apply(e, x, ctx)
+        if e.whole:
+            ctx.branch = None
+            return self._apply_whole(e, x, ctx, segments)
+        pieces, changed = [], False
+        for branch, rows in segments:
+            ctx.branch, ctx.rows = branch, rows
+            out = self._apply(e, x[rows], ctx)
+            changed |= out is not None
+            pieces.append(x[rows] if out is None else out)
+        ctx.rows = slice(None)
+        return torch.cat(pieces, dim=0) if changed else None
 
     def _apply_whole(self, e: _Entry, x: torch.Tensor, ctx: Context, segments: Any) -> torch.Tensor | None:
         """Hooks that act on each row alike run once on the whole CFG batch; caches store each
