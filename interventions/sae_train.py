@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -254,11 +255,14 @@ def _loss(
     sae: SAE, x: Tensor, cfg: TrainConfig, variance: Tensor, since_fired: Tensor, aux_k: int
 ) -> tuple[Tensor, Tensor]:
     pre = sae.pre_acts(x)
-    if sae.kind == "jumprelu":
-        z = _JumpReLU.apply(pre, sae.threshold, cfg.bandwidth)
+    if sae.kind == "topk":  # decode from the k active latents only (as sparsify does): ~5x cheaper
+        top = pre.topk(sae.k, dim=-1)
+        values = torch.relu(top.values)
+        x_hat = F.embedding_bag(top.indices, sae.W_dec, per_sample_weights=values, mode="sum") + sae.b_dec
+        z = torch.zeros_like(pre).scatter_(-1, top.indices, values.detach())
     else:
-        z = sae.activate(pre, batch_topk=True)
-    x_hat = sae.decode(z)
+        z = _JumpReLU.apply(pre, sae.threshold, cfg.bandwidth) if sae.kind == "jumprelu" else sae.activate(pre, batch_topk=True)
+        x_hat = sae.decode(z)
     err = x - x_hat
     loss = err.pow(2).sum(-1).mean() / variance
     if sae.kind == "relu":
