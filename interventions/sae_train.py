@@ -208,7 +208,7 @@ def train_sae(
             break
         for group in opt.param_groups:
             group["lr"] = cfg.lr * _lr_factor(step, cfg)
-        loss, z = _loss(sae, x, cfg, variance, since_fired, aux_k)
+        loss, fired = _loss(sae, x, cfg, variance, since_fired, aux_k)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         _remove_parallel_grad(sae)
@@ -217,7 +217,6 @@ def train_sae(
         if kind == "jumprelu":
             with torch.no_grad():
                 sae.threshold.clamp_(min=1e-6)
-        fired = (z != 0).any(dim=0)
         since_fired = torch.where(fired, 0, since_fired + x.shape[0])
         tokens_seen += x.shape[0]
         losses.append(loss.item())
@@ -259,10 +258,11 @@ def _loss(
         top = pre.topk(sae.k, dim=-1)
         values = torch.relu(top.values)
         x_hat = F.embedding_bag(top.indices, sae.W_dec, per_sample_weights=values, mode="sum") + sae.b_dec
-        z = torch.zeros_like(pre).scatter_(-1, top.indices, values.detach())
+        fired = torch.zeros(sae.d_sae, dtype=torch.bool).index_fill_(0, top.indices.flatten()[values.flatten() > 0], True)
     else:
         z = _JumpReLU.apply(pre, sae.threshold, cfg.bandwidth) if sae.kind == "jumprelu" else sae.activate(pre, batch_topk=True)
         x_hat = sae.decode(z)
+        fired = (z != 0).any(dim=0)
     err = x - x_hat
     loss = err.pow(2).sum(-1).mean() / variance
     if sae.kind == "relu":
@@ -280,7 +280,7 @@ def _loss(
             target = err.detach()
             aux = (e_hat - target).pow(2).sum(-1).mean() / target.var(dim=0).sum().clamp_min(1e-12)
             loss = loss + cfg.aux_coeff * torch.nan_to_num(aux)
-    return loss, z.detach()
+    return loss, fired
 
 
 def _remove_parallel_grad(sae: SAE) -> None:
