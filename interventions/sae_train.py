@@ -258,9 +258,15 @@ def _loss(
         top = pre.topk(sae.k, dim=-1)
         values = torch.relu(top.values)
         x_hat = F.embedding_bag(top.indices, sae.W_dec, per_sample_weights=values, mode="sum") + sae.b_dec
-        fired = torch.zeros(sae.d_sae, dtype=torch.bool).index_fill_(0, top.indices.flatten()[values.flatten() > 0], True)
+        fired = torch.zeros(sae.d_sae, dtype=torch.bool).index_fill_(
+            0, top.indices.flatten()[values.flatten() > 0], True
+        )
     else:
-        z = _JumpReLU.apply(pre, sae.threshold, cfg.bandwidth) if sae.kind == "jumprelu" else sae.activate(pre, batch_topk=True)
+        z = (
+            _JumpReLU.apply(pre, sae.threshold, cfg.bandwidth)
+            if sae.kind == "jumprelu"
+            else sae.activate(pre, batch_topk=True)
+        )
         x_hat = sae.decode(z)
         fired = (z != 0).any(dim=0)
     err = x - x_hat
