@@ -1,0 +1,1 @@
+"""Conditional GAN building blocks shared by the calorimeter recipes (SDI-GAN, ExpertSim)."""

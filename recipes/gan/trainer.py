@@ -1,0 +1,368 @@
+"""The conditional GAN trainer shared by ``recipes.sdi_gan`` and ``recipes.expertsim``.
+
+One :class:`Expert` is a generator, a discriminator (exposing its penultimate features) and,
+optionally, the brightest-pixel regressor. :func:`expert_step` is one training step of one expert
+on the samples routed to it, as in the papers' code:
+
+1. discriminator: ``fake = G(z1, c)``; non-saturating BCE on real and ``fake.detach()``;
+2. regressor (if on): MSE of its position on the real events, its own optimiser;
+3. generator: ``softplus(-D(fake))`` + ``SDI(h(G(z1,c)), h(G(z2,c)), z1, z2, sigma)`` (if on)
+   + ``l_in |sum expm1(fake) - photon sum|`` (if on) + ``l_aux MSE(A(fake), position)`` (if on);
+   all expert losses are multiplied by ``weight`` (the expert's share of the batch in ExpertSim);
+4. if ``ema > 0`` (ExpertSim's code uses 0.99; off by default: in runs of a few hundred steps the
+   average lagged behind, held-out Wasserstein distances got worse), an exponential moving average
+   of the generator is updated, and it is what samples.
+
+:class:`GanTrainer` runs epochs of shuffled batches with a tqdm bar, is deterministic for
+``config.seed`` (initialisation, shuffling and noise each come from their own seeded
+``torch.Generator``; on one CPU thread two runs are bit-identical), and saves / restores
+checkpoints as safetensors (models, optimiser states, RNG states; JSON metadata in the header).
+ExpertSim subclasses it (``recipes.expertsim.ExpertSimTrainer``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import losses as L
+from .data import GanData
+from .models import Discriminator, Generator, PositionRegressor
+
+__all__ = ["GanConfig", "Expert", "expert_step", "GanTrainer", "save_tensors", "load_tensors"]
+
+CHECKPOINT_FORMAT = "interventions.recipes.gan.checkpoint/1"
+
+
+@dataclass
+class GanConfig:
+    """Hyper-parameters. Paper values: lr_G 1e-4, lr_D 1e-5, lr_aux 1e-4, batch 128, 250 epochs,
+    l_div 0.1, l_in 1e-3, l_aux 1e-3; here the learning rates are raised for runs of minutes."""
+
+    noise_dim: int = 10
+    width: int = 8  # generator widths 4w, 2w
+    d_width: int = 8  # discriminator widths w, 2w, 4w
+    aux_width: int = 8
+    feature_dim: int = 64
+    shape: tuple[int, int] = (56, 30)
+    lr_g: float = 5e-4
+    lr_d: float = 2e-4
+    lr_aux: float = 5e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    batch_size: int = 64
+    epochs: int = 5
+    seed: int = 0
+    sdi: bool = True
+    l_div: float = 0.1
+    intensity: bool = True
+    l_in: float = 1e-3
+    intensity_scale: float = 1.0
+    aux: bool = True
+    l_aux: float = 1e-3
+    ema: float = 0.0  # decay of an exponential moving average of the generator used for sampling (0: off)
+    # ExpertSim (ignored when n_experts == 1)
+    n_experts: int = 1
+    lr_router: float = 1e-3
+    tau_start: float = 1.2
+    tau_min: float = 0.8
+    l_gan: float = 0.1
+    l_diff: float = 0.1
+    l_util: float = 0.1
+    l_alb: float = 1e-7
+    diff_source: str = "generated"  # intensities of the differentiation term: "generated" (paper) or "real"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["shape"], d["betas"] = list(self.shape), list(self.betas)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> GanConfig:
+        d = dict(d)
+        d["shape"], d["betas"] = tuple(d["shape"]), tuple(d["betas"])
+        return cls(**d)
+
+
+class Expert(nn.Module):
+    """Generator, discriminator and (if ``aux``) position regressor of one (SDI-)GAN."""
+
+    def __init__(self, cfg: GanConfig) -> None:
+        super().__init__()
+        self.generator = Generator(cfg.noise_dim, cfg.width, cfg.shape)
+        self.discriminator = Discriminator(cfg.d_width, cfg.feature_dim, cfg.shape)
+        self.regressor = PositionRegressor(cfg.aux_width, cfg.shape) if cfg.aux else None
+        self.ema_decay = cfg.ema
+        self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False) if cfg.ema > 0 else None
+
+    @property
+    def sampling_generator(self) -> Generator:
+        """The generator used to sample: the moving average when ``ema > 0``."""
+        return self.generator_ema if self.generator_ema is not None else self.generator
+
+    def fit_encoders(self, conditions: torch.Tensor) -> None:
+        self.generator.encoder.fit(conditions)
+        self.discriminator.encoder.fit(conditions)
+        if self.generator_ema is not None:
+            self.generator_ema.load_state_dict(self.generator.state_dict())
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        if self.generator_ema is None:
+            return
+        for avg, p in zip(self.generator_ema.parameters(), self.generator.parameters(), strict=True):
+            avg.lerp_(p, 1.0 - self.ema_decay)
+
+    def optimisers(self, cfg: GanConfig) -> dict[str, torch.optim.Optimizer]:
+        opts = {
+            "g": torch.optim.Adam(self.generator.parameters(), lr=cfg.lr_g, betas=cfg.betas),
+            "d": torch.optim.Adam(self.discriminator.parameters(), lr=cfg.lr_d, betas=cfg.betas),
+        }
+        if self.regressor is not None:
+            opts["aux"] = torch.optim.Adam(self.regressor.parameters(), lr=cfg.lr_aux, betas=cfg.betas)
+        return opts
+
+
+def expert_step(
+    expert: Expert,
+    opts: dict[str, torch.optim.Optimizer],
+    batch: GanData,
+    cfg: GanConfig,
+    noise_rng: torch.Generator,
+    weight: float = 1.0,
+) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+    """One step of one expert on ``batch``; returns (logged losses, per-sample generator GAN loss,
+    generated photon sums), the last two detached, ``(B,)``."""
+    G, D, A = expert.generator, expert.discriminator, expert.regressor
+    x, c = batch.images, batch.conditions
+    n = x.shape[0]
+    z1 = torch.randn(n, cfg.noise_dim, generator=noise_rng)
+    fake = G(z1, c)
+
+    # discriminator
+    opts["d"].zero_grad(set_to_none=True)
+    real_logits, _ = D(x, c)
+    fake_logits, _ = D(fake.detach(), c)
+    d_loss = weight * L.discriminator_loss(real_logits, fake_logits)
+    d_loss.backward()
+    opts["d"].step()
+    log = {"d": d_loss.item()}  # weighted: in ExpertSim the experts' entries sum to a batch mean
+
+    # position regressor on real events
+    if A is not None:
+        opts["aux"].zero_grad(set_to_none=True)
+        a_loss = weight * L.position_loss(A(x), batch.position)
+        a_loss.backward()
+        opts["aux"].step()
+        log["aux_real"] = a_loss.item()
+
+    # generator
+    opts["g"].zero_grad(set_to_none=True)
+    frozen = [D] + ([A] if A is not None else [])
+    for m in frozen:
+        m.requires_grad_(False)
+    try:
+        logits, h1 = D(fake, c)
+        per_sample = L.generator_loss(logits, reduction="none")
+        g_loss = per_sample.mean()
+        log["g_gan"] = weight * g_loss.item()
+        if cfg.sdi:
+            z2 = torch.randn(n, cfg.noise_dim, generator=noise_rng)
+            _, h2 = D(G(z2, c), c)
+            div = L.sdi_loss(h1, h2, z1, z2, batch.sigma, strength=cfg.l_div)
+            g_loss = g_loss + div
+            log["sdi"] = weight * div.item()
+        if cfg.intensity:
+            inten = cfg.l_in * L.intensity_loss(fake, batch.photon_sum, cfg.intensity_scale)
+            g_loss = g_loss + inten
+            log["intensity"] = weight * inten.item()
+        if A is not None:
+            aux = cfg.l_aux * L.position_loss(A(fake), batch.position)
+            g_loss = g_loss + aux
+            log["aux"] = weight * aux.item()
+        (weight * g_loss).backward()
+        opts["g"].step()
+        expert.update_ema()
+    finally:
+        for m in frozen:
+            m.requires_grad_(True)
+    with torch.no_grad():
+        sums = torch.expm1(fake.detach()).flatten(1).sum(1)
+    return log, per_sample.detach(), sums
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
+    """safetensors file with ``metadata`` as JSON under the header key ``interventions.metadata``."""
+    from safetensors.torch import save_file
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    save_file(flat, os.fspath(path), metadata={"format": "pt", "interventions.metadata": json.dumps(metadata)})
+
+
+def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    from safetensors import safe_open
+
+    out: dict[str, torch.Tensor] = {}
+    with safe_open(os.fspath(path), framework="pt") as f:
+        meta = json.loads((f.metadata() or {}).get("interventions.metadata", "{}"))
+        for k in f.keys():
+            out[k] = f.get_tensor(k)
+    return out, meta
+
+
+def _optim_tensors(prefix: str, opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = opt.state_dict()
+    tensors = {}
+    for pid, state in sd["state"].items():
+        for k, v in state.items():
+            tensors[f"{prefix}.{pid}.{k}"] = v if isinstance(v, torch.Tensor) else torch.tensor(v)
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def _load_optim(prefix: str, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, v in tensors.items():
+        if key.startswith(prefix + "."):
+            pid, k = key[len(prefix) + 1 :].split(".", 1)
+            state.setdefault(int(pid), {})[k] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+# ---------------------------------------------------------------------------------------- trainer
+
+
+class GanTrainer:
+    """Trains one conditional (SDI-)GAN on :class:`GanData`.
+
+    >>> trainer = GanTrainer(GanConfig(epochs=2), prepare(train_set))  # doctest: +SKIP
+    >>> history = trainer.fit()  # doctest: +SKIP
+    >>> images = trainer.sampler.sample(conditions)  # doctest: +SKIP
+    """
+
+    def __init__(self, cfg: GanConfig, data: GanData) -> None:
+        self.cfg, self.data = cfg, data
+        self.total_steps = cfg.epochs * self.steps_per_epoch()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self._build()
+        self.data_rng = torch.Generator().manual_seed(cfg.seed + 1)
+        self.noise_rng = torch.Generator().manual_seed(cfg.seed + 2)
+        self.epoch, self.step = 0, 0
+        self.history: list[dict[str, float]] = []
+
+    # -- hooks for subclasses
+    def _build(self) -> None:
+        self.expert = Expert(self.cfg)
+        self.expert.fit_encoders(self.data.conditions)
+        self.opts = self.expert.optimisers(self.cfg)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"expert": self.expert}
+
+    def optimisers(self) -> dict[str, torch.optim.Optimizer]:
+        return {f"expert.{k}": v for k, v in self.opts.items()}
+
+    @property
+    def sampler(self) -> nn.Module:
+        """What generates events: a :class:`Generator` (``.sample(conditions, generator)``), the
+        moving average of the trained one when ``cfg.ema > 0``."""
+        return self.expert.sampling_generator
+
+    def train_step(self, batch: GanData) -> dict[str, float]:
+        log, _, _ = expert_step(self.expert, self.opts, batch, self.cfg, self.noise_rng)
+        return log
+
+    # -- loop
+    def steps_per_epoch(self) -> int:
+        return max(1, len(self.data) // self.cfg.batch_size)
+
+    def fit(
+        self,
+        epochs: int | None = None,
+        progress: bool = True,
+        checkpoint_dir: str | os.PathLike | None = None,
+        max_seconds: float | None = None,
+    ) -> list[dict[str, float]]:
+        """Train until ``epochs`` (default ``cfg.epochs``) epochs are done in total; returns the history
+        (mean losses per epoch). ``checkpoint_dir``: a ``checkpoint.safetensors`` after every epoch."""
+        from tqdm.auto import tqdm
+
+        epochs = self.cfg.epochs if epochs is None else epochs
+        per_epoch = self.steps_per_epoch()
+        total = epochs * per_epoch
+        start = time.perf_counter()
+        bar = tqdm(total=total, initial=self.step, disable=not progress, desc=type(self).__name__, leave=False)
+        try:
+            while self.epoch < epochs:
+                order = torch.randperm(len(self.data), generator=self.data_rng)
+                sums: dict[str, float] = {}
+                for b in range(per_epoch):
+                    idx = order[b * self.cfg.batch_size : (b + 1) * self.cfg.batch_size]
+                    log = self.train_step(self.data.subset(idx))
+                    self.step += 1
+                    for k, v in log.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    bar.update(1)
+                    if b % 10 == 0:
+                        bar.set_postfix({k: f"{v:.3g}" for k, v in log.items() if k in ("d", "g_gan", "router")})
+                self.epoch += 1
+                entry = {k: v / per_epoch for k, v in sums.items()}
+                entry.update(epoch=self.epoch, seconds=time.perf_counter() - start)
+                self.history.append(entry)
+                if checkpoint_dir is not None:
+                    self.save_checkpoint(os.path.join(os.fspath(checkpoint_dir), "checkpoint.safetensors"))
+                if max_seconds is not None and time.perf_counter() - start > max_seconds:
+                    break
+        finally:
+            bar.close()
+        return self.history
+
+    # -- checkpoints
+    def save_checkpoint(self, path: str | os.PathLike) -> None:
+        """Models, optimiser states and RNG states as safetensors; config and progress as JSON metadata."""
+        tensors: dict[str, torch.Tensor] = {}
+        for name, module in self.modules().items():
+            for k, v in module.state_dict().items():
+                tensors[f"model.{name}.{k}"] = v
+        optim_meta = {}
+        for name, opt in self.optimisers().items():
+            t, m = _optim_tensors(f"optim.{name}", opt)
+            tensors.update(t)
+            optim_meta[name] = m
+        tensors["rng.data"] = self.data_rng.get_state()
+        tensors["rng.noise"] = self.noise_rng.get_state()
+        meta = {
+            "format": CHECKPOINT_FORMAT,
+            "trainer": type(self).__name__,
+            "config": self.cfg.to_json(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "optimisers": optim_meta,
+            "history": self.history,
+        }
+        save_tensors(path, tensors, meta)
+
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
+        """Restore what :meth:`save_checkpoint` wrote (same config); training resumes bit-exactly."""
+        tensors, meta = load_tensors(path)
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{os.fspath(path)!r} is not a GAN checkpoint (format {meta.get('format')!r})")
+        for name, module in self.modules().items():
+            prefix = f"model.{name}."
+            module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+        for name, opt in self.optimisers().items():
+            _load_optim(f"optim.{name}", opt, tensors, meta["optimisers"][name])
+        self.data_rng.set_state(tensors["rng.data"])
+        self.noise_rng.set_state(tensors["rng.noise"])
+        self.epoch, self.step, self.history = meta["epoch"], meta["step"], meta["history"]
