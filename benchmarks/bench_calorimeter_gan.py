@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=4000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=1000, help="generator batch size")
+    parser.add_argument("--batch-size", type=int, default=256, help="generator batch size")
     parser.add_argument("--generator", help="folder of a saved SDI-GAN generator (default: fresh weights)")
     parser.add_argument("--mixture", help="folder of a saved ExpertSim generator (default: fresh weights)")
     parser.add_argument("--out", help="write the results as JSON here")

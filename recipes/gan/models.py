@@ -107,7 +107,7 @@ class Generator(nn.Module):
 
     @torch.no_grad()
     def sample(
-        self, conditions: torch.Tensor, generator: torch.Generator | None = None, batch_size: int = 4096
+        self, conditions: torch.Tensor, generator: torch.Generator | None = None, batch_size: int = 256
     ) -> torch.Tensor:
         """Photon images ``(B, H, W)`` (``expm1`` of the output) for raw ``conditions``."""
         out = []
@@ -212,7 +212,7 @@ class MixtureGenerator(nn.Module):
 
     @torch.no_grad()
     def sample(
-        self, conditions: torch.Tensor, generator: torch.Generator | None = None, batch_size: int = 4096
+        self, conditions: torch.Tensor, generator: torch.Generator | None = None, batch_size: int = 256
     ) -> torch.Tensor:
         """Photon images ``(B, H, W)`` for raw ``conditions``."""
         out = []
