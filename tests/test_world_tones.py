@@ -11,6 +11,15 @@ pytest.importorskip("transformers")
 from recipes.worlds import tones as world  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is several times faster on a shared machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def test_generator_is_deterministic_for_a_seed():
     a = world.sample(6, torch.Generator().manual_seed(3), audio=True)
     b = world.sample(6, torch.Generator().manual_seed(3), audio=True)
@@ -105,25 +114,29 @@ def test_shipped_checkpoint_loads(model):
     assert model.transformer.config.in_channels == world.N_CHANNELS
 
 
-@pytest.mark.parametrize("scale", [1.0, 3.0])
-def test_shipped_checkpoint_follows_prompts(model, scale):
+def test_shipped_checkpoint_follows_prompts(model):
     from recipes.worlds import tones_model as tm
 
-    torch.manual_seed(0)
-    res = tm.evaluate(model, n=24, scales=(scale,), steps=12, seed=101)[f"g{scale:g}"]
-    # measured with 128 prompts and 25 steps: see checkpoints/tones/TRAINING.md
-    assert res["all"] >= 0.6, res
-    for k in world.FACTORS:
-        assert res[k] >= 0.75, (k, res)
+    # measured: 100% all-factor at scales 1 and 3 (128 prompts, 25 steps), 97-98% with 8 steps
+    # (64 prompts); see checkpoints/tones/TRAINING.md. Here 16 prompts, 10 steps, wide margin.
+    res = tm.evaluate(model, n=16, scales=(1.0, 3.0), steps=10, seed=101)
+    for scale, r in res.items():
+        assert r["all"] >= 0.75, (scale, r)
+        for k in world.FACTORS:
+            assert r[k] >= 0.85, (scale, k, r)
 
 
 def test_samples_differ_across_seeds_in_free_factors(model):
     from recipes.worlds import tones_model as tm
 
-    prompt = ["a slow square melody in a major key without vocals"] * 12
+    prompt = ["a slow square melody in a major key with vocals"] * 12
     reps = tm.generate(
-        model, prompt, guidance_scale=3.0, num_inference_steps=12, generator=torch.Generator().manual_seed(5)
+        model, prompt, guidance_scale=3.0, num_inference_steps=10, generator=torch.Generator().manual_seed(5)
     )
     pred = world.probes(world.synthesize(reps, torch.Generator().manual_seed(0)), details=True)
-    assert len(set(pred["root"].tolist())) >= 3  # the root note is free
-    assert (reps[0] - reps[1]).abs().mean() > 0.05
+    # the root note is free (3 roots; measured 11/10/9 of 30 seeds at scale 3)
+    assert len(set(pred["root"].tolist())) >= 2
+    assert (pred["timbre"] == 1).all() and (pred["tempo"] == 0).all()
+    # the vocal syllable envelope is free too: the vocal bands differ between seeds
+    voc = reps[:, world.N_NOTE_BINS :]
+    assert (voc[:, None] - voc[None]).abs().mean((-1, -2)).max() > 0.05

@@ -32,6 +32,7 @@ Checkpoint folder layout (only safetensors and JSON)::
     text_encoder/{config.json, model.safetensors}
     tokenizer/{tokenizer.json, tokenizer_config.json, ...}
     scheduler/scheduler_config.json
+    sampling.json        rope theta, timestep scale, CFG row order
     training.json
 
 ``load_model(path)`` rebuilds a :class:`TonesModel` from such a folder (default: the shipped one).
@@ -169,6 +170,7 @@ class TonesModel:
     text_encoder: torch.nn.Module
     tokenizer: object
     scheduler: object
+    rope_theta: float = ROPE_THETA
 
     def __call__(self, prompts, **kw):
         return generate(self, prompts, **kw)
@@ -211,7 +213,7 @@ def generate(
         states, pooled = torch.cat([su, states]), torch.cat([pu, pooled])
     shape = (n, world.N_CHANNELS, world.N_TOKENS)
     x = torch.randn(shape, generator=generator).to(device) if latents is None else latents.to(device)
-    rope = rotary_embedding(tr)
+    rope = rotary_embedding(tr, theta=model.rope_theta)
     sched.set_timesteps(num_inference_steps)
     for t in sched.timesteps:
         inp = torch.cat([x, x]) if cfg else x
@@ -262,6 +264,19 @@ def save_model(model: TonesModel, path, extra: dict | None = None) -> None:
     model.text_encoder.save_pretrained(path / "text_encoder", safe_serialization=True)
     model.tokenizer.save_pretrained(path / "tokenizer")
     model.scheduler.save_pretrained(path / "scheduler")
+    (path / "sampling.json").write_text(
+        json.dumps(
+            {
+                "rope_theta": model.rope_theta,
+                "time_scale": TIME_SCALE,
+                "cfg_layout": ["uncond", "cond"],
+                "representation": "tones semitone spectrogram",
+                "shape": [world.N_CHANNELS, world.N_TOKENS],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     if extra is not None:
         (path / "training.json").write_text(json.dumps(extra, indent=2) + "\n")
 
@@ -276,4 +291,7 @@ def load_model(path=None) -> TonesModel:
     te = CLIPTextModel.from_pretrained(path / "text_encoder")
     tok = PreTrainedTokenizerFast.from_pretrained(path / "tokenizer")
     sched = DDIMScheduler.from_pretrained(path / "scheduler")
-    return TonesModel(tr, te, tok, sched).eval()
+    theta = ROPE_THETA
+    if (path / "sampling.json").exists():
+        theta = float(json.loads((path / "sampling.json").read_text())["rope_theta"])
+    return TonesModel(tr, te, tok, sched, rope_theta=theta).eval()
