@@ -185,12 +185,12 @@ def _follow(pipe, evaluators, n, guidance, steps, seed):
 @pytest.mark.parametrize("guidance", [1.0, 3.0])
 def test_shipped_pipeline_follows_prompts(pipe, evaluators, guidance):
     r = _follow(pipe, evaluators, n=16, guidance=guidance, steps=10, seed=11)
-    # The shipped checkpoint (3,250 steps) measured all 0.56 / 0.62, style 0.69 / 0.62 at guidance 1 / 3
-    # on these 16 prompts: a clear majority, well above chance (1/64 all-factor). Issue 4's 90% target
-    # needs a longer training run (recipes/worlds/checkpoints/shapes/TRAINING.md).
-    assert r["all"] >= 0.5, r
+    # The shipped checkpoint (5,750 steps) measured all 0.94 / 1.00 at guidance 1 / 3 on these 16
+    # prompts (0.945 / 1.000 on 128 prompts, 25 steps: checkpoints/shapes/TRAINING.md). The bar
+    # leaves one prompt of slack for platform-level numeric differences.
+    assert r["all"] >= 0.875, r
     for f in world.FACTORS:
-        assert r[f] >= 0.6, r
+        assert r[f] >= 0.875, r
 
 
 @needs_ckpt
