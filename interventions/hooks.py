@@ -237,11 +237,18 @@ class AddVector:
     def rowwise(self) -> bool:
         return (self.vector.ndim < 2 or self.vector.shape[0] == 1) and _no_batch(self.mask)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # a changed parameter (scale, vector, mask, ...) invalidates the prepared vector, so the
+        # per-call key only holds what the activation and in-place edits of the vector change
+        object.__setattr__(self, name, value)
+        if name != "_memo" and "_memo" in self.__dict__:
+            self._memo.key = None
+
     def __call__(self, x: Tensor, ctx: Context) -> Tensor | None:
         if self.scale == 0:
             return None
         v = self.vector
-        key = (x.shape, x.dtype, ctx.layout, self.scale, self.unit, id(v), v._version, id(self.mask), id(self.tokens))
+        key = (x.shape, x.dtype, x.device, ctx.layout, v._version)
         memo = self._memo
         if memo.key != key:
             vec = _feature_vector("AddVector", v, x, ctx)

@@ -37,7 +37,7 @@ HookSpec = Hook | Sequence[Hook]
 _UNSET = object()
 
 
-@dataclass
+@dataclass(slots=True)
 class _Entry:
     site: Site
     name: str
@@ -48,6 +48,17 @@ class _Entry:
     params: list[str] = field(default_factory=list)
     fired: int = 0
     whole: bool = False  # every hook acts on each row alike (or caches): no CFG split needed
+
+
+def _hook_failed(e: _Entry, h: Hook | None, ctx: Context, exc: Exception) -> HookError:
+    return HookError(f"{type(h).__name__} at site {e.name!r} ({ctx!r}) raised {type(exc).__name__}: {exc}")
+
+
+def _wrong_output(e: _Entry, h: Hook, x: torch.Tensor, out: Any) -> ShapeMismatchError:
+    got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    return ShapeMismatchError(
+        f"{type(h).__name__} at site {e.name!r} returned {got}; the activation has shape {tuple(x.shape)}"
+    )
 
 
 class Session:
@@ -252,18 +263,27 @@ class Session:
         return x if changed else None
 
     def _apply(self, e: _Entry, x: torch.Tensor, ctx: Context) -> torch.Tensor | None:
+        # the per-fire hot path: _call's checks are inlined (one Python call less per hook)
         changed = False
         selector: tuple[Any, ...] | None = None
-        for h in e.hooks:
-            when = h.when
-            if when is not None:
-                if selector is None:
-                    selector = (ctx.step, ctx.timestep, ctx.branch, self.state.call)
-                if not when.allows(*selector):
-                    continue
-            out = self._call(e, h, x, ctx)
-            if out is not None:
-                x, changed = out, True
+        h: Hook | None = None
+        try:
+            for h in e.hooks:
+                when = h.when
+                if when is not None:
+                    if selector is None:
+                        selector = (ctx.step, ctx.timestep, ctx.branch, self.state.call)
+                    if not when.allows(*selector):
+                        continue
+                out = h(x, ctx)
+                if out is not None:
+                    if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+                        raise _wrong_output(e, h, x, out)
+                    x, changed = out, True
+        except InterventionError:
+            raise
+        except Exception as exc:
+            raise _hook_failed(e, h, ctx, exc) from exc
         return x if changed else None
 
     @staticmethod
@@ -273,14 +293,9 @@ class Session:
         except InterventionError:
             raise
         except Exception as exc:
-            raise HookError(
-                f"{type(h).__name__} at site {e.name!r} ({ctx!r}) raised {type(exc).__name__}: {exc}"
-            ) from exc
+            raise _hook_failed(e, h, ctx, exc) from exc
         if out is not None and (not isinstance(out, torch.Tensor) or out.shape != x.shape):
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ShapeMismatchError(
-                f"{type(h).__name__} at site {e.name!r} returned {got}; the activation has shape {tuple(x.shape)}"
-            )
+            raise _wrong_output(e, h, x, out)
         return out
 
     # -- user controls -------------------------------------------------------------------------

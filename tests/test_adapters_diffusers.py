@@ -164,6 +164,20 @@ def test_site_groups_and_step_restart_per_pipeline_call():
     assert session.state.run == 2
 
 
+def test_attaching_to_a_pipeline_reads_no_deprecated_attribute(case):
+    # the adapter finds the components from the config without touching plain config values
+    # (diffusers warns on ``pipe.requires_safety_checker``)
+    import warnings
+
+    _, _, pipe = case
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        with attach(pipe, {}) as session:
+            pass
+    assert session.adapter.components()  # the denoiser and friends, each an nn.Module
+    assert all(isinstance(m, torch.nn.Module) for m in session.adapter.components().values())
+
+
 def test_bare_unet_batched_and_sequential_cfg_agree():
     pipe = tiny_models.sd_pipeline()
     unet = pipe.unet

@@ -130,6 +130,26 @@ def test_norm_restore_keeps_every_token_norm(x, v, scale):
     torch.testing.assert_close(y.norm(dim=-1)[nonzero], x.norm(dim=-1)[nonzero], atol=1e-4, rtol=1e-4)
 
 
+def test_add_vector_sees_every_change_to_its_parameters_between_calls():
+    # the prepared vector is memoised: changing a field, swapping the vector or editing it in
+    # place must each show up in the very next call
+    model, x = nn.Identity(), torch.zeros(2, 4)
+    hook = AddVector(torch.ones(4))
+    with attach(model, {"": hook}):
+        assert torch.equal(model(x), torch.ones(2, 4))
+        hook.scale = 2.0
+        assert torch.equal(model(x), torch.full((2, 4), 2.0))
+        hook.vector = torch.arange(4.0)
+        assert torch.equal(model(x), 2 * torch.arange(4.0).expand(2, 4))
+        hook.vector.mul_(-1)
+        assert torch.equal(model(x), -2 * torch.arange(4.0).expand(2, 4))
+        hook.unit = True
+        torch.testing.assert_close(model(x).norm(dim=-1), torch.full((2,), 2.0))
+        hook.tokens = [1]
+        y = model(torch.zeros(1, 3, 4))  # batch, tokens, features
+        assert y[0, [0, 2]].abs().sum() == 0 and abs(float(y[0, 1].norm()) - 2.0) < 1e-5
+
+
 class LinearAE(nn.Module):
     def __init__(self, d, k, seed):
         super().__init__()

@@ -161,9 +161,10 @@ class DiffusersPipelineAdapter(DiffusersModelAdapter):
     def __init__(self, target: Any, *, cfg: Sequence[str] | None = None) -> None:
         Adapter.__init__(self, _ModuleStandIn(), cfg=cfg)
         self.pipe = target
-        # the registered component names are the config's keys (``pipe.components`` would
-        # inspect the constructor's signature on every attach)
-        names = [k for k in target.config.keys() if not k.startswith("_")]
+        # the registered components are the config entries holding (library, class) pairs
+        # (``pipe.components`` would inspect the constructor's signature on every attach; reading
+        # a plain config value such as ``requires_safety_checker`` as an attribute is deprecated)
+        names = [k for k, v in target.config.items() if not k.startswith("_") and isinstance(v, (list, tuple))]
         self._comps = {k: m for k in names if isinstance(m := getattr(target, k, None), nn.Module)}
         names = [n for n in ("unet", "transformer", "prior") if n in self._comps]
         self.denoiser = names[0] if names else None
