@@ -67,12 +67,18 @@ class MemoryStore:
         self._data.clear()
 
 
+# what a buffered entry costs beyond its data (tensor object, storage, key): counted against the
+# budget, so that many tiny activations stay within it too
+_ENTRY_OVERHEAD = 1024
+
+
 def _tensor_name(key: StoreKey) -> str:
     return json.dumps(list(key))
 
 
 class DiskStore:
-    """Safetensors shards under ``path``; at most ``buffer_bytes`` of activations stay in memory.
+    """Safetensors shards under ``path``; at most ``buffer_bytes`` of activations stay in memory
+    (each entry counts its data plus a fixed 1 kB for its objects; the key index is not counted).
 
     Entries are buffered on the CPU and written as ``shard-00000.safetensors``, ... when the
     buffer is full (and on :meth:`flush`). Each tensor is named by its JSON-encoded key, so the
@@ -105,9 +111,9 @@ class DiskStore:
         if tensor._base is not None:  # a view (one CFG branch's rows): safetensors needs its own storage
             tensor = tensor.clone()
         if key in self._buffer:
-            self._buffered -= self._buffer[key].nbytes
+            self._buffered -= self._buffer[key].nbytes + _ENTRY_OVERHEAD
         self._buffer[key] = tensor
-        self._buffered += tensor.nbytes
+        self._buffered += tensor.nbytes + _ENTRY_OVERHEAD
         if self._buffered >= self.buffer_bytes:
             self.flush()
 
