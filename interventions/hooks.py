@@ -136,6 +136,9 @@ class Cache:
         if self.clone:
             t = t.clone()
         site, step, _ = ctx.key
+        if isinstance(self.store, MemoryStore):
+            self.store.put_rows(site, step, t, segments)
+            return
         for branch, rows in segments:
             self.store.put((site, step, branch), t[rows])
 

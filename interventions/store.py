@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -36,23 +36,46 @@ def _missing(key: StoreKey, keys: list[StoreKey]) -> KeyError:
     return KeyError(f"no cached activation for site {site!r}, step {step}, branch {branch!r}; {where}")
 
 
+class _Rows:
+    """Some rows of a stored batch, sliced when first read (slicing at every fire is the costly part
+    of caching a batched CFG call)."""
+
+    __slots__ = ("tensor", "rows")
+
+    def __init__(self, tensor: torch.Tensor, rows: slice) -> None:
+        self.tensor, self.rows = tensor, rows
+
+
 class MemoryStore:
     """A dict of tensors, optionally moved to ``device`` (``"cpu"`` offloads GPU activations)."""
 
     def __init__(self, device: str | torch.device | None = None) -> None:
         self.device = torch.device(device) if device is not None else None
-        self._data: dict[StoreKey, torch.Tensor] = {}
+        self._data: dict[StoreKey, torch.Tensor | _Rows] = {}
 
     def put(self, key: StoreKey, tensor: torch.Tensor) -> None:
         if self.device is not None and tensor.device != self.device:
             tensor = tensor.to(self.device, non_blocking=self.device.type == "cpu")
         self._data[key] = tensor
 
+    def put_rows(
+        self, site: str, step: int | None, tensor: torch.Tensor, segments: Sequence[tuple[str | None, slice]]
+    ) -> None:
+        """Store each CFG branch's rows of one batched tensor under ``(site, step, branch)``."""
+        if self.device is not None and tensor.device != self.device:
+            tensor = tensor.to(self.device, non_blocking=self.device.type == "cpu")
+        data = self._data
+        for branch, rows in segments:
+            data[(site, step, branch)] = _Rows(tensor, rows)
+
     def get(self, key: StoreKey) -> torch.Tensor:
         try:
-            return self._data[key]
+            value = self._data[key]
         except KeyError:
             raise _missing(key, list(self._data)) from None
+        if type(value) is _Rows:
+            value = self._data[key] = value.tensor[value.rows]
+        return value  # type: ignore[return-value]
 
     def __contains__(self, key: object) -> bool:
         return key in self._data

@@ -1,5 +1,6 @@
 """Activation stores: memory, CPU offload, disk shards with bounded memory; Cache -> Patch."""
 
+import itertools
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from interventions import Cache, DiskStore, MemoryStore, Patch, attach
+from interventions.context import Context, RunState
 
 dtypes = st.sampled_from([torch.float32, torch.float16, torch.bfloat16, torch.int64])
 shapes = st.lists(st.integers(1, 5), min_size=1, max_size=4).map(tuple)
@@ -63,6 +65,26 @@ def test_memory_store_offloads_and_reports_missing_keys():
     assert store.get(("a", 0, "cond")).device.type == "cpu"
     with pytest.raises(KeyError, match=r"no cached activation for site 'a', step 1, branch 'cond'.*\('a', 0, 'cond'\)"):
         store.get(("a", 1, "cond"))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(1, 3), min_size=1, max_size=3))
+def test_row_split_cache_is_the_same_in_memory_and_on_disk(tmp_path_factory, sizes):
+    # a batched CFG call is stored per branch: lazily in memory, copied on disk; both read back
+    # exactly the rows of each branch
+    x = torch.randn(sum(sizes), 3, 2)
+    bounds = torch.tensor([0, *sizes]).cumsum(0).tolist()
+    segments = [(f"b{i}", slice(a, b)) for i, (a, b) in enumerate(itertools.pairwise(bounds))]
+    ctx = Context("blocks.0", RunState())
+    in_memory, on_disk = Cache(), Cache(DiskStore(tmp_path_factory.mktemp("rows"), buffer_bytes=64))
+    for cache in (in_memory, on_disk):
+        cache.put_rows(x, ctx, segments)
+    step = ctx.key[1]  # outside any call here
+    for branch, rows in segments:
+        assert torch.equal(in_memory.get("blocks.0", step, branch), x[rows])
+        assert torch.equal(on_disk.get("blocks.0", step, branch), x[rows])
+    x.add_(1)  # the cache holds its own copy
+    assert not torch.equal(in_memory.get("blocks.0", step, "b0"), x[segments[0][1]])
 
 
 def test_import_interventions_stays_light():
