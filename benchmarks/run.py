@@ -190,10 +190,18 @@ def goals(res: dict[str, Any]) -> list[dict[str, Any]]:
     v = pipe.get("variants", {}).get("interventions:cache20")
     if v:
         raw = pipe["variants"].get("raw:cache20", {})
+        measured = f"{v['overhead_pct']:+.1f}% (raw hooks {raw.get('overhead_pct', float('nan')):+.1f}%)"
+        inside = pipe.get("in_hooks")
+        if inside:
+            extra = inside["interventions_ms"] - inside["raw_ms"]
+            measured += (
+                f"; inside the hook callbacks: ours {inside['interventions_ms']:.2f} ms vs raw {inside['raw_ms']:.2f} ms"
+                f" per call, so ours costs {100 * extra / pipe['plain_ms']:+.1f}% of the call on top of raw's"
+            )
         out.append(
             {
                 "goal": f"whole pipeline call, 20 cache sites, < {GOAL_PIPELINE_PCT:.0f}% overhead",
-                "measured": f"{v['overhead_pct']:+.1f}% (raw hooks {raw.get('overhead_pct', float('nan')):+.1f}%)",
+                "measured": measured,
                 "met": v["overhead_pct"] < GOAL_PIPELINE_PCT,
             }
         )
