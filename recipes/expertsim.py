@@ -16,7 +16,7 @@ calorimeter world are its regimes (empty / pions / protons / alphas).
 
 Run it::
 
-    interventions run expertsim --conditions 1500 --epochs 5 --experts 3 --out runs/expertsim
+    interventions run expertsim --conditions 1500 --epochs 20 --experts 3 --out runs/expertsim
     python -m recipes.expertsim --help
 
 It trains on the calorimeter world, evaluates on held-out conditions (5-channel Wasserstein,

@@ -12,7 +12,7 @@ with the non-saturating GAN loss plus three switchable terms (``recipes.gan.loss
 
 Run it::
 
-    interventions run sdi_gan --conditions 1500 --epochs 5 --out runs/sdi_gan [--push me/zdc-sdi-gan]
+    interventions run sdi_gan --conditions 1500 --epochs 20 --out runs/sdi_gan [--push me/zdc-sdi-gan]
     python -m recipes.sdi_gan --no-sdi --seed 1
 
 Outputs (with ``--out``): ``metrics.json`` (held-out 5-channel Wasserstein, photon-sum

@@ -18,7 +18,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--test-repeats", type=int, default=8, help="events per held-out condition (default 8)")
     data.add_argument("--data-seed", type=int, default=0)
     train = parser.add_argument_group("training")
-    train.add_argument("--epochs", type=int, default=5)
+    train.add_argument(
+        "--epochs", type=int, default=20, help="default 20: SDI and the mixture need it (recipes/results/README.md)"
+    )
     train.add_argument("--batch-size", type=int, default=64)
     train.add_argument("--width", type=int, default=8, help="generator width (channels 4w, 2w)")
     train.add_argument("--seed", type=int, default=0)
