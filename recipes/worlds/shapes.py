@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .text import word_level_tokenizer
+
 __all__ = [
     "SIZE",
     "SHAPES",
@@ -231,23 +233,4 @@ def build_tokenizer():
     ``<bos> $A <eos>``, padded with ``<pad>`` to ``MAX_LENGTH`` by the pipeline; unknown words map
     to ``<unk>``.
     """
-    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
-    from tokenizers.models import WordLevel
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = vocabulary()
-    tok = Tokenizer(WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="<bos> $A <eos>",
-        special_tokens=[("<bos>", vocab["<bos>"]), ("<eos>", vocab["<eos>"])],
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<bos>",
-        eos_token="<eos>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        model_max_length=MAX_LENGTH,
-    )
+    return word_level_tokenizer(vocabulary(), MAX_LENGTH)

@@ -55,6 +55,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .text import word_level_tokenizer
+
 __all__ = [
     "SR",
     "N_SAMPLES",
@@ -490,23 +492,4 @@ def vocabulary() -> dict[str, int]:
 def build_tokenizer():
     """A word-level ``PreTrainedTokenizerFast`` built offline (no download): ``<bos> $A <eos>``,
     padded with ``<pad>`` to ``MAX_LENGTH``; unknown words map to ``<unk>``."""
-    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
-    from tokenizers.models import WordLevel
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = vocabulary()
-    tok = Tokenizer(WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="<bos> $A <eos>",
-        special_tokens=[("<bos>", vocab["<bos>"]), ("<eos>", vocab["<eos>"])],
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<bos>",
-        eos_token="<eos>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        model_max_length=MAX_LENGTH,
-    )
+    return word_level_tokenizer(vocabulary(), MAX_LENGTH)

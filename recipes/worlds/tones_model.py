@@ -47,6 +47,7 @@ from pathlib import Path
 import torch
 
 from . import tones as world
+from .text import text_encoder_config
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -82,18 +83,7 @@ TRANSFORMER_CONFIG = dict(
     cross_attention_input_dim=64,
 )
 
-TEXT_ENCODER_CONFIG = dict(
-    vocab_size=len(world.vocabulary()),
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    max_position_embeddings=world.MAX_LENGTH,
-    pad_token_id=world.vocabulary()["<pad>"],
-    bos_token_id=world.vocabulary()["<bos>"],
-    eos_token_id=world.vocabulary()["<eos>"],
-    projection_dim=64,
-)
+TEXT_ENCODER_CONFIG = text_encoder_config(world.vocabulary(), world.MAX_LENGTH)
 
 SCHEDULER_CONFIG = dict(
     num_train_timesteps=1000,
