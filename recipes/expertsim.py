@@ -196,7 +196,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from recipes.gan.cli import add_common_arguments, finish
+    from recipes.gan.cli import add_common_arguments, common_config, finish
 
     parser = argparse.ArgumentParser(prog="interventions run expertsim", description=__doc__.split("\n")[0])
     add_common_arguments(parser)
@@ -215,13 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     cfg = default_config(
         n_experts=args.experts,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        width=args.width,
-        sdi=not args.no_sdi,
-        intensity=not args.no_intensity,
-        aux=not args.no_aux,
+        **common_config(args),
         lr_router=args.lr_router,
         l_diff=args.l_diff,
         l_util=args.l_util,

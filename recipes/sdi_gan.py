@@ -91,7 +91,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from recipes.gan.cli import add_common_arguments, finish
+    from recipes.gan.cli import add_common_arguments, common_config, finish
 
     parser = argparse.ArgumentParser(prog="interventions run sdi_gan", description=__doc__.split("\n")[0])
     add_common_arguments(parser)
@@ -101,13 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = default_config(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        width=args.width,
-        sdi=not args.no_sdi,
-        intensity=not args.no_intensity,
-        aux=not args.no_aux,
+        **common_config(args),
         l_div=args.l_div,
         l_in=args.l_in,
         l_aux=args.l_aux,

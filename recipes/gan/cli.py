@@ -36,6 +36,19 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--endpoint", help="Hub URL (default $HF_ENDPOINT or huggingface.co)")
 
 
+def common_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``GanConfig`` fields that :func:`add_common_arguments` sets."""
+    return dict(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        width=args.width,
+        sdi=not args.no_sdi,
+        intensity=not args.no_intensity,
+        aux=not args.no_aux,
+    )
+
+
 def summary(metrics: dict[str, Any]) -> str:
     keys = ("ws_channels", "ws_photon_sum", "position_error", "position_error_floor", "spread_corr")
     parts = [f"{k} {metrics[k]:.4g}" for k in keys if k in metrics]
