@@ -110,12 +110,7 @@ class Generator(nn.Module):
         self, conditions: torch.Tensor, generator: torch.Generator | None = None, batch_size: int = 256
     ) -> torch.Tensor:
         """Photon images ``(B, H, W)`` (``expm1`` of the output) for raw ``conditions``."""
-        out = []
-        for start in range(0, conditions.shape[0], batch_size):
-            c = conditions[start : start + batch_size]
-            z = torch.randn(c.shape[0], self.noise_dim, generator=generator)
-            out.append(torch.expm1(self(z, c))[:, 0])
-        return torch.cat(out) if out else torch.zeros(0, *self.shape)
+        return _sample_photons(self, conditions, generator, batch_size)
 
 
 def _conv_trunk(width: int) -> nn.Sequential:
@@ -215,12 +210,19 @@ class MixtureGenerator(nn.Module):
         self, conditions: torch.Tensor, generator: torch.Generator | None = None, batch_size: int = 256
     ) -> torch.Tensor:
         """Photon images ``(B, H, W)`` for raw ``conditions``."""
-        out = []
-        for start in range(0, conditions.shape[0], batch_size):
-            c = conditions[start : start + batch_size]
-            z = torch.randn(c.shape[0], self.noise_dim, generator=generator)
-            out.append(torch.expm1(self(z, c))[:, 0])
-        return torch.cat(out) if out else torch.zeros(0, *self.shape)
+        return _sample_photons(self, conditions, generator, batch_size)
+
+
+def _sample_photons(
+    model: Generator | MixtureGenerator, conditions: torch.Tensor, generator: torch.Generator | None, batch_size: int
+) -> torch.Tensor:
+    """``expm1`` of the model's output on fresh noise, ``batch_size`` conditions at a time."""
+    out = []
+    for start in range(0, conditions.shape[0], batch_size):
+        c = conditions[start : start + batch_size]
+        z = torch.randn(c.shape[0], model.noise_dim, generator=generator)
+        out.append(torch.expm1(model(z, c))[:, 0])
+    return torch.cat(out) if out else torch.zeros(0, *model.shape)
 
 
 def count_parameters(module: nn.Module) -> int:
