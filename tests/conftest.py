@@ -43,3 +43,12 @@ class TinyMLP(nn.Module):
 def tiny_mlp():
     torch.manual_seed(0)
     return TinyMLP().eval()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's small tensors: no OpenMP spin-waits on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -15,12 +15,7 @@ from recipes.worlds.calorimeter import generate_dataset
 TINY = dict(width=2, d_width=2, aux_width=2, feature_dim=8, batch_size=6, epochs=1, n_experts=3, lr_router=1e-2, seed=0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -21,12 +21,7 @@ from tests.hub_server import HubServer
 TINY = dict(width=2, d_width=2, aux_width=2, feature_dim=8, batch_size=4, epochs=1, lr_g=1e-3, lr_d=1e-3, lr_aux=1e-3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

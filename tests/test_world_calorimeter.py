@@ -17,17 +17,11 @@ def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small tensors: one thread avoids OpenMP spin-waits on a busy 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def spread_data(_one_thread) -> dict[str, torch.Tensor]:
+def spread_data(one_thread) -> dict[str, torch.Tensor]:
     # 160 conditions x 8 repeats: ~1,300 events, well under a second on an idle core.
     return cal.generate_dataset(160, repeats=8, generator=gen(123))
 
