@@ -38,7 +38,7 @@ from torch import nn
 
 from recipes.gan import losses as L
 from recipes.gan.data import GanData, make_split, prepare
-from recipes.gan.evaluation import evaluate, plot_comparison, routing_table
+from recipes.gan.evaluation import LearningCurve, evaluate, plot_comparison, routing_table
 from recipes.gan.models import MixtureGenerator, Router, count_parameters
 from recipes.gan.trainer import Expert, GanConfig, GanTrainer, expert_step
 
@@ -152,14 +152,18 @@ def run(
     out: str | os.PathLike | None = None,
     progress: bool = True,
     data: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None,
+    curve_every: int | None = None,
 ) -> dict[str, Any]:
     """Train on the calorimeter world, evaluate on held-out conditions; returns the metrics
-    (``out``: metrics.json, comparison.png, checkpoint and the Hub folder ``generator/``)."""
+    (``out``: metrics.json, comparison.png, checkpoint and the Hub folder ``generator/``;
+    ``curve_every``: also held-out metrics every that many epochs, in ``metrics["curve"]``)."""
     train, test = data if data is not None else make_split(n_conditions, n_test, repeats, test_repeats, data_seed)
     trainer = ExpertSimTrainer(cfg, prepare(train))
     start = time.process_time()
     wall = time.perf_counter()
-    trainer.fit(progress=progress, checkpoint_dir=None if out is None else os.path.join(out, "checkpoints"))
+    curve = None if curve_every is None else LearningCurve(test, test_repeats, curve_every, seed=cfg.seed + 99)
+    checkpoints = None if out is None else os.path.join(out, "checkpoints")
+    trainer.fit(progress=progress, checkpoint_dir=checkpoints, on_epoch=curve)
     metrics, generated = evaluate(trainer.sampler, test, test_repeats, seed=cfg.seed + 99)
     index = trainer.mixture.route(test["conditions"])
     metrics["routing"] = routing_table(index, test["regime"], cfg.n_experts)
@@ -181,6 +185,8 @@ def run(
         },
         history=trainer.history,
     )
+    if curve is not None:
+        metrics["curve"] = curve.points
     if out is not None:
         os.makedirs(out, exist_ok=True)
         plot_comparison(

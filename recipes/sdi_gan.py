@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from recipes.gan.data import make_split, prepare
-from recipes.gan.evaluation import evaluate, plot_comparison
+from recipes.gan.evaluation import LearningCurve, evaluate, plot_comparison
 from recipes.gan.models import count_parameters
 from recipes.gan.trainer import GanConfig, GanTrainer
 
@@ -56,12 +56,16 @@ def run(
     out: str | os.PathLike | None = None,
     progress: bool = True,
     data: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None,
+    curve_every: int | None = None,
 ) -> dict[str, Any]:
-    """Train one SDI-GAN on the world and evaluate it on held-out conditions; returns the metrics."""
+    """Train one SDI-GAN on the world and evaluate it on held-out conditions; returns the metrics
+    (``curve_every``: also held-out metrics every that many epochs, in ``metrics["curve"]``)."""
     train, test = data if data is not None else make_split(n_conditions, n_test, repeats, test_repeats, data_seed)
     trainer = GanTrainer(cfg, prepare(train))
     start, wall = time.process_time(), time.perf_counter()
-    trainer.fit(progress=progress, checkpoint_dir=None if out is None else os.path.join(out, "checkpoints"))
+    curve = None if curve_every is None else LearningCurve(test, test_repeats, curve_every, seed=cfg.seed + 99)
+    checkpoints = None if out is None else os.path.join(out, "checkpoints")
+    trainer.fit(progress=progress, checkpoint_dir=checkpoints, on_epoch=curve)
     metrics, generated = evaluate(trainer.sampler, test, test_repeats, seed=cfg.seed + 99)
     metrics.update(
         recipe="sdi_gan",
@@ -78,6 +82,8 @@ def run(
         },
         history=trainer.history,
     )
+    if curve is not None:
+        metrics["curve"] = curve.points
     if out is not None:
         os.makedirs(out, exist_ok=True)
         plot_comparison(os.path.join(out, "comparison.png"), test, generated, test_repeats, title="SDI-GAN")

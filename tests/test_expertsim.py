@@ -86,6 +86,18 @@ def test_deterministic_and_resumable(data, tmp_path):
     assert same(sa, {k: v for m in d.modules().values() for k, v in params(m).items()})
 
 
+def test_learning_curve_records_routing(data):
+    from recipes.gan.evaluation import LearningCurve, routing_table
+
+    held_out = generate_dataset(4, 2, torch.Generator().manual_seed(1))
+    t = trainer(data, epochs=2)
+    curve = LearningCurve(held_out, repeats=2, every=1)
+    t.fit(progress=False, on_epoch=curve)
+    assert [p["epoch"] for p in curve.points] == [1, 2]
+    table = routing_table(t.mixture.route(held_out["conditions"]), held_out["regime"], 3)
+    assert curve.points[-1]["routing_nmi"] == table["nmi"]
+
+
 def test_mixture_generator_routes_by_argmax(data):
     t = trainer(data)
     force_route(t.router, 2, 3)

@@ -119,6 +119,20 @@ def test_evaluation_metrics_and_plot(world, tmp_path):
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_learning_curve_observes_without_changing_training(world):
+    plain = trained(world, seed=6, epochs=4)
+    watched = GanTrainer(GanConfig(**{**TINY, "seed": 6, "epochs": 4}), prepare(world[0]))
+    curve = ev.LearningCurve(world[1], repeats=2, every=2, seed=5)
+    watched.fit(progress=False, on_epoch=curve)
+    assert same(state(watched), state(plain))
+    assert [(p["epoch"], p["step"]) for p in curve.points] == [(2, 6), (4, 12)]
+    final, _ = ev.evaluate(plain.sampler, world[1], repeats=2, seed=5)
+    assert curve.points[-1]["ws_channels"] == final["ws_channels"]
+    assert curve.points[-1]["spread_corr"] == final["spread_corr"] and "routing_nmi" not in curve.points[-1]
+    with pytest.raises(ValueError, match="positive number of epochs"):
+        ev.LearningCurve(world[1], repeats=2, every=0)
+
+
 def test_metric_helpers_by_hand():
     real = torch.tensor([[0.0, 0, 0, 0, 0], [2.0, 2, 2, 2, 2]])
     gen = torch.tensor([[1.0, 1, 1, 1, 1], [3.0, 3, 3, 3, 3]])

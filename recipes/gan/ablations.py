@@ -43,7 +43,7 @@ from .data import make_split
 from .evaluation import plot_comparison
 from .trainer import GanConfig
 
-__all__ = ["VARIANTS", "variant_config", "run_variant", "summarise", "main"]
+__all__ = ["VARIANTS", "variant_config", "run_variant", "summarise", "plot_summary", "plot_curves", "main"]
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "sdi_gan": {},
@@ -56,7 +56,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "expertsim_real": {"n_experts": 3, "diff_source": "real"},
     "expertsim_b192": {"n_experts": 3, "batch_size": 192, "epochs_x": 3},
 }
-METRICS = ("ws_channels", "ws_photon_sum", "position_error", "spread_corr", "spread_corr_log")
+METRICS = ("ws_channels", "ws_channels_late", "ws_photon_sum", "position_error", "spread_corr", "spread_corr_log")
 # (metric, variant that should be worse, variant that should be better, "lower" or "higher" is better)
 CLAIMS = (
     ("ws_photon_sum", "no_intensity", "sdi_gan", "lower"),
@@ -64,6 +64,7 @@ CLAIMS = (
     ("spread_corr", "no_sdi", "sdi_gan", "higher"),
     ("spread_corr", "no_sdi", "sdi_x10", "higher"),
     ("ws_channels", "single_3x", "expertsim", "lower"),
+    ("ws_channels_late", "single_3x", "expertsim", "lower"),
     ("ws_channels", "single_3x", "expertsim_real", "lower"),
     ("ws_channels", "single_3x", "expertsim_b192", "lower"),
 )
@@ -78,13 +79,21 @@ def variant_config(name: str, seed: int, epochs: int, **extra: Any) -> GanConfig
     return moe_default(**kw) if kw.get("n_experts", 1) > 1 else sdi_default(**kw)
 
 
-def run_variant(name: str, cfg: GanConfig, data: tuple, test_repeats: int) -> tuple[dict[str, Any], Any]:
+def run_variant(
+    name: str, cfg: GanConfig, data: tuple, test_repeats: int, curve_every: int | None = None
+) -> tuple[dict[str, Any], Any]:
+    """Train and evaluate one variant; with ``curve_every``, also ``ws_channels_late``: the mean
+    5-channel Wasserstein over the curve's points in the second half of training (one end-of-run
+    number of a GAN depends on the epoch it stopped at)."""
     from recipes import expertsim, sdi_gan
 
     recipe = expertsim if cfg.n_experts > 1 else sdi_gan
-    metrics = recipe.run(cfg, test_repeats=test_repeats, data=data, progress=False)
+    metrics = recipe.run(cfg, test_repeats=test_repeats, data=data, progress=False, curve_every=curve_every)
     trainer = metrics.pop("_trainer")
     metrics["variant"] = name
+    late = [p["ws_channels"] for p in metrics.get("curve", []) if p["epoch"] > trainer.epoch / 2]
+    if late:
+        metrics["ws_channels_late"] = float(np.mean(late))
     return metrics, trainer
 
 
@@ -95,7 +104,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     table: dict[str, Any] = {}
     for name, rs in by.items():
         entry: dict[str, Any] = {"seeds": [r["config"]["seed"] for r in rs]}
-        keys = list(METRICS) + (["routing_purity", "routing_consistency", "routing_nmi"] if "routing" in rs[0] else [])
+        keys = [k for k in METRICS if all(k in r for r in rs)]
+        keys += ["routing_purity", "routing_consistency", "routing_nmi"] if "routing" in rs[0] else []
         for k in keys:
             vals = [r["routing"][k.split("_")[1]] if k.startswith("routing") else r[k] for r in rs]
             entry[k] = {"mean": float(np.mean(vals)), "std": float(np.std(vals)), "values": vals}
@@ -107,9 +117,11 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for metric, worse, better, direction in CLAIMS:
         if worse not in by or better not in by:
             continue
-        a = {r["config"]["seed"]: r[metric] for r in by[worse]}
-        b = {r["config"]["seed"]: r[metric] for r in by[better]}
+        a = {r["config"]["seed"]: r[metric] for r in by[worse] if metric in r}
+        b = {r["config"]["seed"]: r[metric] for r in by[better] if metric in r}
         seeds = sorted(set(a) & set(b))
+        if not seeds:
+            continue
         diffs = [(a[s] - b[s]) if direction == "lower" else (b[s] - a[s]) for s in seeds]
         claims.append(
             {
@@ -161,6 +173,32 @@ def plot_summary(path: str, summary_: dict[str, Any]) -> None:
     plt.close(fig)
 
 
+def plot_curves(path: str, runs: list[dict[str, Any]]) -> None:
+    """Held-out 5-channel Wasserstein (log scale) and routing NMI against epoch, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with_curve = [r for r in runs if r.get("curve")]
+    names = sorted({r["variant"] for r in with_curve})
+    colours = dict(zip(names, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    fig, (ax, ax_nmi) = plt.subplots(1, 2, figsize=(11, 4))
+    for r in with_curve:
+        epochs = [p["epoch"] for p in r["curve"]]
+        label = f"{r['variant']} seed {r['config']['seed']}"
+        ax.plot(epochs, [p["ws_channels"] for p in r["curve"]], color=colours[r["variant"]], alpha=0.8, label=label)
+        if "routing_nmi" in r["curve"][0]:
+            ax_nmi.plot(epochs, [p["routing_nmi"] for p in r["curve"]], color=colours[r["variant"]], label=label)
+    ax.set_yscale("log")
+    ax.set(xlabel="epoch", ylabel="5-channel Wasserstein (held out)", title="lower is better")
+    ax.legend(fontsize=6, ncol=2)
+    ax_nmi.set(xlabel="epoch", ylabel="NMI(expert, regime)", ylim=(0, 1.02), title="routing follows the regimes")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m recipes.gan.ablations", description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -172,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-repeats", type=int, default=8)
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--out", default="recipes/results")
+    parser.add_argument(
+        "--curve-every", type=int, help="also evaluate on the held-out set every N epochs (learning curves)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     os.makedirs(args.out, exist_ok=True)
@@ -188,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         "held_out": f"{args.test_conditions} conditions x {args.test_repeats} repeats (disjoint draw)",
         "epochs": args.epochs,
         "threads": 1,
+        "curve_every": args.curve_every,
     }
     for seed in args.seeds:
         for name in args.variants:
@@ -195,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             cfg = variant_config(name, seed, args.epochs)
             t0 = time.perf_counter()
-            metrics, trainer = run_variant(name, cfg, data, args.test_repeats)
+            metrics, trainer = run_variant(name, cfg, data, args.test_repeats, args.curve_every)
             metrics.pop("history", None)
             runs.append(metrics)
             print(f"[{name} seed {seed}] {summary(metrics)} ({time.perf_counter() - t0:.0f} s wall)", flush=True)
@@ -215,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
                 json.dump(result, f, indent=1)
     result = {"setup": setup, "runs": runs, "summary": summarise(runs)}
     plot_summary(os.path.join(args.out, "calorimeter_gan_ablation.png"), result["summary"])
+    if any("curve" in r for r in runs):
+        plot_curves(os.path.join(args.out, "calorimeter_gan_curves.png"), runs)
     for c in result["summary"]["claims"]:
         print(
             f"{c['claim']}: holds on {c['holds_on_seeds']}/{len(c['seeds'])} seeds, improvements {c['improvement_per_seed']}"

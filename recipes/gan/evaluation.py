@@ -37,6 +37,7 @@ __all__ = [
     "routing_table",
     "evaluate_images",
     "evaluate",
+    "LearningCurve",
     "plot_comparison",
 ]
 
@@ -143,6 +144,39 @@ def evaluate(
         if isinstance(sampler, torch.nn.Module) and was_training:
             sampler.train()
     return evaluate_images(real, gen, repeats), gen
+
+
+class LearningCurve:
+    """Held-out metrics every ``every`` epochs of a run, for ``GanTrainer.fit(on_epoch=...)``.
+
+    A GAN's held-out scores move a lot between epochs, so one number at the end of a run says little
+    about whether a variant is better or only caught at a good moment; ``points`` holds one entry per
+    evaluation (``epoch``, ``step``, the scalar metrics, ``routing_nmi`` for a mixture). Sampling
+    uses its own generator (``seed``), so the run trains exactly as it would without the curve.
+
+    >>> curve = LearningCurve(test, repeats=8, every=5)  # doctest: +SKIP
+    >>> trainer.fit(on_epoch=curve)  # doctest: +SKIP
+    >>> [p["ws_channels"] for p in curve.points]  # doctest: +SKIP
+    """
+
+    KEYS = ("ws_channels", "ws_photon_sum", "position_error", "spread_corr")
+
+    def __init__(self, real: Mapping[str, torch.Tensor], repeats: int, every: int, seed: int = 1234) -> None:
+        if every < 1:
+            raise ValueError(f"every must be a positive number of epochs, got {every}")
+        self.real, self.repeats, self.every, self.seed = real, repeats, every, seed
+        self.points: list[dict[str, float]] = []
+
+    def __call__(self, trainer: Any) -> None:
+        if trainer.epoch % self.every:
+            return
+        sampler = trainer.sampler
+        metrics, _ = evaluate(sampler, self.real, self.repeats, seed=self.seed)
+        point = {"epoch": trainer.epoch, "step": trainer.step, **{k: metrics[k] for k in self.KEYS}}
+        if hasattr(sampler, "route"):
+            index = sampler.route(self.real["conditions"])
+            point["routing_nmi"] = routing_table(index, self.real["regime"], sampler.n_experts)["nmi"]
+        self.points.append(point)
 
 
 def plot_comparison(

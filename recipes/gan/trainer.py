@@ -26,6 +26,7 @@ import copy
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -293,9 +294,11 @@ class GanTrainer:
         progress: bool = True,
         checkpoint_dir: str | os.PathLike | None = None,
         max_seconds: float | None = None,
+        on_epoch: Callable[[GanTrainer], None] | None = None,
     ) -> list[dict[str, float]]:
         """Train until ``epochs`` (default ``cfg.epochs``) epochs are done in total; returns the history
-        (mean losses per epoch). ``checkpoint_dir``: a ``checkpoint.safetensors`` after every epoch."""
+        (mean losses per epoch). ``checkpoint_dir``: a ``checkpoint.safetensors`` after every epoch;
+        ``on_epoch(trainer)`` is called after every epoch (e.g. an ``evaluation.LearningCurve``)."""
         from tqdm.auto import tqdm
 
         epochs = self.cfg.epochs if epochs is None else epochs
@@ -320,6 +323,8 @@ class GanTrainer:
                 entry = {k: v / per_epoch for k, v in sums.items()}
                 entry.update(epoch=self.epoch, seconds=time.perf_counter() - start)
                 self.history.append(entry)
+                if on_epoch is not None:
+                    on_epoch(self)
                 if checkpoint_dir is not None:
                     self.save_checkpoint(os.path.join(os.fspath(checkpoint_dir), "checkpoint.safetensors"))
                 if max_seconds is not None and time.perf_counter() - start > max_seconds:
