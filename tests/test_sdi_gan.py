@@ -203,3 +203,22 @@ def test_cli_runs_end_to_end(tmp_path, capsys, monkeypatch):
     assert metrics["recipe"] == "sdi_gan" and metrics["steps"] == 3
     assert (tmp_path / "run" / "generator" / "model.safetensors").is_file()
     assert (tmp_path / "run" / "checkpoints" / "checkpoint.safetensors").is_file()
+
+
+@pytest.mark.parametrize("width", [2, 8])
+def test_sampling_path_computes_the_training_function(world, width):
+    g = Generator(width=width)
+    g.encoder.fit(world[0]["conditions"])
+    z, c = torch.randn(12, 10), world[0]["conditions"]
+    with torch.no_grad():
+        sampled = g(z, c)
+    trained_path = g(z, c)
+    assert trained_path.requires_grad and not sampled.requires_grad
+    assert torch.allclose(sampled, trained_path.detach(), atol=1e-5)
+
+
+def test_subpixel_weights_refuse_other_transposed_convs():
+    from recipes.gan.models import subpixel_conv_weights
+
+    with pytest.raises(ValueError, match="kernel_size=4, stride=2, padding=1.*got kernel \\(3, 3\\)"):
+        subpixel_conv_weights(torch.nn.ConvTranspose2d(2, 1, 3, stride=2, padding=1))

@@ -9,6 +9,9 @@
   (2w, 28, 16) -> transposed conv (1, 56, 32) -> ReLU -> crop to 56 x 30``, output in
   ``log1p(photons)`` space (the papers' DCGAN: FC -> 512 x 18 x 10 -> upsample / conv -> 56 x 30,
   ReLU, log1p; scaled down to ``w = width`` = 8 so that a training step costs ~0.1 s on one core).
+  Without gradients (sampling) the same function runs ~1.7x faster on one CPU core: the first
+  transposed conv on a channels-last input, the last one (one output channel, where transposed-conv
+  kernels are slowest) as the equal 3x3 conv + pixel shuffle (:func:`subpixel_conv_weights`).
 * :class:`Discriminator`: strided convs -> flatten, concat encoded conditions -> FC to the 64-d
   penultimate features ``h`` (returned for SDI) -> logit.
 * :class:`PositionRegressor`: small CNN predicting the brightest pixel ``(row, col)`` in pixels.
@@ -22,6 +25,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
@@ -33,6 +37,7 @@ __all__ = [
     "Router",
     "MixtureGenerator",
     "encode_conditions",
+    "subpixel_conv_weights",
     "count_parameters",
 ]
 
@@ -99,8 +104,13 @@ class Generator(nn.Module):
         )
 
     def forward(self, noise: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
-        x = self.fc(torch.cat([noise, self.encoder(conditions)], dim=1))
-        x = self.net(x.view(-1, 4 * self.width, *self.base))
+        x = self.fc(torch.cat([noise, self.encoder(conditions)], dim=1)).view(-1, 4 * self.width, *self.base)
+        if torch.is_grad_enabled():
+            x = self.net(x)
+        else:  # sampling: the same function, laid out for faster CPU conv kernels (module doc)
+            up1, act, up2, out = self.net
+            x = act(up1(x.contiguous(memory_format=torch.channels_last)))
+            x = out(_subpixel_upsample(up2, x))
         h, w = self.shape
         top, left = (x.shape[-2] - h) // 2, (x.shape[-1] - w) // 2
         return x[..., top : top + h, left : left + w]
@@ -111,6 +121,46 @@ class Generator(nn.Module):
     ) -> torch.Tensor:
         """Photon images ``(B, H, W)`` (``expm1`` of the output) for raw ``conditions``."""
         return _sample_photons(self, conditions, generator, batch_size)
+
+
+# Output pixel 2m + a of ConvTranspose2d(kernel 4, stride 2, padding 1) sums inputs m - 1, m, m + 1
+# (taps 0, 1, 2 of a 3x3 conv) through kernel index _SUBPIXEL_TAPS[a][tap] (None: no kernel entry).
+_SUBPIXEL_TAPS = ((3, 1, None), (None, 2, 0))
+
+
+def subpixel_conv_weights(layer: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Weight ``(4 * C_out, C_in, 3, 3)`` and bias of the 3x3 convolution (padding 1) that, followed by
+    ``pixel_shuffle(2)``, computes the same function as ``layer`` (kernel 4, stride 2, padding 1).
+
+    >>> up = nn.ConvTranspose2d(3, 2, 4, stride=2, padding=1)
+    >>> w, b = subpixel_conv_weights(up)
+    >>> x = torch.randn(1, 3, 5, 4)
+    >>> torch.allclose(F.pixel_shuffle(F.conv2d(x, w, b, padding=1), 2), up(x), atol=1e-5)
+    True
+    """
+    shape = (layer.kernel_size, layer.stride, layer.padding, layer.output_padding, layer.dilation, layer.groups)
+    if shape != ((4, 4), (2, 2), (1, 1), (0, 0), (1, 1), 1):
+        raise ValueError(
+            "subpixel_conv_weights takes ConvTranspose2d(kernel_size=4, stride=2, padding=1) without groups, "
+            f"dilation or output_padding; got kernel {layer.kernel_size}, stride {layer.stride}, padding "
+            f"{layer.padding}, output_padding {layer.output_padding}, dilation {layer.dilation}, groups {layer.groups}"
+        )
+    w = layer.weight  # (C_in, C_out, 4, 4)
+    c_in, c_out = w.shape[:2]
+    out = w.new_zeros(c_out, 2, 2, c_in, 3, 3)
+    for a, rows in enumerate(_SUBPIXEL_TAPS):
+        for b, cols in enumerate(_SUBPIXEL_TAPS):
+            for t, k in enumerate(rows):
+                for u, q in enumerate(cols):
+                    if k is not None and q is not None:
+                        out[:, a, b, :, t, u] = w[:, :, k, q].T
+    bias = None if layer.bias is None else layer.bias.repeat_interleave(4)
+    return out.reshape(4 * c_out, c_in, 3, 3), bias
+
+
+def _subpixel_upsample(layer: nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
+    weight, bias = subpixel_conv_weights(layer)
+    return F.pixel_shuffle(F.conv2d(x, weight, bias, padding=1), 2)
 
 
 def _conv_trunk(width: int) -> nn.Sequential:
