@@ -100,9 +100,60 @@ def _ema_update(ema, model, decay: float) -> None:
         be.copy_(b)
 
 
-def train_shapes(args) -> None:
+def _with_segment(history: dict, command: str, seg_start: int, step_now: int, seconds: float) -> dict:
+    """A copy of ``history`` whose ``segments`` end with this invocation's (what TRAINING.md tabulates)."""
+    hist = copy.deepcopy(history)
+    hist["segments"] = hist["segments"] + [
+        {"command": command, "from_step": seg_start, "to_step": step_now, "seconds": round(seconds, 1)}
+    ]
+    return hist
+
+
+def _record_eval(history: dict, step_now: int, n: int, short: dict, seconds: float) -> None:
+    history["evals"].append({"step": step_now, "n": n, "results": short})
+    print(f"\n[step {step_now}] prompt following ({n} prompts, {seconds:.0f} s): {short}", flush=True)
+
+
+def _train_loop(args, *, desc, step, total, models, emas, params, opt, loss, save, evaluate, lr_at=None) -> float:
+    """The denoiser loop both worlds share: ``loss()`` draws a fresh batch and returns its loss;
+    AdamW step after clipping at 1 (``lr_at(step)`` sets the lr first when given), EMA update of
+    ``emas`` towards ``models``, a progress bar, ``save(step, seconds)`` every ``--save-every`` steps
+    and ``evaluate(step)`` every ``--eval-every`` steps. Returns the seconds spent."""
     from tqdm.auto import tqdm
 
+    for model in models:
+        model.train()
+    t0 = time.time()
+    bar = tqdm(total=total, initial=step, desc=desc, mininterval=10, smoothing=0.05)
+    running = None
+    while step < total:
+        value = loss()
+        opt.zero_grad(set_to_none=True)
+        value.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        if lr_at is not None:
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step)
+        opt.step()
+        step += 1
+        decay = min(args.ema, (1 + step) / (10 + step))
+        for ema, model in zip(emas, models, strict=True):
+            _ema_update(ema, model, decay)
+        running = value.item() if running is None else 0.98 * running + 0.02 * value.item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{running:.4f}", refresh=False)
+        if step % args.log_every == 0:
+            print(f"\nstep {step} loss {running:.4f} elapsed {time.time() - t0:.0f} s", flush=True)
+        if step % args.save_every == 0 or step == total:
+            save(step, time.time() - t0)
+        if args.eval_every and (step % args.eval_every == 0 or step == total):
+            evaluate(step)
+            save(step, time.time() - t0)
+    bar.close()
+    return time.time() - t0
+
+
+def train_shapes(args) -> None:
     from . import shapes as world
     from . import shapes_eval
     from . import shapes_model as sm
@@ -111,7 +162,7 @@ def train_shapes(args) -> None:
     out = Path(args.out) if args.out else sm.CHECKPOINT_DIR
     state_dir = Path(args.state) if args.state else _default_state_dir("shapes", out)
     out.mkdir(parents=True, exist_ok=True)
-    log = {"command": "python -m recipes.worlds.train " + " ".join(sys.argv[1:]), "seed": args.seed}
+    command = "python -m recipes.worlds.train " + " ".join(sys.argv[1:])
     t_start = time.time()
 
     # ---- evaluators ---------------------------------------------------------------------
@@ -156,7 +207,7 @@ def train_shapes(args) -> None:
         print(f"resumed from {state_dir} at step {step}", flush=True)
         for group in opt.param_groups:
             group["lr"] = args.lr
-    total = step + args.steps if args.resume else args.steps
+    seg_start, total = step, step + args.steps if args.resume else args.steps
     alphas = noise_sched.alphas_cumprod
 
     def lr_at(step_now):
@@ -166,39 +217,7 @@ def train_shapes(args) -> None:
         frac = (step_now - seg_start) / max(1, total - seg_start)
         return args.lr_final + (args.lr - args.lr_final) * 0.5 * (1 + math.cos(math.pi * frac))
 
-    def save(step_now, seg_seconds):
-        pipe = sm.build_pipeline(unet=ema_unet, text_encoder=ema_text, tokenizer=tokenizer)
-        sm.save_pipeline(pipe, out)
-        hist = copy.deepcopy(history)
-        hist["segments"] = hist["segments"] + [
-            {"command": log["command"], "from_step": seg_start, "to_step": step_now, "seconds": round(seg_seconds, 1)}
-        ]
-        _save_state(state_dir, step_now, unet, text, ema_unet, ema_text, opt, gen, hist)
-        info = {"steps": step_now, "seed": args.seed, "batch_size": args.batch_size, "lr": args.lr, "history": hist}
-        (out / "training.json").write_text(json.dumps(info, indent=2) + "\n")
-
-    def evaluate_now(step_now):
-        if evaluators is None or args.eval_n <= 0:
-            return
-        pipe = sm.build_pipeline(unet=ema_unet, text_encoder=ema_text, tokenizer=tokenizer)
-        t0 = time.time()
-        res = measure(pipe, evaluators, n=args.eval_n, scales=(1.0, 3.0), steps=25, seed=7)
-        short = {
-            g: {k: round(v, 3) for k, v in r.items() if k in ("all", "shape", "colour", "style")}
-            for g, r in res.items()
-        }
-        history["evals"].append({"step": step_now, "n": args.eval_n, "results": short})
-        print(
-            f"\n[step {step_now}] prompt following ({args.eval_n} prompts, {time.time() - t0:.0f} s): {short}",
-            flush=True,
-        )
-
-    unet.train()
-    text.train()
-    seg_start, t0 = step, time.time()
-    bar = tqdm(total=total, initial=step, desc="shapes denoiser", mininterval=10, smoothing=0.05)
-    running = None
-    while step < total:
+    def loss():
         b = world.sample(args.batch_size, gen)
         drop = torch.rand(args.batch_size, generator=gen) < args.p_uncond
         prompts = ["" if d else p for p, d in zip(b.prompts, drop.tolist(), strict=False)]
@@ -209,32 +228,44 @@ def train_shapes(args) -> None:
         noise = torch.randn(b.images.shape, generator=gen)
         a = alphas[t].view(-1, 1, 1, 1)
         x_t = a.sqrt() * b.images + (1 - a).sqrt() * noise
-        cond = text(ids)[0]
-        pred = unet(x_t, t, encoder_hidden_states=cond).sample
-        loss = F.mse_loss(pred, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step)
-        opt.step()
-        step += 1
-        decay = min(args.ema, (1 + step) / (10 + step))
-        _ema_update(ema_unet, unet, decay)
-        _ema_update(ema_text, text, decay)
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        bar.update(1)
-        bar.set_postfix(loss=f"{running:.4f}", refresh=False)
-        if step % args.log_every == 0:
-            print(f"\nstep {step} loss {running:.4f} elapsed {time.time() - t0:.0f} s", flush=True)
-        if step % args.save_every == 0 or step == total:
-            save(step, time.time() - t0)
-        if args.eval_every and (step % args.eval_every == 0 or step == total):
-            evaluate_now(step)
-            save(step, time.time() - t0)
-    bar.close()
-    secs = time.time() - t0
-    print(f"done: {step} steps, denoiser {secs:.0f} s, total {time.time() - t_start:.0f} s -> {out}", flush=True)
+        pred = unet(x_t, t, encoder_hidden_states=text(ids)[0]).sample
+        return F.mse_loss(pred, noise)
+
+    def save(step_now, seg_seconds):
+        pipe = sm.build_pipeline(unet=ema_unet, text_encoder=ema_text, tokenizer=tokenizer)
+        sm.save_pipeline(pipe, out)
+        hist = _with_segment(history, command, seg_start, step_now, seg_seconds)
+        _save_state(state_dir, step_now, unet, text, ema_unet, ema_text, opt, gen, hist)
+        info = {"steps": step_now, "seed": args.seed, "batch_size": args.batch_size, "lr": args.lr, "history": hist}
+        (out / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+
+    def evaluate(step_now):
+        if evaluators is None or args.eval_n <= 0:
+            return
+        pipe = sm.build_pipeline(unet=ema_unet, text_encoder=ema_text, tokenizer=tokenizer)
+        t0 = time.time()
+        res = measure(pipe, evaluators, n=args.eval_n, scales=(1.0, 3.0), steps=25, seed=7)
+        short = {
+            g: {k: round(v, 3) for k, v in r.items() if k in ("all", "shape", "colour", "style")}
+            for g, r in res.items()
+        }
+        _record_eval(history, step_now, args.eval_n, short, time.time() - t0)
+
+    secs = _train_loop(
+        args,
+        desc="shapes denoiser",
+        step=step,
+        total=total,
+        models=(unet, text),
+        emas=(ema_unet, ema_text),
+        params=params,
+        opt=opt,
+        loss=loss,
+        save=save,
+        evaluate=evaluate,
+        lr_at=lr_at,
+    )
+    print(f"done: {total} steps, denoiser {secs:.0f} s, total {time.time() - t_start:.0f} s -> {out}", flush=True)
 
 
 def train_tones(args) -> None:
@@ -242,15 +273,13 @@ def train_tones(args) -> None:
     representation (see :mod:`recipes.worlds.tones_model`): v-prediction on a 1000-step cosine
     schedule (the DiT sees ``t / 1000``), AdamW, gradient clipping at 1, ``--p-uncond`` empty
     prompts, EMA of the weights (what is saved). Clips are drawn fresh every step."""
-    from tqdm.auto import tqdm
-
     from . import tones as world
     from . import tones_model as tm
 
     out = Path(args.out) if args.out else tm.CHECKPOINT_DIR
     state_dir = Path(args.state) if args.state else _default_state_dir("tones", out)
     out.mkdir(parents=True, exist_ok=True)
-    log = {"command": "python -m recipes.worlds.train " + " ".join(sys.argv[1:]), "seed": args.seed}
+    command = "python -m recipes.worlds.train " + " ".join(sys.argv[1:])
     t_start = time.time()
 
     torch.manual_seed(args.seed)
@@ -267,18 +296,29 @@ def train_tones(args) -> None:
     if args.resume:
         step, history = _load_state(state_dir, tr, text, ema_tr, ema_text, opt, gen)
         print(f"resumed from {state_dir} at step {step}", flush=True)
-    total = step + args.steps if args.resume else args.steps
+    seg_start, total = step, step + args.steps if args.resume else args.steps
     alphas = noise_sched.alphas_cumprod
     rope = tm.rotary_embedding(tr)
 
     def ema_model():
         return tm.TonesModel(ema_tr, ema_text, tokenizer, tm.build_scheduler())
 
+    def loss():
+        f = world.sample_factors(args.batch_size, gen)
+        x0 = world.represent(f)
+        prompts = world.make_prompts(f, gen)
+        drop = torch.rand(args.batch_size, generator=gen) < args.p_uncond
+        prompts = ["" if d else p for p, d in zip(prompts, drop.tolist(), strict=False)]
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (args.batch_size,), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        a = alphas[t].view(-1, 1, 1)
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        target = a.sqrt() * noise - (1 - a).sqrt() * x0  # v
+        states, pooled = tm.encode_text(text, tokenizer, prompts)
+        return F.mse_loss(tm.denoise(tr, x_t, t.float(), states, pooled, rope), target)
+
     def save(step_now, seg_seconds):
-        hist = copy.deepcopy(history)
-        hist["segments"] = hist["segments"] + [
-            {"command": log["command"], "from_step": seg_start, "to_step": step_now, "seconds": round(seg_seconds, 1)}
-        ]
+        hist = _with_segment(history, command, seg_start, step_now, seg_seconds)
         info = {
             "steps": step_now,
             "seed": args.seed,
@@ -291,58 +331,28 @@ def train_tones(args) -> None:
         tm.save_model(ema_model(), out, extra=info)
         _save_state(state_dir, step_now, tr, text, ema_tr, ema_text, opt, gen, hist)
 
-    def evaluate_now(step_now):
+    def evaluate(step_now):
         if args.eval_n <= 0:
             return
         t0 = time.time()
         res = tm.evaluate(ema_model(), n=args.eval_n, scales=(1.0, 3.0), steps=25, seed=7)
         short = {g: {k: round(v, 3) for k, v in r.items()} for g, r in res.items()}
-        history["evals"].append({"step": step_now, "n": args.eval_n, "results": short})
-        print(
-            f"\n[step {step_now}] prompt following ({args.eval_n} prompts, {time.time() - t0:.0f} s): {short}",
-            flush=True,
-        )
+        _record_eval(history, step_now, args.eval_n, short, time.time() - t0)
 
-    tr.train()
-    text.train()
-    seg_start, t0 = step, time.time()
-    bar = tqdm(total=total, initial=step, desc="tones DiT", mininterval=10, smoothing=0.05)
-    running = None
-    while step < total:
-        f = world.sample_factors(args.batch_size, gen)
-        x0 = world.represent(f)
-        prompts = world.make_prompts(f, gen)
-        drop = torch.rand(args.batch_size, generator=gen) < args.p_uncond
-        prompts = ["" if d else p for p, d in zip(prompts, drop.tolist(), strict=False)]
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (args.batch_size,), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
-        a = alphas[t].view(-1, 1, 1)
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        target = a.sqrt() * noise - (1 - a).sqrt() * x0  # v
-        states, pooled = tm.encode_text(text, tokenizer, prompts)
-        pred = tm.denoise(tr, x_t, t.float(), states, pooled, rope)
-        loss = F.mse_loss(pred, target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        step += 1
-        decay = min(args.ema, (1 + step) / (10 + step))
-        _ema_update(ema_tr, tr, decay)
-        _ema_update(ema_text, text, decay)
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        bar.update(1)
-        bar.set_postfix(loss=f"{running:.4f}", refresh=False)
-        if step % args.log_every == 0:
-            print(f"\nstep {step} loss {running:.4f} elapsed {time.time() - t0:.0f} s", flush=True)
-        if step % args.save_every == 0 or step == total:
-            save(step, time.time() - t0)
-        if args.eval_every and (step % args.eval_every == 0 or step == total):
-            evaluate_now(step)
-            save(step, time.time() - t0)
-    bar.close()
-    secs = time.time() - t0
-    print(f"done: {step} steps, {secs:.0f} s, total {time.time() - t_start:.0f} s -> {out}", flush=True)
+    secs = _train_loop(
+        args,
+        desc="tones DiT",
+        step=step,
+        total=total,
+        models=(tr, text),
+        emas=(ema_tr, ema_text),
+        params=params,
+        opt=opt,
+        loss=loss,
+        save=save,
+        evaluate=evaluate,
+    )
+    print(f"done: {total} steps, {secs:.0f} s, total {time.time() - t_start:.0f} s -> {out}", flush=True)
 
 
 def main(argv=None) -> None:
