@@ -10,6 +10,10 @@ timed interleaved (MC, SDI-GAN, ExpertSim, MC, ...) on the process CPU clock, me
 cost does not depend on their weights: without ``--generator`` / ``--mixture`` freshly
 initialised ones of the recipes' sizes are timed. The simulator's cost grows with the number of
 photons, so the ratio is also given per intensity regime.
+
+``--device cuda`` runs the generators on a GPU (the papers' setting: GEANT4 on a CPU core against
+the generator on a GPU); their speed is then wall time after ``torch.cuda.synchronize()``, the
+simulator stays on one CPU thread, and the ratios are of wall times.
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ def timed(fn: Callable[[], object]) -> tuple[float, float]:
     return time.process_time() - c, time.perf_counter() - w
 
 
-def bench(conditions: torch.Tensor, samplers: dict[str, Callable[[torch.Tensor], object]], rounds: int) -> dict:
+def bench(
+    conditions: torch.Tensor, samplers: dict[str, Callable[[torch.Tensor], object]], rounds: int, basis: str = "cpu"
+) -> dict:
     cpu: dict[str, list[float]] = {k: [] for k in samplers}
     wall: dict[str, list[float]] = {k: [] for k in samplers}
     for fn in samplers.values():  # warm-up
@@ -43,7 +49,7 @@ def bench(conditions: torch.Tensor, samplers: dict[str, Callable[[torch.Tensor],
             cpu[name].append(c)
             wall[name].append(w)
     n = conditions.shape[0]
-    return {
+    table = {
         name: {
             "events_per_s_cpu": n / statistics.median(cpu[name]),
             "events_per_s_wall": n / statistics.median(wall[name]),
@@ -51,6 +57,10 @@ def bench(conditions: torch.Tensor, samplers: dict[str, Callable[[torch.Tensor],
         }
         for name in samplers
     }
+    mc = table["monte_carlo"][f"events_per_s_{basis}"]
+    for v in table.values():
+        v["speedup_vs_mc"] = v[f"events_per_s_{basis}"] / mc
+    return table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,9 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=256, help="generator batch size")
     parser.add_argument("--generator", help="folder of a saved SDI-GAN generator (default: fresh weights)")
     parser.add_argument("--mixture", help="folder of a saved ExpertSim generator (default: fresh weights)")
+    parser.add_argument("--device", default="cpu", help="where the generators run (default cpu; e.g. cuda)")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    device = torch.device(args.device)
+    basis = "cpu" if device.type == "cpu" else "wall"
     cond = sample_conditions(args.events, torch.Generator().manual_seed(123))
     if args.generator or args.mixture:
         from recipes.gan.hub import load_generator
@@ -73,29 +86,38 @@ def main(argv: list[str] | None = None) -> int:
     if not args.mixture:
         for m in (moe.router.encoder, *(e.encoder for e in moe.experts)):
             m.fit(cond)
-    gen.eval()
-    moe.eval()
-    mc_rng, g_rng = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
-    samplers = {
-        "monte_carlo": lambda c: simulate(c, mc_rng),
-        "sdi_gan": lambda c: gen.sample(c, g_rng, batch_size=args.batch_size),
-        "expertsim": lambda c: moe.sample(c, g_rng, batch_size=args.batch_size),
+    gen.eval().to(device)
+    moe.eval().to(device)
+    mc_rng, g_rng = torch.Generator().manual_seed(0), torch.Generator(device).manual_seed(1)
+
+    def on_device(model: Generator | MixtureGenerator) -> Callable[[torch.Tensor], object]:
+        def sample(c: torch.Tensor) -> torch.Tensor:
+            images = model.sample(c.to(device), g_rng, batch_size=args.batch_size)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            return images
+
+        return sample
+
+    samplers = {"monte_carlo": lambda c: simulate(c, mc_rng), "sdi_gan": on_device(gen), "expertsim": on_device(moe)}
+    result: dict = {
+        "events": args.events,
+        "threads": 1,
+        "generator_device": str(device),
+        "speedup_basis": basis,
+        "overall": bench(cond, samplers, args.rounds, basis),
     }
-    result: dict = {"events": args.events, "threads": 1, "overall": bench(cond, samplers, args.rounds)}
     regimes = regime_of(cond)
     result["per_regime"] = {}
     for k, name in enumerate(REGIMES):
         sel = cond[regimes == k][: max(args.events // 4, 200)]
         if sel.shape[0]:
-            result["per_regime"][name] = bench(sel, samplers, args.rounds)
+            result["per_regime"][name] = bench(sel, samplers, args.rounds, basis)
     for scope, table in [("overall", result["overall"]), *result["per_regime"].items()]:
-        mc = table["monte_carlo"]["events_per_s_cpu"]
         line = ", ".join(
-            f"{k} {v['events_per_s_cpu']:.0f}/s ({v['events_per_s_cpu'] / mc:.1f}x MC)" for k, v in table.items()
+            f"{k} {v[f'events_per_s_{basis}']:.0f}/s ({v['speedup_vs_mc']:.1f}x MC)" for k, v in table.items()
         )
-        print(f"{scope:>8}: {line}")
-        for v in table.values():
-            v["speedup_vs_mc_cpu"] = v["events_per_s_cpu"] / mc
+        print(f"{scope:>8}: {line} ({basis} time)")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)

@@ -139,7 +139,7 @@ def evaluate(
     if isinstance(sampler, torch.nn.Module):
         sampler.eval()
     try:
-        gen = sample(real["conditions"], generator=torch.Generator().manual_seed(seed))
+        gen = sample(real["conditions"], generator=torch.Generator().manual_seed(seed)).cpu()
     finally:
         if isinstance(sampler, torch.nn.Module) and was_training:
             sampler.train()

@@ -266,13 +266,17 @@ class MixtureGenerator(nn.Module):
 def _sample_photons(
     model: Generator | MixtureGenerator, conditions: torch.Tensor, generator: torch.Generator | None, batch_size: int
 ) -> torch.Tensor:
-    """``expm1`` of the model's output on fresh noise, ``batch_size`` conditions at a time."""
+    """``expm1`` of the model's output on fresh noise, ``batch_size`` conditions at a time, on the
+    model's device (the noise is drawn where ``generator`` lives, so a CPU generator gives the same
+    events on every device)."""
+    device = next(model.parameters()).device
+    noise_device = device if generator is None else generator.device
     out = []
     for start in range(0, conditions.shape[0], batch_size):
-        c = conditions[start : start + batch_size]
-        z = torch.randn(c.shape[0], model.noise_dim, generator=generator)
+        c = conditions[start : start + batch_size].to(device)
+        z = torch.randn(c.shape[0], model.noise_dim, generator=generator, device=noise_device).to(device)
         out.append(torch.expm1(model(z, c))[:, 0])
-    return torch.cat(out) if out else torch.zeros(0, *model.shape)
+    return torch.cat(out) if out else torch.zeros(0, *model.shape, device=device)
 
 
 def count_parameters(module: nn.Module) -> int:
