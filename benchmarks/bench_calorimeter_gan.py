@@ -25,8 +25,10 @@ import time
 from collections.abc import Callable
 
 import torch
+from torch import nn
 
 from recipes.gan.models import Generator, MixtureGenerator
+from recipes.gan.trainer import GanConfig
 from recipes.worlds.calorimeter import REGIMES, regime_of, sample_conditions, simulate
 
 
@@ -63,6 +65,31 @@ def bench(
     return table
 
 
+def macs_per_event(model: Generator, conditions: torch.Tensor) -> float:
+    """Multiply-accumulates per generated event of ``model``'s linear and (transposed) conv layers,
+    counted from their shapes in one forward pass (with gradients: the training layout)."""
+    total = 0
+
+    def count(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Linear):
+            total += output.numel() * module.in_features
+        elif isinstance(module, nn.ConvTranspose2d):  # every input pixel scatters a full kernel
+            total += inputs[0].numel() * module.out_channels * module.weight[0, 0].numel()
+        elif isinstance(module, nn.Conv2d):
+            total += output.numel() * module.weight[0].numel()
+
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))]
+    handles = [m.register_forward_hook(count) for m in layers]
+    try:
+        n = conditions.shape[0]
+        model(torch.randn(n, model.noise_dim), conditions)
+    finally:
+        for h in handles:
+            h.remove()
+    return total / n
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=4000)
@@ -79,13 +106,15 @@ def main(argv: list[str] | None = None) -> int:
     cond = sample_conditions(args.events, torch.Generator().manual_seed(123))
     if args.generator or args.mixture:
         from recipes.gan.hub import load_generator
-    gen = load_generator(args.generator) if args.generator else Generator()
-    moe = load_generator(args.mixture) if args.mixture else MixtureGenerator(3)
+    cfg = GanConfig()  # the recipes' sizes: generator width 8, noise 10
+    gen = load_generator(args.generator) if args.generator else Generator(cfg.noise_dim, cfg.width, cfg.shape)
+    moe = load_generator(args.mixture) if args.mixture else MixtureGenerator(3, cfg.noise_dim, cfg.width, cfg.shape)
     if not args.generator:
         gen.encoder.fit(cond)
     if not args.mixture:
         for m in (moe.router.encoder, *(e.encoder for e in moe.experts)):
             m.fit(cond)
+    macs = macs_per_event(gen, cond[:16])
     gen.eval().to(device)
     moe.eval().to(device)
     mc_rng, g_rng = torch.Generator().manual_seed(0), torch.Generator(device).manual_seed(1)
@@ -118,6 +147,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{k} {v[f'events_per_s_{basis}']:.0f}/s ({v['speedup_vs_mc']:.1f}x MC)" for k, v in table.items()
         )
         print(f"{scope:>8}: {line} ({basis} time)")
+    overall = result["overall"]
+    achieved = 2 * macs * overall["sdi_gan"][f"events_per_s_{basis}"] / 1e9
+    needed = 2 * macs * 100 * overall["monte_carlo"][f"events_per_s_{basis}"] / 1e9
+    result["generator_mflop_per_event"] = 2 * macs / 1e6
+    result["generator_gflop_per_s"] = achieved
+    result["gflop_per_s_for_100x"] = needed
+    print(
+        f"SDI-GAN generator: {2 * macs / 1e6:.2f} MFLOP per event, {achieved:.1f} GFLOP/s achieved; "
+        f"100x the simulator would take {needed:.0f} GFLOP/s on {device}"
+    )
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
