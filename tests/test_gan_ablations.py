@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from recipes.gan.ablations import plot_curves, summarise
+from recipes.gan.ablations import plot_curves, sign_test_p, summarise
 
 
 def run(variant: str, seed: int, ws: float, late: float | None = None) -> dict:
@@ -42,8 +42,16 @@ def test_claims_are_paired_by_seed_and_skip_missing_metrics(tmp_path):
     end = claims["expertsim has lower ws_channels than single_3x"]
     assert end["seeds"] == [0, 1, 2] and end["improvement_per_seed"] == [-5.0, 10.0, 5.0]
     assert end["holds_on_seeds"] == 2 and end["holds_on_mean"] is True
+    assert end["sign_test_p"] == pytest.approx(4 / 8)  # P(>= 2 of 3) = (3 + 1) / 8
     late = claims["expertsim has lower ws_channels_late than single_3x"]
     assert late["seeds"] == [0, 1] and late["improvement_per_seed"] == [20.0, -10.0]
     assert late["holds_on_seeds"] == 1
     plot_curves(str(tmp_path / "curves.png"), runs)
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sign_test_by_hand():
+    assert sign_test_p(3, 3) == 0.125
+    assert sign_test_p(5, 5) == 1 / 32
+    assert sign_test_p(0, 4) == 1.0
+    assert sign_test_p(6, 7) == pytest.approx(8 / 128)

@@ -17,7 +17,17 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def train(world: str, root: Path, steps: int, *extra: str) -> Path:
-    args = [world, "--steps", str(steps), "--batch-size", "4", "--out", str(root / "out"), "--state", str(root / "state")]
+    args = [
+        world,
+        "--steps",
+        str(steps),
+        "--batch-size",
+        "4",
+        "--out",
+        str(root / "out"),
+        "--state",
+        str(root / "state"),
+    ]
     main([*args, "--save-every", "2", "--eval-every", "0", "--threads", "1", *extra])
     return root / "state" / "state.safetensors"
 
