@@ -10,7 +10,8 @@ from typing import Any
 __all__ = ["add_common_arguments", "finish", "summary"]
 
 
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+def add_common_arguments(parser: argparse.ArgumentParser, epochs: int = 20) -> None:
+    """Data, training and output options; ``epochs``: the recipe's default (recipes/results/README.md)."""
     data = parser.add_argument_group("data (calorimeter world)")
     data.add_argument("--conditions", type=int, default=1500, help="training conditions (default 1500)")
     data.add_argument("--repeats", type=int, default=4, help="events per training condition (default 4)")
@@ -18,9 +19,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--test-repeats", type=int, default=8, help="events per held-out condition (default 8)")
     data.add_argument("--data-seed", type=int, default=0)
     train = parser.add_argument_group("training")
-    train.add_argument(
-        "--epochs", type=int, default=20, help="default 20: SDI and the mixture need it (recipes/results/README.md)"
-    )
+    train.add_argument("--epochs", type=int, default=epochs, help=f"default {epochs} (recipes/results/README.md)")
     train.add_argument("--batch-size", type=int, default=64)
     train.add_argument("--width", type=int, default=8, help="generator width (channels 4w, 2w)")
     train.add_argument("--seed", type=int, default=0)
