@@ -191,7 +191,8 @@ def plot_summary(path: str, summary_: dict[str, Any]) -> None:
 
 
 def plot_curves(path: str, runs: list[dict[str, Any]]) -> None:
-    """Held-out 5-channel Wasserstein (log scale) and routing NMI against epoch, one line per run."""
+    """Held-out 5-channel Wasserstein (log scale) and routing NMI against epoch: a thin line per
+    run, a thick one for the median over seeds of each variant."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -201,16 +202,26 @@ def plot_curves(path: str, runs: list[dict[str, Any]]) -> None:
     names = sorted({r["variant"] for r in with_curve})
     colours = dict(zip(names, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
     fig, (ax, ax_nmi) = plt.subplots(1, 2, figsize=(11, 4))
-    for r in with_curve:
-        epochs = [p["epoch"] for p in r["curve"]]
-        label = f"{r['variant']} seed {r['config']['seed']}"
-        ax.plot(epochs, [p["ws_channels"] for p in r["curve"]], color=colours[r["variant"]], alpha=0.8, label=label)
-        if "routing_nmi" in r["curve"][0]:
-            ax_nmi.plot(epochs, [p["routing_nmi"] for p in r["curve"]], color=colours[r["variant"]], label=label)
+    for name in names:
+        rs = [r for r in with_curve if r["variant"] == name]
+        for key, axis in (("ws_channels", ax), ("routing_nmi", ax_nmi)):
+            if key not in rs[0]["curve"][0]:
+                continue
+            by_epoch: dict[int, list[float]] = {}
+            for r in rs:
+                epochs = [p["epoch"] for p in r["curve"]]
+                axis.plot(epochs, [p[key] for p in r["curve"]], color=colours[name], alpha=0.35, lw=0.8)
+                for p in r["curve"]:
+                    by_epoch.setdefault(p["epoch"], []).append(p[key])
+            xs = sorted(by_epoch)
+            label = f"{name} (median of {len(rs)} seeds)"
+            axis.plot(xs, [np.median(by_epoch[x]) for x in xs], color=colours[name], lw=2.5, label=label)
     ax.set_yscale("log")
     ax.set(xlabel="epoch", ylabel="5-channel Wasserstein (held out)", title="lower is better")
-    ax.legend(fontsize=6, ncol=2)
+    ax.legend(fontsize=7)
     ax_nmi.set(xlabel="epoch", ylabel="NMI(expert, regime)", ylim=(0, 1.02), title="routing follows the regimes")
+    if ax_nmi.lines:
+        ax_nmi.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
