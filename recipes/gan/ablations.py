@@ -15,6 +15,7 @@ and noise):
 ``sdi_x10``        the same with a ten times stronger SDI loss (``l_div`` 1.0 instead of 0.1)
 ``single_3x``      one SDI-GAN of about the total size of the 3-expert mixture
                    (generator width 21, discriminator and regressor width 24)
+``single_3x_halflr`` ``single_3x`` with half the generator / discriminator / regressor learning rates
 ``expertsim``      ExpertSim: router + 3 SDI-GAN experts of width 8
 ``expertsim_real`` the same, differentiation term on the real photon sums
 ``expertsim_b192`` ExpertSim with batches of 192 for 3x the epochs: the same number of steps, each
@@ -62,6 +63,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no_sdi": {"sdi": False},
     "sdi_x10": {"l_div": 1.0},
     "single_3x": {"width": 21, "d_width": 24, "aux_width": 24},
+    "single_3x_halflr": {"width": 21, "d_width": 24, "aux_width": 24, "lr_g": 5e-4, "lr_d": 2e-4, "lr_aux": 5e-4},
     "expertsim": {"n_experts": 3},
     "expertsim_real": {"n_experts": 3, "diff_source": "real"},
     "expertsim_b192": {"n_experts": 3, "batch_size": 192, "epochs_x": 3},
