@@ -114,6 +114,25 @@ def _record_eval(history: dict, step_now: int, n: int, short: dict, seconds: flo
     print(f"\n[step {step_now}] prompt following ({n} prompts, {seconds:.0f} s): {short}", flush=True)
 
 
+def _setup_training(args, models, state_dir: Path, reset_lr: bool):
+    """Data generator, frozen EMA copies, AdamW over the trainable parameters, and the step, history
+    and total of this invocation (restored from ``state_dir`` with ``--resume``; ``reset_lr`` sets
+    ``--lr`` again after a resume)."""
+    gen = torch.Generator().manual_seed(args.seed + 10)
+    emas = tuple(copy.deepcopy(m).eval().requires_grad_(False) for m in models)
+    params = [p for m in models for p in m.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr)
+    step, history = 0, {"evals": [], "segments": []}
+    if args.resume:
+        step, history = _load_state(state_dir, *models, *emas, opt, gen)
+        print(f"resumed from {state_dir} at step {step}", flush=True)
+        if reset_lr:
+            for group in opt.param_groups:
+                group["lr"] = args.lr
+    total = step + args.steps if args.resume else args.steps
+    return gen, emas, params, opt, step, history, total
+
+
 def _train_loop(args, *, desc, step, total, models, emas, params, opt, loss, save, evaluate, lr_at=None) -> float:
     """The denoiser loop both worlds share: ``loss()`` draws a fresh batch and returns its loss;
     AdamW step after clipping at 1 (``lr_at(step)`` sets the lr first when given), EMA update of
@@ -192,22 +211,13 @@ def train_shapes(args) -> None:
 
     # ---- denoiser + text encoder ----------------------------------------------------------
     torch.manual_seed(args.seed)
-    gen = torch.Generator().manual_seed(args.seed + 10)
     unet, text = sm.build_unet(), sm.build_text_encoder()
     tokenizer = world.build_tokenizer()
     noise_sched = sm.build_train_scheduler()
-    ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text).eval()
-    for p in (*ema_unet.parameters(), *ema_text.parameters()):
-        p.requires_grad_(False)
-    params = [*unet.parameters(), *text.parameters()]
-    opt = torch.optim.AdamW(params, lr=args.lr)
-    step, history = 0, {"evals": [], "segments": []}
-    if args.resume:
-        step, history = _load_state(state_dir, unet, text, ema_unet, ema_text, opt, gen)
-        print(f"resumed from {state_dir} at step {step}", flush=True)
-        for group in opt.param_groups:
-            group["lr"] = args.lr
-    seg_start, total = step, step + args.steps if args.resume else args.steps
+    gen, (ema_unet, ema_text), params, opt, step, history, total = _setup_training(
+        args, (unet, text), state_dir, reset_lr=True
+    )
+    seg_start = step
     alphas = noise_sched.alphas_cumprod
 
     def lr_at(step_now):
@@ -283,20 +293,13 @@ def train_tones(args) -> None:
     t_start = time.time()
 
     torch.manual_seed(args.seed)
-    gen = torch.Generator().manual_seed(args.seed + 10)
     tr, text = tm.build_transformer(), tm.build_text_encoder()
     tokenizer = world.build_tokenizer()
     noise_sched = tm.build_train_scheduler()
-    ema_tr, ema_text = copy.deepcopy(tr).eval(), copy.deepcopy(text).eval()
-    for p in (*ema_tr.parameters(), *ema_text.parameters()):
-        p.requires_grad_(False)
-    params = [p for p in (*tr.parameters(), *text.parameters()) if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=args.lr)
-    step, history = 0, {"evals": [], "segments": []}
-    if args.resume:
-        step, history = _load_state(state_dir, tr, text, ema_tr, ema_text, opt, gen)
-        print(f"resumed from {state_dir} at step {step}", flush=True)
-    seg_start, total = step, step + args.steps if args.resume else args.steps
+    gen, (ema_tr, ema_text), params, opt, step, history, total = _setup_training(
+        args, (tr, text), state_dir, reset_lr=False
+    )
+    seg_start = step
     alphas = noise_sched.alphas_cumprod
     rope = tm.rotary_embedding(tr)
 
