@@ -202,7 +202,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from recipes.gan.cli import add_common_arguments, common_config, finish
+    from recipes.gan.cli import add_common_arguments, check_common_arguments, common_config, finish
 
     parser = argparse.ArgumentParser(prog="interventions run expertsim", description=__doc__.split("\n")[0])
     add_common_arguments(parser, epochs=40)  # the mixture still improves from 20 to 40 epochs
@@ -218,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
         help="photon sums in the differentiation term: the experts' generated ones (paper) or the real ones",
     )
     args = parser.parse_args(argv)
+    check_common_arguments(parser, args)
+    if args.experts < 1:
+        parser.error(f"--experts must be >= 1, got {args.experts}")
     torch.set_num_threads(args.threads)
     cfg = default_config(
         n_experts=args.experts,

@@ -97,7 +97,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from recipes.gan.cli import add_common_arguments, common_config, finish
+    from recipes.gan.cli import add_common_arguments, check_common_arguments, common_config, finish
 
     parser = argparse.ArgumentParser(prog="interventions run sdi_gan", description=__doc__.split("\n")[0])
     add_common_arguments(parser)
@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--l-in", type=float, default=1e-3, help="intensity weight (paper 1e-3)")
     parser.add_argument("--l-aux", type=float, default=1e-3, help="regressor weight (paper 1e-3)")
     args = parser.parse_args(argv)
+    check_common_arguments(parser, args)
     torch.set_num_threads(args.threads)
     cfg = default_config(
         **common_config(args),

@@ -65,11 +65,31 @@ def test_each_sample_trains_only_its_expert(data):
     assert not same(params(t.router), router_before)  # the router loss reached the router
 
 
-def test_router_loss_parts_are_logged(data):
-    t = trainer(data)
-    log = t.train_step(data.subset(torch.arange(6)))
-    assert {"router", "router_gan", "router_diff", "router_util", "router_alb", "tau"} <= log.keys()
-    assert sum(log[f"share{i}"] for i in range(3)) == pytest.approx(1.0)
+def test_router_loss_parts_by_hand(data):
+    """The logged router loss and its parts, recomputed from the same Gumbel draw (diff_source="real":
+    the differentiation term then uses the batch's real photon sums, which this test knows)."""
+    t = trainer(data, diff_source="real", l_gan=0.3, l_diff=0.2, l_util=0.7, l_alb=1e-3)
+    batch = data.subset(torch.arange(6))
+    draw = torch.Generator().manual_seed(0)
+    draw.set_state(t.noise_rng.get_state())  # the step's first draw is the Gumbel noise
+    with torch.no_grad():
+        logits = t.router(batch.conditions)
+    u = torch.rand(logits.shape, generator=draw).clamp(1e-10, 1.0 - 1e-7)
+    soft = torch.softmax((logits - torch.log(-torch.log(u))) / 1.2, dim=-1)  # tau starts at 1.2
+    index = soft.argmax(-1)
+    log = t.train_step(batch)
+    assert [log[f"share{i}"] for i in range(3)] == [float((index == i).sum()) / 6 for i in range(3)]
+    intensity = batch.photon_sum / t.intensity_unit
+    means = [float(intensity[index == i].mean()) for i in range(3) if (index == i).any()]
+    diff = -sum(abs(a - b) for k, a in enumerate(means) for b in means[k + 1 :])
+    p = soft.mean(0)
+    util = float(-(p * p.log()).sum())
+    alb = float(torch.exp(1 / soft.sum(0)).mean())
+    assert log["router_diff"] == pytest.approx(diff, rel=1e-5, abs=1e-7)
+    assert log["router_util"] == pytest.approx(util, rel=1e-5)
+    assert log["router_alb"] == pytest.approx(alb, rel=1e-5)
+    expected = 0.3 * log["router_gan"] + 0.2 * diff - 0.7 * util + 1e-3 * alb
+    assert log["router"] == pytest.approx(expected, rel=1e-5)
 
 
 def test_deterministic_and_resumable(data, tmp_path):

@@ -247,12 +247,6 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "calorimeter_gan_ablation.json")
-    runs: list[dict[str, Any]] = []
-    if os.path.exists(path):
-        with open(path) as f:
-            runs = json.load(f).get("runs", [])
-    done = {(r["variant"], r["config"]["seed"]) for r in runs}
-    data = make_split(args.conditions, args.test_conditions, args.repeats, args.test_repeats, args.data_seed)
     setup = {
         "data_seed": args.data_seed,
         "train": f"{args.conditions} conditions x {args.repeats} repeats",
@@ -261,6 +255,17 @@ def main(argv: list[str] | None = None) -> int:
         "threads": 1,
         "curve_every": args.curve_every,
     }
+    runs: list[dict[str, Any]] = []
+    if os.path.exists(path):
+        with open(path) as f:
+            previous = json.load(f)
+        old = previous.get("setup", {})  # resuming must not mix runs of another setup into the claims
+        changed = "; ".join(f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in setup.items() if old.get(k) != v)
+        if changed:
+            parser.error(f"{path} holds runs of another setup ({changed}); pass the same options or another --out")
+        runs = previous.get("runs", [])
+    done = {(r["variant"], r["config"]["seed"]) for r in runs}
+    data = make_split(args.conditions, args.test_conditions, args.repeats, args.test_repeats, args.data_seed)
     for seed in args.seeds:
         for name in args.variants:
             if (name, seed) in done:

@@ -7,7 +7,7 @@ import json
 import os
 from typing import Any
 
-__all__ = ["add_common_arguments", "finish", "summary"]
+__all__ = ["add_common_arguments", "check_common_arguments", "common_config", "finish", "summary"]
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, epochs: int = 20) -> None:
@@ -33,6 +33,19 @@ def add_common_arguments(parser: argparse.ArgumentParser, epochs: int = 20) -> N
     out.add_argument("--revision", help="branch to push to")
     out.add_argument("--tag", help="tag the pushed commit")
     out.add_argument("--endpoint", help="Hub URL (default $HF_ENDPOINT or huggingface.co)")
+
+
+def check_common_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse (``parser.error``) what would fail or mislead only after training."""
+    if args.push and not args.out:
+        parser.error("--push needs --out: the trained generator is saved there and that folder is pushed")
+    if args.repeats < 2 and not args.no_sdi:
+        parser.error("SDI needs the spread of each training condition: --repeats >= 2 (or --no-sdi)")
+    if args.test_repeats < 2:
+        parser.error("the held-out spread and position metrics need --test-repeats >= 2")
+    for name in ("conditions", "test_conditions", "epochs", "batch_size", "width", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
 
 
 def common_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -65,9 +78,6 @@ def finish(args: argparse.Namespace, metrics: dict[str, Any]) -> int:
         slim = {k: v for k, v in metrics.items() if not k.startswith("_") and k not in ("history", "config")}
         print(json.dumps(slim, indent=1, default=str))
     if args.push:
-        if not args.out:
-            print("--push needs --out (the folder that is pushed)")
-            return 2
         from recipes.gan.hub import push_generator
 
         info = push_generator(

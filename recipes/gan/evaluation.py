@@ -93,8 +93,16 @@ def routing_table(index: torch.Tensor, regime: torch.Tensor, n_experts: int) -> 
 
 
 def evaluate_images(real: Mapping[str, torch.Tensor], generated: torch.Tensor, repeats: int) -> dict[str, Any]:
-    """Metrics of generated images ``(N, H, W)`` paired with the real held-out set ``real``."""
+    """Metrics of generated images ``(N, H, W)`` paired with the real held-out set ``real``
+    (``repeats`` events per condition, consecutive: the spread metrics need at least 2)."""
     images, regime = real["images"], real["regime"]
+    if repeats < 2 or images.shape[0] % repeats:
+        raise ValueError(
+            f"the held-out set needs >= 2 consecutive events per condition and a multiple of repeats; got "
+            f"{images.shape[0]} events with repeats={repeats}"
+        )
+    if generated.shape != images.shape:
+        raise ValueError(f"generated images {tuple(generated.shape)} do not pair with the real {tuple(images.shape)}")
     gen = generated.to(torch.float32).clamp_min(0.0)
     ch_r, ch_g = real["channel_sums"].double(), channel_sums(gen).double()
     per_channel = channel_wasserstein(ch_r, ch_g)
@@ -103,7 +111,7 @@ def evaluate_images(real: Mapping[str, torch.Tensor], generated: torch.Tensor, r
     corr, corr_log = spread_correlation(s_r.view(-1, repeats), s_g.view(-1, repeats))
     # real-vs-real scatter of the brightest pixel: repeat 0 against repeat 1 of each condition
     first = torch.arange(0, images.shape[0], repeats)
-    floor = position_error(images[first][lit[first]], images[first + 1][lit[first]]) if repeats > 1 else float("nan")
+    floor = position_error(images[first][lit[first]], images[first + 1][lit[first]])
     out: dict[str, Any] = {
         "ws_channels": float(np.mean(per_channel)),
         "ws_channel": per_channel,

@@ -121,7 +121,14 @@ def load_generator(repo_or_folder: str | os.PathLike, **kwargs: Any) -> HubGener
     """
     folder = Path(repo_or_folder)
     if not folder.is_dir():
-        folder = pull(str(repo_or_folder), **kwargs)
+        name = os.fspath(repo_or_folder)
+        if folder.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
+            raise FileNotFoundError(
+                f"no generator folder at {name!r} (a folder written by save_generator, or a Hub repo id 'owner/name')"
+            )
+        folder = pull(name, **kwargs)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{os.fspath(folder)!r} has no config.json: not a folder written by save_generator")
     config = json.loads((folder / "config.json").read_text())
     cls = HubMixtureGenerator if "n_experts" in config else HubGenerator
     model = cls.from_pretrained(str(folder))

@@ -2,13 +2,14 @@
 
 * :class:`ConditionEncoder` turns the 9 raw conditions ``(E, vx, vy, vz, px, py, pz, m, q)`` into
   standardised features: ``log E``, the vertex, the direction ``px/pz, py/pz`` (what the lever arm
-  multiplies), ``log pz``, ``q / pz`` (what the magnet bends by), mass and charge. The
+  multiplies), ``q / pz`` (what the magnet bends by), mass and charge. The
   standardisation statistics are buffers, saved with the weights, so a loaded generator takes raw
   conditions.
 * :class:`Generator`: ``noise (10) + encoded conditions -> FC -> (4w, 14, 8) -> transposed conv
-  (2w, 28, 16) -> transposed conv (1, 56, 32) -> ReLU -> crop to 56 x 30``, output in
+  (2w, 28, 16) -> transposed conv (1, 56, 32) -> softplus -> crop to 56 x 30``, output in
   ``log1p(photons)`` space (the papers' DCGAN: FC -> 512 x 18 x 10 -> upsample / conv -> 56 x 30,
-  ReLU, log1p; scaled down to ``w = width`` = 8 so that a training step costs ~0.1 s on one core).
+  ReLU, log1p; scaled down to ``w = width``, 8 in the recipes, so that a training step costs ~0.1 s
+  on one core; a softplus with beta 2 in place of the papers' ReLU).
   Without gradients (sampling) the same function runs ~1.7x faster on one CPU core: the first
   transposed conv on a channels-last input, the last one (one output channel, where transposed-conv
   kernels are slowest) as the equal 3x3 conv + pixel shuffle (:func:`subpixel_conv_weights`).
@@ -46,6 +47,12 @@ N_CONDITIONS = 9
 
 def encode_conditions(raw: torch.Tensor) -> torch.Tensor:
     """Raw ``(B, 9)`` conditions -> unstandardised features ``(B, 9)`` (see module doc)."""
+    if raw.dim() != 2 or raw.shape[1] != N_CONDITIONS:
+        hint = " (one event: conditions[None])" if raw.shape == (N_CONDITIONS,) else ""
+        raise ValueError(
+            f"conditions must have shape (batch, {N_CONDITIONS}): (E, vx, vy, vz, px, py, pz, m, q) per event; "
+            f"got {tuple(raw.shape)}{hint}"
+        )
     raw = raw.to(torch.float32)
     energy, vx, vy, vz, px, py, pz, mass, charge = raw.unbind(-1)
     pz_safe = pz.clamp_min(1e-3)
@@ -243,8 +250,9 @@ class MixtureGenerator(nn.Module):
 
     @torch.no_grad()
     def route(self, conditions: torch.Tensor) -> torch.Tensor:
-        """Expert index ``(B,)`` of each condition (no Gumbel noise)."""
-        return self.router(conditions).argmax(dim=-1)
+        """Expert index ``(B,)`` of each condition (no Gumbel noise), on the router's device."""
+        device = next(self.router.parameters()).device
+        return self.router(conditions.to(device)).argmax(dim=-1)
 
     def forward(self, noise: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
         index = self.route(conditions)

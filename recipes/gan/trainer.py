@@ -14,8 +14,9 @@ on the samples routed to it, as in the papers' code:
    of the generator is updated, and it is what samples.
 
 :class:`GanTrainer` runs epochs of shuffled batches with a tqdm bar, is deterministic for
-``config.seed`` (initialisation, shuffling and noise each come from their own seeded
-``torch.Generator``; on one CPU thread two runs are bit-identical), and saves / restores
+``config.seed`` (initialisation from the global RNG seeded inside ``torch.random.fork_rng``, so
+the caller's RNG state is untouched; shuffling and noise from their own seeded ``torch.Generator``;
+on one CPU thread two runs are bit-identical), and saves / restores
 checkpoints as safetensors (models, optimiser states, RNG states; JSON metadata in the header).
 ExpertSim subclasses it (``recipes.expertsim.ExpertSimTrainer``).
 """
@@ -75,7 +76,7 @@ class GanConfig:
     tau_min: float = 0.8
     l_gan: float = 0.1
     l_diff: float = 0.1
-    l_util: float = 0.1
+    l_util: float = 1.0
     l_alb: float = 1e-7
     diff_source: str = "generated"  # intensities of the differentiation term: "generated" (paper) or "real"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -252,6 +253,11 @@ class GanTrainer:
     """
 
     def __init__(self, cfg: GanConfig, data: GanData) -> None:
+        if cfg.sdi and len(data) and not bool((data.sigma > 0).any()):
+            raise ValueError(
+                "SDI scales its diversity by the per-condition spread of the photon sum, and this data set has "
+                "none (one event per condition?): generate it with repeats >= 2 or set sdi=False"
+            )
         self.cfg, self.data = cfg, data
         self.total_steps = cfg.epochs * self.steps_per_epoch()
         with torch.random.fork_rng(devices=[]):
@@ -359,13 +365,36 @@ class GanTrainer:
         save_tensors(path, tensors, meta)
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
-        """Restore what :meth:`save_checkpoint` wrote (same config); training resumes bit-exactly."""
+        """Restore what :meth:`save_checkpoint` wrote; training resumes bit-exactly. The checkpoint
+        must come from the same trainer class and config (the seed and the number of epochs may
+        differ: the checkpoint's RNG states replace the seed's); otherwise nothing is changed."""
         tensors, meta = load_tensors(path)
+        where = os.fspath(path)
         if meta.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{os.fspath(path)!r} is not a GAN checkpoint (format {meta.get('format')!r})")
+            raise ValueError(f"{where!r} is not a GAN checkpoint (format {meta.get('format')!r})")
+        if meta.get("trainer") != type(self).__name__:
+            raise ValueError(f"{where!r} is a checkpoint of {meta.get('trainer')}, not of {type(self).__name__}")
+        saved, ours = meta.get("config", {}), self.cfg.to_json()
+        differ = [
+            f"{k}: {saved.get(k)!r} there, {v!r} here"
+            for k, v in ours.items()
+            if k not in ("seed", "epochs") and saved.get(k) != v
+        ]
+        if differ:
+            raise ValueError(
+                f"{where!r} was trained with another config ({'; '.join(differ)}); build the trainer with "
+                "GanConfig.from_json(...) of the checkpoint's config to resume it"
+            )
+        states = {}
         for name, module in self.modules().items():
             prefix = f"model.{name}."
-            module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+            states[name] = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+            found = {k: tuple(v.shape) for k, v in states[name].items()}
+            if found != expected:
+                raise ValueError(f"{where!r}: the weights of {name!r} do not match this trainer's")
+        for name, module in self.modules().items():
+            module.load_state_dict(states[name])
         for name, opt in self.optimisers().items():
             _load_optim(f"optim.{name}", opt, tensors, meta["optimisers"][name])
         self.data_rng.set_state(tensors["rng.data"])
