@@ -1,7 +1,7 @@
 """Push artifact folders to the Hugging Face Hub and pull them back, safetensors and JSON only.
 
-``push`` checks every artifact in the folder (as the loaders would) and refuses pickles before it
-creates anything, then runs ``create_repo(exist_ok=True)`` + ``upload_folder`` (one commit) and an
+``push`` checks every artifact in the folder (as the loaders would) and refuses pickles and any
+other file that ``pull`` would not fetch back before it creates anything, then runs ``create_repo(exist_ok=True)`` + ``upload_folder`` (one commit) and an
 optional ``create_tag``. ``pull`` is ``snapshot_download`` restricted to ``*.json``,
 ``*.safetensors`` and ``*.md``: a pickle in the repo is never downloaded, and a repo (or subfolder)
 without safetensors is an :class:`ArtifactError` that names what the repo holds instead.
@@ -14,7 +14,8 @@ functions so that ``import hub_cards`` stays fast.
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from fnmatch import fnmatch
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from .errors import ArtifactError
@@ -34,8 +35,20 @@ if TYPE_CHECKING:
 
 __all__ = ["PULL_PATTERNS", "check_folder", "pull", "push", "resolve_endpoint"]
 
-#: What ``pull`` downloads; everything else in a repo (pickles above all) stays on the Hub.
+#: What ``pull`` downloads and ``push`` uploads; everything else in a repo (pickles above all) stays on the Hub.
 PULL_PATTERNS = ("*.json", "*.safetensors", "*.md")
+#: Folders that ``upload_folder`` skips anyway: git internals and huggingface_hub's local-dir metadata.
+_SKIPPED = (".git", ".cache/huggingface")
+
+
+def _files(root: Path) -> list[str]:
+    """Every file under ``root`` that ``upload_folder`` would upload (relative POSIX paths, sorted)."""
+    out = []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_file() and not any(rel.startswith(d + "/") or f"/{d}/" in f"/{rel}" for d in _SKIPPED):
+            out.append(rel)
+    return out
 
 
 def resolve_endpoint(endpoint: str | None = None) -> str | None:
@@ -48,8 +61,9 @@ def check_folder(folder: str | os.PathLike[str]) -> dict[str, list[str]]:
     """Validate everything ``push`` would upload; returns ``{"sae": [...], "steering_vector": [...],
     "safetensors": [...]}`` (paths relative to ``folder``).
 
-    Refuses (:class:`ArtifactError`) a missing or empty folder, any pickle, an SAE or steering-vector
-    folder that its loader refuses, and any other truncated or corrupt safetensors file.
+    Refuses (:class:`ArtifactError`) a missing or empty folder, any pickle or other file that is not
+    safetensors, JSON or markdown, an SAE or steering-vector folder that its loader refuses, and any
+    other truncated or corrupt safetensors file.
     """
     root = Path(folder)
     if not root.is_dir():
@@ -61,6 +75,12 @@ def check_folder(folder: str | os.PathLike[str]) -> dict[str, list[str]]:
         raise ArtifactError(
             f"{root} holds pickles ({', '.join(pickles)}): interventions publishes only safetensors and JSON; "
             "convert them with safetensors.torch.save_file or move them out of the folder"
+        )
+    others = [f for f in _files(root) if not any(fnmatch(PurePosixPath(f).name, p) for p in PULL_PATTERNS)]
+    if others:
+        raise ArtifactError(
+            f"{root} holds files that are not safetensors, JSON or markdown ({', '.join(others)}): pull would never "
+            "fetch them back, and interventions publishes nothing else; move them out of the folder"
         )
     found: dict[str, list[str]] = {"sae": [], "steering_vector": [], "safetensors": []}
     for path in sorted(root.rglob("*.safetensors")):
@@ -108,6 +128,7 @@ def push(
         repo_type=repo_type,
         revision=revision,
         commit_message=commit_message,
+        allow_patterns=list(PULL_PATTERNS),
     )
     if tag is not None:
         api.create_tag(repo_id, tag=tag, revision=info.oid, repo_type=repo_type)

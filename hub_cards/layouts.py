@@ -120,11 +120,12 @@ def check_safetensors(path: str | os.PathLike[str]) -> None:
         raise ArtifactError(f"{path} is not a safetensors file: its header is not JSON ({e})") from None
     if not isinstance(header, dict):
         raise ArtifactError(f"{path} is not a safetensors file: its header is not a JSON object")
-    ends = [
-        v["data_offsets"][1]
-        for k, v in header.items()
-        if k != "__metadata__" and isinstance(v, dict) and isinstance(v.get("data_offsets"), list)
-    ]
+    ends = []
+    for key, entry in header.items():
+        offsets = entry.get("data_offsets") if key != "__metadata__" and isinstance(entry, dict) else [0, 0]
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(i, int) for i in offsets)):
+            raise ArtifactError(f"{path} is not a safetensors file: data_offsets of {key!r} is not [begin, end]")
+        ends.append(offsets[1])
     needed = 8 + n + max(ends, default=0)
     if size < needed:
         raise ArtifactError(

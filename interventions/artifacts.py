@@ -16,6 +16,8 @@ import torch
 from .sae import SAE, SAELENS_ARCH, SAEInfo
 from .steering import Key, SteeringVector
 
+#: Written where the layout needs a site or base model that the SAE does not record; read back as "".
+_UNKNOWN = "unknown"
 _SAE_ARCH_BACK = {"standard": "relu", "topk": "topk", "batchtopk": "batchtopk", "jumprelu": "jumprelu"}
 
 
@@ -24,28 +26,57 @@ def save_sae(sae: SAE, folder: str | os.PathLike[str]) -> None:
 
     info = sae.info
     meta = {k: v for k, v in asdict(info).items() if k != "extra"} | dict(info.extra)
-    meta["base_model"] = info.base_model or "unknown"
-    meta["site"] = info.site or "unknown"
-    cfg: dict[str, Any] = {"architecture": SAELENS_ARCH[sae.kind], "metadata": meta}
+    meta["base_model"] = info.base_model or _UNKNOWN
+    meta["site"] = info.site or _UNKNOWN
+    cfg: dict[str, Any] = {
+        "architecture": SAELENS_ARCH[sae.kind],
+        "apply_b_dec_to_input": sae.apply_b_dec_to_input,
+        "metadata": meta,
+    }
     if sae.kind in ("topk", "batchtopk"):
         cfg["k"] = sae.k
     names = ["W_enc", "W_dec", "b_enc", "b_dec"] + (["threshold"] if sae.kind == "jumprelu" else [])
     write(folder, cfg=cfg, tensors={n: getattr(sae, n).detach().contiguous() for n in names})
 
 
+#: SAELens settings this SAE class does not compute, with the value it does.
+_UNSUPPORTED = {"normalize_activations": "none", "reshape_activations": "none", "rescale_acts_by_decoder_norm": False}
+
+
 def load_sae(folder: str | os.PathLike[str]) -> SAE:
+    """An :class:`SAE` from a folder in the SAELens >= 6 layout (ours or SAELens'). Refused
+    (``hub_cards.ArtifactError``) when its settings or tensors would make it compute something else."""
+    from hub_cards.errors import ArtifactError
     from hub_cards.layouts import load_sae as read
 
     cfg, tensors = read(folder)
+    odd = [f"{k}={cfg[k]!r} (only {v!r} is supported)" for k, v in _UNSUPPORTED.items() if cfg.get(k, v) != v]
+    extra = sorted(set(tensors) - {"W_enc", "W_dec", "b_enc", "b_dec", "threshold"})
+    if extra:
+        odd.append(f"tensors {extra} that this SAE would ignore")
+    if odd:
+        raise ArtifactError(
+            f"{os.fspath(folder)}: cannot load as an interventions SAE without changing what it computes: "
+            f"{'; '.join(odd)}"
+        )
     meta = dict(cfg["metadata"])
     fields = {
         k: meta.pop(k) for k in ("site", "layout", "base_model", "steps", "branch", "method", "dataset") if k in meta
     }
     for k in ("sae_lens_version", "hook_name", "model_name", "sdk_version"):
         meta.pop(k, None)
+    fields.update({k: "" for k in ("site", "base_model") if fields.get(k) == _UNKNOWN})
     kind = _SAE_ARCH_BACK[cfg["architecture"]]
     dtype = getattr(torch, cfg["dtype"])
-    sae = SAE(cfg["d_in"], cfg["d_sae"], kind, int(cfg.get("k", 1)), info=SAEInfo(**fields, extra=meta), dtype=dtype)  # type: ignore[arg-type]
+    sae = SAE(
+        cfg["d_in"],
+        cfg["d_sae"],
+        kind,  # type: ignore[arg-type]
+        int(cfg.get("k", 1)),
+        info=SAEInfo(**fields, extra=meta),
+        dtype=dtype,
+        apply_b_dec_to_input=cfg["apply_b_dec_to_input"],
+    )
     with torch.no_grad():
         for name in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold"):
             if name in tensors:
@@ -62,7 +93,7 @@ def save_steering_vector(vector: SteeringVector, folder: str | os.PathLike[str])
 
     steps = sorted({k[1] for k in vector.directions if isinstance(k, tuple)}) or None
     cfg = {
-        "base_model": vector.base_model or "unknown",
+        "base_model": vector.base_model or _UNKNOWN,
         "sites": vector.sites,
         "layout": vector.layout,
         "method": vector.method,

@@ -1,8 +1,8 @@
 """Sparse autoencoders on site activations: TopK, BatchTopK, ReLU (+L1) and JumpReLU.
 
 Parameters follow SAELens' names and conventions (``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_in]``,
-``b_enc``, ``b_dec``, ``threshold``; the input is centred by ``b_dec`` before encoding), so an SAE
-saved here loads in SAELens unchanged. Each SAE records what it was made for (:class:`SAEInfo`):
+``b_enc``, ``b_dec``, ``threshold``; the input is centred by ``b_dec`` before encoding unless
+``apply_b_dec_to_input=False``, as in Gemma Scope), so an SAE saved here loads in SAELens unchanged. Each SAE records what it was made for (:class:`SAEInfo`):
 the site, its layout, the step/branch window and the base model; :meth:`SAE.attach` refuses a
 model where that site does not exist or has another width.
 
@@ -60,6 +60,7 @@ class SAE(nn.Module):
         info: SAEInfo | None = None,
         dtype: torch.dtype = torch.float32,
         seed: int = 0,
+        apply_b_dec_to_input: bool = True,
     ) -> None:
         super().__init__()
         if kind not in SAELENS_ARCH:
@@ -67,6 +68,7 @@ class SAE(nn.Module):
         if kind in ("topk", "batchtopk") and not 0 < k <= d_sae:
             raise ValueError(f"k must be in [1, d_sae={d_sae}], got {k}")
         self.d_in, self.d_sae, self.kind, self.k = d_in, d_sae, kind, k
+        self.apply_b_dec_to_input = apply_b_dec_to_input
         self.info = info or SAEInfo()
         gen = torch.Generator().manual_seed(seed)
         w_dec = torch.randn(d_sae, d_in, generator=gen, dtype=torch.float32)
@@ -79,7 +81,7 @@ class SAE(nn.Module):
 
     # -- forward pieces --------------------------------------------------------------------------
     def pre_acts(self, x: Float[Tensor, "n d_in"]) -> Float[Tensor, "n d_sae"]:
-        return (x - self.b_dec) @ self.W_enc + self.b_enc
+        return ((x - self.b_dec) if self.apply_b_dec_to_input else x) @ self.W_enc + self.b_enc
 
     def activate(self, pre: Float[Tensor, "n d_sae"], *, batch_topk: bool = False) -> Float[Tensor, "n d_sae"]:
         """Pre-activations to latents; ``batch_topk`` uses the whole batch's top ``k * n``."""

@@ -36,9 +36,13 @@ def difference_of_means(positive: Latents, negative: Latents) -> Scores:
 
 
 def cohens_d(positive: Latents, negative: Latents, eps: float = 1e-12) -> Scores:
+    """Difference of means over the pooled standard deviation (needs 3 or more examples in all)."""
     p, n = positive.float(), negative.float()
     n_p, n_n = p.shape[0], n.shape[0]
-    pooled = ((n_p - 1) * p.var(0, unbiased=True) + (n_n - 1) * n.var(0, unbiased=True)) / max(n_p + n_n - 2, 1)
+    if n_p < 1 or n_n < 1 or n_p + n_n < 3:
+        raise ValueError(f"Cohen's d needs >= 1 example per group and >= 3 in all; got {n_p} and {n_n}")
+    squares = (p - p.mean(0)).pow(2).sum(0) + (n - n.mean(0)).pow(2).sum(0)  # (n - 1) var, 0 for one example
+    pooled = squares / (n_p + n_n - 2)
     return (p.mean(0) - n.mean(0)) / pooled.sqrt().clamp_min(eps)
 
 

@@ -186,5 +186,6 @@ def directions_from_features(
 ) -> Tensor:
     """A steering direction from SAE features: the (weighted) sum of their decoder rows."""
     ids = torch.as_tensor(list(features), dtype=torch.long)
-    w = torch.ones(len(ids)) if weights is None else torch.as_tensor(list(weights), dtype=decoder.dtype)
+    w = torch.ones(len(ids)) if weights is None else torch.as_tensor(list(weights))
+    w = w.to(dtype=decoder.dtype, device=decoder.device)
     return (w[:, None] * decoder[ids]).sum(0)

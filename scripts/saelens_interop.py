@@ -4,10 +4,12 @@ Two stages, run by ``scripts/saelens_interop.sh`` in two interpreters (SAELens' 
 transformers, clash with the project's, so it lives in its own virtual environment):
 
 ``export OUT`` (the project's Python)
-    Saves one SAE per architecture (standard, topk, batchtopk, jumprelu) with ``hub_cards.save_sae``
+    Saves one SAE per architecture (standard, topk, batchtopk, jumprelu; and a jumprelu that does not
+    centre its input) with ``hub_cards.save_sae``
     under ``OUT/repo/<site>/``, writes the repo card, and stores inputs and the expected latents and
     reconstructions in ``OUT/expected/<name>.safetensors``. The expectations come from the formula
-    ``z = act((x - b_dec) W_enc + b_enc)``, ``x_hat = z W_dec + b_dec``; when ``interventions.SAE``
+    ``z = act((x - b_dec) W_enc + b_enc)`` (``x`` uncentred when ``apply_b_dec_to_input`` is false),
+    ``x_hat = z W_dec + b_dec``; when ``interventions.SAE``
     is importable, our module is loaded from the same folder and must give the same outputs.
 
 ``check OUT`` (the SAELens venv's Python; needs only this checkout on ``sys.path``)
@@ -33,18 +35,19 @@ sys.path.insert(0, str(ROOT))
 
 D_IN, D_SAE, K, N = 16, 64, 8, 32
 REPO_ID = "interop/tiny-saes"
-SAES = {  # name -> (architecture, site)
-    "standard": ("standard", "blocks.0.hook_resid_post"),
-    "topk": ("topk", "unet.mid_block.attentions.0"),
-    "batchtopk": ("batchtopk", "transformer_blocks.1.attn2"),
-    "jumprelu": ("jumprelu", "model.layers.2.mlp"),
+SAES = {  # name -> (architecture, site, apply_b_dec_to_input)
+    "standard": ("standard", "blocks.0.hook_resid_post", True),
+    "topk": ("topk", "unet.mid_block.attentions.0", True),
+    "batchtopk": ("batchtopk", "transformer_blocks.1.attn2", True),
+    "jumprelu": ("jumprelu", "model.layers.2.mlp", True),
+    "jumprelu_uncentred": ("jumprelu", "model.layers.3.mlp", False),  # as Gemma Scope's SAEs
 }
 
 
-def _reference(arch: str, t: dict, x):  # type: ignore[no-untyped-def]
+def _reference(arch: str, t: dict, x, centred: bool):  # type: ignore[no-untyped-def]
     import torch
 
-    pre = (x - t["b_dec"]) @ t["W_enc"] + t["b_enc"]
+    pre = ((x - t["b_dec"]) if centred else x) @ t["W_enc"] + t["b_enc"]
     if arch == "standard":
         z = torch.relu(pre)
     elif arch == "jumprelu":
@@ -67,7 +70,7 @@ def export(out: Path) -> int:
         from interventions.artifacts import load_sae as ours  # type: ignore[no-redef]
     except ImportError as e:
         print(f"interventions.SAE not importable ({e}); checking against the formula only")
-    for name, (arch, site) in SAES.items():
+    for name, (arch, site, centred) in SAES.items():
         w_dec = torch.randn(D_SAE, D_IN, generator=gen)
         w_dec = w_dec / w_dec.norm(dim=-1, keepdim=True)
         t = {
@@ -80,6 +83,7 @@ def export(out: Path) -> int:
             t["threshold"] = torch.rand(D_SAE, generator=gen) * 0.5
         cfg: dict = {
             "architecture": arch,
+            "apply_b_dec_to_input": centred,
             "metadata": {
                 "site": site,
                 "base_model": "tiny/model",
@@ -95,7 +99,7 @@ def export(out: Path) -> int:
         cfg_back, t_back = load_sae(folder)
         assert cfg_back["architecture"] == arch and all(torch.equal(t[n], t_back[n]) for n in t), name
         x = torch.randn(N, D_IN, generator=gen)
-        z, x_hat = _reference(arch, t, x)
+        z, x_hat = _reference(arch, t, x, centred)
         if ours is not None:
             with torch.no_grad():
                 sae = ours(folder)
@@ -108,7 +112,7 @@ def export(out: Path) -> int:
             {"x": x, "z": z.contiguous(), "x_hat": x_hat.contiguous()}, str(out / "expected" / f"{name}.safetensors")
         )
     write_card(out / "repo", "sae", repo_id=REPO_ID)
-    (out / "saes.json").write_text(json.dumps({n: s for n, (_, s) in SAES.items()}, indent=2))
+    (out / "saes.json").write_text(json.dumps({n: s for n, (_, s, _) in SAES.items()}, indent=2))
     print(
         f"exported {len(SAES)} SAEs to {out / 'repo'} (expected outputs from {'interventions.SAE' if ours else 'the formula'})"
     )

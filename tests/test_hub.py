@@ -310,6 +310,22 @@ def test_push_refuses_before_creating_anything(tmp_path, hub):
     assert not hub.state.repos
 
 
+def test_push_refuses_every_file_pull_would_not_fetch(tmp_path, hub):
+    root = make_repo(tmp_path / "repo")
+    (root / "checkpoint.pth.tar").write_bytes(pickle.dumps({"w": 1}))  # a pickle behind a second suffix
+    (root / "unet.up_blocks.1" / "run.py").write_text("print('hi')\n")
+    (root / ".git").mkdir()
+    (root / ".git" / "HEAD").write_text("ref: refs/heads/main\n")  # skipped, as upload_folder skips it
+    with pytest.raises(
+        ArtifactError, match=r"not safetensors, JSON or markdown \(checkpoint.pth.tar, unet.up_blocks.1/run.py\)"
+    ):
+        push(root, "org/nope")
+    assert not hub.state.repos
+    (root / "checkpoint.pth.tar").unlink()
+    (root / "unet.up_blocks.1" / "run.py").unlink()
+    assert sorted(check_folder(root)["sae"]) == ["unet.mid_block.attentions.0", "unet.up_blocks.1"]
+
+
 def test_model_mixin_push_tag_pull(tmp_path, hub, cache):
     torch.manual_seed(0)
     model = TinyGenerator(d_latent=3, d_out=5)
@@ -443,6 +459,10 @@ def test_corrupt_safetensors(tmp_path):
         load_sae(folder)
     (folder / "sae_weights.safetensors").write_bytes(b"abc")
     with pytest.raises(ArtifactError, match="truncated or not a safetensors file"):
+        load_sae(folder)
+    header = json.dumps({"W_enc": {"dtype": "F32", "shape": [1], "data_offsets": [0]}}).encode()
+    (folder / "sae_weights.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + bytes(4))
+    with pytest.raises(ArtifactError, match=r"data_offsets of .W_enc. is not \[begin, end\]"):
         load_sae(folder)
 
 
