@@ -2,10 +2,13 @@
 classifier-free-guidance branch of the rows it sees; and ``When``, which restricts a hook to some
 of them without the user counting calls.
 
-The step index is the number of distinct denoiser timesteps seen since the run began (a run
-begins when the pipeline's scheduler sets its timesteps, or when the session starts): a second
-pass at the same timestep, as in sequential CFG, stays in the same step. Solvers that evaluate
-the denoiser at intermediate timesteps (Heun, DPM-Solver 2S) count each evaluation as a step.
+The step index counts denoiser evaluations since the run began (a run begins when the pipeline's
+scheduler sets its timesteps, or when the session starts). A call starts a new step when its
+timestep differs from the previous call's, or, in a pipeline, when the scheduler's ``step()`` ran
+since the previous call: so every evaluation of a second-order solver is its own step (Heun's
+``[999, 666, 666, ...]`` gives as many steps as ``scheduler.timesteps`` has entries), while a
+second pass before the update, as in sequential CFG, stays in the same step. A bare denoiser
+called by hand has no scheduler to watch: its steps follow the timestep alone.
 """
 
 from __future__ import annotations
@@ -17,12 +20,15 @@ from typing import Any
 Rows = slice
 Segments = tuple[tuple[str | None, Rows], ...]
 ALL_ROWS: Segments = ((None, slice(None)),)
+# every branch name an adapter labels rows with (InstructPix2Pix batches an image-only block,
+# the PAG pipelines a perturbed-attention block, SD3 runs a skip-layer-guidance pass)
+BRANCHES = ("cond", "uncond", "image_cond", "perturbed", "skip_layers")
 
 
 class RunState:
     """Mutable tracking state of one session, updated by the adapter around denoiser calls."""
 
-    __slots__ = ("call", "run", "step", "timestep", "segments", "in_denoiser", "_last_t", "forced")
+    __slots__ = ("call", "run", "step", "timestep", "segments", "in_denoiser", "_last_t", "_stepped", "forced")
 
     def __init__(self) -> None:
         self.call = -1  # index of the current root (or denoiser) call
@@ -32,20 +38,29 @@ class RunState:
         self.segments: Segments = ALL_ROWS
         self.in_denoiser = False
         self._last_t: float | None = None
+        self._stepped = False  # the scheduler updated the sample since the last denoiser call
         self.forced: str | None = None  # branch set by ``session.branch(name)``
 
     def new_run(self) -> None:
         self.run += 1
         self.step = None
         self._last_t = None
+        self._stepped = False
+
+    def scheduler_stepped(self) -> None:
+        """The pipeline's scheduler updated the sample: the next denoiser call is a new step even
+        at the same timestep (a second-order solver's correction evaluation)."""
+        self._stepped = True
 
     def enter_denoiser(self, timestep: float | None, segments: Segments) -> None:
         self.call += 1
-        if timestep is not None and timestep != self._last_t:
-            self.step = 0 if self.step is None else self.step + 1
-            self._last_t = timestep
-        elif self.step is None:
+        if self.step is None:
             self.step = 0
+        elif self._stepped or (timestep is not None and timestep != self._last_t):
+            self.step += 1
+        self._stepped = False
+        if timestep is not None:
+            self._last_t = timestep
         self.timestep = timestep
         self.segments = ((self.forced, slice(None)),) if self.forced else segments
         self.in_denoiser = True
@@ -69,7 +84,8 @@ class Context:
 
     @property
     def step(self) -> int | None:
-        """Denoising step index, or None outside a denoiser call (and for plain models)."""
+        """Denoising step index (one per denoiser evaluation of the solver, CFG passes included),
+        or None outside a denoiser call (and for plain models)."""
         return self._state.step if self._state.in_denoiser else None
 
     @property
@@ -107,7 +123,9 @@ class When:
 
     ``steps``: an index, a ``range``/``slice``, an iterable of indices or a predicate;
     ``t``: inclusive ``(lo, hi)`` interval on the timestep (or sigma) the denoiser received;
-    ``branch``: ``"cond"``, ``"uncond"`` or ``"all"``; ``calls``: like ``steps`` on the call index,
+    ``branch``: ``"all"`` or one of :data:`BRANCHES` (``"cond"``, ``"uncond"``, and the extra
+    blocks some pipelines batch); a name outside these raises here, since a misspelt branch would
+    match no rows and silently do nothing. ``calls``: like ``steps`` on the call index,
     for models without steps (e.g. the generation step of a language model).
 
     >>> When(steps=range(0, 10), branch="cond").allows(step=3, t=500.0, branch="cond", call=0)
@@ -126,6 +144,7 @@ class When:
             raise ValueError(f"When(t=...) takes an interval (lo, hi) with lo <= hi, got {self.t}")
         if not isinstance(self.branch, str):
             raise TypeError(f"When(branch=...) takes a string such as 'cond', got {self.branch!r}")
+        check_branch(self.branch, "When(branch=...)")
         object.__setattr__(self, "_steps", _predicate(self.steps, "steps"))
         object.__setattr__(self, "_calls", _predicate(self.calls, "calls"))
 
@@ -137,6 +156,21 @@ class When:
         if self.branch != "all" and branch != self.branch:
             return False
         return self._calls is None or self._calls(call)
+
+
+def check_branch(name: str, where: str, valid: tuple[str, ...] = ("all", *BRANCHES)) -> None:
+    """Refuse a branch name outside ``valid``: one vocabulary for labelling rows (``attach(cfg=)``,
+    ``session.branch``) and selecting them (``When``), so that a typo cannot match nothing."""
+    if name in valid:
+        return
+    import difflib  # only on the error path: ``import interventions`` stays fast
+
+    close = difflib.get_close_matches(name, valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ValueError(
+        f"{where} got branch {name!r}{hint}: it names no CFG branch, so hooks selecting rows by branch "
+        f"would silently miss them. Valid branches: {', '.join(map(repr, valid))}"
+    )
 
 
 def _predicate(spec: StepSpec, name: str) -> Callable[[int], bool] | None:

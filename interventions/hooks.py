@@ -2,8 +2,11 @@
 
 Every hook is a small dataclass called as ``hook(x, ctx) -> tensor | None`` (None: unchanged),
 with an optional ``when=When(...)`` that restricts it to some steps, timesteps or CFG branch.
-The session hands a hook only the rows of the branch it is called for, so a hook never needs
-to know how a pipeline lays out its CFG batch.
+The session hands a hook only the rows of the branch it is called for, with ``ctx.branch`` set,
+so a hook never needs to know how a pipeline lays out its CFG batch. The one exception is a hook
+that acts on every row alike and reads no branch (a Cache, or a hook whose ``rowwise`` is true,
+such as one vector added to every row): without a ``when`` it gets the whole CFG batch at once,
+with ``ctx.branch`` None, so the batch is not split and re-joined.
 
 >>> import torch
 >>> from interventions import attach, Cache, AddVector
@@ -47,13 +50,22 @@ def _broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
 
 class _Memo:
     """One cached value per hook, valid while its key (activation shape, dtype, device, layout and
-    the hook's own parameters) is unchanged: validation and reshaping run once, not per call."""
+    the hook's own parameters) is unchanged: validation and reshaping run once, not per call.
+    Never holds a tensor that autograd tracks: a graph must not outlive its backward pass."""
 
     __slots__ = ("key", "value")
 
     def __init__(self) -> None:
         self.key: Any = None
         self.value: Any = None
+
+
+def _edits_of(value: Any) -> Any:
+    """What changes when a mask or token list is edited in place: a tensor's version counter, a
+    sequence's items (cheap: masks and token lists are set rarely and are short)."""
+    if value is None:
+        return None
+    return value._version if isinstance(value, Tensor) else tuple(value)
 
 
 def _no_batch(mask: Tensor | None) -> bool:
@@ -120,15 +132,36 @@ class Cache:
 
     ``clone=True`` copies the tensor so that a later in-place op in the model (an inplace ReLU)
     cannot change what was recorded; ``clone=False`` saves a copy when that cannot happen.
+
+    A second call of the model (another prompt through the pipeline) records under the same keys.
+    ``on_repeat`` says what then happens: ``"append"`` keeps every call (``store.get`` concatenates
+    the calls along the batch, ``store.parts`` yields them one by one: activations of many prompts
+    for an SAE), ``"replace"`` keeps only the latest (a cache that a ``Patch`` reads), ``"warn"``
+    (default) replaces and warns once, since losing earlier calls unnoticed is the costly mistake.
+
+    >>> from interventions import attach
+    >>> model = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    >>> cache = Cache(on_repeat="append")
+    >>> for batch in (torch.randn(4, 3), torch.randn(5, 3)):  # e.g. one pipeline call per prompt
+    ...     with attach(model, {"0": cache}):
+    ...         _ = model(batch)
+    >>> cache.get("0", step=0).shape  # both runs' first call, one after the other
+    torch.Size([9, 2])
     """
 
     store: Store = field(default_factory=MemoryStore)
     clone: bool = True
     when: When | None = None
+    on_repeat: Literal["warn", "replace", "append"] = "warn"
+    _warned: bool = field(default=False, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.on_repeat not in ("warn", "replace", "append"):
+            raise ValueError(f"Cache on_repeat must be 'warn', 'replace' or 'append', got {self.on_repeat!r}")
 
     def __call__(self, x: Tensor, ctx: Context) -> None:
         t = x.detach()
-        self.store.put(ctx.key, t.clone() if self.clone else t)
+        self._record(ctx.key, t.clone() if self.clone else t)
 
     def put_rows(self, x: Tensor, ctx: Context, segments: Sequence[tuple[str | None, slice]]) -> None:
         """Store each CFG branch's rows of a batched call under its own key, copying once."""
@@ -136,11 +169,33 @@ class Cache:
         if self.clone:
             t = t.clone()
         site, step, _ = ctx.key
-        if isinstance(self.store, MemoryStore):
+        if self.on_repeat != "append" and isinstance(self.store, MemoryStore):
+            if not self._warned and self.on_repeat == "warn" and (site, step, segments[0][0]) in self.store:
+                self._warn_replaced((site, step, segments[0][0]))
             self.store.put_rows(site, step, t, segments)
             return
         for branch, rows in segments:
-            self.store.put((site, step, branch), t[rows])
+            self._record((site, step, branch), t[rows])
+
+    def _record(self, key: StoreKey, t: Tensor) -> None:
+        if self.on_repeat == "append":
+            self.store.append(key, t)
+            return
+        if not self._warned and self.on_repeat == "warn" and key in self.store:
+            self._warn_replaced(key)
+        self.store.put(key, t)
+
+    def _warn_replaced(self, key: StoreKey) -> None:
+        import warnings
+
+        self._warned = True
+        warnings.warn(
+            f"Cache replaced what it held for {key} (site, step, branch): the model was called again with the "
+            "same cache, and only the latest call is kept. To keep every call (e.g. activations of many prompts), "
+            "use Cache(..., on_repeat='append'); to keep only the latest without this warning, on_repeat='replace'",
+            UserWarning,
+            stacklevel=2,
+        )
 
     def keys(self) -> list[StoreKey]:
         return self.store.keys()
@@ -225,7 +280,9 @@ class Patch:
 @dataclass(eq=False)
 class AddVector:
     """``h <- h + scale * v`` along the feature axis; ``unit`` normalises ``v`` first;
-    ``restore_norm`` rescales each token to its old norm: ``(h + a v) |h| / |h + a v|``."""
+    ``restore_norm`` rescales each token to its old norm: ``(h + a v) |h| / |h + a v|``.
+    A vector that requires grad gets its gradient: with grad enabled it is prepared anew on each
+    call (a memoised one would belong to an earlier graph, or to none)."""
 
     vector: Float[Tensor, "..."]
     scale: float = 1.0
@@ -242,7 +299,7 @@ class AddVector:
 
     def __setattr__(self, name: str, value: Any) -> None:
         # a changed parameter (scale, vector, mask, ...) invalidates the prepared vector, so the
-        # per-call key only holds what the activation and in-place edits of the vector change
+        # per-call key only holds what the activation and in-place edits of vector, mask and tokens change
         object.__setattr__(self, name, value)
         if name != "_memo" and "_memo" in self.__dict__:
             self._memo.key = None
@@ -250,20 +307,28 @@ class AddVector:
     def __call__(self, x: Tensor, ctx: Context) -> Tensor | None:
         if self.scale == 0:
             return None
-        v = self.vector
-        key = (x.shape, x.dtype, x.device, ctx.layout, v._version)
-        memo = self._memo
-        if memo.key != key:
-            vec = _feature_vector("AddVector", v, x, ctx)
-            if self.unit:
-                vec = vec / vec.norm(dim=feature_dim(ctx.layout, x.ndim), keepdim=True).clamp_min(1e-12)
-            memo.key, memo.value = key, (self.scale * vec, _mask_for(x, ctx, self.mask, self.tokens, None))
-        delta, mask = memo.value
+        v, m, tk = self.vector, self.mask, self.tokens
+        if v.requires_grad and torch.is_grad_enabled():  # a trained vector: a fresh graph per call
+            delta, mask = self._prepare(x, ctx)
+        else:
+            edits = None if m is None and tk is None else (_edits_of(m), _edits_of(tk))
+            key = (x.shape, x.dtype, x.device, ctx.layout, v._version, edits)
+            memo = self._memo
+            if memo.key != key:
+                memo.key, memo.value = key, self._prepare(x, ctx)
+            delta, mask = memo.value
         out = x + delta
         if self.restore_norm:
             dim = feature_dim(ctx.layout, x.ndim)
             out = out * (x.norm(dim=dim, keepdim=True) / out.norm(dim=dim, keepdim=True).clamp_min(1e-12))
         return out if mask is None else torch.where(mask, out, x)
+
+    def _prepare(self, x: Tensor, ctx: Context) -> tuple[Tensor, Tensor | None]:
+        """The vector to add, checked and placed on the feature axis, and the token mask."""
+        vec = _feature_vector("AddVector", self.vector, x, ctx)
+        if self.unit:
+            vec = vec / vec.norm(dim=feature_dim(ctx.layout, x.ndim), keepdim=True).clamp_min(1e-12)
+        return self.scale * vec, _mask_for(x, ctx, self.mask, self.tokens, None)
 
 
 @dataclass(eq=False)
@@ -323,7 +388,8 @@ class SAEEdit:
     ``edit(z, ctx) -> z'`` works on ``[num_tokens, d_sae]`` latents; with ``stage="pre"`` it
     edits the pre-activations before the SAE's top-k / threshold (needs ``sae.pre_acts`` and
     ``sae.activate``). ``tokens`` restricts the edit to some positions. Any object with
-    ``encode``/``decode`` works for ``stage="post"``.
+    ``encode``/``decode`` works for ``stage="post"``. The edit may read ``ctx.branch``, so under
+    batched CFG it gets each branch's latents separately, as in sequential CFG.
     """
 
     sae: Autoencoder
@@ -332,7 +398,11 @@ class SAEEdit:
     tokens: Sequence[int] | Tensor | None = None
     when: When | None = None
 
-    rowwise = True  # per token
+    @property
+    def rowwise(self) -> bool:
+        """Only without an edit: an edit function may depend on the branch (and a batch top-k SAE
+        on which rows it encodes together)."""
+        return self.edit is None
 
     def __post_init__(self) -> None:
         if self.stage not in ("post", "pre"):
@@ -389,8 +459,10 @@ class Grads:
     """Collect d(loss)/d(site tensor) for a loss computed later, keyed like Cache.
 
     Works for input sites too (a text embedding): a tensor that does not require grad is
-    replaced by an equal leaf that does. Needs grad enabled where the model runs (diffusers
-    pipelines' ``__call__`` runs under ``no_grad``: call the denoiser directly).
+    replaced by an equal leaf that does. Under batched CFG each branch's rows get their own
+    entry (the session keeps the rows it hands the hook in the graph, so their gradient arrives).
+    Needs grad enabled where the model runs (diffusers pipelines' ``__call__`` runs under
+    ``no_grad``: call the denoiser directly).
     """
 
     store: Store = field(default_factory=MemoryStore)

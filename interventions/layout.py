@@ -14,9 +14,13 @@ from einops import rearrange
 KNOWN_LAYOUTS = ("BNC", "BCHW", "BCT", "BC")
 
 
-def check_layout(layout: str | None) -> str | None:
+def check_layout(layout: str | None, where: str = "") -> str | None:
+    """``layout`` itself if it is known; ``where`` prefixes the error (who passed it)."""
     if layout is not None and layout not in KNOWN_LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; use one of {KNOWN_LAYOUTS} or None")
+        raise ValueError(
+            f"{where}unknown layout {layout!r}; use one of {KNOWN_LAYOUTS} (B batch, N tokens, C features, "
+            "H W height and width, T time) or None (features on the last axis)"
+        )
     return layout
 
 

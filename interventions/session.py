@@ -20,7 +20,7 @@ from torch import nn
 
 from . import adapters as _adapters
 from .adapters.base import Adapter, Undo
-from .context import ALL_ROWS, Context, RunState, as_when
+from .context import ALL_ROWS, BRANCHES, Context, RunState, as_when, check_branch
 from .errors import (
     CompiledModelError,
     HookError,
@@ -30,7 +30,8 @@ from .errors import (
     SiteNeverFiredWarning,
 )
 from .hooks import Cache, Hook
-from .sites import Site, SiteNotFoundError, resolve
+from .layout import check_layout
+from .sites import Site, SiteError, SiteNotFoundError, resolve
 from .tree import ModuleTree
 
 HookSpec = Hook | Sequence[Hook]
@@ -55,10 +56,23 @@ def _hook_failed(e: _Entry, h: Hook | None, ctx: Context, exc: Exception) -> Hoo
 
 
 def _wrong_output(e: _Entry, h: Hook, x: torch.Tensor, out: Any) -> ShapeMismatchError:
-    got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    what = f"{type(h).__name__} at site {e.name!r}"
+    if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        return ShapeMismatchError(f"{what} returned {got}; the activation has shape {tuple(x.shape)}")
+    if out.dtype != x.dtype:
+        return ShapeMismatchError(
+            f"{what} returned dtype {out.dtype} but the activation is {x.dtype}; convert the result with .to({x.dtype})"
+        )
     return ShapeMismatchError(
-        f"{type(h).__name__} at site {e.name!r} returned {got}; the activation has shape {tuple(x.shape)}"
+        f"{what} returned a tensor on {out.device} but the activation is on {x.device}; "
+        f"move the result with .to('{x.device}')"
     )
+
+
+def _fits(out: Any, x: torch.Tensor) -> bool:
+    """Whether a hook's result can stand in for the site's tensor: same shape, dtype, device."""
+    return isinstance(out, torch.Tensor) and out.shape == x.shape and out.dtype == x.dtype and out.device == x.device
 
 
 class Session:
@@ -88,7 +102,7 @@ class Session:
         self._undo: list[Undo] = []
         self._active = False
         self.tree = ModuleTree(self.adapter.components())
-        self.entries = self._resolve(hooks, dict(layouts or {}))
+        self.entries = self._resolve(hooks, _checked_layouts(layouts))
         _refuse_compiled(self.tree, [e.site.module for e in self.entries] + [self.adapter.denoiser or ""])
         self._register()
 
@@ -113,6 +127,7 @@ class Session:
                         entry.ctx.layout = layout  # type: ignore[assignment]
                     if site.direction == "input":
                         entry.params = _param_names(entry.module)
+                        _refuse_negative_input(site, entry.params)
                     by_site[site] = entry
                 entry.hooks.extend(hook_list)
         for entry in by_site.values():
@@ -243,11 +258,16 @@ class Session:
         pieces, changed = [], False
         for branch, rows in segments:
             ctx.branch, ctx.rows = branch, rows
-            out = self._apply(e, x[rows], ctx)
+            part = x[rows]
+            out = self._apply(e, part, ctx)
             changed |= out is not None
-            pieces.append(x[rows] if out is None else out)
+            pieces.append(part if out is None else out)
         ctx.rows = slice(None)
-        return torch.cat(pieces, dim=0) if changed else None
+        # re-joined also when unchanged but tracked: a hook may have hooked the gradient of the
+        # very rows it got (Grads), which reaches it only if those rows feed the model
+        if changed or (x.requires_grad and torch.is_grad_enabled()):
+            return torch.cat(pieces, dim=0)
+        return None
 
     def _apply_whole(self, e: _Entry, x: torch.Tensor, ctx: Context, segments: Any) -> torch.Tensor | None:
         """Hooks that act on each row alike run once on the whole CFG batch; caches store each
@@ -277,7 +297,7 @@ class Session:
                         continue
                 out = h(x, ctx)
                 if out is not None:
-                    if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+                    if not _fits(out, x):
                         raise _wrong_output(e, h, x, out)
                     x, changed = out, True
         except InterventionError:
@@ -294,7 +314,7 @@ class Session:
             raise
         except Exception as exc:
             raise _hook_failed(e, h, ctx, exc) from exc
-        if out is not None and (not isinstance(out, torch.Tensor) or out.shape != x.shape):
+        if out is not None and not _fits(out, x):
             raise _wrong_output(e, h, x, out)
         return out
 
@@ -302,6 +322,7 @@ class Session:
     @contextmanager
     def branch(self, name: str) -> Iterator[None]:
         """Label every call inside the block as CFG branch ``name`` (sequential CFG by hand)."""
+        check_branch(name, "session.branch(...)", BRANCHES)
         previous = self.state.forced
         self.state.forced = name
         self.state.segments = ((name, slice(None)),)
@@ -369,8 +390,11 @@ def attach(
     such as ``"@cross_attn"``) to a hook or a list of hooks that run in order. Every site is
     resolved before anything is registered. ``cfg`` declares a batched CFG layout for a bare
     denoiser (e.g. ``("uncond", "cond")``); pipelines are detected by their adapter.
-    ``layouts`` overrides the activation layout of a site (``{"blocks.0": "BCT"}``).
+    ``layouts`` overrides the activation layout of a site (``{"blocks.0": "BCT"}``; one of
+    ``layout.KNOWN_LAYOUTS`` or None, checked here).
     ``on_unfired``: what to do when a site never fired: "warn" (default), "error", "ignore".
+    A hook's result must keep the shape, dtype and device of the site's tensor (else
+    :class:`ShapeMismatchError` names the site and the hook).
 
     >>> import torch
     >>> from interventions import attach, Cache
@@ -404,6 +428,30 @@ def _refuse_compiled(tree: ModuleTree, paths: list[str]) -> None:
         "module (compiled._orig_mod) and call it, or set "
         "torch._dynamo.config.skip_nnmodule_hook_guards = False to recompile on hook changes."
     )
+
+
+def _checked_layouts(layouts: Mapping[str, str] | None) -> dict[str, str]:
+    """Layout overrides, each a known layout (a typo would fail at the first fire, far away)."""
+    if layouts is None:
+        return {}
+    if not isinstance(layouts, Mapping):
+        raise TypeError(f"attach(layouts=...) takes a dict {{site: layout}}, got {type(layouts).__name__}")
+    for site, layout in layouts.items():
+        check_layout(layout, where=f"attach(layouts=...), site {site!r}: ")
+    return dict(layouts)
+
+
+def _refuse_negative_input(site: Site, params: list[str]) -> None:
+    """A negative input index would count back from whichever arguments a call passes by
+    position (the others come as keywords), so it has no fixed meaning: refuse it."""
+    k = site.key[0]
+    if isinstance(k, int) and k < 0:
+        name = params[k] if -len(params) <= k else None
+        hint = f"'{site.module}:input.{len(params) + k}' or '{site.module}:input.{name}'" if name else "an index >= 0"
+        raise SiteError(
+            f"site {str(site)!r}: a negative input index is ambiguous (calls pass arguments by position "
+            f"or by keyword); name the argument by its index from the start or by name, e.g. {hint}"
+        )
 
 
 def _param_names(module: nn.Module) -> list[str]:

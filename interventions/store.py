@@ -4,12 +4,17 @@ safetensors shards on disk with a bounded memory buffer. ``Cache`` writes to a s
 
 ``step`` is the denoising step for denoiser sites and the call index otherwise; ``branch`` is
 ``"cond"``/``"uncond"`` for CFG rows and None where the call has no branches.
+
+``put`` replaces what a key holds; ``append`` adds a part to it (``Cache(append=True)``: the
+activations of many prompts, one pipeline call each, under the same keys). ``get`` returns the
+parts concatenated along the batch dimension, ``parts`` yields them one at a time (bounded memory).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -18,12 +23,16 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .errors import InterventionError
+
 StoreKey = tuple[str, int | None, str | None]
 
 
 class Store(Protocol):
     def put(self, key: StoreKey, tensor: torch.Tensor) -> None: ...
+    def append(self, key: StoreKey, tensor: torch.Tensor) -> None: ...
     def get(self, key: StoreKey) -> torch.Tensor: ...
+    def parts(self, key: StoreKey) -> Iterator[torch.Tensor]: ...
     def __contains__(self, key: object) -> bool: ...
     def keys(self) -> list[StoreKey]: ...
     def __len__(self) -> int: ...
@@ -36,6 +45,19 @@ def _missing(key: StoreKey, keys: list[StoreKey]) -> KeyError:
     return KeyError(f"no cached activation for site {site!r}, step {step}, branch {branch!r}; {where}")
 
 
+class StoreError(InterventionError, ValueError):
+    """A store folder holds a file that claims to be a shard but cannot be read as one."""
+
+
+def _moved(tensor: torch.Tensor, device: torch.device | None) -> torch.Tensor:
+    """``tensor`` on ``device``. Only a host-to-device copy from pinned memory runs asynchronously
+    (work on the device is ordered after it); a copy to the host waits for the data, since the
+    CPU may read it at once and an asynchronous copy could still be filling it."""
+    if device is None or tensor.device == device:
+        return tensor
+    return tensor.to(device, non_blocking=device.type != "cpu" and tensor.is_pinned())
+
+
 class _Rows:
     """Some rows of a stored batch, sliced when first read (slicing at every fire is the costly part
     of caching a batched CFG call)."""
@@ -46,29 +68,60 @@ class _Rows:
         self.tensor, self.rows = tensor, rows
 
 
+def _concat(key: StoreKey, parts: list[torch.Tensor]) -> torch.Tensor:
+    if len(parts) == 1:
+        return parts[0]
+    shapes = {tuple(p.shape[1:]) for p in parts}
+    if len(shapes) > 1:
+        raise StoreError(
+            f"{key} holds parts of different shapes {sorted(shapes)} beyond the batch dimension: "
+            "read them with store.parts(key)"
+        )
+    return torch.cat(parts)
+
+
+class _Parts(list):
+    """The appended parts of one key (a list subclass: told apart from a tensor by its type)."""
+
+
 class MemoryStore:
-    """A dict of tensors, optionally moved to ``device`` (``"cpu"`` offloads GPU activations)."""
+    """A dict of tensors, optionally moved to ``device`` (``"cpu"`` offloads GPU activations; a
+    copy to the CPU completes before ``put`` returns, so ``get`` never reads a half-filled one)."""
 
     def __init__(self, device: str | torch.device | None = None) -> None:
         self.device = torch.device(device) if device is not None else None
-        self._data: dict[StoreKey, torch.Tensor | _Rows] = {}
+        self._data: dict[StoreKey, torch.Tensor | _Rows | _Parts] = {}
 
     def put(self, key: StoreKey, tensor: torch.Tensor) -> None:
-        if self.device is not None and tensor.device != self.device:
-            tensor = tensor.to(self.device, non_blocking=self.device.type == "cpu")
-        self._data[key] = tensor
+        self._data[key] = _moved(tensor, self.device)
+
+    def append(self, key: StoreKey, tensor: torch.Tensor) -> None:
+        """Add ``tensor`` as a further part of ``key`` (the first part when the key is new)."""
+        if key not in self._data:
+            self._data[key] = _moved(tensor, self.device)
+            return
+        parts = self._data[key] if type(self._data[key]) is _Parts else _Parts([self._resolved(key)])
+        parts.append(_moved(tensor, self.device))  # type: ignore[union-attr]
+        self._data[key] = parts
 
     def put_rows(
         self, site: str, step: int | None, tensor: torch.Tensor, segments: Sequence[tuple[str | None, slice]]
     ) -> None:
         """Store each CFG branch's rows of one batched tensor under ``(site, step, branch)``."""
-        if self.device is not None and tensor.device != self.device:
-            tensor = tensor.to(self.device, non_blocking=self.device.type == "cpu")
+        tensor = _moved(tensor, self.device)
         data = self._data
         for branch, rows in segments:
             data[(site, step, branch)] = _Rows(tensor, rows)
 
     def get(self, key: StoreKey) -> torch.Tensor:
+        value = self._resolved(key)
+        return _concat(key, value) if type(value) is _Parts else value  # type: ignore[return-value, arg-type]
+
+    def parts(self, key: StoreKey) -> Iterator[torch.Tensor]:
+        value = self._resolved(key)
+        yield from value if type(value) is _Parts else [value]  # type: ignore[misc]
+
+    def _resolved(self, key: StoreKey) -> torch.Tensor | _Parts:
         try:
             value = self._data[key]
         except KeyError:
@@ -95,8 +148,46 @@ class MemoryStore:
 _ENTRY_OVERHEAD = 1024
 
 
-def _tensor_name(key: StoreKey) -> str:
-    return json.dumps(list(key))
+_SHARD = re.compile(r"shard-(\d{5}|[1-9]\d{5,})\.safetensors")  # the names flush writes
+
+
+def _tensor_name(key: StoreKey, part: int = 0) -> str:
+    """``[site, step, branch]`` as JSON; a key's further appended parts add their number."""
+    return json.dumps([*key, part] if part else list(key))
+
+
+def _key_of(name: str) -> tuple[StoreKey, int] | None:
+    """The store key and part number a tensor name encodes, or None when it encodes none."""
+    try:
+        key = json.loads(name)
+    except ValueError:
+        return None
+    if not (isinstance(key, list) and len(key) in (3, 4) and isinstance(key[0], str)):
+        return None
+    part = key[3] if len(key) == 4 else 0
+    return ((key[0], key[1], key[2]), part) if isinstance(part, int) and part >= 0 else None
+
+
+def _shard_keys(path: Path) -> list[tuple[StoreKey, int, str]]:
+    """``(key, part, tensor name)`` of one shard, parts in order; a file that is no shard of a
+    store is refused by name."""
+    fix = "move it out of the folder (or open the store on another folder)"
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            names = list(f.keys())
+    except Exception as exc:  # safetensors raises its own error types (truncated file, bad header)
+        raise StoreError(
+            f"{path} is named like a store shard but is not a readable safetensors file ({exc}); {fix}"
+        ) from exc
+    keys = [_key_of(name) for name in names]
+    bad = [n for n, k in zip(names, keys, strict=True) if k is None]
+    if bad:
+        raise StoreError(
+            f"{path} is named like a store shard but holds tensors not named by a store key "
+            f"(a JSON list [site, step, branch] or [site, step, branch, part]), e.g. {bad[0]!r}; {fix}"
+        )
+    found = [(k[0], k[1], name) for k, name in zip(keys, names, strict=True) if k is not None]
+    return sorted(found, key=lambda entry: entry[1])
 
 
 class DiskStore:
@@ -104,9 +195,15 @@ class DiskStore:
     (each entry counts its data plus a fixed 1 kB for its objects; the key index is not counted).
 
     Entries are buffered on the CPU and written as ``shard-00000.safetensors``, ... when the
-    buffer is full (and on :meth:`flush`). Each tensor is named by its JSON-encoded key, so the
-    shards' own headers are the index (read when a store is reopened). Reading opens the shard
-    lazily, so a store much larger than memory can be streamed.
+    buffer is full (and on :meth:`flush`). Each tensor is named by its JSON-encoded key (and part
+    number, for appended parts after the first), so the shards' own headers are the index (read
+    when a store is reopened; a later ``put`` of a key supersedes its earlier parts). Reading
+    opens the shard lazily, so a store much larger than memory can be streamed.
+
+    A shard appears under its name only once fully written (a temporary file, then a rename), so a
+    crash while flushing loses that buffer but leaves every earlier shard readable. Reopening reads
+    every ``shard-<number>.safetensors`` and refuses, naming it, one that is not a shard of a
+    store; other files in the folder are not the store's and are left alone.
 
     >>> import tempfile
     >>> store = DiskStore(tempfile.mkdtemp(), buffer_bytes=1024)
@@ -119,47 +216,78 @@ class DiskStore:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.buffer_bytes = int(buffer_bytes)
-        self._buffer: dict[StoreKey, torch.Tensor] = {}
+        self._buffer: dict[StoreKey, list[torch.Tensor]] = {}  # parts waiting to be written
+        self._replacing: set[StoreKey] = set()  # buffered keys whose parts supersede those on disk
         self._buffered = 0
-        self._index: dict[StoreKey, str] = {}
-        shards = sorted(p.name for p in self.path.glob("shard-*.safetensors"))
-        for shard in shards:
-            with safe_open(str(self.path / shard), framework="pt") as f:
-                for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                    self._index[tuple(json.loads(name))] = shard  # type: ignore[assignment]
-        self._next_shard = int(shards[-1][6:11]) + 1 if shards else 0
+        self._index: dict[StoreKey, list[tuple[str, str]]] = {}  # key -> its parts' (shard, tensor name)
+        numbered = {int(m[1]): p.name for p in self.path.iterdir() if (m := _SHARD.fullmatch(p.name))}
+        for n in sorted(numbered):
+            for key, part, name in _shard_keys(self.path / numbered[n]):
+                if part == 0:  # a key's first part: written by put or a first append
+                    self._index[key] = []
+                self._index.setdefault(key, []).append((numbered[n], name))
+        self._next_shard = max(numbered, default=-1) + 1
 
     def put(self, key: StoreKey, tensor: torch.Tensor) -> None:
+        for old in self._buffer.pop(key, []):
+            self._buffered -= old.nbytes + _ENTRY_OVERHEAD
+        self._replacing.add(key)
+        self._add(key, tensor)
+
+    def append(self, key: StoreKey, tensor: torch.Tensor) -> None:
+        """Add ``tensor`` as a further part of ``key`` (the first part when the key is new)."""
+        if key not in self:
+            self._replacing.add(key)
+        self._add(key, tensor)
+
+    def _add(self, key: StoreKey, tensor: torch.Tensor) -> None:
         tensor = tensor.detach().to("cpu").contiguous()
         if tensor._base is not None:  # a view (one CFG branch's rows): safetensors needs its own storage
             tensor = tensor.clone()
-        if key in self._buffer:
-            self._buffered -= self._buffer[key].nbytes + _ENTRY_OVERHEAD
-        self._buffer[key] = tensor
+        self._buffer.setdefault(key, []).append(tensor)
         self._buffered += tensor.nbytes + _ENTRY_OVERHEAD
         if self._buffered >= self.buffer_bytes:
             self.flush()
 
     def flush(self) -> None:
-        """Write buffered entries as one new shard."""
+        """Write buffered entries as one new shard, atomically: if writing fails, no shard file
+        appears and the entries stay buffered (a later flush retries)."""
         if not self._buffer:
             return
         shard = f"shard-{self._next_shard:05d}.safetensors"
+        tmp = self.path / f".{shard}.tmp"  # in the same folder: the rename cannot cross devices
+        names: dict[StoreKey, list[str]] = {}
+        tensors: dict[str, torch.Tensor] = {}
+        for key, parts in self._buffer.items():
+            first = 0 if key in self._replacing else len(self._index.get(key, []))
+            names[key] = [_tensor_name(key, first + i) for i in range(len(parts))]
+            tensors.update(zip(names[key], parts, strict=True))
+        try:
+            save_file(tensors, str(tmp))
+            os.replace(tmp, self.path / shard)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         self._next_shard += 1
-        save_file({_tensor_name(k): t for k, t in self._buffer.items()}, str(self.path / shard))
-        for k in self._buffer:
-            self._index[k] = shard
+        for key, written in names.items():
+            kept = [] if key in self._replacing else self._index.get(key, [])
+            self._index[key] = kept + [(shard, name) for name in written]
         self._buffer.clear()
+        self._replacing.clear()
         self._buffered = 0
 
     def get(self, key: StoreKey) -> torch.Tensor:
-        if key in self._buffer:
-            return self._buffer[key]
-        shard = self._index.get(key)
-        if shard is None:
+        return _concat(key, list(self.parts(key)))
+
+    def parts(self, key: StoreKey) -> Iterator[torch.Tensor]:
+        """The parts of ``key`` in the order they were added, each read from disk when reached."""
+        if key not in self:
             raise _missing(key, self.keys())
-        with safe_open(str(self.path / shard), framework="pt") as f:
-            return f.get_tensor(_tensor_name(key))
+        if key not in self._replacing:
+            for shard, name in self._index.get(key, []):
+                with safe_open(str(self.path / shard), framework="pt") as f:
+                    yield f.get_tensor(name)
+        yield from self._buffer.get(key, [])
 
     def __contains__(self, key: object) -> bool:
         return key in self._buffer or key in self._index

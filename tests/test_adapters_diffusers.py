@@ -153,7 +153,7 @@ def test_ddpm_unconditional_pipeline_has_steps_but_no_branches():
 
 def test_site_groups_and_step_restart_per_pipeline_call():
     pipe = tiny_models.sd_pipeline()
-    cache = Cache()
+    cache = Cache(on_repeat="replace")  # the second call's steps 0, 1 replace the first's
     kwargs = dict(prompt=["a"], num_inference_steps=2, guidance_scale=2.0, output_type="pt")
     with attach(pipe, {"@cross_attn": cache}) as session:
         pipe(**kwargs)

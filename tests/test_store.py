@@ -91,3 +91,60 @@ def test_import_interventions_stays_light():
     code = "import sys, interventions; print(sorted(m for m in ('diffusers','transformers','stable_audio_tools','huggingface_hub') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+ops = st.lists(
+    st.tuples(st.sampled_from(["put", "append", "flush"]), st.integers(0, 2), st.integers(1, 3)), max_size=14
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(ops, st.integers(64, 2048))
+def test_put_and_append_read_back_the_same_in_memory_on_disk_and_reopened(tmp_path_factory, steps, buffer_bytes):
+    """put replaces a key's parts, append adds one; get concatenates them, parts yields them in order."""
+    path = tmp_path_factory.mktemp("parts")
+    stores = [MemoryStore(), DiskStore(path, buffer_bytes=buffer_bytes)]
+    expected: dict = {}
+    for i, (op, k, rows) in enumerate(steps):
+        key = ("site", k, "cond")
+        t = torch.full((rows, 3), float(i))
+        if op == "flush":
+            stores[1].flush()
+            continue
+        for store in stores:
+            getattr(store, op)(key, t)
+        expected[key] = [t] if op == "put" or key not in expected else [*expected[key], t]
+    stores[1].flush()
+    for store in [*stores, DiskStore(path)]:
+        assert set(store.keys()) == set(expected)
+        for key, parts in expected.items():
+            assert torch.equal(store.get(key), torch.cat(parts))
+            assert [p.shape[0] for p in store.parts(key)] == [p.shape[0] for p in parts]
+
+
+def test_parts_of_other_shapes_are_read_one_at_a_time():
+    store = MemoryStore()
+    store.append(("s", 0, None), torch.ones(2, 4))
+    store.append(("s", 0, None), torch.ones(1, 5))
+    with pytest.raises(ValueError, match=r"parts of different shapes \[\(4,\), \(5,\)\].*store.parts"):
+        store.get(("s", 0, None))
+    assert [tuple(p.shape) for p in store.parts(("s", 0, None))] == [(2, 4), (1, 5)]
+
+
+def test_cache_keeps_replaces_or_warns_when_a_pipeline_is_called_again():
+    from tests import tiny_models
+
+    pipe = tiny_models.sd_pipeline()
+    run = dict(num_inference_steps=2, guidance_scale=2.0, output_type="pt")
+    kept, latest, warned = Cache(on_repeat="append"), Cache(on_repeat="replace"), Cache()
+    with attach(pipe, {"unet.mid_block": [kept, latest, warned]}):
+        pipe("a red circle", generator=torch.Generator().manual_seed(0), **run)
+        first = latest.get("unet.mid_block", 1, "cond").clone()
+        with pytest.warns(UserWarning, match=r"Cache replaced .*on_repeat='append'"):
+            pipe("a blue square", generator=torch.Generator().manual_seed(1), **run)
+    key = ("unet.mid_block", 1, "cond")
+    parts = list(kept.store.parts(key))
+    assert len(parts) == 2 and torch.equal(parts[0], first) and torch.equal(parts[1], latest.store.get(key))
+    assert torch.equal(warned.store.get(key), latest.store.get(key)) and not torch.equal(parts[0], parts[1])
+    with pytest.raises(ValueError, match="on_repeat must be"):
+        Cache(on_repeat="keep")

@@ -9,13 +9,16 @@ a site, and named site groups. A plain module needs none of this: every call of 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..context import ALL_ROWS, RunState, Segments
+from ..context import ALL_ROWS, BRANCHES, RunState, Segments, check_branch
 from ..errors import AdapterError
 
 Undo = Callable[[], None]
@@ -44,32 +47,100 @@ def scalar_timestep(value: Any) -> float | None:
     return None
 
 
+@dataclass(slots=True)
+class _Layer:
+    """One wrapper in an attribute's chain: whether it is still on, and what the instance held
+    before it was installed (restored when it comes off)."""
+
+    active: bool
+    had_own: bool
+    previous: Any
+
+
+# the wrappers made while an adapter's install runs, undone if it fails part-way (see Adapter)
+_installing: ContextVar[list[Undo] | None] = ContextVar("interventions_installing", default=None)
+
+
 def wrap_attribute(obj: Any, name: str, make: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Undo:
     """Replace ``obj.name`` on the instance by ``make(original)``; return the undo function.
 
-    Only the instance is touched (never the class), so other objects are unaffected and undo
-    restores exactly what was there, nested wrappers included.
+    Only the instance is touched (never the class), so other objects are unaffected. Wrappers
+    nest and may be undone in any order (sessions are removed in any order): undo switches its
+    wrapper off, so that it passes calls straight to the one below and the wrappers above keep
+    working, then takes every switched-off wrapper off the top of the chain. Once all are undone
+    the instance holds exactly what it held before (its own value, or none). A value that someone
+    else set on top later is left alone; the wrappers below it then just pass calls through.
     """
-    had_own = name in vars(obj)
-    previous = vars(obj).get(name)
-    setattr(obj, name, make(getattr(obj, name)))
+    below = getattr(obj, name)
+    inner = make(below)
+    layer = _Layer(True, name in vars(obj), vars(obj).get(name))
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return (inner if layer.active else below)(*args, **kwargs)
+
+    functools.update_wrapper(wrapper, inner, updated=())  # signature and name of the wrapped
+    wrapper._layer = layer  # type: ignore[attr-defined]
+    setattr(obj, name, wrapper)
 
     def undo() -> None:
-        if had_own:
-            setattr(obj, name, previous)
-        else:
-            try:
-                delattr(obj, name)
-            except AttributeError:
-                pass
+        layer.active = False
+        _unwind(obj, name)
 
+    pending = _installing.get()
+    if pending is not None:
+        pending.append(undo)
     return undo
 
 
+def _unwind(obj: Any, name: str) -> None:
+    """Take the switched-off wrappers off the top of ``obj.name``'s chain."""
+    while True:
+        layer = getattr(vars(obj).get(name), "_layer", None)
+        if not isinstance(layer, _Layer) or layer.active:
+            return
+        if layer.had_own:
+            setattr(obj, name, layer.previous)
+        else:
+            delattr(obj, name)
+
+
+def _undone_on_failure(install: Callable[[Any, RunState], list[Undo]]) -> Callable[[Any, RunState], list[Undo]]:
+    """``install`` that undoes the wrappers it made when it raises part-way: the session only
+    learns of them from the list it returns, so it could not."""
+
+    @functools.wraps(install)
+    def guarded(self: Any, state: RunState) -> list[Undo]:
+        made: list[Undo] = []
+        token = _installing.set(made)
+        try:
+            undo = install(self, state)
+        except BaseException:
+            for u in reversed(made):
+                u()
+            raise
+        finally:
+            _installing.reset(token)
+        outer = _installing.get()  # a subclass's install calling super().install()
+        if outer is not None:
+            outer.extend(made)
+        return undo
+
+    return guarded
+
+
 class Adapter:
-    """Generic adapter: a plain module, no steps; optional user-declared batched CFG layout."""
+    """Generic adapter: a plain module, no steps; optional user-declared batched CFG layout.
+
+    A subclass's ``install`` is guarded: if it raises part-way, the wrappers it already made with
+    :func:`wrap_attribute` are undone before the error reaches the session.
+    """
 
     name = "generic"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "install" in vars(cls):
+            cls.install = _undone_on_failure(vars(cls)["install"])  # type: ignore[method-assign, assignment]
 
     def __init__(self, target: Any, *, cfg: Sequence[str] | None = None, denoiser: str | None = None) -> None:
         if not isinstance(target, nn.Module):
@@ -77,6 +148,8 @@ class Adapter:
                 f"cannot attach to a {type(target).__name__}: pass an nn.Module or a diffusers "
                 "pipeline (an object with a .components dict of modules)"
             )
+        for name in cfg or ():
+            check_branch(name, "attach(cfg=...)", BRANCHES)
         self.target = target
         self.cfg = tuple(cfg) if cfg else None
         self.denoiser = denoiser

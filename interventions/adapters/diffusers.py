@@ -12,14 +12,25 @@ How each family lays out classifier-free guidance (measured on diffusers 0.42, s
 - Flux with true CFG: two sequential passes per step inside
   ``transformer.cache_context("cond")`` / ``("uncond")``; the adapter reads that name.
 - DDPMPipeline (UNet2DModel): unconditional, no branches.
+- InstructPix2Pix (SD and SDXL): three blocks ``[cond, image_cond, uncond]`` (text and image,
+  image only, neither); the PAG pipelines: ``[uncond, cond, perturbed]``, or ``[cond, perturbed]``
+  without CFG (the perturbed rows run with perturbed self-attention).
+- A pipeline whose batch does not split into its layout (one we do not know): the rows stay
+  unlabelled, with a warning, so that hooks that ignore branches still run.
 
-Steps restart whenever the pipeline's scheduler sets its timesteps (one pipeline call = one run).
+Steps restart whenever the pipeline's scheduler sets its timesteps (one pipeline call = one run),
+and advance after each ``scheduler.step()``, once per denoiser evaluation of the solver (twice per
+step for Heun) and once per step whatever the number of CFG passes.
+
+A diffusers model that takes no timestep (a VAE, an adapter, a projection) is not a denoiser: it
+is tracked like a plain module, one ``call`` per ``forward`` / ``encode`` / ``decode``.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -28,10 +39,14 @@ from torch import nn
 
 from ..context import ALL_ROWS, RunState, Segments
 from ..sites import expand
-from .base import Adapter, Undo, halves, wrap_attribute
+from .base import TIMESTEP_NAMES, Adapter, Undo, halves, wrap_attribute
 
 UNCOND_FIRST = ("uncond", "cond")
+PIX2PIX = ("cond", "image_cond", "uncond")  # text + image, image only, neither
+PAG_CFG = ("uncond", "cond", "perturbed")
+PAG = ("cond", "perturbed")
 DIT_NULL_CLASS = 1000
+ENTRY_POINTS = ("forward", "encode", "decode")  # how a non-denoiser model is run
 
 
 def is_pipeline(obj: Any) -> bool:
@@ -41,6 +56,17 @@ def is_pipeline(obj: Any) -> bool:
 
 def is_diffusers_model(obj: Any) -> bool:
     return isinstance(obj, nn.Module) and type(obj).__module__.startswith("diffusers")
+
+
+def is_denoiser(model: nn.Module) -> bool:
+    """Whether ``model.forward`` takes a timestep (``timestep``, ``timestep_ratio``,
+    ``decoder_noise_time``, ``sigma``...): a VAE or an adapter takes none and is run once per
+    pipeline call, not once per step."""
+    try:
+        names = list(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):
+        return True
+    return any(n in TIMESTEP_NAMES or "timestep" in n or n.endswith("_time") or "sigma" in n for n in names)
 
 
 def _label_runs(labels: torch.Tensor, null: int) -> Segments:
@@ -56,7 +82,8 @@ def _label_runs(labels: torch.Tensor, null: int) -> Segments:
 
 
 class DiffusersModelAdapter(Adapter):
-    """A bare diffusers denoiser (UNet2DConditionModel, a DiT, ...): the root call is a pass."""
+    """A bare diffusers denoiser (UNet2DConditionModel, a DiT, ...: a model whose ``forward``
+    takes a timestep, see :func:`is_denoiser`): the root call is a pass."""
 
     name = "diffusers-model"
 
@@ -153,6 +180,47 @@ class DiffusersModelAdapter(Adapter):
         return f"{prefix}.{name}" if prefix and name else prefix or name
 
 
+class DiffusersModuleAdapter(DiffusersModelAdapter):
+    """A diffusers model that is not a denoiser (``AutoencoderKL``, ``AutoencoderOobleck``, a
+    T2I adapter): like a plain module, each call has its own ``call`` index, with no steps and no
+    branches. A VAE is mostly run through ``encode`` / ``decode``, which never pass through
+    ``forward``, so each entry point counts a call; nested entries (``forward`` calling
+    ``encode`` then ``decode``) stay one call."""
+
+    name = "diffusers-module"
+
+    def __init__(self, target: Any, *, cfg: Sequence[str] | None = None) -> None:
+        Adapter.__init__(self, target, cfg=cfg)
+        self._sequential = None
+        self._depth = 0
+
+    def roots(self) -> list[str]:
+        return []  # calls are counted by the entry-point wrappers, not by a hook on forward
+
+    def install(self, state: RunState) -> list[Undo]:
+        names = [n for n in ENTRY_POINTS if callable(getattr(self.target, n, None))]
+        return [wrap_attribute(self.target, n, self._counting(state)) for n in names]
+
+    def _counting(self, state: RunState) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        def make(original: Callable[..., Any]) -> Callable[..., Any]:
+            @functools.wraps(original)
+            def entry(*args: Any, **kwargs: Any) -> Any:
+                if self._depth == 0:
+                    state.call += 1
+                self._depth += 1
+                try:
+                    return original(*args, **kwargs)
+                finally:
+                    self._depth -= 1
+
+            return entry
+
+        return make
+
+    def _channels_by_time(self, path: str) -> bool:
+        return type(self.target).__name__ == "AutoencoderOobleck"
+
+
 class DiffusersPipelineAdapter(DiffusersModelAdapter):
     """A whole diffusers pipeline: sites are ``<component>.<path>`` (``unet.mid_block``)."""
 
@@ -170,6 +238,7 @@ class DiffusersPipelineAdapter(DiffusersModelAdapter):
         self.denoiser = names[0] if names else None
         self._sequential = None
         self._cfg_flag: bool | None = None
+        self._warned = False
 
     def components(self) -> dict[str, nn.Module]:
         return self._comps
@@ -191,9 +260,14 @@ class DiffusersPipelineAdapter(DiffusersModelAdapter):
         scheduler = getattr(self.pipe, "scheduler", None)
         if scheduler is not None and hasattr(scheduler, "set_timesteps"):
             undo.append(wrap_attribute(scheduler, "set_timesteps", _before(state.new_run)))
+        if scheduler is not None and callable(getattr(scheduler, "step", None)):
+            undo.append(wrap_attribute(scheduler, "step", _before(state.scheduler_stepped)))
         encode = getattr(self.pipe, "encode_prompt", None)
-        has_property = isinstance(getattr(type(self.pipe), "do_classifier_free_guidance", None), property)
-        if encode is not None and not has_property and "do_classifier_free_guidance" in _params(encode):
+        if (
+            encode is not None
+            and not _has_property(self.pipe, "do_classifier_free_guidance")
+            and "do_classifier_free_guidance" in _params(encode)
+        ):
             undo.append(wrap_attribute(self.pipe, "encode_prompt", self._capture_cfg_flag))
         return undo
 
@@ -211,16 +285,49 @@ class DiffusersPipelineAdapter(DiffusersModelAdapter):
     def _batched(self, batch: int) -> Segments:
         if self.cfg:
             return halves(self.cfg, batch)
+        order = self._layout()
+        if order is None:  # unconditional pipeline (DDPM): no branches
+            return ALL_ROWS
+        if len(order) == 1:
+            return ((order[0], slice(None)),)
+        if batch % len(order):
+            self._warn_unlabelled(order, batch)
+            return ALL_ROWS
+        return halves(order, batch)
+
+    def _layout(self) -> tuple[str, ...] | None:
+        """The branch of each row block the pipeline batches, in order; None: no branches."""
         flag = getattr(self.pipe, "do_classifier_free_guidance", None)
         if flag is None:
             flag = self._cfg_flag
-        if flag is None:  # unconditional pipeline (DDPM): no branches
-            return ALL_ROWS
-        return halves(UNCOND_FIRST, batch) if flag else (("cond", slice(None)),)
+        if _has_property(self.pipe, "do_perturbed_attention_guidance") and self.pipe.do_perturbed_attention_guidance:
+            return PAG_CFG if flag else PAG
+        if flag is None:
+            return None
+        if flag and any(c.__name__.endswith("InstructPix2PixPipeline") for c in type(self.pipe).__mro__):
+            return PIX2PIX
+        return UNCOND_FIRST if flag else ("cond",)
+
+    def _warn_unlabelled(self, order: tuple[str, ...], batch: int) -> None:
+        if self._warned:
+            return
+        self._warned = True
+        warnings.warn(
+            f"{type(self.pipe).__name__}: a denoiser batch of {batch} rows does not split into the CFG "
+            f"blocks {order}; this pipeline batches another layout, so its rows are left unlabelled and "
+            "hooks restricted with When(branch=...) will not fire. Declare the layout with "
+            "attach(pipe, ..., cfg=(...)) to label them.",
+            stacklevel=2,
+        )
 
 
 class _ModuleStandIn(nn.Module):
     """Placeholder target: a pipeline is not a module; its components are."""
+
+
+def _has_property(obj: Any, name: str) -> bool:
+    """Read on the class: a pipeline's ``__getattr__`` would look the name up in its config."""
+    return isinstance(getattr(type(obj), name, None), property)
 
 
 def _params(fn: Callable[..., Any]) -> list[str]:

@@ -1,0 +1,230 @@
+"""Edge cases of the session core: gradients under batched CFG, memoised vectors and autograd,
+branch-aware SAE edits, input indices, hook results of the wrong dtype/device, layout overrides."""
+
+import pytest
+import torch
+from torch import nn
+
+from interventions import (
+    AddVector,
+    Cache,
+    Grads,
+    Lambda,
+    SAEEdit,
+    ShapeMismatchError,
+    SiteError,
+    When,
+    attach,
+)
+from interventions.testing import assert_no_hooks_left
+
+CFG = ("uncond", "cond")
+T = torch.tensor(5.0)
+
+
+class Den(nn.Module):
+    """A bare denoiser: ``forward(x, t)``, batch rows [uncond, cond] under ``cfg=CFG``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.tanh(self.a(x)))
+
+
+class LinearAE(nn.Module):
+    def __init__(self, d: int = 4, k: int = 8) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.enc = nn.Linear(d, k)
+        self.dec = nn.Linear(k, d)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.enc(x))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.dec(z)
+
+
+# -- 1. Grads under batched CFG ----------------------------------------------------------------
+def _grad_at(model: Den, site: str, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """d(sum(w * model(x)))/d(site tensor) by torch.autograd.grad on a retained tensor."""
+    held = {}
+    module = model.get_submodule(site.split(":")[0])
+    if site.endswith(":input"):
+        handle = module.register_forward_pre_hook(lambda m, a: held.setdefault("t", a[0].requires_grad_(True)))
+        x = x.clone()
+    else:
+        handle = module.register_forward_hook(lambda m, a, o: held.setdefault("t", o))
+    try:
+        loss = (model(x, T) * w).sum()
+    finally:
+        handle.remove()
+    (ref,) = torch.autograd.grad(loss, held["t"])
+    return ref
+
+
+@pytest.mark.parametrize("site", ["a", "b:input", "a:input"])  # the last does not require grad
+@pytest.mark.parametrize("before", [False, True])  # alone, or after a cond-only edit on the site
+def test_grads_under_batched_cfg_equal_each_branch_rows(site, before):
+    model, x, w = Den(), torch.randn(4, 4), torch.randn(4, 4)
+    grads = Grads()
+    hooks = ([AddVector(torch.zeros(4), when=When(branch="cond"))] if before else []) + [grads]
+    with attach(model, {site: hooks}, cfg=CFG):
+        (model(x, T) * w).sum().backward()
+    ref = _grad_at(model, site, x, w)
+    key = site if ":" not in site else site + ".0"
+    assert sorted(k[2] for k in grads.store.keys()) == ["cond", "uncond"]
+    torch.testing.assert_close(grads.get(key, 0, "uncond"), ref[:2])
+    torch.testing.assert_close(grads.get(key, 0, "cond"), ref[2:])
+
+
+# -- 2. AddVector's memo and autograd ----------------------------------------------------------
+def test_add_vector_trains_after_a_no_grad_call():
+    model, x = Den(), torch.randn(3, 4)
+    v = torch.zeros(4, requires_grad=True)
+    with attach(model, {"a": AddVector(v, scale=3.0)}):
+        with torch.no_grad():
+            model(x, T)
+        model(x, T).sum().backward()
+    vr = torch.zeros(4, requires_grad=True)
+    with attach(model, {"a": Lambda(lambda h, c: h + 3.0 * vr)}):
+        (ref,) = torch.autograd.grad(model(x, T).sum(), vr)
+    assert v.grad is not None
+    torch.testing.assert_close(v.grad, ref)
+
+
+def test_add_vector_unit_survives_two_backward_passes():
+    model, x = Den(), torch.randn(3, 4)
+    v = torch.randn(4, requires_grad=True)
+    with attach(model, {"a": AddVector(v, unit=True)}):
+        for _ in range(2):
+            model(x, T).sum().backward()
+    vr = v.detach().clone().requires_grad_(True)
+    with attach(model, {"a": Lambda(lambda h, c: h + vr / vr.norm())}):
+        (ref,) = torch.autograd.grad(model(x, T).sum(), vr)
+    torch.testing.assert_close(v.grad, 2 * ref)
+
+
+def test_add_vector_memo_kept_when_nothing_is_trained():
+    # the common case stays one preparation per activation shape: frozen vectors, or no_grad
+    model, x = nn.Identity(), torch.randn(2, 4)
+    for v, grad in ((torch.ones(4), True), (torch.ones(4, requires_grad=True), False)):
+        hook = AddVector(v, unit=True)
+        with attach(model, {"": hook}), torch.set_grad_enabled(grad):
+            model(x)
+            first = hook._memo.value[0]
+            model(x)
+        assert hook._memo.value[0] is first and not first.requires_grad
+
+
+def test_add_vector_sees_in_place_edits_of_mask_and_tokens():
+    model, x = nn.Identity(), torch.zeros(1, 3, 2)  # batch, tokens, features
+    mask = torch.tensor([[True], [False], [False]])
+    hook = AddVector(torch.ones(2), mask=mask)
+    with attach(model, {"": hook}):
+        assert model(x)[0, :, 0].tolist() == [1, 0, 0]
+        mask[1] = True
+        assert model(x)[0, :, 0].tolist() == [1, 1, 0]
+    tokens = torch.tensor([0])
+    hook = AddVector(torch.ones(2), tokens=tokens)
+    with attach(model, {"": hook}):
+        assert model(x)[0, :, 0].tolist() == [1, 0, 0]
+        tokens[0] = 2
+        assert model(x)[0, :, 0].tolist() == [0, 0, 1]
+    listed = [0]
+    hook = AddVector(torch.ones(2), tokens=listed)
+    with attach(model, {"": hook}):
+        assert model(x)[0, :, 0].tolist() == [1, 0, 0]
+        listed.append(1)
+        assert model(x)[0, :, 0].tolist() == [1, 1, 0]
+
+
+# -- 3. SAEEdit gets each branch's rows --------------------------------------------------------
+def test_sae_edit_sees_the_branch_and_matches_sequential_cfg():
+    model, sae, x = Den(), LinearAE(), torch.randn(4, 4)
+    seen = []
+
+    def cond_only(z, ctx):
+        seen.append(ctx.branch)
+        return z * 0 if ctx.branch == "cond" else z
+
+    hook = {"a": SAEEdit(sae, edit=cond_only)}
+    with torch.no_grad():
+        base = model(x, T)
+        with attach(model, hook, cfg=CFG):
+            batched = model(x, T)
+        with attach(model, hook) as s:
+            with s.branch("uncond"):
+                seq_u = model(x[:2], T)
+            with s.branch("cond"):
+                seq_c = model(x[2:], T)
+    assert seen[:2] == ["uncond", "cond"]
+    torch.testing.assert_close(batched[:2], base[:2])
+    assert (batched[2:] - base[2:]).abs().max() > 1e-3
+    torch.testing.assert_close(batched, torch.cat([seq_u, seq_c]))
+
+
+def test_sae_edit_is_rowwise_only_without_an_edit():
+    assert SAEEdit(LinearAE()).rowwise
+    assert not SAEEdit(LinearAE(), edit=lambda z, ctx: z).rowwise
+
+
+# -- 4. input indices --------------------------------------------------------------------------
+class Two(nn.Module):
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return a, b
+
+
+def test_negative_input_index_is_refused_at_attach():
+    model = Two()
+    with pytest.raises(SiteError, match=r"':input.-1': a negative input index.*':input.1' or ':input.b'"):
+        attach(model, {":input.-1": Lambda(lambda x, c: x + 1)})
+    assert_no_hooks_left(model)
+    with attach(model, {":input.1": Lambda(lambda x, c: x + 1), ":output.-1": Lambda(lambda x, c: x * 2)}):
+        a, b = model(torch.zeros(1), torch.zeros(2))  # negative output indices stay fine
+    assert a.tolist() == [0.0] and b.tolist() == [2.0, 2.0]
+
+
+# -- 5. hook results of another dtype or device ------------------------------------------------
+@pytest.mark.parametrize("cfg", [None, CFG])
+def test_hook_result_of_another_dtype_or_device_is_named(cfg):
+    model, x = Den(), torch.randn(4, 4)
+    when = When(branch="cond") if cfg else None
+    with pytest.raises(ShapeMismatchError, match=r"Lambda at site 'a' returned dtype torch.float64.*torch.float32"):
+        with attach(model, {"a": Lambda(lambda h, c: h.double(), when=when)}, cfg=cfg):
+            model(x, T)
+    with pytest.raises(ShapeMismatchError, match=r"Lambda at site 'a' returned a tensor on meta.*on cpu"):
+        with attach(model, {"a": Lambda(lambda h, c: h.to("meta"), when=when)}, cfg=cfg):
+            model(x, T)
+    assert_no_hooks_left(model)
+
+
+class Half:
+    """A custom row-independent hook: runs once on the whole CFG batch."""
+
+    when = None
+    rowwise = True
+
+    def __call__(self, x: torch.Tensor, ctx: object) -> torch.Tensor:
+        return x.half()
+
+
+def test_rowwise_hook_result_of_another_dtype_is_named():
+    model = Den()
+    with pytest.raises(ShapeMismatchError, match=r"Half at site 'a' returned dtype torch.float16"):
+        with attach(model, {"a": Half()}, cfg=CFG):
+            model(torch.randn(4, 4), T)
+
+
+# -- 6. layout overrides -----------------------------------------------------------------------
+def test_unknown_layout_is_refused_at_attach():
+    model = nn.Sequential(nn.Linear(4, 4))
+    with pytest.raises(ValueError, match=r"site '0': unknown layout 'BNX'; use one of \('BNC', 'BCHW', 'BCT', 'BC'\)"):
+        attach(model, {"0": Cache()}, layouts={"0": "BNX"})
+    assert_no_hooks_left(model)
+    with attach(model, {"0": Cache()}, layouts={"0": None}):  # None: features on the last axis
+        model(torch.ones(1, 4))

@@ -1,0 +1,273 @@
+"""Instance wrappers that sessions remove in any order, an adapter install that fails part-way,
+copies to the CPU that finish before they are read, and disk stores that survive a failed flush
+and refuse foreign shard files by name."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors.torch import save_file
+from torch import nn
+
+import interventions.adapters.diffusers as diffusers_adapter
+import interventions.store as store_module
+from interventions import Cache, DiskStore, MemoryStore, attach
+from interventions.adapters.base import Adapter, wrap_attribute
+from interventions.store import StoreError
+from interventions.testing import assert_no_hooks_left
+from tests import tiny_models
+
+STEPS = 2
+FLUX_CFG = dict(prompt="a red circle", negative_prompt="blue", true_cfg_scale=3.0, max_sequence_length=16)
+SITES = ("transformer:input.encoder_hidden_states", "transformer.transformer_blocks.0:output.1")
+
+
+# -- wrappers of nested sessions, removed in any order --------------------------------------------
+@pytest.fixture(scope="module")
+def flux():
+    return tiny_models.flux_pipeline()
+
+
+def _flux_run(pipe):
+    pipe(num_inference_steps=STEPS, output_type="pt", generator=torch.Generator().manual_seed(0), **FLUX_CFG)
+
+
+def _instance_attributes(pipe):
+    """The names each wrapped object holds on its instance (a run sets some; wrappers must not)."""
+    return {
+        name: set(vars(obj))
+        for name, obj in (("pipe", pipe), ("scheduler", pipe.scheduler), ("transformer", pipe.transformer))
+    }
+
+
+@pytest.mark.parametrize("first", ["A", "B"])
+def test_flux_sessions_removed_in_either_order_keep_branch_labels_and_leave_nothing(flux, first):
+    alone = Cache()
+    with attach(flux, dict.fromkeys(SITES, alone)):
+        _flux_run(flux)
+    before = _instance_attributes(flux)
+    assert {k[1:] for k in alone.keys()} == {(s, b) for s in range(STEPS) for b in ("cond", "uncond")}
+
+    caches = {"A": Cache(), "B": Cache()}
+    sessions = {name: attach(flux, dict.fromkeys(SITES, cache)) for name, cache in caches.items()}
+    second = "B" if first == "A" else "A"
+    sessions[first].remove()
+    _flux_run(flux)  # only the second session is active: labelled as when it runs alone
+    kept = caches[second]
+    assert sorted(kept.keys(), key=repr) == sorted(alone.keys(), key=repr)
+    for key in alone.keys():
+        assert torch.equal(kept.store.get(key), alone.store.get(key)), key
+    assert len(caches[first]) == 0
+    sessions[second].remove()
+    assert _instance_attributes(flux) == before
+    for component in (flux.transformer, flux.vae, flux.text_encoder, flux.text_encoder_2):
+        assert_no_hooks_left(component)
+
+
+class Greeter:
+    def hello(self, x):
+        return [x]
+
+
+def _logging(log, i):
+    def make(original):
+        def wrapped(x):
+            log.append(i)
+            return original(x)
+
+        return wrapped
+
+    return make
+
+
+@pytest.mark.parametrize("own", [False, True])
+@pytest.mark.parametrize("order", [(0, 1), (1, 0)])
+def test_plain_object_wrappers_removed_in_either_order(order, own):
+    obj, log = Greeter(), []
+    if own:
+        obj.hello = own_hello = lambda x: ["own", x]
+    undo = [wrap_attribute(obj, "hello", _logging(log, i)) for i in range(2)]
+    assert obj.hello(7) == (["own", 7] if own else [7]) and log == [1, 0]
+    undo[order[0]]()
+    log.clear()
+    obj.hello(7)
+    assert log == [order[1]]  # the other wrapper still runs
+    undo[order[1]]()
+    undo[order[0]]()  # undo twice is harmless
+    assert vars(obj) == ({"hello": own_hello} if own else {})
+    log.clear()
+    obj.hello(7)
+    assert log == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 4), st.booleans(), st.data())
+def test_wrappers_attached_and_removed_in_any_order(n, own, data):
+    """Every call reaches exactly the active wrappers, latest first; at the end the instance holds
+    what it held before."""
+    obj, log = Greeter(), []
+    if own:
+        obj.hello = own_hello = lambda x: ["own", x]
+    before = dict(vars(obj))
+    undo, active, attached = {}, [], 0
+    while attached < n or active:
+        can_attach = ["attach"] if attached < n else []
+        action = data.draw(st.sampled_from(can_attach + [("remove", i) for i in active]))
+        if action == "attach":
+            undo[attached] = wrap_attribute(obj, "hello", _logging(log, attached))
+            active.append(attached)
+            attached += 1
+        else:
+            undo[action[1]]()
+            active.remove(action[1])
+        log.clear()
+        assert obj.hello(3) == (["own", 3] if own else [3])
+        assert log == active[::-1]
+    assert vars(obj) == before
+    if own:
+        assert obj.hello is own_hello
+
+
+# -- an adapter install that fails part-way -------------------------------------------------------
+class _HalfInstalled(Adapter):
+    """Wraps two attributes, then fails."""
+
+    def install(self, state):
+        wrap_attribute(self.target, "forward", lambda f: f)
+        wrap_attribute(self.target[0], "extra_repr", lambda f: f)
+        raise RuntimeError("install failed")
+
+
+def test_failed_install_undoes_the_wrappers_it_made():
+    model = nn.Sequential(nn.Linear(2, 2))
+    with pytest.raises(RuntimeError, match="install failed"):
+        attach(model, {"0": Cache()}, adapter=_HalfInstalled(model))
+    assert "forward" not in vars(model) and "extra_repr" not in vars(model[0])
+    assert_no_hooks_left(model)
+
+
+def test_failed_pipeline_install_undoes_the_denoiser_wrapper(flux, monkeypatch):
+    # the pipeline adapter wraps transformer.cache_context (in super().install()) and then the
+    # scheduler: a failure at the scheduler must take the first wrapper off again
+    real = diffusers_adapter.wrap_attribute
+
+    def failing(obj, name, make):
+        if name == "set_timesteps":
+            raise RuntimeError("cannot wrap the scheduler")
+        return real(obj, name, make)
+
+    monkeypatch.setattr(diffusers_adapter, "wrap_attribute", failing)
+    with pytest.raises(RuntimeError, match="cannot wrap the scheduler"):
+        attach(flux, {SITES[0]: Cache()})
+    assert "cache_context" not in vars(flux.transformer)
+    assert "set_timesteps" not in vars(flux.scheduler)
+    assert_no_hooks_left(flux.transformer)
+
+
+# -- copies between devices ------------------------------------------------------------------------
+class _FakeTensor:
+    """Stands in for a tensor on another device: records how it is copied."""
+
+    def __init__(self, device, pinned=False):
+        self.device, self.pinned, self.copies = torch.device(device), pinned, []
+
+    def is_pinned(self):
+        return self.pinned
+
+    def to(self, device, non_blocking=False):
+        self.copies.append((torch.device(device).type, non_blocking))
+        return torch.ones(2, 3)
+
+
+@pytest.mark.parametrize("rows", [False, True])
+def test_copies_to_the_cpu_wait_for_the_data(rows):
+    store, x = MemoryStore(device="cpu"), _FakeTensor("cuda")
+    if rows:
+        store.put_rows("a", 0, x, [("uncond", slice(0, 1)), ("cond", slice(1, 2))])
+    else:
+        store.put(("a", 0, "cond"), x)
+    assert x.copies == [("cpu", False)]  # an asynchronous copy could be read before it is filled
+    assert torch.equal(store.get(("a", 0, "cond")), torch.ones(1, 3) if rows else torch.ones(2, 3))
+
+
+@pytest.mark.parametrize("pinned", [False, True])
+def test_copies_to_the_device_are_asynchronous_only_from_pinned_memory(pinned):
+    x = _FakeTensor("cpu", pinned=pinned)
+    MemoryStore(device="cuda").put(("a", 0, None), x)
+    assert x.copies == [("cuda", pinned)]
+
+
+# -- disk stores: atomic shards, foreign files ----------------------------------------------------
+K0, K1 = ("blocks.0", 0, "cond"), ("blocks.0", 1, "cond")
+
+
+def _one_shard(path):
+    store = DiskStore(path)
+    store.put(K0, torch.arange(6.0).reshape(2, 3))
+    store.flush()
+    return store
+
+
+def test_failed_flush_leaves_every_earlier_shard_readable(tmp_path, monkeypatch):
+    store = _one_shard(tmp_path)
+    store.put(K1, torch.ones(4))
+
+    def killed_midway(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"\x90\x00\x00\x00\x00\x00\x00\x00{")  # a truncated header
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(store_module, "save_file", killed_midway)
+    with pytest.raises(OSError, match="no space left"):
+        store.flush()
+    assert [p.name for p in tmp_path.iterdir()] == ["shard-00000.safetensors"]
+    reopened = DiskStore(tmp_path)
+    assert reopened.keys() == [K0] and torch.equal(reopened.get(K0), torch.arange(6.0).reshape(2, 3))
+
+    monkeypatch.undo()
+    store.flush()  # the entries stayed buffered: a retry writes them
+    assert sorted(DiskStore(tmp_path).keys()) == [K0, K1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard-00000.safetensors", "shard-00001.safetensors"]
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (b"", "not a readable safetensors file"),
+        (b"\x90\x00\x00\x00\x00\x00\x00\x00{", "not a readable safetensors file"),
+        (None, "not named by a store key"),  # a valid safetensors file of someone else's tensors
+    ],
+)
+def test_reopening_refuses_a_foreign_shard_by_name(tmp_path, content, problem):
+    _one_shard(tmp_path)
+    stranger = tmp_path / "shard-00001.safetensors"
+    if content is None:
+        save_file({"weight": torch.ones(2)}, str(stranger))
+    else:
+        stranger.write_bytes(content)
+    with pytest.raises(StoreError, match=rf"shard-00001\.safetensors.*{problem}.*move it out of the folder"):
+        DiskStore(tmp_path)
+
+
+def test_reopening_leaves_files_not_named_like_shards_alone(tmp_path):
+    _one_shard(tmp_path)
+    for name in ("shard-old.safetensors", "shard-1.safetensors", ".shard-00001.safetensors.tmp", "notes.txt"):
+        (tmp_path / name).write_bytes(b"not a shard")
+    store = DiskStore(tmp_path)
+    assert store.keys() == [K0]
+    store.put(K1, torch.ones(1))
+    store.flush()
+    assert (tmp_path / "shard-00001.safetensors").exists()
+    assert sorted(DiskStore(tmp_path).keys()) == [K0, K1]
+
+
+def test_shard_numbers_past_five_digits_keep_counting(tmp_path):
+    _one_shard(tmp_path)
+    (tmp_path / "shard-00000.safetensors").rename(tmp_path / "shard-100000.safetensors")
+    store = DiskStore(tmp_path)
+    assert store.keys() == [K0]
+    store.put(K1, torch.ones(1))
+    store.flush()
+    assert (tmp_path / "shard-100001.safetensors").exists()
+    assert sorted(DiskStore(tmp_path).keys()) == [K0, K1]
