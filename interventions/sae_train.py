@@ -1,16 +1,19 @@
 """Train an SAE on activations streamed from a store (or a tensor), with bounded memory.
 
-Tokens come from the store entries one at a time (``DiskStore`` reads one shard tensor at a
-time), pass through a shuffle buffer, and are consumed in batches; the first ``eval_tokens``
-tokens are held out to initialise ``b_dec`` (geometric median) and to report FVU, L0 and the
-dead fraction (a finite source cycled for several passes also trains on them after the first). TopK/BatchTopK train with the AuxK loss on dead latents (Gao et al. 2024), ReLU
-with an L1 penalty weighted by decoder norms, JumpReLU with a straight-through L0 penalty
+Tokens come from the store entries one at a time (``DiskStore`` reads one appended part at a
+time), pass through a shuffle buffer, and are consumed in batches. ``eval_tokens`` tokens, drawn
+at random from the first ``shuffle_tokens`` of the stream (from all of it, for a smaller source),
+are held out to initialise ``b_dec`` (geometric median) and to report FVU, L0 and the dead
+fraction; a finite source cycled for several passes skips them on every pass. TopK/BatchTopK
+train with the AuxK loss on dead latents (Gao et al. 2024), ReLU with an L1 penalty weighted by
+decoder norms, JumpReLU with a straight-through L0 penalty
 (Rajamanoharan et al. 2024). Decoder rows stay at unit norm.
 
 >>> from interventions.sae_train import TrainConfig, train_sae
->>> x = torch.randn(4096, 16) @ torch.randn(16, 16)
->>> sae, report = train_sae(x, d_sae=64, kind="topk", k=8, config=TrainConfig(steps=300, batch_size=256, lr=3e-3, progress=False))
->>> report.fvu < 0.2
+>>> x = torch.randn(8192, 16) @ torch.randn(16, 16)
+>>> cfg = TrainConfig(steps=300, batch_size=256, lr=3e-3, eval_tokens=1024, progress=False)
+>>> sae, report = train_sae(x, d_sae=64, kind="topk", k=8, config=cfg)
+>>> report.fvu < 0.2  # on the 1,024 held-out tokens
 True
 """
 
@@ -83,7 +86,10 @@ def iter_tokens(
         for key in source.keys():  # type: ignore[union-attr]
             s, step, b = key
             if (site is None or s == site) and (branch is False or b == branch) and (wanted is None or step in wanted):
-                yield to_tokens(source.get(key), layout)  # type: ignore[union-attr]
+                # one appended part at a time: a DiskStore key may hold many prompts' activations
+                parts = source.parts(key) if hasattr(source, "parts") else [source.get(key)]  # type: ignore[union-attr]
+                for part in parts:
+                    yield to_tokens(part, layout)
         return
     for t in source:  # type: ignore[union-attr]
         yield to_tokens(t, layout)
@@ -166,28 +172,39 @@ def train_sae(
     cfg = config or TrainConfig()
     gen = torch.Generator().manual_seed(cfg.seed)
 
-    def stream() -> Iterator[Tensor]:
-        passes = 0
+    def one_pass() -> Iterator[Tensor]:
+        return iter_tokens(source, layout=layout, site=site, branch=branch)
+
+    first = one_pass()
+    head, straddling = _read_head(first, max(cfg.shuffle_tokens, cfg.eval_tokens))
+    n_head = head.shape[0]
+    if n_head == 0:
+        raise ValueError(f"no activations to train on (site={site!r}, branch={branch!r}): is the store empty?")
+    if n_head < cfg.eval_tokens:
+        raise ValueError(
+            f"the source holds {n_head} tokens, fewer than the {cfg.eval_tokens} held out for evaluation: "
+            "lower TrainConfig.eval_tokens or pass more activations"
+        )
+    held = torch.randperm(n_head, generator=gen)[: cfg.eval_tokens].sort().values
+    kept = torch.ones(n_head, dtype=torch.bool)
+    kept[held] = False
+    eval_x = head[held].float()
+
+    def chunks() -> Iterator[Tensor]:
+        yield head[kept]
+        if straddling is not None:
+            yield straddling
+        yield from first  # the rest of the first pass
+        passes = 1
         while cfg.epochs is None or passes < cfg.epochs:
-            got_any = False
-            for chunk in iter_tokens(source, layout=layout, site=site, branch=branch):
-                got_any = True
+            yielded = False
+            for chunk in _without(one_pass(), held):  # the hold-out stays held out on every pass
+                yielded = True
                 yield chunk
-            if not got_any:
-                raise ValueError(f"no activations to train on (site={site!r}, branch={branch!r}): is the store empty?")
+            if not yielded:
+                return  # nothing beyond the hold-out: the step == 0 check below says so
             passes += 1
 
-    chunks = stream()
-    held: list[Tensor] = []
-    n_held = 0
-    while n_held < cfg.eval_tokens:
-        chunk = next(chunks).float()
-        need = cfg.eval_tokens - n_held
-        held.append(chunk[:need])
-        n_held += min(need, chunk.shape[0])
-        if chunk.shape[0] > need:
-            chunks = _prepend(chunk[need:], chunks)
-    eval_x = torch.cat(held)
     d_in = eval_x.shape[1]
     info = info or SAEInfo(site=site or "", layout=layout, branch="all" if branch is False else str(branch))
     sae = SAE(d_in, d_sae, kind, k, info=info, seed=cfg.seed)
@@ -203,7 +220,7 @@ def train_sae(
     tokens_seen = 0
     bar = tqdm(total=cfg.steps, desc=f"SAE {kind} d_sae={d_sae}", disable=not cfg.progress)
     step = 0
-    for x in _batches(chunks, cfg, gen):
+    for x in _batches(chunks(), cfg, gen):
         if step >= cfg.steps:
             break
         for group in opt.param_groups:
@@ -245,9 +262,35 @@ def train_sae(
     return sae, report
 
 
-def _prepend(first: Tensor, rest: Iterator[Tensor]) -> Iterator[Tensor]:
-    yield first
-    yield from rest
+def _read_head(chunks: Iterator[Tensor], n: int) -> tuple[Tensor, Tensor | None]:
+    """The first ``n`` tokens of ``chunks`` (all of them if fewer) as one tensor, and the rest of
+    the chunk that straddles token ``n`` (None if none did)."""
+    got: list[Tensor] = []
+    size = 0
+    for chunk in chunks:
+        need = n - size
+        got.append(chunk[:need])
+        size += got[-1].shape[0]
+        if chunk.shape[0] > need:
+            return torch.cat(got), chunk[need:]
+        if size == n:
+            break
+    return (torch.cat(got) if got else torch.zeros(0, 0)), None
+
+
+def _without(chunks: Iterator[Tensor], positions: Tensor) -> Iterator[Tensor]:
+    """``chunks`` with the tokens at the sorted ``positions`` (counted from the first) left out."""
+    offset = 0
+    for chunk in chunks:
+        n = chunk.shape[0]
+        inside = positions[(positions >= offset) & (positions < offset + n)] - offset
+        offset += n
+        if inside.numel():
+            keep = torch.ones(n, dtype=torch.bool)
+            keep[inside] = False
+            chunk = chunk[keep]
+        if chunk.shape[0]:
+            yield chunk
 
 
 def _loss(

@@ -39,7 +39,7 @@ def diffusion_store(tmp_path_factory):
     pipe = tiny_models.sd_pipeline()
     store = DiskStore(tmp_path_factory.mktemp("acts"), buffer_bytes=64 << 10)
     words = ["red", "blue", "green", "circle", "square", "star"]
-    with attach(pipe, {"unet.mid_block": Cache(store)}):
+    with attach(pipe, {"unet.mid_block": Cache(store, on_repeat="append")}):
         for i in range(12):
             pipe(
                 f"a {words[i % 6]} {words[(i + 2) % 6]}",
@@ -48,9 +48,8 @@ def diffusion_store(tmp_path_factory):
                 generator=torch.Generator().manual_seed(i),
                 output_type="pt",
             )
-            store_prompt = i
     store.flush()
-    assert store_prompt == 11
+    assert len(store.keys()) == 6 * 2 and all(len(list(store.parts(k))) == 12 for k in store.keys())
     return store
 
 
@@ -59,7 +58,7 @@ def test_sae_on_cached_diffusion_activations_reaches_low_fvu(diffusion_store):
     sae, report = train_sae(
         diffusion_store, d_sae=64, kind="topk", k=8, layout="BCHW", site="unet.mid_block", config=cfg
     )
-    # measured: FVU 0.03-0.05 at L0 8 on this data; issue 3 asks for FVU < 0.1 at L0 <= 32
+    # measured: FVU 0.074 at L0 8 on held-out tokens (12 prompts); issue 3 asks for FVU < 0.1 at L0 <= 32
     assert report.l0 <= 32 and report.fvu < 0.1, report
     assert report.tokens_seen == 600 * 128
     assert sae.info.site == "unet.mid_block" and sae.info.layout == "BCHW"
@@ -172,3 +171,78 @@ def test_sae_and_vector_save_load_roundtrip(tmp_path):
     got = SteeringVector.load(tmp_path / "vec")
     assert set(got.directions) == set(vec.directions) and got.branch == "cond"
     assert all(torch.equal(got.directions[k], vec.directions[k]) for k in vec.directions)
+
+
+def test_sae_edit_keeps_the_reconstruction_error():
+    """The edited site is x + dec(z') - dec(z): what the SAE cannot reconstruct survives the edit."""
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8))
+    sae = SAE(8, 16, "topk", k=4, seed=3)
+    with torch.no_grad():
+        sae.b_dec.normal_()
+    x = torch.randn(5, 6)
+    with attach(model, {"0": sae.edit(zero([0, 1, 2, 3, 4, 5, 6, 7]))}):
+        edited = model(x)
+    with torch.no_grad():
+        h = model(x)
+        z = sae.encode(h)
+        z_edit = z.clone()
+        z_edit[:, :8] = 0
+        expected = h + sae.decode(z_edit) - sae.decode(z)
+    assert (z[:, :8] != 0).any()  # the edit had latents to remove
+    torch.testing.assert_close(edited, expected)
+
+
+def test_uncentred_sae_loads_as_it_computes_and_foreign_settings_are_refused(tmp_path):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from hub_cards import ArtifactError
+
+    sae = SAE(8, 16, "jumprelu", info=SAEInfo(site="blocks.0", base_model="m"), apply_b_dec_to_input=False)
+    with torch.no_grad():
+        sae.b_dec.normal_()
+        sae.b_enc.normal_()
+    sae.save(tmp_path / "sae")
+    back = SAE.load(tmp_path / "sae")
+    x = torch.randn(4, 8)
+    pre = x @ sae.W_enc + sae.b_enc  # Gemma Scope's encoder: no b_dec subtracted
+    assert not back.apply_b_dec_to_input
+    torch.testing.assert_close(back.encode(x), torch.relu(pre) * (pre > sae.threshold))
+    cfg_path = tmp_path / "sae" / "cfg.json"
+    cfg = json.loads(cfg_path.read_text())
+    for key, value in [("normalize_activations", "expected_average_only_in"), ("reshape_activations", "hook_z")]:
+        cfg_path.write_text(json.dumps({**cfg, key: value}))
+        with pytest.raises(ArtifactError, match=f"{key}={value!r} \\(only 'none' is supported\\)"):
+            SAE.load(tmp_path / "sae")
+    cfg_path.write_text(json.dumps(cfg))
+    weights = tmp_path / "sae" / "sae_weights.safetensors"
+    save_file({**load_file(weights), "scaling_factor": torch.ones(16)}, weights)
+    with pytest.raises(ArtifactError, match=r"tensors \['scaling_factor'\] that this SAE would ignore"):
+        SAE.load(tmp_path / "sae")
+
+
+def test_scores_and_directions_edge_cases():
+    pos, neg = torch.tensor([[5.0, 0.0, 0.0]]), torch.tensor([[0.0, 1.0, 2.0], [2.0, 1.0, 0.0]])
+    d = cohens_d(pos, neg)  # one positive example: its squares are 0, pooled over 1 degree of freedom
+    torch.testing.assert_close(d[[0, 2]], torch.tensor([4.0, -1.0]) / 2**0.5)
+    assert torch.isfinite(d).all()
+    with pytest.raises(ValueError, match="got 1 and 1"):
+        cohens_d(pos, neg[:1])
+    w = torch.eye(3, dtype=torch.bfloat16)
+    assert directions_from_features(w, [0, 2]).dtype == torch.bfloat16
+    assert directions_from_features(w, [0, 2], [1.0, 2.0]).dtype == torch.bfloat16
+
+
+def test_sae_training_keeps_its_hold_out():
+    x = torch.randn(300, 8)
+    chunks = [x[:70], x[70:150], x[150:]]  # the hold-out is drawn across chunk boundaries
+    cfg = TrainConfig(steps=100, batch_size=32, epochs=3, eval_tokens=64, shuffle_tokens=128, progress=False)
+    _, report = train_sae(chunks, 16, "topk", 2, config=cfg)
+    assert report.tokens_seen == 3 * (300 - 64)  # every pass skips exactly the 64 held-out tokens
+    with pytest.raises(ValueError, match="holds 300 tokens, fewer than the 512 held out"):
+        train_sae(
+            x, 16, "topk", 2, config=TrainConfig(steps=5, batch_size=32, epochs=1, eval_tokens=512, progress=False)
+        )
+    with pytest.raises(ValueError, match="no tokens beyond the evaluation hold-out"):  # used to train on it
+        train_sae(x, 16, "topk", 2, config=TrainConfig(steps=5, batch_size=32, eval_tokens=300, progress=False))

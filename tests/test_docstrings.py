@@ -1,0 +1,49 @@
+"""The examples in the docstrings run and print what they say (they are the API's first documentation)."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "interventions",
+    "interventions.context",
+    "interventions.hooks",
+    "interventions.sae",
+    "interventions.sae_train",
+    "interventions.scores",
+    "interventions.session",
+    "interventions.steering",
+    "interventions.store",
+    "interventions.testing",
+    "hub_cards",
+    "hub_cards.cards",
+    "hub_cards.models",
+    "recipes.gan.evaluation",
+    "recipes.gan.hub",
+    "recipes.gan.models",
+    "recipes.gan.trainer",
+    "recipes.worlds.registry",
+]
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples_run(name):
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS, verbose=False)
+    assert result.failed == 0, f"{result.failed} of {result.attempted} docstring examples failed in {name}"
+
+
+def test_every_module_with_examples_is_listed():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    with_examples = set()
+    for package in ("interventions", "hub_cards", "recipes"):
+        for path in (root / package).rglob("*.py"):
+            if ">>> " in path.read_text():
+                parts = path.relative_to(root).with_suffix("").parts
+                with_examples.add(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    assert with_examples <= set(MODULES), f"add to MODULES: {sorted(with_examples - set(MODULES))}"
