@@ -334,12 +334,14 @@ class AddVector:
 @dataclass(eq=False)
 class Ablate:
     """``"zero"``: h <- 0; ``"mean"``: h <- value (default: the mean over all but the feature
-    axis); ``"project"``: h <- h - strength * max(0, <h, v>) v with v the unit ``direction``."""
+    axis); ``"project"``: h <- h - strength * max(0, <h, v>) v with v the unit ``direction``, and
+    with ``restore_norm`` rescaled to each token's old norm (TADA's concept removal)."""
 
     mode: Literal["zero", "mean", "project"] = "zero"
     direction: Tensor | None = None
     value: Tensor | None = None
     strength: float = 1.0
+    restore_norm: bool = False
     mask: Tensor | None = None
     tokens: Sequence[int] | Tensor | None = None
     channels: Sequence[int] | Tensor | None = None
@@ -350,6 +352,8 @@ class Ablate:
             raise ValueError(f"Ablate mode must be 'zero', 'mean' or 'project', got {self.mode!r}")
         if self.mode == "project" and self.direction is None:
             raise ValueError("Ablate('project') needs direction=<a per-feature vector>")
+        if self.restore_norm and self.mode != "project":
+            raise ValueError(f"Ablate restore_norm applies to mode='project' only, not {self.mode!r}")
 
     @property
     def rowwise(self) -> bool:
@@ -371,6 +375,8 @@ class Ablate:
             v = v / v.norm(dim=dim, keepdim=True).clamp_min(1e-12)
             coef = (x * v).sum(dim=dim, keepdim=True).clamp_min(0)
             out = x - self.strength * coef * v
+            if self.restore_norm:
+                out = out * (x.norm(dim=dim, keepdim=True) / out.norm(dim=dim, keepdim=True).clamp_min(1e-12))
         mask = _mask_for(x, ctx, self.mask, self.tokens, self.channels)
         return out if mask is None else torch.where(mask, out, x)
 
@@ -414,6 +420,14 @@ class SAEEdit:
         if self.edit is None:
             return None
         tok = to_tokens(x, ctx.layout)
+        weight = getattr(self.sae, "W_enc", None)
+        if isinstance(weight, Tensor) and (weight.dtype != tok.dtype or weight.device != tok.device):
+            if weight.device != tok.device:
+                raise ShapeMismatchError(
+                    f"SAE edit at site {ctx.site!r}: the SAE is on {weight.device}, the activation on {x.device}; "
+                    f"move the SAE with sae.to('{x.device}')"
+                )
+            tok = tok.to(weight.dtype)  # encode in the SAE's precision; the change is cast back below
         if self.stage == "pre":
             pre = self.sae.pre_acts(tok)  # type: ignore[attr-defined]
             z = self.sae.activate(pre)  # type: ignore[attr-defined]

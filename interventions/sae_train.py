@@ -207,7 +207,7 @@ def train_sae(
 
     d_in = eval_x.shape[1]
     info = info or SAEInfo(site=site or "", layout=layout, branch="all" if branch is False else str(branch))
-    sae = SAE(d_in, d_sae, kind, k, info=info, seed=cfg.seed)
+    sae = SAE(d_in, d_sae, kind, k, info=info, seed=cfg.seed).to(eval_x.device)  # train where the tokens are
     with torch.no_grad():
         sae.b_dec.copy_(geometric_median(eval_x))
         if kind == "jumprelu":
@@ -215,7 +215,7 @@ def train_sae(
     variance = eval_x.var(dim=0).sum().clamp_min(1e-12)
     opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
     aux_k = cfg.aux_k or max(d_in // 2, 1)
-    since_fired = torch.zeros(d_sae, dtype=torch.long)
+    since_fired = torch.zeros(d_sae, dtype=torch.long, device=eval_x.device)
     losses: list[float] = []
     tokens_seen = 0
     bar = tqdm(total=cfg.steps, desc=f"SAE {kind} d_sae={d_sae}", disable=not cfg.progress)
@@ -301,7 +301,7 @@ def _loss(
         top = pre.topk(sae.k, dim=-1)
         values = torch.relu(top.values)
         x_hat = F.embedding_bag(top.indices, sae.W_dec, per_sample_weights=values, mode="sum") + sae.b_dec
-        fired = torch.zeros(sae.d_sae, dtype=torch.bool).index_fill_(
+        fired = torch.zeros(sae.d_sae, dtype=torch.bool, device=x.device).index_fill_(
             0, top.indices.flatten()[values.flatten() > 0], True
         )
     else:

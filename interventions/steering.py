@@ -130,7 +130,7 @@ class SteeringVector:
             if mode == "add":
                 hook: Any = AddVector(v, scale=scale, restore_norm=restore_norm, when=w)
             elif mode == "remove":
-                hook = Ablate("project", direction=v, strength=strength, when=w)
+                hook = Ablate("project", direction=v, strength=strength, restore_norm=restore_norm, when=w)
             else:
                 raise ValueError(f"mode must be 'add' or 'remove', got {mode!r}")
             out.setdefault(site, [WidthCheck(v.shape[-1], f"steering vector for {site!r}")]).append(hook)
