@@ -22,6 +22,7 @@ from .errors import (
     ShapeMismatchError,
     SiteNeverFiredError,
     SiteNeverFiredWarning,
+    StoreError,
 )
 from .hooks import Ablate, AddVector, Cache, Grads, Lambda, Patch, SAEEdit
 from .session import Session, attach
@@ -52,6 +53,7 @@ __all__ = [
     "SiteNeverFiredError",
     "SiteNeverFiredWarning",
     "SiteNotFoundError",
+    "StoreError",
     "When",
     "attach",
 ]

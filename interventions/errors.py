@@ -29,3 +29,8 @@ class CompiledModelError(InterventionError, RuntimeError):
 
 class AdapterError(InterventionError, ValueError):
     """The adapter cannot read the model (a timestep, a CFG layout, a component)."""
+
+
+class StoreError(InterventionError, ValueError):
+    """A store folder holds a file that claims to be a shard but cannot be read as one, or a key's
+    parts cannot be joined."""

@@ -23,7 +23,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .errors import InterventionError
+from .errors import StoreError
 
 StoreKey = tuple[str, int | None, str | None]
 
@@ -43,10 +43,6 @@ def _missing(key: StoreKey, keys: list[StoreKey]) -> KeyError:
     near = [k for k in keys if k[0] == site][:6]
     where = f"entries for this site: {near}" if near else f"sites stored: {sorted({k[0] for k in keys})[:8]}"
     return KeyError(f"no cached activation for site {site!r}, step {step}, branch {branch!r}; {where}")
-
-
-class StoreError(InterventionError, ValueError):
-    """A store folder holds a file that claims to be a shard but cannot be read as one."""
 
 
 def _moved(tensor: torch.Tensor, device: torch.device | None) -> torch.Tensor:

@@ -13,9 +13,8 @@ from torch import nn
 
 import interventions.adapters.diffusers as diffusers_adapter
 import interventions.store as store_module
-from interventions import Cache, DiskStore, MemoryStore, attach
+from interventions import Cache, DiskStore, MemoryStore, StoreError, attach
 from interventions.adapters.base import Adapter, wrap_attribute
-from interventions.store import StoreError
 from interventions.testing import assert_no_hooks_left
 from tests import tiny_models
 
