@@ -77,6 +77,9 @@ CLAIMS = (
     ("spread_corr", "no_sdi", "sdi_x10", "higher"),
     ("ws_channels", "single_3x", "expertsim", "lower"),
     ("ws_channels_late", "single_3x", "expertsim", "lower"),
+    ("ws_channels", "single_3x_halflr", "expertsim", "lower"),
+    ("ws_channels_late", "single_3x_halflr", "expertsim", "lower"),
+    ("ws_channels_late", "sdi_gan", "expertsim", "lower"),
     ("ws_channels", "single_3x", "expertsim_real", "lower"),
     ("ws_channels", "single_3x", "expertsim_b192", "lower"),
 )
