@@ -164,8 +164,8 @@ def _key_of(name: str) -> tuple[StoreKey, int] | None:
     return ((key[0], key[1], key[2]), part) if isinstance(part, int) and part >= 0 else None
 
 
-def _shard_keys(path: Path) -> list[tuple[StoreKey, int, str]]:
-    """``(key, part, tensor name)`` of one shard, parts in order; a file that is no shard of a
+def _shard_keys(path: Path) -> list[tuple[StoreKey, int]]:
+    """``(key, part)`` of every tensor in one shard, parts in order; a file that is no shard of a
     store is refused by name."""
     fix = "move it out of the folder (or open the store on another folder)"
     try:
@@ -182,8 +182,7 @@ def _shard_keys(path: Path) -> list[tuple[StoreKey, int, str]]:
             f"{path} is named like a store shard but holds tensors not named by a store key "
             f"(a JSON list [site, step, branch] or [site, step, branch, part]), e.g. {bad[0]!r}; {fix}"
         )
-    found = [(k[0], k[1], name) for k, name in zip(keys, names, strict=True) if k is not None]
-    return sorted(found, key=lambda entry: entry[1])
+    return sorted((k for k in keys if k is not None), key=lambda entry: entry[1])
 
 
 class DiskStore:
@@ -215,13 +214,14 @@ class DiskStore:
         self._buffer: dict[StoreKey, list[torch.Tensor]] = {}  # parts waiting to be written
         self._replacing: set[StoreKey] = set()  # buffered keys whose parts supersede those on disk
         self._buffered = 0
-        self._index: dict[StoreKey, list[tuple[str, str]]] = {}  # key -> its parts' (shard, tensor name)
+        # key -> the shard of each of its parts (part i is tensor _tensor_name(key, i)); a bare shard
+        # name for the usual one-part key keeps the index as small as one string per key
+        self._index: dict[StoreKey, str | list[str]] = {}
         numbered = {int(m[1]): p.name for p in self.path.iterdir() if (m := _SHARD.fullmatch(p.name))}
         for n in sorted(numbered):
-            for key, part, name in _shard_keys(self.path / numbered[n]):
-                if part == 0:  # a key's first part: written by put or a first append
-                    self._index[key] = []
-                self._index.setdefault(key, []).append((numbered[n], name))
+            for key, part in _shard_keys(self.path / numbered[n]):
+                # part 0 is a key's first part (put, or a first append): it supersedes older parts
+                self._index[key] = numbered[n] if part == 0 else [*self._shards(key), numbered[n]]
         self._next_shard = max(numbered, default=-1) + 1
 
     def put(self, key: StoreKey, tensor: torch.Tensor) -> None:
@@ -255,7 +255,7 @@ class DiskStore:
         names: dict[StoreKey, list[str]] = {}
         tensors: dict[str, torch.Tensor] = {}
         for key, parts in self._buffer.items():
-            first = 0 if key in self._replacing else len(self._index.get(key, []))
+            first = 0 if key in self._replacing else len(self._shards(key))
             names[key] = [_tensor_name(key, first + i) for i in range(len(parts))]
             tensors.update(zip(names[key], parts, strict=True))
         try:
@@ -266,8 +266,8 @@ class DiskStore:
             raise
         self._next_shard += 1
         for key, written in names.items():
-            kept = [] if key in self._replacing else self._index.get(key, [])
-            self._index[key] = kept + [(shard, name) for name in written]
+            shards = ([] if key in self._replacing else self._shards(key)) + [shard] * len(written)
+            self._index[key] = shards[0] if len(shards) == 1 else shards
         self._buffer.clear()
         self._replacing.clear()
         self._buffered = 0
@@ -280,10 +280,14 @@ class DiskStore:
         if key not in self:
             raise _missing(key, self.keys())
         if key not in self._replacing:
-            for shard, name in self._index.get(key, []):
+            for part, shard in enumerate(self._shards(key)):
                 with safe_open(str(self.path / shard), framework="pt") as f:
-                    yield f.get_tensor(name)
+                    yield f.get_tensor(_tensor_name(key, part))
         yield from self._buffer.get(key, [])
+
+    def _shards(self, key: StoreKey) -> list[str]:
+        found = self._index.get(key, [])
+        return [found] if isinstance(found, str) else list(found)
 
     def __contains__(self, key: object) -> bool:
         return key in self._buffer or key in self._index
