@@ -1,7 +1,8 @@
 """Push artifact folders to the Hugging Face Hub and pull them back, safetensors and JSON only.
 
 ``push`` checks every artifact in the folder (as the loaders would) and refuses pickles and any
-other file that ``pull`` would not fetch back before it creates anything, then runs ``create_repo(exist_ok=True)`` + ``upload_folder`` (one commit) and an
+other file that ``pull`` would not fetch back before it creates anything, then runs
+``create_repo(exist_ok=True)`` + ``upload_folder`` (one commit) and an
 optional ``create_tag``. ``pull`` is ``snapshot_download`` restricted to ``*.json``,
 ``*.safetensors`` and ``*.md``: a pickle in the repo is never downloaded, and a repo (or subfolder)
 without safetensors is an :class:`ArtifactError` that names what the repo holds instead.
@@ -46,7 +47,7 @@ def _files(root: Path) -> list[str]:
     out = []
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root).as_posix()
-        if path.is_file() and not any(rel.startswith(d + "/") or f"/{d}/" in f"/{rel}" for d in _SKIPPED):
+        if path.is_file() and not any(f"/{d}/" in f"/{rel}" for d in _SKIPPED):
             out.append(rel)
     return out
 

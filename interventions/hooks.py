@@ -68,6 +68,11 @@ def _edits_of(value: Any) -> Any:
     return value._version if isinstance(value, Tensor) else tuple(value)
 
 
+def _with_norms_of(x: Tensor, out: Tensor, dim: int) -> Tensor:
+    """``out`` rescaled so that each token keeps the norm it had in ``x`` (along ``dim``)."""
+    return out * (x.norm(dim=dim, keepdim=True) / out.norm(dim=dim, keepdim=True).clamp_min(1e-12))
+
+
 def _no_batch(mask: Tensor | None) -> bool:
     return mask is None or mask.ndim < 2 or mask.shape[0] == 1
 
@@ -170,8 +175,7 @@ class Cache:
             t = t.clone()
         site, step, _ = ctx.key
         if self.on_repeat != "append" and isinstance(self.store, MemoryStore):
-            if not self._warned and self.on_repeat == "warn" and (site, step, segments[0][0]) in self.store:
-                self._warn_replaced((site, step, segments[0][0]))
+            self._warn_if_replacing((site, step, segments[0][0]))
             self.store.put_rows(site, step, t, segments)
             return
         for branch, rows in segments:
@@ -181,11 +185,12 @@ class Cache:
         if self.on_repeat == "append":
             self.store.append(key, t)
             return
-        if not self._warned and self.on_repeat == "warn" and key in self.store:
-            self._warn_replaced(key)
+        self._warn_if_replacing(key)
         self.store.put(key, t)
 
-    def _warn_replaced(self, key: StoreKey) -> None:
+    def _warn_if_replacing(self, key: StoreKey) -> None:
+        if self._warned or self.on_repeat != "warn" or key not in self.store:
+            return
         import warnings
 
         self._warned = True
@@ -319,8 +324,7 @@ class AddVector:
             delta, mask = memo.value
         out = x + delta
         if self.restore_norm:
-            dim = feature_dim(ctx.layout, x.ndim)
-            out = out * (x.norm(dim=dim, keepdim=True) / out.norm(dim=dim, keepdim=True).clamp_min(1e-12))
+            out = _with_norms_of(x, out, feature_dim(ctx.layout, x.ndim))
         return out if mask is None else torch.where(mask, out, x)
 
     def _prepare(self, x: Tensor, ctx: Context) -> tuple[Tensor, Tensor | None]:
@@ -376,7 +380,7 @@ class Ablate:
             coef = (x * v).sum(dim=dim, keepdim=True).clamp_min(0)
             out = x - self.strength * coef * v
             if self.restore_norm:
-                out = out * (x.norm(dim=dim, keepdim=True) / out.norm(dim=dim, keepdim=True).clamp_min(1e-12))
+                out = _with_norms_of(x, out, dim)
         mask = _mask_for(x, ctx, self.mask, self.tokens, self.channels)
         return out if mask is None else torch.where(mask, out, x)
 
@@ -421,13 +425,13 @@ class SAEEdit:
             return None
         tok = to_tokens(x, ctx.layout)
         weight = getattr(self.sae, "W_enc", None)
-        if isinstance(weight, Tensor) and (weight.dtype != tok.dtype or weight.device != tok.device):
+        if isinstance(weight, Tensor):
             if weight.device != tok.device:
                 raise ShapeMismatchError(
                     f"SAE edit at site {ctx.site!r}: the SAE is on {weight.device}, the activation on {x.device}; "
                     f"move the SAE with sae.to('{x.device}')"
                 )
-            tok = tok.to(weight.dtype)  # encode in the SAE's precision; the change is cast back below
+            tok = tok.to(weight.dtype)  # encode in the SAE's precision (no copy if it is the same); cast back below
         if self.stage == "pre":
             pre = self.sae.pre_acts(tok)  # type: ignore[attr-defined]
             z = self.sae.activate(pre)  # type: ignore[attr-defined]

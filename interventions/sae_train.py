@@ -280,15 +280,17 @@ def _read_head(chunks: Iterator[Tensor], n: int) -> tuple[Tensor, Tensor | None]
 
 def _without(chunks: Iterator[Tensor], positions: Tensor) -> Iterator[Tensor]:
     """``chunks`` with the tokens at the sorted ``positions`` (counted from the first) left out."""
+    last = int(positions[-1]) if positions.numel() else -1
     offset = 0
     for chunk in chunks:
         n = chunk.shape[0]
-        inside = positions[(positions >= offset) & (positions < offset + n)] - offset
+        if offset <= last:  # past the last position, the rest of the pass goes through untouched
+            inside = positions[(positions >= offset) & (positions < offset + n)] - offset
+            if inside.numel():
+                keep = torch.ones(n, dtype=torch.bool)
+                keep[inside] = False
+                chunk = chunk[keep]
         offset += n
-        if inside.numel():
-            keep = torch.ones(n, dtype=torch.bool)
-            keep[inside] = False
-            chunk = chunk[keep]
         if chunk.shape[0]:
             yield chunk
 

@@ -5,7 +5,7 @@ safetensors shards on disk with a bounded memory buffer. ``Cache`` writes to a s
 ``step`` is the denoising step for denoiser sites and the call index otherwise; ``branch`` is
 ``"cond"``/``"uncond"`` for CFG rows and None where the call has no branches.
 
-``put`` replaces what a key holds; ``append`` adds a part to it (``Cache(append=True)``: the
+``put`` replaces what a key holds; ``append`` adds a part to it (``Cache(on_repeat="append")``: the
 activations of many prompts, one pipeline call each, under the same keys). ``get`` returns the
 parts concatenated along the batch dimension, ``parts`` yields them one at a time (bounded memory).
 """

@@ -253,20 +253,20 @@ def test_reopening_leaves_files_not_named_like_shards_alone(tmp_path):
     _one_shard(tmp_path)
     for name in ("shard-old.safetensors", "shard-1.safetensors", ".shard-00001.safetensors.tmp", "notes.txt"):
         (tmp_path / name).write_bytes(b"not a shard")
-    store = DiskStore(tmp_path)
-    assert store.keys() == [K0]
-    store.put(K1, torch.ones(1))
-    store.flush()
-    assert (tmp_path / "shard-00001.safetensors").exists()
-    assert sorted(DiskStore(tmp_path).keys()) == [K0, K1]
+    _reopen_add_and_reopen(tmp_path, "shard-00001.safetensors")
 
 
 def test_shard_numbers_past_five_digits_keep_counting(tmp_path):
     _one_shard(tmp_path)
     (tmp_path / "shard-00000.safetensors").rename(tmp_path / "shard-100000.safetensors")
-    store = DiskStore(tmp_path)
+    _reopen_add_and_reopen(tmp_path, "shard-100001.safetensors")
+
+
+def _reopen_add_and_reopen(path, next_shard):
+    """The store at ``path`` holds K0 alone; a put of K1 goes to ``next_shard`` and is read back."""
+    store = DiskStore(path)
     assert store.keys() == [K0]
     store.put(K1, torch.ones(1))
     store.flush()
-    assert (tmp_path / "shard-100001.safetensors").exists()
-    assert sorted(DiskStore(tmp_path).keys()) == [K0, K1]
+    assert (path / next_shard).exists()
+    assert sorted(DiskStore(path).keys()) == [K0, K1]
