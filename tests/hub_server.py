@@ -1,6 +1,6 @@
 """A small, honest stand-in for the Hugging Face Hub, for publishing tests without the internet.
 
-No off-the-shelf server accepts uploads (see ``research/hub.md``), so this one implements the
+No off-the-shelf server accepts uploads (olah is read-only, KohakuHub needs docker), so this one implements the
 subset of the Hub HTTP API that the real ``huggingface_hub`` client (0.36 / 1.x / 2.x) calls to
 create a repo, commit files, branch, tag, list and download:
 

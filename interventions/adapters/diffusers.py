@@ -1,7 +1,7 @@
 """Adapters for diffusers pipelines and bare diffusers denoisers.
 
-How each family lays out classifier-free guidance (measured on diffusers 0.42, see
-``shared/research/feasibility.md``), and how this adapter reads it without ``chunk(2)`` guesses:
+How each family lays out classifier-free guidance (measured on diffusers 0.42 with tiny models
+built from config, by a hook on the denoiser), and how this adapter reads it without ``chunk(2)`` guesses:
 
 - Stable Diffusion / SDXL / SD3 (``pipe.do_classifier_free_guidance``): one batched call per
   step, rows ``[uncond, cond]``. SD3's skip-layer-guidance pass (``skip_layers=``) is branch

@@ -13,8 +13,8 @@
   img2img-style ``encode(...).latent_dist``) exactly as with real Stable Diffusion checkpoints.
   Its (unused) weights are a few KB.
 - Scheduler: ``DDIMScheduler`` on the training schedule (1000 steps, ``squaredcos_cap_v2``,
-  epsilon) with ``clip_sample=False`` -- see the TRAP in ``research/feasibility.md``: clipping x0
-  while keeping the unclipped noise prediction breaks classifier-free guidance on this data.
+  epsilon) with ``clip_sample=False``: clipping x0 while keeping the unclipped noise prediction
+  breaks classifier-free guidance on this data (measured: 87.5% at guidance 1 fell to 1.6% at 3).
 
 Checkpoint folder layout (diffusers-like; only safetensors and JSON)::
 

@@ -2,7 +2,7 @@
 
 ``python -m recipes.worlds.shapes_report [--n 256] [--scales 1 3 5] [--steps 25] [--out DIR]``
 samples ``n`` random prompts (random templates and synonyms) at each guidance scale with the
-shipped DDIM scheduler (``clip_sample=False``; see the TRAP in ``research/feasibility.md``), judges
+shipped DDIM scheduler (``clip_sample=False``, so x0 clipping cannot break guidance), judges
 every sample with the evaluators, and writes ``shapes_report.json`` (accuracy per factor and
 all-factor per scale, plus diversity of the free factors: spread of the lit centre and lit area)
 and ``shapes_samples.png`` (a grid of samples: rows = prompts, columns = guidance scales x seeds).

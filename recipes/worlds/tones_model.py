@@ -18,7 +18,7 @@
 - Diffusion: v-prediction on a 1000-step cosine (``squaredcos_cap_v2``) schedule; the DiT's
   Gaussian-Fourier timestep embedding gets the continuous time ``t / 1000`` in ``[0, 1)`` (as
   Stable Audio's does), not the integer step. Sampling (:func:`generate`): ``DDIMScheduler`` with
-  ``clip_sample=False`` (see the CFG trap in ``research/feasibility.md``), classifier-free guidance
+  ``clip_sample=False`` (clipping x0 but not the noise prediction breaks CFG), classifier-free guidance
   with batched ``[uncond, cond]`` rows (the StableAudioPipeline order), empty prompt = uncond.
 - Why not ``StableAudioPipeline``: its latents go through an Oobleck VAE and its conditioning
   through a T5 + seconds-start/end projection model; here the "latent" is the semitone

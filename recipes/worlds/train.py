@@ -6,7 +6,7 @@ checkpoint folder), ``--seed S`` (default 0), ``--resume`` (continue from the tr
 ``--state``), ``--lr-final LR`` (cosine-decay the lr over this run's steps; default constant),
 ``--threads T``, ``--skip-evaluators`` / ``--only-evaluators``.
 
-Shapes recipe (measured in ``research/feasibility.md``): the ``UNet2DConditionModel`` denoiser and
+Shapes recipe (measured on 2 CPU cores): the ``UNet2DConditionModel`` denoiser and
 the ``CLIPTextModel`` text encoder are trained jointly in pixel space with DDPM (1000 steps, cosine
 schedule, epsilon prediction), AdamW lr 1e-3, batch 64, gradient clipping at 1, 10% empty prompts
 (for classifier-free guidance) and an EMA of the weights (decay ``min(0.999, (1+n)/(10+n))``); the
