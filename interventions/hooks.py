@@ -30,7 +30,7 @@ from jaxtyping import Float
 from .context import Context, When
 from .errors import InterventionError, ShapeMismatchError
 from .layout import along_features, feature_dim, from_tokens, to_tokens, token_mask
-from .store import MemoryStore, Store, StoreKey
+from .store import MemoryStore, Store, StoreKey, store_key, with_branch
 
 Tensor = torch.Tensor
 
@@ -168,18 +168,18 @@ class Cache:
         t = x.detach()
         self._record(ctx.key, t.clone() if self.clone else t)
 
-    def put_rows(self, x: Tensor, ctx: Context, segments: Sequence[tuple[str | None, slice]]) -> None:
+    def whole_batch(self, x: Tensor, ctx: Context, segments: Sequence[tuple[str | None, slice]]) -> None:
         """Store each CFG branch's rows of a batched call under its own key, copying once."""
         t = x.detach()
         if self.clone:
             t = t.clone()
-        site, step, _ = ctx.key
-        if self.on_repeat != "append" and isinstance(self.store, MemoryStore):
-            self._warn_if_replacing((site, step, segments[0][0]))
-            self.store.put_rows(site, step, t, segments)
+        key = ctx.key
+        if self.on_repeat == "append":
+            for branch, rows in segments:
+                self.store.append(with_branch(key, branch), t[rows])
             return
-        for branch, rows in segments:
-            self._record((site, step, branch), t[rows])
+        self._warn_if_replacing(with_branch(key, segments[0][0]))
+        self.store.put_rows(key, t, segments)
 
     def _record(self, key: StoreKey, t: Tensor) -> None:
         if self.on_repeat == "append":

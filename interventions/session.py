@@ -275,7 +275,7 @@ class Session:
         changed = False
         for h in e.hooks:
             if isinstance(h, Cache):
-                h.put_rows(x, ctx, segments)
+                h.whole_batch(x, ctx, segments)
                 continue
             out = self._call(e, h, x, ctx)
             if out is not None:

@@ -3,7 +3,10 @@ safetensors shards on disk with a bounded memory buffer. ``Cache`` writes to a s
 ``Patch`` reads from one.
 
 ``step`` is the denoising step for denoiser sites and the call index otherwise; ``branch`` is
-``"cond"``/``"uncond"`` for CFG rows and None where the call has no branches.
+``"cond"``/``"uncond"`` for CFG rows and None where the call has no branches. A module that runs
+more than once in one call (a shared layer) keys its later invocations with a fourth element, the
+invocation index: ``(site, step, branch, 1)``; the first invocation is the plain three-part key,
+and a four-part key with invocation 0 means the same entry (:func:`store_key`).
 
 ``put`` replaces what a key holds; ``append`` adds a part to it (``Cache(on_repeat="append")``: the
 activations of many prompts, one pipeline call each, under the same keys). ``get`` returns the
@@ -25,11 +28,32 @@ from safetensors.torch import save_file
 
 from .errors import StoreError
 
-StoreKey = tuple[str, int | None, str | None]
+StoreKey = tuple[str, int | None, str | None] | tuple[str, int | None, str | None, int]
+
+
+def store_key(site: str, step: int | None, branch: str | None, invocation: int = 0) -> StoreKey:
+    """The one key of a cached entry: ``(site, step, branch)``, plus the invocation index when a
+    module ran more than once in one call (the first invocation keeps the three-part key, so keys
+    of models without repeated modules read as they always did)."""
+    return (site, step, branch, invocation) if invocation else (site, step, branch)
+
+
+def normal_key(key: tuple) -> StoreKey:  # type: ignore[type-arg]
+    """A key as stores hold it: a four-part key with invocation 0 is the three-part key."""
+    if len(key) == 4 and key[3] == 0:
+        return key[:3]  # type: ignore[return-value]
+    if len(key) not in (3, 4):
+        raise KeyError(f"a store key is (site, step, branch) or (site, step, branch, invocation), got {key!r}")
+    return key  # type: ignore[return-value]
 
 
 class Store(Protocol):
+    """What the engine and the hooks call on a store (``Cache``, ``Patch``, ``Grads``, SAE training)."""
+
     def put(self, key: StoreKey, tensor: torch.Tensor) -> None: ...
+    def put_rows(
+        self, key: StoreKey, tensor: torch.Tensor, segments: Sequence[tuple[str | None, slice]]
+    ) -> None: ...
     def append(self, key: StoreKey, tensor: torch.Tensor) -> None: ...
     def get(self, key: StoreKey) -> torch.Tensor: ...
     def parts(self, key: StoreKey) -> Iterator[torch.Tensor]: ...
@@ -39,10 +63,16 @@ class Store(Protocol):
 
 
 def _missing(key: StoreKey, keys: list[StoreKey]) -> KeyError:
-    site, step, branch = key
+    site, step, branch = key[:3]
     near = [k for k in keys if k[0] == site][:6]
     where = f"entries for this site: {near}" if near else f"sites stored: {sorted({k[0] for k in keys})[:8]}"
-    return KeyError(f"no cached activation for site {site!r}, step {step}, branch {branch!r}; {where}")
+    invocation = f", invocation {key[3]}" if len(key) == 4 else ""
+    return KeyError(f"no cached activation for site {site!r}, step {step}, branch {branch!r}{invocation}; {where}")
+
+
+def with_branch(key: StoreKey, branch: str | None) -> StoreKey:
+    """``key`` with its branch replaced (one CFG block's rows of a batched call)."""
+    return (key[0], key[1], branch, *key[3:])  # type: ignore[return-value]
 
 
 def _moved(tensor: torch.Tensor, device: torch.device | None) -> torch.Tensor:
@@ -89,10 +119,11 @@ class MemoryStore:
         self._data: dict[StoreKey, torch.Tensor | _Rows | _Parts] = {}
 
     def put(self, key: StoreKey, tensor: torch.Tensor) -> None:
-        self._data[key] = _moved(tensor, self.device)
+        self._data[normal_key(key) if len(key) != 3 else key] = _moved(tensor, self.device)
 
     def append(self, key: StoreKey, tensor: torch.Tensor) -> None:
         """Add ``tensor`` as a further part of ``key`` (the first part when the key is new)."""
+        key = normal_key(key)
         if key not in self._data:
             self._data[key] = _moved(tensor, self.device)
             return
@@ -100,14 +131,13 @@ class MemoryStore:
         parts.append(_moved(tensor, self.device))  # type: ignore[union-attr]
         self._data[key] = parts
 
-    def put_rows(
-        self, site: str, step: int | None, tensor: torch.Tensor, segments: Sequence[tuple[str | None, slice]]
-    ) -> None:
-        """Store each CFG branch's rows of one batched tensor under ``(site, step, branch)``."""
+    def put_rows(self, key: StoreKey, tensor: torch.Tensor, segments: Sequence[tuple[str | None, slice]]) -> None:
+        """Store each CFG branch's rows of one batched tensor under ``key`` with that branch
+        (the rows are sliced when first read: one copy, no split at every fire)."""
         tensor = _moved(tensor, self.device)
         data = self._data
         for branch, rows in segments:
-            data[(site, step, branch)] = _Rows(tensor, rows)
+            data[with_branch(key, branch)] = _Rows(tensor, rows)
 
     def get(self, key: StoreKey) -> torch.Tensor:
         value = self._resolved(key)
@@ -121,13 +151,16 @@ class MemoryStore:
         try:
             value = self._data[key]
         except KeyError:
-            raise _missing(key, list(self._data)) from None
+            if normal_key(key) not in self._data:
+                raise _missing(key, list(self._data)) from None
+            key = normal_key(key)
+            value = self._data[key]
         if type(value) is _Rows:
             value = self._data[key] = value.tensor[value.rows]
         return value  # type: ignore[return-value]
 
     def __contains__(self, key: object) -> bool:
-        return key in self._data
+        return key in self._data or (isinstance(key, tuple) and len(key) == 4 and normal_key(key) in self._data)
 
     def keys(self) -> list[StoreKey]:
         return list(self._data)
@@ -148,7 +181,10 @@ _SHARD = re.compile(r"shard-(\d{5}|[1-9]\d{5,})\.safetensors")  # the names flus
 
 
 def _tensor_name(key: StoreKey, part: int = 0) -> str:
-    """``[site, step, branch]`` as JSON; a key's further appended parts add their number."""
+    """``[site, step, branch]`` as JSON; a key's further appended parts add their number, and a
+    later invocation adds its index after the part: ``[site, step, branch, part, invocation]``."""
+    if len(key) == 4:
+        return json.dumps([*key[:3], part, key[3]])
     return json.dumps([*key, part] if part else list(key))
 
 
@@ -158,10 +194,12 @@ def _key_of(name: str) -> tuple[StoreKey, int] | None:
         key = json.loads(name)
     except ValueError:
         return None
-    if not (isinstance(key, list) and len(key) in (3, 4) and isinstance(key[0], str)):
+    if not (isinstance(key, list) and len(key) in (3, 4, 5) and isinstance(key[0], str)):
         return None
-    part = key[3] if len(key) == 4 else 0
-    return ((key[0], key[1], key[2]), part) if isinstance(part, int) and part >= 0 else None
+    part, invocation = (key[3:] + [0, 0])[:2]
+    if not (isinstance(part, int) and part >= 0 and isinstance(invocation, int) and invocation >= 0):
+        return None
+    return store_key(key[0], key[1], key[2], invocation), part
 
 
 def _shard_keys(path: Path) -> list[tuple[StoreKey, int]]:
@@ -180,7 +218,7 @@ def _shard_keys(path: Path) -> list[tuple[StoreKey, int]]:
     if bad:
         raise StoreError(
             f"{path} is named like a store shard but holds tensors not named by a store key "
-            f"(a JSON list [site, step, branch] or [site, step, branch, part]), e.g. {bad[0]!r}; {fix}"
+            f"(a JSON list [site, step, branch], with optional part and invocation), e.g. {bad[0]!r}; {fix}"
         )
     return sorted((k for k in keys if k is not None), key=lambda entry: entry[1])
 
@@ -225,6 +263,7 @@ class DiskStore:
         self._next_shard = max(numbered, default=-1) + 1
 
     def put(self, key: StoreKey, tensor: torch.Tensor) -> None:
+        key = normal_key(key)
         for old in self._buffer.pop(key, []):
             self._buffered -= old.nbytes + _ENTRY_OVERHEAD
         self._replacing.add(key)
@@ -232,6 +271,7 @@ class DiskStore:
 
     def append(self, key: StoreKey, tensor: torch.Tensor) -> None:
         """Add ``tensor`` as a further part of ``key`` (the first part when the key is new)."""
+        key = normal_key(key)
         if key not in self:
             self._replacing.add(key)
         self._add(key, tensor)
@@ -272,11 +312,17 @@ class DiskStore:
         self._replacing.clear()
         self._buffered = 0
 
+    def put_rows(self, key: StoreKey, tensor: torch.Tensor, segments: Sequence[tuple[str | None, slice]]) -> None:
+        """Store each CFG branch's rows of one batched tensor under ``key`` with that branch."""
+        for branch, rows in segments:
+            self.put(with_branch(key, branch), tensor[rows])
+
     def get(self, key: StoreKey) -> torch.Tensor:
         return _concat(key, list(self.parts(key)))
 
     def parts(self, key: StoreKey) -> Iterator[torch.Tensor]:
         """The parts of ``key`` in the order they were added, each read from disk when reached."""
+        key = normal_key(key)
         if key not in self:
             raise _missing(key, self.keys())
         if key not in self._replacing:
@@ -290,6 +336,8 @@ class DiskStore:
         return [found] if isinstance(found, str) else list(found)
 
     def __contains__(self, key: object) -> bool:
+        if isinstance(key, tuple) and len(key) == 4:
+            key = normal_key(key)
         return key in self._buffer or key in self._index
 
     def keys(self) -> list[StoreKey]:

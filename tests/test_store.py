@@ -78,7 +78,7 @@ def test_row_split_cache_is_the_same_in_memory_and_on_disk(tmp_path_factory, siz
     ctx = Context("blocks.0", RunState())
     in_memory, on_disk = Cache(), Cache(DiskStore(tmp_path_factory.mktemp("rows"), buffer_bytes=64))
     for cache in (in_memory, on_disk):
-        cache.put_rows(x, ctx, segments)
+        cache.whole_batch(x, ctx, segments)
     step = ctx.key[1]  # outside any call here
     for branch, rows in segments:
         assert torch.equal(in_memory.get("blocks.0", step, branch), x[rows])

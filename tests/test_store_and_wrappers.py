@@ -184,7 +184,7 @@ class _FakeTensor:
 def test_copies_to_the_cpu_wait_for_the_data(rows):
     store, x = MemoryStore(device="cpu"), _FakeTensor("cuda")
     if rows:
-        store.put_rows("a", 0, x, [("uncond", slice(0, 1)), ("cond", slice(1, 2))])
+        store.put_rows(("a", 0, None), x, [("uncond", slice(0, 1)), ("cond", slice(1, 2))])
     else:
         store.put(("a", 0, "cond"), x)
     assert x.copies == [("cpu", False)]  # an asynchronous copy could be read before it is filled
