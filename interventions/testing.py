@@ -15,6 +15,7 @@ Requires ``hypothesis`` (the ``test`` extra).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -119,18 +120,106 @@ def hook_stacks(draw: st.DrawFn, width: int, max_size: int = 4) -> list[Any]:
     return hooks
 
 
-def hook_snapshot(model: nn.Module) -> dict[str, tuple[int, ...]]:
-    """Counts of every kind of torch hook on every module, for before/after comparison."""
-    kinds = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-    return {name: tuple(len(getattr(m, k, {})) for k in kinds) for name, m in model.named_modules()}
+# The torch hook dicts a session could leave entries in (state-dict hooks are left out: models
+# register those themselves in __init__, and they never run during a forward or backward).
+_HOOK_DICTS = (
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_backward_pre_hooks",
+    "_backward_hooks",
+)
 
 
-def assert_no_hooks_left(model: nn.Module, before: dict[str, tuple[int, ...]] | None = None) -> None:
-    """Fail if any module carries more torch hooks than in ``before`` (default: none at all)."""
-    now = hook_snapshot(model)
-    base = before or {name: (0, 0, 0, 0) for name in now}
-    left = {name: counts for name, counts in now.items() if counts != base.get(name, (0, 0, 0, 0))}
-    assert not left, f"hooks left behind (forward, pre, backward, backward-pre counts): {left}"
+@dataclass(frozen=True, eq=False)
+class Attached:
+    """What one object carries that a session could leave behind: each torch hook entry as
+    ``(dict name, handle id, hook)``, and each instance attribute that shadows a method of its
+    class as ``(name, value)`` (how sessions wrap ``scheduler.step`` or ``pipe.encode_prompt``).
+    Compared by the identity of the hooks and wrappers, so swapping one hook for another of the
+    same kind is a difference, as a count comparison would miss."""
+
+    hooks: tuple[tuple[str, Any, Any], ...] = ()
+    wrappers: tuple[tuple[str, Any], ...] = ()
+
+    def differs_from(self, other: Attached) -> list[str]:
+        """Readable differences from ``other`` (the earlier state); empty when the same objects."""
+        out = []
+        for label, now, then in (("hook", self.hooks, other.hooks), ("wrapper", self.wrappers, other.wrappers)):
+            added = [e for e in now if not any(_same(e, f) for f in then)]
+            removed = [e for e in then if not any(_same(e, f) for f in now)]
+            out += [f"{label} added {_describe(e)}" for e in added]
+            out += [f"{label} gone {_describe(e)}" for e in removed]
+        return out
+
+
+HookSnapshot = dict[str, Attached]
+
+
+def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    return all(x is y or (isinstance(x, (str, int)) and x == y) for x, y in zip(a, b, strict=True))
+
+
+def _describe(entry: tuple[Any, ...]) -> str:
+    where, *keys, value = entry
+    return where + "".join(f"[{k}]" for k in keys) + f" = {getattr(value, '__qualname__', repr(value))}"
+
+
+def _wrappers(obj: Any) -> tuple[tuple[str, Any], ...]:
+    """Instance attributes holding a callable where the class has a method of that name."""
+    own = getattr(obj, "__dict__", {})
+    cls = type(obj)
+    return tuple(
+        (name, value)
+        for name, value in own.items()
+        if callable(value) and callable(getattr(cls, name, None)) and not isinstance(value, nn.Module)
+    )
+
+
+def _module_hooks(module: nn.Module) -> tuple[tuple[str, Any, Any], ...]:
+    return tuple((d, key, hook) for d in _HOOK_DICTS for key, hook in getattr(module, d, {}).items())
+
+
+def hook_snapshot(obj: Any) -> HookSnapshot:
+    """The hooks and instance wrappers on ``obj`` and everything below it, by path: every module
+    of an ``nn.Module``; for a pipeline (anything with a ``components`` mapping, as diffusers
+    pipelines have) the pipeline itself under ``""`` and each component under its name (modules
+    with all their submodules, the scheduler and other objects for their instance wrappers)."""
+    out: HookSnapshot = {}
+
+    def visit(prefix: str, item: Any) -> None:
+        if isinstance(item, nn.Module):
+            for name, m in item.named_modules():
+                path = f"{prefix}.{name}" if prefix and name else prefix or name
+                out[path] = Attached(_module_hooks(m), _wrappers(m))
+        elif item is not None:
+            out[prefix] = Attached(wrappers=_wrappers(item))
+
+    components = getattr(obj, "components", None)
+    if not isinstance(obj, nn.Module) and isinstance(components, Mapping):
+        out[""] = Attached(wrappers=_wrappers(obj))
+        for name, component in components.items():
+            visit(name, component)
+    else:
+        visit("", obj)
+    return out
+
+
+def assert_no_hooks_left(obj: Any, before: HookSnapshot | None = None) -> None:
+    """Fail unless ``obj`` (a module or a pipeline) carries exactly the hooks and instance wrappers
+    it carried in ``before`` (default: none at all), the same objects, not just as many."""
+    now = hook_snapshot(obj)
+    empty = Attached()
+    left = {
+        path: diff
+        for path in sorted(set(now) | set(before or {}))
+        if (diff := now.get(path, empty).differs_from((before or {}).get(path, empty)))
+    }
+    assert not left, "hooks or wrappers left behind (remove the session, or the handle that added them): " + "; ".join(
+        f"{path or '<root>'}: {', '.join(diff)}" for path, diff in left.items()
+    )
 
 
 def assert_identity(
@@ -149,7 +238,9 @@ def assert_identity(
 
 
 __all__ = [
+    "Attached",
     "Block",
+    "HookSnapshot",
     "activations",
     "assert_identity",
     "assert_no_hooks_left",
