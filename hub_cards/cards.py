@@ -2,16 +2,16 @@
 
 The YAML header carries ``base_model``, ``datasets``, ``library_name``, ``tags`` and ``license``
 (rendered by ``huggingface_hub.ModelCardData``); the body says which site, layout, steps and CFG
-branch each artifact was made for and how to load it in three lines. For SAEs and steering vectors
-the table is read from the ``cfg.json`` files already saved in the folder, so the card cannot
-disagree with the artifacts it describes.
+branch each artifact was made for, its method, training data and held-out metrics, and how to load
+it as an object that attaches itself (``SAE.load(pull(...))``). For SAEs and steering vectors the
+table is read from the ``cfg.json`` files already saved in the folder, so the card cannot
+disagree with the artifacts it describes; ``datasets`` defaults to the ones they record.
 
 >>> write_card("out/my-saes", "sae", repo_id="me/my-saes", datasets=["me/prompts"])  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ArtifactError
-from .layouts import CFG_NAME, SAE_WEIGHTS_NAME, STEERING_VECTOR_NAME
+from .layouts import CFG_NAME, SAE_WEIGHTS_NAME, STEERING_VECTOR_NAME, read_json, walk_files, write_text
 
 if TYPE_CHECKING:
     from huggingface_hub import ModelCard, ModelCardData
@@ -67,23 +67,30 @@ def _layout(layout: str | None) -> str:
     return "features last" if layout is None else f"`{layout}`"
 
 
+def _metrics(metrics: Any) -> str:
+    """A training report's numbers (``{"fvu": 0.07, "l0": 8}``) as ``fvu 0.07, l0 8``."""
+    if not isinstance(metrics, Mapping) or not metrics:
+        return "-"
+    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+
+
 def _entry(kind: str, subfolder: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """One table row; the config's fields are shown as they are (their meaning is the format owner's)."""
     if kind == "sae":
         meta = cfg.get("metadata") or {}
-        arch = cfg.get("architecture")
-        if arch == "topk" and meta.get("interventions_architecture") == "batchtopk":
-            arch = "batchtopk"
         return {
             "subfolder": subfolder,
-            "site": meta.get("site") or meta.get("hook_name"),
+            "site": meta.get("site") or meta.get("hook_name") or "not recorded",
             "layout": _layout(meta.get("layout")),
             "steps": format_steps(meta.get("steps")),
             "branch": _branch(meta.get("branch")),
-            "architecture": arch,
+            "architecture": meta.get("interventions_architecture") or cfg.get("architecture"),
             "d_in": cfg.get("d_in"),
             "d_sae": cfg.get("d_sae"),
             "k": cfg.get("k", "-"),
             "method": meta.get("method") or "-",
+            "dataset": meta.get("dataset") or "-",
+            "metrics": _metrics(meta.get("metrics")),
             "base_model": meta.get("base_model") or meta.get("model_name"),
         }
     return {
@@ -93,6 +100,8 @@ def _entry(kind: str, subfolder: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
         "steps": format_steps(cfg.get("steps")),
         "branch": _branch(cfg.get("branch")),
         "method": cfg.get("method"),
+        "dataset": cfg.get("dataset") or "-",
+        "metrics": _metrics(cfg.get("metrics")),
         "default_scale": cfg.get("default_scale"),
         "normalized": "yes" if cfg.get("normalized") else "no",
         "base_model": cfg.get("base_model"),
@@ -105,30 +114,23 @@ def card_entries(folder: str | os.PathLike[str], kind: str) -> list[dict[str, An
         raise ValueError(f"card_entries reads SAE and steering-vector folders, not {kind!r}")
     root = Path(folder)
     rows = []
-    for weights in sorted(root.rglob(_WEIGHTS[kind])):
+    for weights in walk_files(root):
         cfg_path = weights.parent / CFG_NAME
-        if not cfg_path.is_file():
+        if weights.name != _WEIGHTS[kind] or not cfg_path.is_file():
             continue
-        try:
-            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-        except ValueError as e:
-            raise ArtifactError(f"{cfg_path} is not valid JSON: {e}") from None
-        rel = weights.parent.relative_to(root).as_posix()
-        rows.append(_entry(kind, rel, cfg))
+        cfg = read_json(cfg_path, root=root)
+        if not isinstance(cfg, dict):
+            raise ArtifactError(f"{cfg_path} must hold a JSON object, got {type(cfg).__name__}")
+        rows.append(_entry(kind, weights.parent.relative_to(root).as_posix(), cfg))
     return rows
 
 
 def _snippet(kind: str, repo_id: str, subfolder: str) -> str:
-    if kind == "sae":
-        return (
-            "from hub_cards import load_sae, pull\n"
-            f'folder = pull("{repo_id}", subfolder="{subfolder}")\n'
-            "cfg, tensors = load_sae(folder)"
-        )
+    cls, module = ("SAE", "interventions.sae") if kind == "sae" else ("SteeringVector", "interventions.steering")
     return (
-        "from hub_cards import load_steering_vector, pull\n"
-        f'folder = pull("{repo_id}", subfolder="{subfolder}")\n'
-        "cfg, tensors = load_steering_vector(folder)"
+        f"from hub_cards import pull\nfrom {module} import {cls}\n\n"
+        f'{kind} = {cls}.load(pull("{repo_id}", subfolder="{subfolder}"))\n'
+        f"session = {kind}.attach(model)  # a context manager; exit it to remove the hooks"
     )
 
 
@@ -161,6 +163,8 @@ def render_card(kind: str, *, card_data: ModelCardData | None = None, **fields: 
     tags = [*(data.tags or []), *_KIND_TAGS[kind], *(fields.pop("tags", None) or [])]
     data.tags = sorted(set(tags))
     datasets = fields.pop("datasets", None)
+    if datasets is None:
+        datasets = sorted({e["dataset"] for e in entries if e.get("dataset") not in (None, "-")}) or None
     if datasets is not None:
         data.datasets = [datasets] if isinstance(datasets, str) else list(datasets)
     if hub_bases:
@@ -195,5 +199,5 @@ def write_card(folder: str | os.PathLike[str], kind: str, **fields: Any) -> Path
     card = render_card(kind, **fields)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "README.md"
-    card.save(str(path))
+    write_text(path, str(card))  # through a rename: a planted symlink is replaced, never written through
     return path

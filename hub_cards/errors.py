@@ -1,4 +1,4 @@
-"""The one error ``hub_cards`` raises for artifacts it refuses to write or read."""
+"""The errors ``hub_cards`` raises: one for artifacts it refuses, one for Hub requests that failed."""
 
 from __future__ import annotations
 
@@ -8,6 +8,11 @@ class ArtifactError(ValueError):
 
     Raised for a folder or repo that holds a pickle (``*.pt``, ``*.bin``, ...) where safetensors are
     expected, a truncated or corrupt safetensors file, a ``cfg.json`` with missing or wrongly typed
-    fields, and tensors whose names or shapes disagree with the config. The message names the file
-    and every problem found, so one read tells the user what to fix.
+    fields, tensors whose names or shapes disagree with the config, and files that lead outside the
+    folder. The message names the file and every problem found, so one read tells the user what to fix.
     """
+
+
+class HubError(RuntimeError):
+    """A Hub request that cannot succeed as asked: no such repo or revision, a tag that exists,
+    an offline cache that lacks the files, an unreachable server. The message says what to do."""

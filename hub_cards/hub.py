@@ -1,11 +1,14 @@
 """Push artifact folders to the Hugging Face Hub and pull them back, safetensors and JSON only.
 
-``push`` checks every artifact in the folder (as the loaders would) and refuses pickles and any
-other file that ``pull`` would not fetch back before it creates anything, then runs
-``create_repo(exist_ok=True)`` + ``upload_folder`` (one commit) and an
-optional ``create_tag``. ``pull`` is ``snapshot_download`` restricted to ``*.json``,
-``*.safetensors`` and ``*.md``: a pickle in the repo is never downloaded, and a repo (or subfolder)
-without safetensors is an :class:`ArtifactError` that names what the repo holds instead.
+``push`` checks the folder (every file as the loaders would, plus the caller's ``check`` for the
+formats it knows) and refuses pickles, files ``pull`` would not fetch back, symlinks leading out of
+the folder and a tag that already exists, all before it creates anything; a folder without a
+``README.md`` gets a card written from its artifacts' own metadata. Then ``create_repo(exist_ok)``
++ ``upload_folder`` (one commit) and the optional ``create_tag``. ``pull`` is ``snapshot_download``
+restricted to ``*.json``, ``*.safetensors`` and ``*.md`` (a pickle in the repo is never
+downloaded); what it fetched is checked the same way, and a refused pull removes every file it
+added. Hub failures (no such repo or revision, an offline cache without the files, no network)
+are a :class:`HubError` that says what to do.
 
 The Hub is ``endpoint=`` when given, else ``$HF_ENDPOINT`` read at call time (``huggingface_hub``
 reads it only once, at import), else huggingface.co. ``huggingface_hub`` is imported inside the
@@ -15,11 +18,15 @@ functions so that ``import hub_cards`` stays fast.
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from fnmatch import fnmatch
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .errors import ArtifactError
+from .cards import write_card
+from .errors import ArtifactError, HubError
 from .layouts import (
     CFG_NAME,
     PICKLE_SUFFIXES,
@@ -27,8 +34,9 @@ from .layouts import (
     STEERING_VECTOR_NAME,
     check_safetensors,
     find_pickles,
-    load_sae,
-    load_steering_vector,
+    outside_links,
+    read_json,
+    walk_files,
 )
 
 if TYPE_CHECKING:
@@ -40,14 +48,16 @@ __all__ = ["PULL_PATTERNS", "check_folder", "pull", "push", "resolve_endpoint"]
 PULL_PATTERNS = ("*.json", "*.safetensors", "*.md")
 #: Folders that ``upload_folder`` skips anyway: git internals and huggingface_hub's local-dir metadata.
 _SKIPPED = (".git", ".cache/huggingface")
+#: A format check: raises ArtifactError for a folder its loaders would refuse.
+Check = Callable[[Path], Any]
 
 
 def _files(root: Path) -> list[str]:
     """Every file under ``root`` that ``upload_folder`` would upload (relative POSIX paths, sorted)."""
     out = []
-    for path in sorted(root.rglob("*")):
+    for path in walk_files(root):
         rel = path.relative_to(root).as_posix()
-        if path.is_file() and not any(f"/{d}/" in f"/{rel}" for d in _SKIPPED):
+        if not any(f"/{d}/" in f"/{rel}" for d in _SKIPPED):
             out.append(rel)
     return out
 
@@ -58,13 +68,14 @@ def resolve_endpoint(endpoint: str | None = None) -> str | None:
     return value.rstrip("/") if value else None
 
 
-def check_folder(folder: str | os.PathLike[str]) -> dict[str, list[str]]:
+def check_folder(folder: str | os.PathLike[str], check: Check | None = None) -> dict[str, list[str]]:
     """Validate everything ``push`` would upload; returns ``{"sae": [...], "steering_vector": [...],
     "safetensors": [...]}`` (paths relative to ``folder``).
 
     Refuses (:class:`ArtifactError`) a missing or empty folder, any pickle or other file that is not
-    safetensors, JSON or markdown, an SAE or steering-vector folder that its loader refuses, and any
-    other truncated or corrupt safetensors file.
+    safetensors, JSON or markdown, a symlink that leads outside the folder, a JSON file or a
+    safetensors file that cannot be read safely, and whatever ``check(folder)`` refuses (the formats'
+    own validation: ``interventions.artifacts.check_artifacts``).
     """
     root = Path(folder)
     if not root.is_dir():
@@ -77,25 +88,79 @@ def check_folder(folder: str | os.PathLike[str]) -> dict[str, list[str]]:
             f"{root} holds pickles ({', '.join(pickles)}): interventions publishes only safetensors and JSON; "
             "convert them with safetensors.torch.save_file or move them out of the folder"
         )
-    others = [f for f in _files(root) if not any(fnmatch(PurePosixPath(f).name, p) for p in PULL_PATTERNS)]
+    links = outside_links(root)
+    if links:
+        raise ArtifactError(
+            f"{root} holds symlinks that lead outside it ({', '.join(links)}): the upload would publish their "
+            "targets; copy the files into the folder or remove the links"
+        )
+    files = _files(root)
+    others = [f for f in files if not any(fnmatch(PurePosixPath(f).name, p) for p in PULL_PATTERNS)]
     if others:
         raise ArtifactError(
             f"{root} holds files that are not safetensors, JSON or markdown ({', '.join(others)}): pull would never "
             "fetch them back, and interventions publishes nothing else; move them out of the folder"
         )
     found: dict[str, list[str]] = {"sae": [], "steering_vector": [], "safetensors": []}
-    for path in sorted(root.rglob("*.safetensors")):
-        rel = path.parent.relative_to(root).as_posix()
-        if path.name == SAE_WEIGHTS_NAME and (path.parent / CFG_NAME).is_file():
-            load_sae(path.parent)
-            found["sae"].append(rel)
-        elif path.name == STEERING_VECTOR_NAME and (path.parent / CFG_NAME).is_file():
-            load_steering_vector(path.parent)
-            found["steering_vector"].append(rel)
-        else:
-            check_safetensors(path)
-            found["safetensors"].append(path.relative_to(root).as_posix())
+    kinds = {SAE_WEIGHTS_NAME: "sae", STEERING_VECTOR_NAME: "steering_vector"}
+    for rel in files:
+        path = root / rel
+        if path.suffix == ".json":
+            read_json(path, root=root)
+        elif path.suffix == ".safetensors":
+            check_safetensors(path, root=root)
+            kind = kinds.get(path.name) if (path.parent / CFG_NAME).is_file() else None
+            found[kind or "safetensors"].append(path.parent.relative_to(root).as_posix() if kind else rel)
+    if check is not None:
+        check(root)
     return found
+
+
+def _card_kind(found: dict[str, list[str]]) -> str:
+    return "sae" if found["sae"] else "steering_vector" if found["steering_vector"] else "model"
+
+
+@contextmanager
+def _hub_errors(repo_id: str, revision: str | None, endpoint: str | None, *, offline: bool = False) -> Iterator[None]:
+    """Turn ``huggingface_hub`` failures into a :class:`HubError` that says what to do."""
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    where = f"{repo_id}@{revision or 'main'}"
+    hub = endpoint or "the Hub"
+    try:
+        yield
+    except RepositoryNotFoundError:
+        raise HubError(
+            f"{repo_id}: no such repo on {hub} (or it is private and your token cannot see it); check the name, "
+            "or log in with `hf auth login`"
+        ) from None
+    except RevisionNotFoundError:
+        raise HubError(
+            f"{repo_id}: no branch, tag or commit {revision!r}; list them with HfApi().list_repo_refs({repo_id!r})"
+        ) from None
+    except LocalEntryNotFoundError:
+        if offline:
+            raise HubError(
+                f"{where} is not (completely) in the Hub cache and the network is off; pull it once without "
+                "--offline / local_files_only (or unset HF_HUB_OFFLINE)"
+            ) from None
+        raise HubError(f"cannot reach {hub} for {where}: check the network, --endpoint or $HF_ENDPOINT") from None
+    except HfHubHTTPError as e:
+        status = e.response.status_code if e.response is not None else "?"
+        raise HubError(f"{hub} refused the request for {where} (HTTP {status}): {str(e).splitlines()[0]}") from None
+    except OSError as e:  # connection refused, DNS, timeouts (httpx errors are not OSErrors: see below)
+        raise HubError(f"cannot reach {hub} for {where}: {e}; check the network, --endpoint or $HF_ENDPOINT") from None
+    except Exception as e:
+        if type(e).__module__.split(".")[0] in ("httpx", "httpcore", "requests", "urllib3"):
+            raise HubError(
+                f"cannot reach {hub} for {where}: {e}; check the network, --endpoint or $HF_ENDPOINT"
+            ) from None
+        raise
 
 
 def push(
@@ -109,31 +174,82 @@ def push(
     private: bool | None = None,
     endpoint: str | None = None,
     repo_type: str = "model",
+    check: Check | None = None,
 ) -> CommitInfo:
     """Upload ``folder`` to ``repo_id`` in one commit; returns the ``huggingface_hub.CommitInfo``.
 
     The repo is created if needed; ``revision`` is a branch (created from ``main`` if missing);
-    ``tag`` tags the new commit (an existing tag is an error). The folder is checked with
-    :func:`check_folder` first, so nothing reaches the Hub that our loaders would refuse.
+    ``tag`` tags the new commit. Everything is checked first (:func:`check_folder` with ``check``,
+    and that ``tag`` does not exist yet), so a refused push changes nothing on the Hub. A folder
+    without ``README.md`` gets one written from its artifacts' metadata (with a warning).
     """
     from huggingface_hub import HfApi
 
-    check_folder(folder)
-    api = HfApi(endpoint=resolve_endpoint(endpoint), token=token)
-    api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
-    if revision is not None and revision != "main":
-        api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
-    info = api.upload_folder(
-        folder_path=str(folder),
-        repo_id=repo_id,
-        repo_type=repo_type,
-        revision=revision,
-        commit_message=commit_message,
-        allow_patterns=list(PULL_PATTERNS),
-    )
-    if tag is not None:
-        api.create_tag(repo_id, tag=tag, revision=info.oid, repo_type=repo_type)
+    root = Path(folder)
+    found = check_folder(root, check)
+    ep = resolve_endpoint(endpoint)
+    api = HfApi(endpoint=ep, token=token)
+    with _hub_errors(repo_id, revision, ep):
+        if tag is not None:
+            _refuse_existing_tag(api, repo_id, tag, repo_type)
+        if not (root / "README.md").exists():
+            card = write_card(root, _card_kind(found), repo_id=repo_id)
+            warnings.warn(f"{root} had no README.md: wrote a card from the artifacts' metadata to {card}", stacklevel=2)
+        api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+        if revision is not None and revision != "main":
+            api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
+        info = api.upload_folder(
+            folder_path=str(root),
+            repo_id=repo_id,
+            repo_type=repo_type,
+            revision=revision,
+            commit_message=commit_message,
+            allow_patterns=list(PULL_PATTERNS),
+        )
+        if tag is not None:
+            api.create_tag(repo_id, tag=tag, revision=info.oid, repo_type=repo_type)
     return info
+
+
+def _refuse_existing_tag(api: Any, repo_id: str, tag: str, repo_type: str) -> None:
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        tags = {t.name: t.target_commit for t in api.list_repo_refs(repo_id, repo_type=repo_type).tags}
+    except RepositoryNotFoundError:
+        return  # a new repo has no tags
+    if tag in tags:
+        raise HubError(
+            f"{repo_id} already has the tag {tag!r} (commit {tags[tag][:12]}); nothing was uploaded: choose another "
+            f"tag, or delete it first with HfApi().delete_tag({repo_id!r}, tag={tag!r})"
+        )
+
+
+def _subfolder(subfolder: str | None) -> str | None:
+    """``subfolder`` as a relative POSIX path inside the repo; ``..``, ``.`` and absolute paths are refused."""
+    if not subfolder:
+        return None
+    parts = PurePosixPath(subfolder.strip("/")).parts
+    if subfolder.startswith("/") or "\\" in subfolder or not parts or any(p in ("..", ".") for p in parts):
+        raise ArtifactError(
+            f"subfolder {subfolder!r} must be a folder inside the repo (like 'saes/layer_3'), without '..', '.' "
+            "or a leading '/'"
+        )
+    return "/".join(parts)
+
+
+def _snapshot_files(folder: Path) -> set[Path]:
+    return set(walk_files(folder)) if folder.is_dir() else set()
+
+
+def _remove_new(folder: Path, before: set[Path]) -> None:
+    """Delete what a refused pull added under ``folder`` (files, then the folders left empty)."""
+    for path in _snapshot_files(folder) - before:
+        path.unlink(missing_ok=True)
+    if folder.is_dir():
+        for dirpath, _, _ in sorted(os.walk(folder), key=lambda w: -len(w[0])):
+            if Path(dirpath) != folder and not any(Path(dirpath).iterdir()):
+                Path(dirpath).rmdir()
 
 
 def pull(
@@ -147,39 +263,68 @@ def pull(
     token: str | None = None,
     endpoint: str | None = None,
     repo_type: str = "model",
+    check: Check | None = None,
 ) -> Path:
     """Download the JSON, safetensors and Markdown files of ``repo_id`` (or of one ``subfolder``).
 
     Returns the local folder (the snapshot in the Hub cache, or ``local_dir``), joined with
     ``subfolder``. ``local_files_only=True`` (or ``HF_HUB_OFFLINE=1``) reads the Hub cache only.
-    Raises :class:`ArtifactError` when the result holds no safetensors file, naming what the repo
-    holds instead (a pickle is listed, never downloaded).
+    What came down is checked as :func:`push` checks (with ``check`` for the formats); refused
+    (:class:`ArtifactError`, naming what the repo holds instead of safetensors, a pickle listed but
+    never downloaded), every file this call added is removed again.
     """
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.file_download import repo_folder_name
 
-    sub = subfolder.strip("/") if subfolder else None
+    sub = _subfolder(subfolder)
     patterns = [f"{sub}/{p}" for p in PULL_PATTERNS] + ["README.md"] if sub else list(PULL_PATTERNS)
     ep = resolve_endpoint(endpoint)
-    root = Path(
-        snapshot_download(
-            repo_id,
-            repo_type=repo_type,
-            revision=revision,
-            cache_dir=None if cache_dir is None else Path(cache_dir),
-            local_dir=None if local_dir is None else Path(local_dir),
-            allow_patterns=patterns,
-            local_files_only=local_files_only,
-            token=token,
-            endpoint=ep,
-        )
+    offline = local_files_only or constants.HF_HUB_OFFLINE
+    target = (
+        Path(local_dir)
+        if local_dir is not None
+        else Path(cache_dir or constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type=repo_type)
     )
-    path = root / sub if sub else root
-    if path.is_dir() and any(path.rglob("*.safetensors")):
-        return path
+    before = _snapshot_files(target)
+    try:
+        with _hub_errors(repo_id, revision, ep, offline=offline):
+            root = Path(
+                snapshot_download(
+                    repo_id,
+                    repo_type=repo_type,
+                    revision=revision,
+                    cache_dir=None if cache_dir is None else Path(cache_dir),
+                    local_dir=None if local_dir is None else Path(local_dir),
+                    allow_patterns=patterns,
+                    local_files_only=local_files_only,
+                    token=token,
+                    endpoint=ep,
+                )
+            )
+        path = root / sub if sub else root
+        if not (path.is_dir() and any(p.suffix == ".safetensors" for p in walk_files(path))):
+            _refuse_empty(repo_id, revision, sub, root, offline, repo_type, token, ep)
+        check_folder(path, check)
+    except BaseException:
+        _remove_new(target, before)
+        raise
+    return path
+
+
+def _refuse_empty(
+    repo_id: str,
+    revision: str | None,
+    sub: str | None,
+    root: Path,
+    offline: bool,
+    repo_type: str,
+    token: str | None,
+    endpoint: str | None,
+) -> None:
     where = f"{repo_id}@{revision or 'main'}" + (f" subfolder {sub!r}" if sub else "")
-    files = _remote_files(repo_id, revision, repo_type, token, ep) if not local_files_only else None
+    files = None if offline else _remote_files(repo_id, revision, repo_type, token, endpoint)
     if files is None:
-        files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+        files = sorted(p.relative_to(root).as_posix() for p in walk_files(root))
     inside = [f for f in files if not sub or f.startswith(sub + "/")]
     pickles = [f for f in inside if Path(f).suffix.lower() in PICKLE_SUFFIXES]
     if pickles:
@@ -196,10 +341,8 @@ def pull(
 def _remote_files(
     repo_id: str, revision: str | None, repo_type: str, token: str | None, endpoint: str | None
 ) -> list[str] | None:
-    from huggingface_hub import HfApi, constants
+    from huggingface_hub import HfApi
 
-    if constants.HF_HUB_OFFLINE:
-        return None
     try:
         return sorted(
             HfApi(endpoint=endpoint, token=token).list_repo_files(repo_id, revision=revision, repo_type=repo_type)

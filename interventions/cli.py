@@ -88,42 +88,51 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _hub(args: argparse.Namespace) -> int:
+    """``hub push`` / ``hub pull``: every refusal and Hub failure is one line on stderr and exit code 2."""
     if args.hub_command is None:
         args.print_help()
         return 2
-    from hub_cards import ArtifactError, pull, push
+    import warnings
+
+    from hub_cards import ArtifactError, HubError, pull, push
+
+    from .artifacts import check_artifacts
 
     try:
-        if args.hub_command == "push":
-            info = push(
-                args.dir,
-                args.repo_id,
-                revision=args.revision,
-                tag=args.tag,
-                commit_message=args.message,
-                private=True if args.private else None,
-                endpoint=args.endpoint,
-            )
-            print(info.commit_url)
-            if args.tag:
-                print(f"tagged {args.tag} -> {info.oid}")
-            return 0
-        if args.hub_command == "pull":
-            path = pull(
-                args.repo_id,
-                revision=args.revision,
-                subfolder=args.subfolder,
-                local_dir=args.local_dir,
-                cache_dir=args.cache_dir,
-                local_files_only=args.offline,
-                endpoint=args.endpoint,
-            )
-            print(path)
-            return 0
-    except ArtifactError as e:
-        print(f"interventions hub {args.hub_command}: {e}", file=sys.stderr)
+        with warnings.catch_warnings(record=True) as notes:
+            warnings.simplefilter("always")
+            if args.hub_command == "push":
+                info = push(
+                    args.dir,
+                    args.repo_id,
+                    revision=args.revision,
+                    tag=args.tag,
+                    commit_message=args.message,
+                    private=True if args.private else None,
+                    endpoint=args.endpoint,
+                    check=check_artifacts,
+                )
+                result = info.commit_url + (f"\ntagged {args.tag} -> {info.oid}" if args.tag else "")
+            else:
+                result = str(
+                    pull(
+                        args.repo_id,
+                        revision=args.revision,
+                        subfolder=args.subfolder,
+                        local_dir=args.local_dir,
+                        cache_dir=args.cache_dir,
+                        local_files_only=args.offline,
+                        endpoint=args.endpoint,
+                        check=check_artifacts,
+                    )
+                )
+    except (ArtifactError, HubError) as e:
+        print(f"interventions hub {args.hub_command}: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    raise AssertionError(args.hub_command)  # argparse allows only push and pull
+    for note in notes:
+        print(f"interventions hub {args.hub_command}: {note.message}", file=sys.stderr)
+    print(result)
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:

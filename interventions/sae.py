@@ -18,6 +18,7 @@ back to per-token top-k at inference, as in SAeUron and TADA.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -26,16 +27,18 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from . import sae_format
 from .context import Context, When
 from .hooks import SAEEdit, WidthCheck
+from .sae_format import SAELENS_ARCH
 
 Kind = Literal["topk", "batchtopk", "relu", "jumprelu"]
-SAELENS_ARCH = {"topk": "topk", "batchtopk": "batchtopk", "relu": "standard", "jumprelu": "jumprelu"}
 
 
 @dataclass
 class SAEInfo:
-    """What an SAE was made for; stored in its cfg.json ``metadata``."""
+    """What an SAE was made for; stored in its cfg.json ``metadata`` (``metrics``: the held-out
+    numbers of its training report, shown on its card; ``extra``: any other metadata, kept as is)."""
 
     site: str = ""
     layout: str | None = None
@@ -44,6 +47,7 @@ class SAEInfo:
     branch: str = "all"
     method: str = ""
     dataset: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -138,16 +142,30 @@ class SAE(nn.Module):
         k = f", k={self.k}" if self.kind in ("topk", "batchtopk") else ""
         return f"d_in={self.d_in}, d_sae={self.d_sae}, kind={self.kind}{k}, site={self.info.site!r}"
 
-    def save(self, folder: Any) -> None:
-        from .artifacts import save_sae
-
-        save_sae(self, folder)
+    def save(self, folder: str | os.PathLike[str]) -> None:
+        """Write this SAE in the SAELens >= 6 layout (:mod:`interventions.sae_format`); refused with
+        nothing written when it would not load back (non-finite weights, a branch outside the vocabulary)."""
+        sae_format.save(self, folder)
 
     @classmethod
-    def load(cls, folder: Any) -> SAE:
-        from .artifacts import load_sae
-
-        return load_sae(folder)
+    def load(cls, folder: str | os.PathLike[str]) -> SAE:
+        """An SAE from a folder in the SAELens >= 6 layout (ours or SAELens'); refused
+        (``hub_cards.ArtifactError``) when its settings or tensors would make it compute something else."""
+        spec = sae_format.read(folder)
+        info = SAEInfo(**spec.info)
+        sae = cls(
+            spec.d_in,
+            spec.d_sae,
+            spec.kind,  # type: ignore[arg-type]
+            spec.k or 1,
+            info=info,
+            dtype=spec.dtype,
+            apply_b_dec_to_input=spec.apply_b_dec_to_input,
+        )
+        with torch.no_grad():
+            for name, t in spec.tensors.items():
+                getattr(sae, name).copy_(t)
+        return sae.eval()
 
 
 def _layout(info: SAEInfo, site: str) -> dict[str, str] | None:

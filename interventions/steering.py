@@ -3,7 +3,7 @@
 and applied as an addition (with norm restore) or a projection removal, restricted with When.
 
 A vector records the base model, sites, layout, step/branch window and method it was made with,
-so that a saved vector says what it is for (see ``hub_cards`` for the file layout).
+so that a saved vector says what it is for (:mod:`interventions.steering_format` has the file layout).
 
 >>> pos, neg = torch.randn(16, 8) + 2.0, torch.randn(16, 8)
 >>> v = SteeringVector.contrastive({"blocks.3": pos}, {"blocks.3": neg}, unit=True)
@@ -13,6 +13,7 @@ so that a saved vector says what it is for (see ``hub_cards`` for the file layou
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -20,6 +21,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from . import steering_format
 from .context import When
 from .hooks import Ablate, AddVector, WidthCheck
 from .layout import feature_dim, to_tokens
@@ -130,7 +132,7 @@ class SteeringVector:
             if mode == "add":
                 hook: Any = AddVector(v, scale=scale, restore_norm=restore_norm, when=w)
             elif mode == "remove":
-                hook = Ablate("project", direction=v, strength=strength, restore_norm=restore_norm, when=w)
+                hook = Ablate("project_positive", direction=v, strength=strength, restore_norm=restore_norm, when=w)
             else:
                 raise ValueError(f"mode must be 'add' or 'remove', got {mode!r}")
             out.setdefault(site, [WidthCheck(v.shape[-1], f"steering vector for {site!r}")]).append(hook)
@@ -145,16 +147,15 @@ class SteeringVector:
         layouts = {s: self.layout for s in self.sites} if self.layout else None
         return attach(model, self.hooks(scale, **hook_kw), layouts=layouts, **kw)
 
-    def save(self, folder: Any) -> None:
-        from .artifacts import save_steering_vector
-
-        save_steering_vector(self, folder)
+    def save(self, folder: str | os.PathLike[str]) -> None:
+        """Write ``cfg.json`` + ``steering_vector.safetensors`` (:mod:`interventions.steering_format`);
+        refused with nothing written when it would not load back."""
+        steering_format.save(self, folder)
 
     @classmethod
-    def load(cls, folder: Any) -> SteeringVector:
-        from .artifacts import load_steering_vector
-
-        return load_steering_vector(folder)
+    def load(cls, folder: str | os.PathLike[str]) -> SteeringVector:
+        """A vector from a folder; refused (``hub_cards.ArtifactError``) by name when it is not one."""
+        return cls(**steering_format.read(folder))
 
 
 def _group(
@@ -164,11 +165,12 @@ def _group(
     if isinstance(source, Mapping):
         return {k: to_tokens(v, layout).float() for k, v in source.items()}
     groups: dict[Key, list[Tensor]] = {}
-    for site, step, b in source.keys():
+    for stored in source.keys():
+        site, step, b = stored[:3]  # every invocation of a module used more than once
         if (branch is not None and b != branch) or (sites is not None and site not in sites):
             continue
         key: Key = (site, int(step)) if per_step and step is not None else site
-        groups.setdefault(key, []).append(to_tokens(source.get((site, step, b)), layout).float())
+        groups.setdefault(key, []).append(to_tokens(source.get(stored), layout).float())
     if not groups:
         raise ValueError(f"the store holds no activations for branch {branch!r}")
     return {k: torch.cat(v) for k, v in groups.items()}

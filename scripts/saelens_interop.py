@@ -5,12 +5,10 @@ transformers, clash with the project's, so it lives in its own virtual environme
 
 ``export OUT`` (the project's Python)
     Saves one SAE per architecture (standard, topk, batchtopk, jumprelu; and a jumprelu that does not
-    centre its input) with ``hub_cards.save_sae``
-    under ``OUT/repo/<site>/``, writes the repo card, and stores inputs and the expected latents and
-    reconstructions in ``OUT/expected/<name>.safetensors``. The expectations come from the formula
-    ``z = act((x - b_dec) W_enc + b_enc)`` (``x`` uncentred when ``apply_b_dec_to_input`` is false),
-    ``x_hat = z W_dec + b_dec``; when ``interventions.SAE``
-    is importable, our module is loaded from the same folder and must give the same outputs.
+    centre its input) with ``SAE.save`` under ``OUT/repo/<site>/``, writes the repo card, and
+    stores inputs and the expected latents and reconstructions in ``OUT/expected/<name>.safetensors``:
+    ``SAE.load`` of the same folder, checked against the formula ``z = act((x - b_dec) W_enc + b_enc)``
+    (``x`` uncentred when ``apply_b_dec_to_input`` is false), ``x_hat = z W_dec + b_dec``.
 
 ``check OUT`` (the SAELens venv's Python; needs only this checkout on ``sys.path``)
     Starts the test Hub server (``tests/hub_server.py``), points ``HF_ENDPOINT`` at it, pushes
@@ -60,62 +58,43 @@ def _reference(arch: str, t: dict, x, centred: bool):  # type: ignore[no-untyped
 
 def export(out: Path) -> int:
     import torch
+    from safetensors.torch import load_file, save_file
 
-    from hub_cards import load_sae, save_sae, write_card
+    from hub_cards import write_card
+    from interventions.sae import SAE, SAEInfo
 
     gen = torch.Generator().manual_seed(0)
     (out / "expected").mkdir(parents=True, exist_ok=True)
-    ours = None
-    try:
-        from interventions.artifacts import load_sae as ours  # type: ignore[no-redef]
-    except ImportError as e:
-        print(f"interventions.SAE not importable ({e}); checking against the formula only")
     for name, (arch, site, centred) in SAES.items():
-        w_dec = torch.randn(D_SAE, D_IN, generator=gen)
-        w_dec = w_dec / w_dec.norm(dim=-1, keepdim=True)
-        t = {
-            "W_enc": torch.randn(D_IN, D_SAE, generator=gen) * 0.5,
-            "W_dec": w_dec,
-            "b_enc": torch.randn(D_SAE, generator=gen) * 0.1,
-            "b_dec": torch.randn(D_IN, generator=gen) * 0.1,
-        }
-        if arch == "jumprelu":
-            t["threshold"] = torch.rand(D_SAE, generator=gen) * 0.5
-        cfg: dict = {
-            "architecture": arch,
-            "apply_b_dec_to_input": centred,
-            "metadata": {
-                "site": site,
-                "base_model": "tiny/model",
-                "layout": "BNC",
-                "steps": [0, 1, 2],
-                "branch": "cond",
-                "method": f"{arch}-sae",
-            },
-        }
-        if arch in ("topk", "batchtopk"):
-            cfg["k"] = K
-        folder = save_sae(out / "repo" / site, cfg=cfg, tensors=t)
-        cfg_back, t_back = load_sae(folder)
-        assert cfg_back["architecture"] == arch and all(torch.equal(t[n], t_back[n]) for n in t), name
+        kind = {"standard": "relu"}.get(arch, arch)
+        info = SAEInfo(
+            site=site, base_model="tiny/model", layout="BNC", steps=[0, 1, 2], branch="cond", method=f"{arch}-sae"
+        )
+        sae = SAE(D_IN, D_SAE, kind, K, info=info, apply_b_dec_to_input=centred)  # type: ignore[arg-type]
+        with torch.no_grad():
+            w_dec = torch.randn(D_SAE, D_IN, generator=gen)
+            sae.W_dec.copy_(w_dec / w_dec.norm(dim=-1, keepdim=True))
+            sae.W_enc.copy_(torch.randn(D_IN, D_SAE, generator=gen) * 0.5)
+            sae.b_enc.copy_(torch.randn(D_SAE, generator=gen) * 0.1)
+            sae.b_dec.copy_(torch.randn(D_IN, generator=gen) * 0.1)
+            if arch == "jumprelu":
+                sae.threshold.copy_(torch.rand(D_SAE, generator=gen) * 0.5)
+        folder = out / "repo" / site
+        sae.save(folder)
+        t = load_file(str(folder / "sae_weights.safetensors"))
         x = torch.randn(N, D_IN, generator=gen)
         z, x_hat = _reference(arch, t, x, centred)
-        if ours is not None:
-            with torch.no_grad():
-                sae = ours(folder)
-                z_ours, x_hat_ours = sae.encode(x), sae.decode(sae.encode(x))
-            assert torch.allclose(z_ours, z, atol=1e-6) and torch.allclose(x_hat_ours, x_hat, atol=1e-6), name
-            z, x_hat = z_ours, x_hat_ours
-        from safetensors.torch import save_file
-
+        with torch.no_grad():
+            back = SAE.load(folder)
+            z_ours, x_hat_ours = back.encode(x), back.decode(back.encode(x))
+        assert torch.allclose(z_ours, z, atol=1e-6) and torch.allclose(x_hat_ours, x_hat, atol=1e-6), name
         save_file(
-            {"x": x, "z": z.contiguous(), "x_hat": x_hat.contiguous()}, str(out / "expected" / f"{name}.safetensors")
+            {"x": x, "z": z_ours.contiguous(), "x_hat": x_hat_ours.contiguous()},
+            str(out / "expected" / f"{name}.safetensors"),
         )
     write_card(out / "repo", "sae", repo_id=REPO_ID)
     (out / "saes.json").write_text(json.dumps({n: s for n, (_, s, _) in SAES.items()}, indent=2))
-    print(
-        f"exported {len(SAES)} SAEs to {out / 'repo'} (expected outputs from {'interventions.SAE' if ours else 'the formula'})"
-    )
+    print(f"exported {len(SAES)} SAEs to {out / 'repo'} (expected outputs from interventions.SAE and the formula)")
     return 0
 
 
