@@ -29,10 +29,13 @@ from .errors import (
     SiteNeverFiredError,
     SiteNeverFiredWarning,
 )
+from .groups import with_suffix
 from .hooks import Cache, Hook
 from .layout import check_layout
 from .sites import Site, SiteError, SiteNotFoundError, resolve
 from .tree import ModuleTree
+from .values import get as _get
+from .values import put as _put
 
 HookSpec = Hook | Sequence[Hook]
 _UNSET = object()
@@ -149,7 +152,7 @@ class Session:
                 )
             out: list[tuple[Site, nn.Module]] = []
             for p in groups[name]:
-                out += self._expand(p + (":" + suffix if suffix else ""))
+                out += self._expand(with_suffix(p, suffix))
             return list(dict.fromkeys(out))
         site = Site.parse(pattern)
         if not site.is_glob:
@@ -211,8 +214,8 @@ class Session:
             return plain
 
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
-            new = run(e, _get(output, key, e.name))
-            return None if new is None else _put(output, key, new)
+            new = run(e, _get(output, key, e.name, module))
+            return None if new is None else _put(output, key, new, e.name, module)
 
         return hook
 
@@ -226,7 +229,7 @@ class Session:
             new = self._run(e, x)
             if new is None:
                 return None
-            value = _put(holder, key[1:], new)
+            value = _put(holder, key[1:], new, e.name)
             if where == "args":
                 args = (*args[: int(idx)], value, *args[int(idx) + 1 :])
             else:
@@ -481,39 +484,3 @@ def _locate_input(key: int | str, args: tuple[Any, ...], kwargs: dict[str, Any],
         f"site {e.name!r}: the call passed no argument {key!r} "
         f"({len(args)} positional, keywords {sorted(kwargs)}); parameters: {e.params[:8]}"
     )
-
-
-def _get(value: Any, key: tuple[int | str, ...], site: str) -> Any:
-    for k in key:
-        if isinstance(value, torch.Tensor):
-            raise InterventionError(f"site {site!r}: the value is already a tensor; drop the key {k!r} from the site")
-        try:
-            if isinstance(k, int) or isinstance(value, Mapping):
-                value = value[k]
-            else:
-                value = getattr(value, k)
-        except (IndexError, KeyError, AttributeError, TypeError):
-            raise InterventionError(f"site {site!r}: cannot take {k!r} from a {type(value).__name__}") from None
-    return value
-
-
-def _put(value: Any, key: tuple[int | str, ...], new: Any) -> Any:
-    if not key:
-        return new
-    k, rest = key[0], key[1:]
-    if isinstance(value, tuple) and isinstance(k, int):
-        items = list(value)
-        items[k] = _put(items[k], rest, new)
-        return type(value)(items) if type(value) is tuple else type(value)(*items)
-    if isinstance(value, list) and isinstance(k, int):
-        items = list(value)
-        items[k] = _put(items[k], rest, new)
-        return items
-    if isinstance(value, Mapping) and not hasattr(value, "__dataclass_fields__"):
-        return {**value, k: _put(value[k], rest, new)}
-    if isinstance(value, Mapping):  # diffusers/transformers output objects: set the field
-        k = list(value.keys())[k] if isinstance(k, int) else k
-        value[k] = _put(value[k], rest, new)  # type: ignore[index]
-        return value
-    setattr(value, k, _put(getattr(value, k), rest, new))  # type: ignore[arg-type]
-    return value

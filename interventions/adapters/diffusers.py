@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from ..context import ALL_ROWS, RunState, Segments
-from ..sites import expand
+from ..groups import class_names, hidden_site, leaf, nonempty, once, walk
 from .base import TIMESTEP_NAMES, Adapter, Undo, halves, wrap_attribute
 
 UNCOND_FIRST = ("uncond", "cond")
@@ -47,6 +47,10 @@ PAG_CFG = ("uncond", "cond", "perturbed")
 PAG = ("cond", "perturbed")
 DIT_NULL_CLASS = 1000
 ENTRY_POINTS = ("forward", "encode", "decode")  # how a non-denoiser model is run
+# diffusers' attention classes (``FluxAttention``, ``WanAttention`` use the mixin)
+_ATTENTION_CLASSES = frozenset({"Attention", "AttentionModuleMixin"})
+# a denoiser's block lists, in the order its forward runs them (UNets, DiTs, MMDiTs, Wan)
+_BLOCK_LISTS = ("down_blocks", "mid_block", "up_blocks", "transformer_blocks", "single_transformer_blocks", "blocks")
 
 
 def is_pipeline(obj: Any) -> bool:
@@ -153,27 +157,32 @@ class DiffusersModelAdapter(Adapter):
     def _audio_vae(self) -> bool:
         return False
 
+    @once
     def groups(self) -> Mapping[str, list[str]]:
-        """``cross_attn`` / ``self_attn`` / ``attn`` from diffusers ``Attention`` modules (joint
-        MMDiT attention counts as self-attention), ``blocks`` from the denoiser's block lists."""
+        """The denoiser's groups: ``attn`` / ``self_attn`` / ``cross_attn`` from diffusers attention
+        modules (joint MMDiT attention counts as self-attention), ``mlp`` from its
+        ``FeedForward`` modules of the image stream, ``blocks`` from its block lists; each the site
+        of the module's hidden-state output (see :mod:`interventions.groups`)."""
         den = self._prefix()
-        pre = f"{den}." if den else ""
-        paths: dict[str, nn.Module] = {}
-        for prefix, comp in self.components().items():
-            if prefix == den:
-                paths.update({self._join(prefix, n): m for n, m in comp.named_modules()})
-        attn = [p for p, m in paths.items() if type(m).__name__ == "Attention"]
-        cross = [p for p in attn if getattr(paths[p], "is_cross_attention", False)]
-        block_patterns = (
-            "down_blocks.*",
-            "mid_block",
-            "up_blocks.*",
-            "transformer_blocks.*",
-            "single_transformer_blocks.*",
-        )
-        blocks = [pre + b for b in block_patterns if expand(pre + b, list(paths))]
-        groups = {"attn": attn, "cross_attn": cross, "self_attn": [p for p in attn if p not in cross], "blocks": blocks}
-        return {name: sites for name, sites in groups.items() if sites}
+        comp = self.components().get(den)
+        if comp is None:
+            return {}
+        attn, cross, mlp = [], [], []
+        for path, m in walk(comp, den):
+            kinds = class_names(m)
+            if kinds & _ATTENTION_CLASSES:
+                attn.append(hidden_site(path, m))
+                if getattr(m, "is_cross_attention", False) is True:
+                    cross.append(attn[-1])
+            elif "FeedForward" in kinds and not leaf(path).endswith("_context"):
+                mlp.append(hidden_site(path, m))
+        blocks = []
+        for name in _BLOCK_LISTS:
+            child = comp._modules.get(name)
+            members = list(child.named_children()) if isinstance(child, nn.ModuleList) else [("", child)]
+            blocks += [hidden_site(self._join(self._join(den, name), i), b) for i, b in members if b is not None]
+        self_attn = [p for p in attn if p not in cross]
+        return nonempty({"attn": attn, "cross_attn": cross, "self_attn": self_attn, "mlp": mlp, "blocks": blocks})
 
     @staticmethod
     def _join(prefix: str, name: str) -> str:

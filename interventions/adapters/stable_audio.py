@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from ..context import Segments
-from ..sites import expand
+from ..groups import hidden_site, nonempty, once
 from .base import Adapter, halves, scalar_timestep
 
 COND_FIRST = ("cond", "uncond")
@@ -55,15 +55,25 @@ class StableAudioToolsAdapter(Adapter):
         tokens = ".transformer" in f".{path}" or leaf in ("to_cond_embed", "to_global_embed")
         return "BNC" if tokens else "BCT"
 
+    @once
     def groups(self) -> Mapping[str, list[str]]:
-        den = self.denoiser
-        if den is None:
+        """The DiT's layers and their ``self_attn`` / ``cross_attn`` / ``ff`` sublayers (each returns
+        its hidden state as a tensor)."""
+        if self.denoiser is None:
             return {}
-        pre = f"{den}." if den else ""
-        paths = [n for n, _ in self.target.named_modules()]
-        candidates = {
-            "blocks": [f"{pre}transformer.layers.*"],
-            "self_attn": [f"{pre}transformer.layers.*.self_attn"],
-            "cross_attn": [f"{pre}transformer.layers.*.cross_attn"],
-        }
-        return {g: p for g, p in candidates.items() if all(expand(x, paths) for x in p)}
+        pre = f"{self.denoiser}.transformer.layers" if self.denoiser else "transformer.layers"
+        try:
+            layers = self.target.get_submodule(pre)
+        except AttributeError:
+            return {}
+        groups: dict[str, list[str]] = {"blocks": [], "self_attn": [], "cross_attn": [], "attn": [], "mlp": []}
+        for i, layer in enumerate(layers.children()):
+            path = f"{pre}.{i}"
+            groups["blocks"].append(hidden_site(path, layer))
+            for name, sub in layer.named_children():
+                group = {"self_attn": "self_attn", "cross_attn": "cross_attn", "ff": "mlp"}.get(name)
+                if group is not None:
+                    groups[group].append(hidden_site(f"{path}.{name}", sub))
+                    if group != "mlp":
+                        groups["attn"].append(groups[group][-1])
+        return nonempty(groups)

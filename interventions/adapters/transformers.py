@@ -6,12 +6,13 @@ Every forward of the root model is one call (during ``generate`` one call per ne
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
 
-from ..sites import expand
+from ..groups import hidden_site, leaf, nonempty, once, outermost, walk
 from .base import Adapter
 
 
@@ -19,15 +20,47 @@ def is_transformers_model(obj: Any) -> bool:
     return isinstance(obj, nn.Module) and type(obj).__module__.startswith("transformers")
 
 
-def _block_list(model: nn.Module) -> str | None:
-    """The path of the longest ModuleList of identical layers: the transformer blocks."""
-    best, size = None, 0
-    for name, mod in model.named_modules():
-        if isinstance(mod, nn.ModuleList) and len(mod) > size:
-            kinds = {type(m) for m in mod}
-            if len(kinds) == 1:
-                best, size = name, len(mod)
-    return best
+# attention sublayers by attribute name that attend to another sequence (the encoder's)
+_CROSS_NAMES = frozenset({"crossattention", "encoder_attn", "EncDecAttention", "cross_attn", "cross_attention"})
+_MLP_NAMES = frozenset({"mlp", "feed_forward", "DenseReluDense", "ffn", "block_sparse_moe"})
+
+
+def _is_attention(path: str, module: nn.Module) -> bool:
+    """An attention sublayer: its class ends in ``Attention``; T5's ``T5Layer*Attention``
+    wrappers (norm, attention, residual) are looked through to the ``T5Attention`` inside."""
+    name = type(module).__name__
+    return name.endswith("Attention") and "Layer" not in name
+
+
+def _is_block(module: nn.Module) -> bool:
+    return any(_is_attention("", m) for m in module.modules())
+
+
+def _block_lists(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
+    """Every stack of transformer layers (a ModuleList of one class of attention-bearing layers):
+    one per tower, so T5 and Whisper give encoder and decoder, CLIP text and vision."""
+    lists = outermost(
+        walk(model),
+        lambda _, m: isinstance(m, nn.ModuleList) and len({type(x) for x in m}) == 1 and _is_block(m[0]),
+    )
+    table = dict(model.named_modules())
+    return [(p, typing.cast(nn.ModuleList, table[p])) for p in lists]
+
+
+def _mlp(path: str, block: nn.Module) -> str | None:
+    """The block's MLP: a module named or typed as one; BERT-style layers split it into
+    ``intermediate`` and ``output`` (the latter adds the residual and applies the LayerNorm, as
+    BERT does); Whisper / BART-style layers inline it, ending in ``fc2``."""
+    found = outermost(
+        walk(block, path),
+        lambda p, m: p != path and (leaf(p) in _MLP_NAMES or type(m).__name__.endswith(("MLP", "FeedForward"))),
+    )
+    if found:
+        return found[0]
+    children = dict(block.named_children())
+    if "intermediate" in children and "output" in children:
+        return f"{path}.output"
+    return f"{path}.fc2" if "fc2" in children else None
 
 
 class TransformersAdapter(Adapter):
@@ -36,19 +69,23 @@ class TransformersAdapter(Adapter):
     def layout(self, path: str, ndim: int) -> str | None:
         return "BNC" if ndim == 3 else None
 
+    @once
     def groups(self) -> Mapping[str, list[str]]:
-        blocks = _block_list(self.target)
-        if blocks is None:
-            return {}
-        paths = [n for n, _ in self.target.named_modules()]
-        candidates = {
-            "blocks": [f"{blocks}.*"],
-            "self_attn": [f"{blocks}.*.self_attn", f"{blocks}.*.attn", f"{blocks}.*.attention"],
-            "mlp": [f"{blocks}.*.mlp", f"{blocks}.*.feed_forward"],
-            "cross_attn": [f"{blocks}.*.crossattention", f"{blocks}.*.encoder_attn"],
-        }
-        return {
-            g: [p for p in pats if expand(p, paths)]
-            for g, pats in candidates.items()
-            if any(expand(p, paths) for p in pats)
-        }
+        """``blocks`` (every tower), ``self_attn`` / ``cross_attn`` / ``attn`` and ``mlp`` inside
+        them, each the site of the module's hidden-state output (see :mod:`interventions.groups`)."""
+        groups: dict[str, list[str]] = {"blocks": [], "self_attn": [], "cross_attn": [], "mlp": [], "attn": []}
+        for stack, layers in _block_lists(self.target):
+            for i, block in enumerate(layers):
+                path = f"{stack}.{i}"
+                groups["blocks"].append(hidden_site(path, block))
+                table = dict(walk(block, path))
+                for p in outermost(iter(table.items()), _is_attention):
+                    m = table[p]
+                    cross = leaf(p) in _CROSS_NAMES or getattr(m, "is_cross_attention", False) is True
+                    site = hidden_site(p, m)
+                    groups["cross_attn" if cross else "self_attn"].append(site)
+                    groups["attn"].append(site)
+                mlp = _mlp(path, block)
+                if mlp is not None:
+                    groups["mlp"].append(hidden_site(mlp, table[mlp]))
+        return nonempty(groups)
