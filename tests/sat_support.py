@@ -1,28 +1,18 @@
 """Offline helpers for testing against stable-audio-tools (a plain module, not a test file).
 
-stable-audio-tools 0.0.19 is installed by ``.ci/install-audio.sh`` (``--no-deps`` route; see
-``/work/shared/research/feasibility.md``). Three things make it awkward to use in tests:
-
-* ``k_diffusion/__init__`` imports torchvision, clean-fid, clip and scikit-image at top level,
-  although the samplers stable-audio-tools uses need none of them. We put empty stand-ins into
-  ``sys.modules`` *only* for the duration of ``import k_diffusion`` and take them out again:
-  a torchvision stand-in left behind breaks ``import transformers``.
-* ``stable_audio_tools.models.utils`` sets ``torch._dynamo.config.suppress_errors = True`` and
-  raises ``cache_size_limit`` at import time; we restore both so that importing it does not change
-  how ``torch.compile`` behaves elsewhere in the test process.
-* Every real conditioner (T5, CLAP) downloads weights. The tiny model here uses a ``lut``
-  conditioner with a local word-level tokenizer written to a temp dir (prompt -> cross-attention
-  tokens) and two ``number`` conditioners (seconds_start / seconds_total), laid out like
-  stable-audio-open-1.0: all three go to cross-attention, the two numbers also to the global
-  (prepended) token.
+stable-audio-tools is installed by ``bash .ci/install-audio.sh`` and imported through the public
+``interventions.adapters.sat_import.import_stable_audio_tools`` (which stands in for k-diffusion's
+unused imports and restores the dynamo config), as a user would. What is left here is test-only:
+every real conditioner (T5, CLAP) downloads weights, so the tiny model uses a ``lut`` conditioner
+with a local word-level tokenizer written to a temp dir (prompt -> cross-attention tokens) and two
+``number`` conditioners (seconds_start / seconds_total), laid out like stable-audio-open-1.0: all
+three go to cross-attention, the two numbers also to the global (prepended) token.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import importlib
-import importlib.machinery
 import importlib.util
 import io
 import json
@@ -36,6 +26,8 @@ from typing import Any
 
 import torch
 
+from interventions.adapters import sat_import
+
 __all__ = [
     "SAT_INSTALL_HINT",
     "sat_available",
@@ -46,20 +38,7 @@ __all__ = [
     "TOKENIZER_WORDS",
 ]
 
-SAT_INSTALL_HINT = "stable-audio-tools is not installed; run `bash .ci/install-audio.sh`"
-
-# Modules k_diffusion imports at top level that the samplers never use.
-# name -> attributes the stand-in must carry.
-_K_DIFFUSION_STUBS: dict[str, dict[str, Any]] = {
-    "torchvision": {},
-    "torchvision.transforms": {},
-    "torchvision.transforms.functional": {},
-    "cleanfid": {},
-    "cleanfid.inception_torchscript": {"InceptionV3W": type("InceptionV3W", (), {})},
-    "clip": {},
-    "skimage": {},
-    "skimage.transform": {},
-}
+SAT_INSTALL_HINT = sat_import.INSTALL_HINT
 
 TOKENIZER_WORDS = [
     "drum", "drums", "kick", "snare", "hat", "loop", "beat", "piano", "guitar", "bass", "synth",
@@ -78,119 +57,33 @@ def sat_available() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("stable_audio_tools", "k_diffusion"))
 
 
-def _stub_module(name: str, attrs: dict[str, Any]) -> types.ModuleType:
-    mod = types.ModuleType(name, "stand-in installed by tests/sat_support.py during import k_diffusion")
-    mod.__spec__ = importlib.machinery.ModuleSpec(name, loader=None, is_package=True)
-    mod.__path__ = []  # a package, so `from pkg import sub` works
-    for key, value in attrs.items():
-        setattr(mod, key, value)
-    return mod
-
-
-@contextlib.contextmanager
-def _temporary_stubs(stubs: dict[str, dict[str, Any]]):
-    """Put stand-ins into sys.modules for the top-level packages that are not installed; remove
-    every module under those names afterwards, whatever happened."""
-    missing_tops = {
-        n.split(".")[0]
-        for n in stubs
-        if n.split(".")[0] not in sys.modules and importlib.util.find_spec(n.split(".")[0]) is None
-    }
-    added: list[str] = []
-    try:
-        for name, attrs in stubs.items():
-            if name.split(".")[0] not in missing_tops:
-                continue
-            mod = _stub_module(name, attrs)
-            sys.modules[name] = mod
-            added.append(name)
-            parent, _, child = name.rpartition(".")
-            if parent:
-                setattr(sys.modules[parent], child, mod)
-        yield
-    finally:
-        for name in list(sys.modules):
-            if name.split(".")[0] in missing_tops:
-                del sys.modules[name]
-
-
-def _dynamo_config_snapshot() -> dict[str, Any]:
-    try:
-        import torch._dynamo.config as cfg
-    except Exception:  # pragma: no cover - torch without dynamo
-        return {}
-    return {k: getattr(cfg, k) for k in ("suppress_errors", "cache_size_limit") if hasattr(cfg, k)}
-
-
-def _restore_dynamo_config(snapshot: dict[str, Any]) -> None:
-    if not snapshot:
-        return
-    import torch._dynamo.config as cfg
-
-    for key, value in snapshot.items():
-        setattr(cfg, key, value)
-
-
 def import_stable_audio_tools() -> types.SimpleNamespace:
-    """Import what the diffusion_cond + DiT + generate path needs, offline and side-effect free.
-
-    Returns a namespace with ``stable_audio_tools``, ``k_diffusion``,
-    ``create_model_from_config``, ``generate_diffusion_cond``, ``sample_k``, ``sample_rf``,
-    ``DiffusionTransformer``, ``ContinuousTransformer``, ``TransformerBlock``, ``Attention``,
-    ``ConditionedDiffusionModelWrapper`` and ``DiTWrapper``.
-    Raises ImportError (with an install hint) if stable-audio-tools is not installed.
-    """
+    """The names the tests use from the diffusion_cond + DiT + generate path, imported through
+    the public helper. Raises ImportError (with the install command) if not installed."""
     global _MODULES
-    if _MODULES is not None:
-        return _MODULES
-    if not sat_available():
-        raise ImportError(SAT_INSTALL_HINT)
+    if _MODULES is None:
+        sat = sat_import.import_stable_audio_tools()
+        from stable_audio_tools.inference.generation import generate_diffusion_cond
+        from stable_audio_tools.inference.sampling import sample_k, sample_rf
+        from stable_audio_tools.models.diffusion import ConditionedDiffusionModelWrapper, DiTWrapper
+        from stable_audio_tools.models.dit import DiffusionTransformer
+        from stable_audio_tools.models.factory import create_model_from_config
+        from stable_audio_tools.models.transformer import Attention, ContinuousTransformer, TransformerBlock
 
-    snapshot = _dynamo_config_snapshot()
-    quiet = io.StringIO()  # transformer.py prints "flash_attn not installed ..." on import
-    try:
-        with contextlib.redirect_stdout(quiet):
-            if "k_diffusion" not in sys.modules:
-                with _temporary_stubs(_K_DIFFUSION_STUBS):
-                    import k_diffusion  # noqa: F401
-            try:
-                import torchaudio  # noqa: F401
-            except OSError as exc:  # CUDA builds of torchaudio/lib/*.so still present
-                raise ImportError(
-                    f"torchaudio does not import ({exc}); run `bash .ci/install-audio.sh`, which "
-                    "removes the CUDA-only torchaudio/lib/*.so"
-                ) from exc
-            import stable_audio_tools
-            from stable_audio_tools.inference.generation import generate_diffusion_cond
-            from stable_audio_tools.inference.sampling import sample_k, sample_rf
-            from stable_audio_tools.models.diffusion import (
-                ConditionedDiffusionModelWrapper,
-                DiTWrapper,
-            )
-            from stable_audio_tools.models.dit import DiffusionTransformer
-            from stable_audio_tools.models.factory import create_model_from_config
-            from stable_audio_tools.models.transformer import (
-                Attention,
-                ContinuousTransformer,
-                TransformerBlock,
-            )
-    finally:
-        _restore_dynamo_config(snapshot)
-
-    _MODULES = types.SimpleNamespace(
-        stable_audio_tools=stable_audio_tools,
-        k_diffusion=sys.modules["k_diffusion"],
-        create_model_from_config=create_model_from_config,
-        generate_diffusion_cond=generate_diffusion_cond,
-        sample_k=sample_k,
-        sample_rf=sample_rf,
-        DiffusionTransformer=DiffusionTransformer,
-        ContinuousTransformer=ContinuousTransformer,
-        TransformerBlock=TransformerBlock,
-        Attention=Attention,
-        ConditionedDiffusionModelWrapper=ConditionedDiffusionModelWrapper,
-        DiTWrapper=DiTWrapper,
-    )
+        _MODULES = types.SimpleNamespace(
+            stable_audio_tools=sat,
+            k_diffusion=sys.modules["k_diffusion"],
+            create_model_from_config=create_model_from_config,
+            generate_diffusion_cond=generate_diffusion_cond,
+            sample_k=sample_k,
+            sample_rf=sample_rf,
+            DiffusionTransformer=DiffusionTransformer,
+            ContinuousTransformer=ContinuousTransformer,
+            TransformerBlock=TransformerBlock,
+            Attention=Attention,
+            ConditionedDiffusionModelWrapper=ConditionedDiffusionModelWrapper,
+            DiTWrapper=DiTWrapper,
+        )
     return _MODULES
 
 

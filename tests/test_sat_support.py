@@ -38,7 +38,7 @@ def test_import_leaves_no_stubs_and_transformers_imports():
     import transformers
 
     assert transformers.T5Config(d_model=8).d_model == 8
-    # stable_audio_tools.models.utils sets suppress_errors=True at import; sat_support restores it
+    # stable_audio_tools.models.utils sets suppress_errors=True at import; the import helper restores it
     assert dynamo_config.suppress_errors == suppress_before
 
 
