@@ -15,20 +15,22 @@ parts concatenated along the batch dimension, ``parts`` yields them one at a tim
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
+import warnings
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Protocol
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .context import StoreKey
 from .errors import StoreError
-
-StoreKey = tuple[str, int | None, str | None] | tuple[str, int | None, str | None, int]
 
 
 def store_key(site: str, step: int | None, branch: str | None, invocation: int = 0) -> StoreKey:
@@ -51,9 +53,7 @@ class Store(Protocol):
     """What the engine and the hooks call on a store (``Cache``, ``Patch``, ``Grads``, SAE training)."""
 
     def put(self, key: StoreKey, tensor: torch.Tensor) -> None: ...
-    def put_rows(
-        self, key: StoreKey, tensor: torch.Tensor, segments: Sequence[tuple[str | None, slice]]
-    ) -> None: ...
+    def put_rows(self, key: StoreKey, tensor: torch.Tensor, segments: Sequence[tuple[str | None, slice]]) -> None: ...
     def append(self, key: StoreKey, tensor: torch.Tensor) -> None: ...
     def get(self, key: StoreKey) -> torch.Tensor: ...
     def parts(self, key: StoreKey) -> Iterator[torch.Tensor]: ...
@@ -97,12 +97,7 @@ class _Rows:
 def _concat(key: StoreKey, parts: list[torch.Tensor]) -> torch.Tensor:
     if len(parts) == 1:
         return parts[0]
-    shapes = {tuple(p.shape[1:]) for p in parts}
-    if len(shapes) > 1:
-        raise StoreError(
-            f"{key} holds parts of different shapes {sorted(shapes)} beyond the batch dimension: "
-            "read them with store.parts(key)"
-        )
+    _joinable(key, [tuple(p.shape) for p in parts])
     return torch.cat(parts)
 
 
@@ -178,6 +173,7 @@ _ENTRY_OVERHEAD = 1024
 
 
 _SHARD = re.compile(r"shard-(\d{5}|[1-9]\d{5,})\.safetensors")  # the names flush writes
+_LOCK = ".writer.lock"  # flock-ed by the one DiskStore object that writes the folder
 
 
 def _tensor_name(key: StoreKey, part: int = 0) -> str:
@@ -192,7 +188,7 @@ def _key_of(name: str) -> tuple[StoreKey, int] | None:
     """The store key and part number a tensor name encodes, or None when it encodes none."""
     try:
         key = json.loads(name)
-    except ValueError:
+    except (ValueError, RecursionError):  # a deeply nested name is no key either
         return None
     if not (isinstance(key, list) and len(key) in (3, 4, 5) and isinstance(key[0], str)):
         return None
@@ -202,10 +198,24 @@ def _key_of(name: str) -> tuple[StoreKey, int] | None:
     return store_key(key[0], key[1], key[2], invocation), part
 
 
+def _crc(tensor: torch.Tensor) -> str:
+    """CRC-32 of a contiguous tensor's bytes: a shard's metadata holds one per tensor."""
+    return f"{zlib.crc32(tensor.reshape(-1).view(torch.uint8).numpy().data):08x}"
+
+
+def _fsync(path: Path) -> None:
+    """Push a file's (or a folder's entries') writes to the disk, so a power loss cannot undo them."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _shard_keys(path: Path) -> list[tuple[StoreKey, int]]:
-    """``(key, part)`` of every tensor in one shard, parts in order; a file that is no shard of a
-    store is refused by name."""
-    fix = "move it out of the folder (or open the store on another folder)"
+    """``(key, part)`` of every tensor in one shard, parts in order; a file that is no readable
+    shard of a store is refused by name."""
+    fix = "restore it from a copy, or move it out of the folder to drop its entries"
     try:
         with safe_open(str(path), framework="pt") as f:
             names = list(f.keys())
@@ -218,9 +228,18 @@ def _shard_keys(path: Path) -> list[tuple[StoreKey, int]]:
     if bad:
         raise StoreError(
             f"{path} is named like a store shard but holds tensors not named by a store key "
-            f"(a JSON list [site, step, branch], with optional part and invocation), e.g. {bad[0]!r}; {fix}"
+            f"(a JSON list [site, step, branch], with optional part and invocation), e.g. {bad[0][:80]!r}; {fix}"
         )
     return sorted((k for k in keys if k is not None), key=lambda entry: entry[1])
+
+
+def _joinable(key: StoreKey, shapes: list[tuple[int, ...]]) -> None:
+    """Refuse parts that cannot be concatenated along the batch dimension."""
+    if len({s[1:] for s in shapes}) > 1 or min(map(len, shapes)) == 0:
+        raise StoreError(
+            f"{key} holds parts of different shapes {sorted({s[1:] for s in shapes})} beyond the batch dimension: "
+            "read them with store.parts(key)"
+        )
 
 
 class DiskStore:
@@ -231,17 +250,26 @@ class DiskStore:
     buffer is full (and on :meth:`flush`). Each tensor is named by its JSON-encoded key (and part
     number, for appended parts after the first), so the shards' own headers are the index (read
     when a store is reopened; a later ``put`` of a key supersedes its earlier parts). Reading
-    opens the shard lazily, so a store much larger than memory can be streamed.
+    opens the shard lazily, so a store much larger than memory can be streamed: ``parts(key)``
+    holds one appended part at a time, ``get(key)`` the result plus one part.
 
-    A shard appears under its name only once fully written (a temporary file, then a rename), so a
-    crash while flushing loses that buffer but leaves every earlier shard readable. Reopening reads
-    every ``shard-<number>.safetensors`` and refuses, naming it, one that is not a shard of a
-    store; other files in the folder are not the store's and are left alone.
+    After a crash (kill -9, power loss) every shard is whole or absent: a shard is written to a
+    temporary file, fsync-ed, renamed, and the folder fsync-ed; the unflushed buffer is lost. Each
+    shard's metadata holds a CRC-32 per tensor, checked when the tensor is read: a flipped bit is
+    a :class:`StoreError` naming the shard and the key. Reopening skips, with a warning, a file
+    named ``shard-<number>.safetensors`` that cannot be read as a shard of a store, and names it
+    in ``store.damaged``; reading a key it may have held is a KeyError that names it. Other files
+    in the folder are not the store's and are left alone.
+
+    One object writes a folder at a time: the first ``put``/``append`` takes a lock (released by
+    :meth:`close`, by the object's end or by its process's end, kill -9 included) and a second
+    writer, in this process or another, is refused with a :class:`StoreError`. Readers take no
+    lock.
 
     >>> import tempfile
-    >>> store = DiskStore(tempfile.mkdtemp(), buffer_bytes=1024)
-    >>> store.put(("blocks.0", 0, "cond"), torch.ones(4, 8))
-    >>> store.flush(); store.get(("blocks.0", 0, "cond")).shape
+    >>> with DiskStore(tempfile.mkdtemp(), buffer_bytes=1024) as store:
+    ...     store.put(("blocks.0", 0, "cond"), torch.ones(4, 8))
+    ...     store.flush(); store.get(("blocks.0", 0, "cond")).shape
     torch.Size([4, 8])
     """
 
@@ -255,14 +283,79 @@ class DiskStore:
         # key -> the shard of each of its parts (part i is tensor _tensor_name(key, i)); a bare shard
         # name for the usual one-part key keeps the index as small as one string per key
         self._index: dict[StoreKey, str | list[str]] = {}
-        numbered = {int(m[1]): p.name for p in self.path.iterdir() if (m := _SHARD.fullmatch(p.name))}
+        self.damaged: dict[str, str] = {}  # shard name -> why it could not be read
+        self._lost: set[StoreKey] = set()  # keys with a part in a damaged (or missing) shard
+        self._next_shard = 0
+        self._lock: IO[str] | None = None
+        self._lock_pid = 0
+        self._index_new_shards()
+
+    def _index_new_shards(self) -> None:
+        """Index the shards numbered from ``_next_shard`` on: all of them when the store opens,
+        those another writer added meanwhile when this one takes the lock."""
+        numbered = {
+            int(m[1]): p.name
+            for p in self.path.iterdir()
+            if (m := _SHARD.fullmatch(p.name)) and int(m[1]) >= self._next_shard
+        }
         for n in sorted(numbered):
-            for key, part in _shard_keys(self.path / numbered[n]):
-                # part 0 is a key's first part (put, or a first append): it supersedes older parts
-                self._index[key] = numbered[n] if part == 0 else [*self._shards(key), numbered[n]]
-        self._next_shard = max(numbered, default=-1) + 1
+            shard = numbered[n]
+            try:
+                entries = _shard_keys(self.path / shard)
+            except StoreError as exc:
+                self.damaged[shard] = str(exc)
+                warnings.warn(f"{exc}. The store opens without it.", stacklevel=3)
+                continue
+            for key, part in entries:
+                if part == 0:  # a key's first part (put, or a first append): supersedes older parts
+                    self._index[key] = shard
+                    self._lost.discard(key)
+                elif key not in self._lost and part == len(self._shards(key)):
+                    self._index[key] = [*self._shards(key), shard]
+                else:  # an earlier part is in a damaged shard: the key cannot be read whole
+                    self._index.pop(key, None)
+                    self._lost.add(key)
+        self._next_shard = max(numbered, default=self._next_shard - 1) + 1
+
+    def _take_lock(self) -> None:
+        """Become the folder's one writer (an flock on ``.writer.lock``) and index the shards other
+        writers added since this store was opened."""
+        if self._lock is not None and self._lock_pid == os.getpid():
+            return
+        lock = open(self.path / _LOCK, "a+")  # noqa: SIM115 (held until close())
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip()
+            lock.close()
+            who = "this process" if holder == str(os.getpid()) else f"process {holder or '?'}"
+            raise StoreError(
+                f"{self.path} is being written by another DiskStore ({who}); a folder takes one writer: "
+                "write through that store, close() it (or let its process end), or write to another folder"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        self._lock, self._lock_pid = lock, os.getpid()
+        self._index_new_shards()
+
+    def close(self) -> None:
+        """Flush, then let another DiskStore write the folder."""
+        self.flush()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def __enter__(self) -> DiskStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def put(self, key: StoreKey, tensor: torch.Tensor) -> None:
+        self._take_lock()
         key = normal_key(key)
         for old in self._buffer.pop(key, []):
             self._buffered -= old.nbytes + _ENTRY_OVERHEAD
@@ -271,6 +364,7 @@ class DiskStore:
 
     def append(self, key: StoreKey, tensor: torch.Tensor) -> None:
         """Add ``tensor`` as a further part of ``key`` (the first part when the key is new)."""
+        self._take_lock()
         key = normal_key(key)
         if key not in self:
             self._replacing.add(key)
@@ -286,21 +380,29 @@ class DiskStore:
             self.flush()
 
     def flush(self) -> None:
-        """Write buffered entries as one new shard, atomically: if writing fails, no shard file
-        appears and the entries stay buffered (a later flush retries)."""
+        """Write buffered entries as one new shard, atomically and durably: if writing fails, no
+        shard file appears and the entries stay buffered (a later flush retries)."""
         if not self._buffer:
             return
         shard = f"shard-{self._next_shard:05d}.safetensors"
         tmp = self.path / f".{shard}.tmp"  # in the same folder: the rename cannot cross devices
         names: dict[StoreKey, list[str]] = {}
         tensors: dict[str, torch.Tensor] = {}
+        storages: set[int] = set()
         for key, parts in self._buffer.items():
             first = 0 if key in self._replacing else len(self._shards(key))
             names[key] = [_tensor_name(key, first + i) for i in range(len(parts))]
-            tensors.update(zip(names[key], parts, strict=True))
+            for name, part in zip(names[key], parts, strict=True):
+                # one tensor buffered under two keys (Cache(clone=False) on a module and the next
+                # one's input): safetensors refuses tensors that share memory, so write a copy
+                storage = part.untyped_storage().data_ptr()
+                tensors[name] = part.clone() if storage and storage in storages else part
+                storages.add(storage)
         try:
-            save_file(tensors, str(tmp))
+            save_file(tensors, str(tmp), metadata={name: _crc(t) for name, t in tensors.items()})
+            _fsync(tmp)
             os.replace(tmp, self.path / shard)
+            _fsync(self.path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -308,6 +410,7 @@ class DiskStore:
         for key, written in names.items():
             shards = ([] if key in self._replacing else self._shards(key)) + [shard] * len(written)
             self._index[key] = shards[0] if len(shards) == 1 else shards
+            self._lost.discard(key)
         self._buffer.clear()
         self._replacing.clear()
         self._buffered = 0
@@ -318,18 +421,68 @@ class DiskStore:
             self.put(with_branch(key, branch), tensor[rows])
 
     def get(self, key: StoreKey) -> torch.Tensor:
-        return _concat(key, list(self.parts(key)))
+        """The parts of ``key`` concatenated, copied one by one into the result (peak: the result
+        plus one part; :meth:`parts` streams them with one part in memory)."""
+        key = normal_key(key)
+        on_disk = self._on_disk(key)
+        shapes = [self._shape(shard, key, part) for part, shard in enumerate(on_disk)]
+        shapes += [tuple(t.shape) for t in self._buffer.get(key, [])]
+        if len(shapes) == 1:
+            return next(self.parts(key))
+        _joinable(key, shapes)
+        out: torch.Tensor | None = None
+        row = 0
+        for part in self.parts(key):
+            if out is None:
+                out = part.new_empty((sum(s[0] for s in shapes), *shapes[0][1:]))
+            elif part.dtype != out.dtype:
+                raise StoreError(
+                    f"{key} holds parts of dtypes {out.dtype} and {part.dtype}: read them with store.parts(key)"
+                )
+            out[row : row + len(part)] = part
+            row += len(part)
+        return out  # type: ignore[return-value]
 
     def parts(self, key: StoreKey) -> Iterator[torch.Tensor]:
         """The parts of ``key`` in the order they were added, each read from disk when reached."""
         key = normal_key(key)
-        if key not in self:
-            raise _missing(key, self.keys())
-        if key not in self._replacing:
-            for part, shard in enumerate(self._shards(key)):
-                with safe_open(str(self.path / shard), framework="pt") as f:
-                    yield f.get_tensor(_tensor_name(key, part))
+        for part, shard in enumerate(self._on_disk(key)):
+            yield self._read(shard, key, part)
         yield from self._buffer.get(key, [])
+
+    def _on_disk(self, key: StoreKey) -> list[str]:
+        """The shards of the parts of ``key`` that are read from disk; a missing key is refused."""
+        if key not in self:
+            raise self._missing(key)
+        return [] if key in self._replacing else self._shards(key)
+
+    def _missing(self, key: StoreKey) -> KeyError:
+        message = _missing(key, self.keys()).args[0]
+        damaged = ", ".join(self.damaged) or "a shard no longer in the folder"
+        if key in self._lost:
+            message += f"; a part of it is in a damaged shard ({damaged}; store.damaged says why)"
+        elif self.damaged:
+            message += f"; damaged shards that may have held it: {damaged} (store.damaged says why)"
+        return KeyError(message + " - restore the shard from a copy, or cache the entry again")
+
+    def _shape(self, shard: str, key: StoreKey, part: int) -> tuple[int, ...]:
+        with safe_open(str(self.path / shard), framework="pt") as f:
+            return tuple(f.get_slice(_tensor_name(key, part)).get_shape())
+
+    def _read(self, shard: str, key: StoreKey, part: int) -> torch.Tensor:
+        """Part ``part`` of ``key``, checked against the CRC-32 its shard recorded."""
+        name, path = _tensor_name(key, part), self.path / shard
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                tensor, stored = f.get_tensor(name), (f.metadata() or {}).get(name)
+        except Exception as exc:  # safetensors' own error types: the file changed since it was indexed
+            raise StoreError(f"{path} cannot be read for {key} part {part} ({exc}); restore it from a copy") from exc
+        if stored is not None and stored != _crc(tensor):
+            raise StoreError(
+                f"{path} is damaged: {key} part {part} fails its checksum (crc32 {_crc(tensor)}, written "
+                f"{stored}); restore the shard from a copy, or move it out of the folder to drop its entries"
+            )
+        return tensor
 
     def _shards(self, key: StoreKey) -> list[str]:
         found = self._index.get(key, [])

@@ -1,6 +1,6 @@
 """Instance wrappers that sessions remove in any order, an adapter install that fails part-way,
 copies to the CPU that finish before they are read, and disk stores that survive a failed flush
-and refuse foreign shard files by name."""
+and open without a foreign or damaged shard file, naming it."""
 
 from pathlib import Path
 
@@ -13,7 +13,7 @@ from torch import nn
 
 import interventions.adapters.diffusers as diffusers_adapter
 import interventions.store as store_module
-from interventions import Cache, DiskStore, MemoryStore, StoreError, attach
+from interventions import Cache, DiskStore, MemoryStore, attach
 from interventions.adapters.base import Adapter, wrap_attribute
 from interventions.testing import assert_no_hooks_left
 from tests import tiny_models
@@ -220,14 +220,14 @@ def test_failed_flush_leaves_every_earlier_shard_readable(tmp_path, monkeypatch)
     monkeypatch.setattr(store_module, "save_file", killed_midway)
     with pytest.raises(OSError, match="no space left"):
         store.flush()
-    assert [p.name for p in tmp_path.iterdir()] == ["shard-00000.safetensors"]
+    assert [p.name for p in tmp_path.glob("*shard*")] == ["shard-00000.safetensors"]
     reopened = DiskStore(tmp_path)
     assert reopened.keys() == [K0] and torch.equal(reopened.get(K0), torch.arange(6.0).reshape(2, 3))
 
     monkeypatch.undo()
     store.flush()  # the entries stayed buffered: a retry writes them
     assert sorted(DiskStore(tmp_path).keys()) == [K0, K1]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard-00000.safetensors", "shard-00001.safetensors"]
+    assert sorted(p.name for p in tmp_path.glob("*shard*")) == ["shard-00000.safetensors", "shard-00001.safetensors"]
 
 
 @pytest.mark.parametrize(
@@ -238,15 +238,21 @@ def test_failed_flush_leaves_every_earlier_shard_readable(tmp_path, monkeypatch)
         (None, "not named by a store key"),  # a valid safetensors file of someone else's tensors
     ],
 )
-def test_reopening_refuses_a_foreign_shard_by_name(tmp_path, content, problem):
+def test_reopening_skips_a_foreign_shard_and_names_it(tmp_path, content, problem):
     _one_shard(tmp_path)
     stranger = tmp_path / "shard-00001.safetensors"
     if content is None:
         save_file({"weight": torch.ones(2)}, str(stranger))
     else:
         stranger.write_bytes(content)
-    with pytest.raises(StoreError, match=rf"shard-00001\.safetensors.*{problem}.*move it out of the folder"):
-        DiskStore(tmp_path)
+    with pytest.warns(UserWarning, match=rf"shard-00001\.safetensors.*{problem}.*move it out of the folder"):
+        store = DiskStore(tmp_path)
+    assert list(store.damaged) == ["shard-00001.safetensors"] and store.keys() == [K0]
+    with pytest.raises(KeyError, match=r"damaged shards that may have held it: shard-00001\.safetensors"):
+        store.get(K1)
+    store.put(K1, torch.ones(1))
+    store.flush()  # the next shard never overwrites the damaged one
+    assert stranger.exists() and (tmp_path / "shard-00002.safetensors").exists()
 
 
 def test_reopening_leaves_files_not_named_like_shards_alone(tmp_path):
