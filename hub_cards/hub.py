@@ -101,6 +101,14 @@ def check_folder(folder: str | os.PathLike[str], check: Check | None = None) -> 
             f"{root} holds files that are not safetensors, JSON or markdown ({', '.join(others)}): pull would never "
             "fetch them back, and interventions publishes nothing else; move them out of the folder"
         )
+    found = _check_contents(root, files)
+    if check is not None:
+        check(root)
+    return found
+
+
+def _check_contents(root: Path, files: list[str]) -> dict[str, list[str]]:
+    """Read every JSON file and safetensors header among ``files`` as a loader would; what is where."""
     found: dict[str, list[str]] = {"sae": [], "steering_vector": [], "safetensors": []}
     kinds = {SAE_WEIGHTS_NAME: "sae", STEERING_VECTOR_NAME: "steering_vector"}
     for rel in files:
@@ -111,8 +119,6 @@ def check_folder(folder: str | os.PathLike[str], check: Check | None = None) -> 
             check_safetensors(path, root=root)
             kind = kinds.get(path.name) if (path.parent / CFG_NAME).is_file() else None
             found[kind or "safetensors"].append(path.parent.relative_to(root).as_posix() if kind else rel)
-    if check is not None:
-        check(root)
     return found
 
 
@@ -229,8 +235,8 @@ def _subfolder(subfolder: str | None) -> str | None:
     """``subfolder`` as a relative POSIX path inside the repo; ``..``, ``.`` and absolute paths are refused."""
     if not subfolder:
         return None
-    parts = PurePosixPath(subfolder.strip("/")).parts
-    if subfolder.startswith("/") or "\\" in subfolder or not parts or any(p in ("..", ".") for p in parts):
+    parts = subfolder.rstrip("/").split("/")
+    if "\\" in subfolder or any(p in ("", "..", ".") for p in parts):
         raise ArtifactError(
             f"subfolder {subfolder!r} must be a folder inside the repo (like 'saes/layer_3'), without '..', '.' "
             "or a leading '/'"
@@ -304,7 +310,14 @@ def pull(
         path = root / sub if sub else root
         if not (path.is_dir() and any(p.suffix == ".safetensors" for p in walk_files(path))):
             _refuse_empty(repo_id, revision, sub, root, offline, repo_type, token, ep)
-        check_folder(path, check)
+        links = outside_links(path)
+        if links:
+            raise ArtifactError(f"{path} holds symlinks that lead outside it ({', '.join(links)}); nothing was kept")
+        _check_contents(
+            path, [f for f in _files(path) if any(fnmatch(PurePosixPath(f).name, p) for p in PULL_PATTERNS)]
+        )
+        if check is not None:
+            check(path)
     except BaseException:
         _remove_new(target, before)
         raise

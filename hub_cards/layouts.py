@@ -241,8 +241,11 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """``write(tmp)`` then rename onto ``path``: readers see the old file or the new one, a symlink at
     ``path`` is replaced (never written through), and the file gets the user's umask."""
     tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # created with the user's umask
+    mode = tmp.stat().st_mode & 0o777
     try:
         write(str(tmp))
+        os.chmod(tmp, mode)  # safetensors' writer recreates the file 0600
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -253,7 +256,7 @@ def write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through :func:`atomic_write`."""
 
     def write(tmp: str) -> None:
-        with open(tmp, "x", encoding="utf-8") as f:
+        with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
 
     atomic_write(path, write)

@@ -20,6 +20,7 @@ import torch
 
 import hub_cards
 from hub_cards import ArtifactError, HubError, check_folder, pull, push, write_card
+from interventions.artifacts import check_artifacts
 from interventions.sae import SAE
 from interventions.steering import SteeringVector
 from tests.hub_server import HubServer
@@ -474,3 +475,107 @@ def test_hub_cards_is_a_light_leaf():
     top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
     names = [a.name for n in top for a in n.names] + [n.module or "" for n in top if isinstance(n, ast.ImportFrom)]
     assert not any(m.startswith(("hub_cards", "huggingface_hub")) for m in names), names
+
+
+# ------------------------------------------------------------------------------------- issue 13, Hub
+
+
+def test_push_with_an_existing_tag_changes_nothing(tmp_path, hub):
+    v1 = make_repo(tmp_path / "v1")
+    first = push(v1, "org/saes", tag="v1")
+    v2 = make_repo(tmp_path / "v2", seed=5)
+    repo = hub.state.repos[("model", "org/saes")]
+    before = (dict(repo.commits), dict(repo.branches), dict(repo.tags))
+    assert before[2] == {"v1": first.oid}
+    with pytest.raises(
+        HubError, match=r"org/saes already has the tag 'v1' \(commit [0-9a-f]{12}\); nothing was uploaded"
+    ):
+        push(v2, "org/saes", tag="v1")
+    assert (repo.commits, repo.branches, repo.tags) == before
+
+
+def test_cli_hub_failures_are_one_line_with_exit_code_2(tmp_path, hub, capsys, monkeypatch):
+    from interventions.cli import main
+
+    root = make_repo(tmp_path / "repo")
+    assert main(["hub", "push", str(root), "org/cli", "--tag", "v1"]) == 0
+    capsys.readouterr()
+    cases = {
+        "no such repo": ["hub", "pull", "org/missing"],
+        "no branch, tag or commit 'nope'": ["hub", "pull", "org/cli", "--revision", "nope"],
+        "already has the tag 'v1'": ["hub", "push", str(root), "org/cli", "--tag", "v1"],
+        "is not (completely) in the Hub cache and the network is off": [
+            "hub", "pull", "org/cli", "--offline", "--cache-dir", str(tmp_path / "empty-cache"),
+        ],
+        "cannot reach http://127.0.0.1:9": ["hub", "pull", "org/cli", "--endpoint", UNREACHABLE],
+        "subfolder '../../..' must be a folder inside the repo": ["hub", "pull", "org/cli", "--subfolder", "../../.."],
+    }  # fmt: skip
+    for needle, argv in cases.items():
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err, (argv, err)
+        assert err.count("\n") == 1 and err.startswith(f"interventions hub {argv[1]}: "), err
+
+
+def _upload(repo_id: str, files: dict[str, bytes]) -> None:
+    api = HfApi()
+    api.create_repo(repo_id, exist_ok=True)
+    for path, data in files.items():
+        api.upload_file(path_or_fileobj=data, path_in_repo=path, repo_id=repo_id)
+
+
+def test_pull_validates_and_a_refused_pull_leaves_nothing(tmp_path, hub, cache):
+    random_sae(site="s").save(tmp_path / "sae")
+    good_cfg = (tmp_path / "sae" / "cfg.json").read_bytes()
+    weights = (tmp_path / "sae" / "sae_weights.safetensors").read_bytes()
+    bad_cfg = good_cfg.replace(b'"branch": "all"', b'"branch": "both"')
+    _upload("org/bad-cfg", {"sae/cfg.json": bad_cfg, "sae/sae_weights.safetensors": weights, "README.md": b"# x\n"})
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "mine.txt").write_text("kept")  # what was there before stays
+    with pytest.raises(ArtifactError, match="branch' must be one of"):
+        pull("org/bad-cfg", local_dir=local, check=check_artifacts)
+    assert sorted(p.relative_to(local).as_posix() for p in local.rglob("*")) == ["mine.txt"]
+    with pytest.raises(ArtifactError, match="branch' must be one of"):
+        pull("org/bad-cfg", subfolder="sae", cache_dir=cache, check=check_artifacts)
+    assert not list((cache / "models--org--bad-cfg").rglob("*"))
+    # a corrupt safetensors (generic check, no format knowledge needed)
+    _upload(
+        "org/corrupt", {"sae/cfg.json": good_cfg, "sae/sae_weights.safetensors": b"\x10" + bytes(7) + b"{nope}" * 3}
+    )
+    with pytest.raises(ArtifactError, match="is not a safetensors file"):
+        pull("org/corrupt", local_dir=tmp_path / "local2")
+    assert not list((tmp_path / "local2").rglob("*"))
+    # the same repo with a good config pulls and loads
+    _upload("org/bad-cfg", {"sae/cfg.json": good_cfg})
+    assert SAE.load(pull("org/bad-cfg", subfolder="sae", cache_dir=cache, check=check_artifacts)).info.site == "s"
+
+
+def test_push_without_a_card_writes_one_from_the_metadata(tmp_path, hub):
+    root = tmp_path / "repo"
+    random_sae(site="unet.mid_block", base_model="tiny/unet", method="topk-sae", dataset="org/prompts").save(
+        root / "unet.mid_block"
+    )
+    with pytest.warns(UserWarning, match="had no README.md: wrote a card"):
+        push(root, "org/nocard")
+    card = ModelCard(hub.files("org/nocard")["README.md"].decode())
+    assert card.data.base_model == "tiny/unet" and card.data.datasets == ["org/prompts"]
+    assert 'SAE.load(pull("org/nocard", subfolder="unet.mid_block"))' in card.text and "topk-sae" in card.text
+
+
+def test_files_are_written_with_the_users_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        random_sae(site="s").save(tmp_path / "sae")
+        make_vector().save(tmp_path / "v")
+        write_card(tmp_path, "sae", repo_id="org/x")
+    finally:
+        os.umask(old)
+    for path in (
+        "sae/cfg.json",
+        "sae/sae_weights.safetensors",
+        "v/cfg.json",
+        "v/steering_vector.safetensors",
+        "README.md",
+    ):
+        assert (tmp_path / path).stat().st_mode & 0o777 == 0o640, path
