@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 Rows = slice
+StoreKey = tuple[str, int | None, str | None] | tuple[str, int | None, str | None, int]
 Segments = tuple[tuple[str | None, Rows], ...]
 ALL_ROWS: Segments = ((None, slice(None)),)
 # every branch name an adapter labels rows with (InstructPix2Pix batches an image-only block,
@@ -26,23 +27,38 @@ BRANCHES = ("cond", "uncond", "image_cond", "perturbed", "skip_layers")
 
 
 class RunState:
-    """Mutable tracking state of one session, updated by the adapter around denoiser calls."""
+    """Tracking state of one session. The session is its only writer: adapters and the session's
+    own torch hooks report what they see through these methods (a run began, the scheduler
+    stepped, a component's call began or ended, a denoiser call began with this timestep and these
+    row blocks) and never set its fields.
 
-    __slots__ = ("call", "run", "step", "timestep", "segments", "in_denoiser", "_last_t", "_stepped", "forced")
+    ``calls`` counts the calls of each component (a pipeline's text encoder, VAE, denoisers; the
+    root of a plain model) since the run began; ``epoch`` counts calls of every component, so that
+    a site knows whether it already fired during the current call (its invocation index).
+    """
+
+    __slots__ = ("calls", "run", "step", "timestep", "segments", "depth", "epoch", "_last_t", "_stepped", "forced")
 
     def __init__(self) -> None:
-        self.call = -1  # index of the current root (or denoiser) call
+        self.calls: dict[str, int] = {}
         self.run = 0
         self.step: int | None = None
         self.timestep: float | None = None
         self.segments: Segments = ALL_ROWS
-        self.in_denoiser = False
+        self.depth = 0  # nesting of denoiser calls: > 0 inside one
+        self.epoch = 0
         self._last_t: float | None = None
         self._stepped = False  # the scheduler updated the sample since the last denoiser call
         self.forced: str | None = None  # branch set by ``session.branch(name)``
 
     def new_run(self) -> None:
+        """A new run (a pipeline call, a ``generate`` call): steps and call indices restart."""
         self.run += 1
+        self.calls.clear()
+        self.restart_steps()
+
+    def restart_steps(self) -> None:
+        """The scheduler set its timesteps: the next denoiser call is step 0."""
         self.step = None
         self._last_t = None
         self._stepped = False
@@ -52,8 +68,16 @@ class RunState:
         at the same timestep (a second-order solver's correction evaluation)."""
         self._stepped = True
 
-    def enter_denoiser(self, timestep: float | None, segments: Segments) -> None:
-        self.call += 1
+    def begin_call(self, component: str) -> None:
+        """A call of ``component`` began (not nested in another call of it)."""
+        self.calls[component] = self.calls.get(component, -1) + 1
+        self.epoch += 1
+
+    def enter_denoiser(self, component: str, timestep: float | None, segments: Segments) -> None:
+        self.depth += 1
+        if self.depth > 1:  # a denoiser run inside another: same step, same rows
+            return
+        self.begin_call(component)
         if self.step is None:
             self.step = 0
         elif self._stepped or (timestep is not None and timestep != self._last_t):
@@ -63,54 +87,70 @@ class RunState:
             self._last_t = timestep
         self.timestep = timestep
         self.segments = ((self.forced, slice(None)),) if self.forced else segments
-        self.in_denoiser = True
 
     def exit_denoiser(self) -> None:
-        self.in_denoiser = False
-        self.segments = ((self.forced, slice(None)),) if self.forced else ALL_ROWS
+        self.depth = max(self.depth - 1, 0)
+        if not self.depth:
+            self.segments = ((self.forced, slice(None)),) if self.forced else ALL_ROWS
 
 
 class Context:
-    """Passed to every hook call. Cheap: one per site, reading the session's live state."""
+    """Passed to every hook call. Cheap: one per site, reading the session's live state.
 
-    __slots__ = ("site", "layout", "_state", "branch", "rows")
+    ``component`` is the pipeline component (or ``""``, the model) the site lies in; ``stepped``
+    whether that component is a denoiser; ``invocation`` counts the site's earlier firings in the
+    same call (a module run twice in one forward: 0, then 1).
+    """
 
-    def __init__(self, site: str, state: RunState, layout: str | None = None) -> None:
+    __slots__ = ("site", "layout", "_state", "branch", "rows", "component", "stepped", "invocation")
+
+    def __init__(
+        self, site: str, state: RunState, layout: str | None = None, component: str = "", stepped: bool = False
+    ) -> None:
         self.site = site
         self.layout = layout
         self._state = state
         self.branch: str | None = None
         self.rows: Rows = slice(None)
+        self.component = component
+        self.stepped = stepped
+        self.invocation = 0
 
     @property
     def step(self) -> int | None:
         """Denoising step index (one per denoiser evaluation of the solver, CFG passes included),
         or None outside a denoiser call (and for plain models)."""
-        return self._state.step if self._state.in_denoiser else None
+        return self._state.step if self.stepped and self._state.depth else None
 
     @property
     def timestep(self) -> float | None:
-        return self._state.timestep if self._state.in_denoiser else None
+        return self._state.timestep if self.stepped and self._state.depth else None
 
     @property
     def call(self) -> int:
-        """Index of the current root-model (or denoiser) call within the session."""
-        return self._state.call
+        """Index of the current call of this site's component (the model, a pipeline's text
+        encoder, VAE or denoiser) within the run; -1 before its first call."""
+        return self._state.calls.get(self.component, -1)
 
     @property
     def run(self) -> int:
         return self._state.run
 
     @property
-    def key(self) -> tuple[str, int | None, str | None]:
-        """The store key of this firing: (site, step or call, branch)."""
-        step = self.step if self._state.in_denoiser else self._state.call
+    def key(self) -> StoreKey:
+        """The store key of this firing: (site, step or call, branch), plus the invocation index
+        when the site already fired in this call."""
+        state = self._state
+        step = state.step if self.stepped and state.depth else state.calls.get(self.component, -1)
+        if self.invocation:
+            return (self.site, step, self.branch, self.invocation)
         return (self.site, step, self.branch)
 
     def __repr__(self) -> str:
+        inv = f", invocation={self.invocation}" if self.invocation else ""
         return (
             f"Context(site={self.site!r}, step={self.step}, t={self.timestep}, "
-            f"branch={self.branch!r}, call={self.call})"
+            f"branch={self.branch!r}, call={self.call}{inv})"
         )
 
 
@@ -119,14 +159,22 @@ StepSpec = int | range | slice | Iterable[int] | Callable[[int], bool] | None
 
 @dataclass(frozen=True)
 class When:
-    """Restrict a hook to some denoising steps, a timestep interval and a CFG branch.
+    """Restrict a hook to some denoising steps, a timestep interval, a CFG branch, some calls or
+    some invocations of a module that runs more than once per call.
 
     ``steps``: an index, a ``range``/``slice``, an iterable of indices or a predicate;
     ``t``: inclusive ``(lo, hi)`` interval on the timestep (or sigma) the denoiser received;
     ``branch``: ``"all"`` or one of :data:`BRANCHES` (``"cond"``, ``"uncond"``, and the extra
     blocks some pipelines batch); a name outside these raises here, since a misspelt branch would
-    match no rows and silently do nothing. ``calls``: like ``steps`` on the call index,
-    for models without steps (e.g. the generation step of a language model).
+    match no rows and silently do nothing. ``calls``: like ``steps`` on the call index of the
+    site's component, for models without steps (the generation step of a language model: call
+    indices restart with each ``generate()``). ``invocations``: like ``steps`` on the invocation
+    index (a shared layer run three times per forward fires as invocations 0, 1, 2).
+
+    ``steps`` and ``t`` on a site that has no denoising steps, and ``branch`` on rows that carry no
+    CFG label, are errors (at attach, or when the hook first meets such rows), never a hook that
+    silently does nothing. Slices take indices from 0 with a positive step: a negative bound
+    would count from an end the run has not reached yet.
 
     >>> When(steps=range(0, 10), branch="cond").allows(step=3, t=500.0, branch="cond", call=0)
     True
@@ -136,8 +184,10 @@ class When:
     t: tuple[float, float] | None = None
     branch: str = "all"
     calls: StepSpec = None
+    invocations: StepSpec = None
     _steps: Callable[[int], bool] | None = field(init=False, repr=False, compare=False)
     _calls: Callable[[int], bool] | None = field(init=False, repr=False, compare=False)
+    _invocations: Callable[[int], bool] | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.t is not None and (len(self.t) != 2 or self.t[0] > self.t[1]):
@@ -147,13 +197,21 @@ class When:
         check_branch(self.branch, "When(branch=...)")
         object.__setattr__(self, "_steps", _predicate(self.steps, "steps"))
         object.__setattr__(self, "_calls", _predicate(self.calls, "calls"))
+        object.__setattr__(self, "_invocations", _predicate(self.invocations, "invocations"))
 
-    def allows(self, step: int | None, t: float | None, branch: str | None, call: int) -> bool:
+    @property
+    def needs_steps(self) -> bool:
+        """Whether the selector reads denoising steps or timesteps (meaningless on a plain model)."""
+        return self._steps is not None or self.t is not None
+
+    def allows(self, step: int | None, t: float | None, branch: str | None, call: int, invocation: int = 0) -> bool:
         if self._steps is not None and (step is None or not self._steps(step)):
             return False
         if self.t is not None and (t is None or not self.t[0] <= t <= self.t[1]):
             return False
         if self.branch != "all" and branch != self.branch:
+            return False
+        if self._invocations is not None and not self._invocations(invocation):
             return False
         return self._calls is None or self._calls(call)
 
@@ -179,16 +237,34 @@ def _predicate(spec: StepSpec, name: str) -> Callable[[int], bool] | None:
     if isinstance(spec, bool):
         raise TypeError(f"When({name}=...) takes indices, not a bool")
     if isinstance(spec, int):
+        _non_negative(spec, name)
         return lambda i: i == spec
     if isinstance(spec, slice):
-        lo, hi, st = spec.start or 0, spec.stop, spec.step or 1
+        lo, hi, st = spec.start or 0, spec.stop, 1 if spec.step is None else spec.step
+        for bound in (lo, hi):
+            if bound is not None:
+                _non_negative(bound, name)
+        if st <= 0:
+            raise ValueError(f"When({name}=slice(...)) needs a positive step, got {st}")
         return lambda i: i >= lo and (hi is None or i < hi) and (i - lo) % st == 0
     if isinstance(spec, range):
+        if spec.start < 0 or spec.stop < -1:
+            raise ValueError(f"When({name}=range(...)) takes indices from 0, got {spec}")
         return spec.__contains__
     if callable(spec):
         return spec
     values = frozenset(spec)
+    for v in values:
+        _non_negative(v, name)
     return values.__contains__
+
+
+def _non_negative(index: int, name: str) -> None:
+    if not isinstance(index, int) or index < 0:
+        raise ValueError(
+            f"When({name}=...) takes indices from 0, got {index!r}: a negative index would count from an end "
+            "the run has not reached when the hook fires; write the indices out (e.g. range(n - 3, n))"
+        )
 
 
 def as_when(value: Any) -> When | None:

@@ -34,3 +34,8 @@ class AdapterError(InterventionError, ValueError):
 class StoreError(InterventionError, ValueError):
     """A store folder holds a file that claims to be a shard but cannot be read as one, or a key's
     parts cannot be joined."""
+
+
+class SelectorError(InterventionError, ValueError):
+    """A ``When`` that can never apply where it was attached (steps on a model without denoising
+    steps, a branch on rows that carry no CFG label)."""

@@ -36,7 +36,17 @@ Tensor = torch.Tensor
 
 
 class Hook(Protocol):
-    when: When | None
+    """The hook contract: ``hook(x, ctx) -> tensor | None`` (None: unchanged). A plain function
+    is a hook. Optional attributes the engine reads when present:
+
+    - ``when``: a :class:`When` restricting the hook to some steps, branches, calls, invocations;
+    - ``rowwise``: true if the hook treats every row alike and reads no branch, so that it may get
+      a whole batched CFG call at once (no split and re-join);
+    - ``whole_batch(x, ctx, segments)``: the entry used instead of ``__call__`` for such a call,
+      with the row blocks of each branch (``Cache`` stores each branch's rows under its own key).
+
+    The result must keep the shape, dtype and device of ``x``.
+    """
 
     def __call__(self, x: Tensor, ctx: Context) -> Tensor | None: ...
 
@@ -205,13 +215,15 @@ class Cache:
     def keys(self) -> list[StoreKey]:
         return self.store.keys()
 
-    def get(self, site: str, step: int | None = 0, branch: str | None = None) -> Tensor:
-        """The tensor cached at ``site`` for a step (or call index) and branch."""
-        return self.store.get((site, step, branch))
+    def get(self, site: str, step: int | None = 0, branch: str | None = None, invocation: int = 0) -> Tensor:
+        """The tensor cached at ``site`` for a step (or call index), branch and invocation (the
+        n-th run of the module within that call, for a module used more than once)."""
+        return self.store.get(store_key(site, step, branch, invocation))
 
-    def entries(self, site: str) -> dict[tuple[int | None, str | None], Tensor]:
-        """All cached tensors of one site, keyed by (step, branch)."""
-        return {(k[1], k[2]): self.store.get(k) for k in self.store.keys() if k[0] == site}
+    def entries(self, site: str) -> dict[tuple[int | None, str | None] | tuple[int | None, str | None, int], Tensor]:
+        """All cached tensors of one site, keyed by (step, branch), plus the invocation for a
+        module's later runs within one call."""
+        return {k[1:]: self.store.get(k) for k in self.store.keys() if k[0] == site}
 
     def __getitem__(self, site: str) -> Tensor:
         found = self.entries(site)
@@ -270,8 +282,10 @@ class Patch:
         if isinstance(src, Cache):
             src = src.store
         if hasattr(src, "get") and hasattr(src, "put"):
-            _, step, branch = ctx.key
-            return src.get((self.site or ctx.site, step, branch)).to(x.device)  # type: ignore[union-attr]
+            key = ctx.key
+            if self.site is not None:
+                key = (self.site, *key[1:])  # type: ignore[assignment]
+            return src.get(key).to(x.device)  # type: ignore[union-attr]
         if callable(src):
             out = src(x, ctx)
             if not isinstance(out, Tensor):
@@ -338,10 +352,22 @@ class AddVector:
 @dataclass(eq=False)
 class Ablate:
     """``"zero"``: h <- 0; ``"mean"``: h <- value (default: the mean over all but the feature
-    axis); ``"project"``: h <- h - strength * max(0, <h, v>) v with v the unit ``direction``, and
-    with ``restore_norm`` rescaled to each token's old norm (TADA's concept removal)."""
+    axis); with v the unit ``direction``, ``"project_out"``: h <- h - strength * <h, v> v (the
+    component along v removed, whatever its sign) and ``"project_positive"``:
+    h <- h - strength * max(0, <h, v>) v (only a positive component removed: TADA's concept
+    removal, which leaves tokens pointing away from the concept alone). ``restore_norm`` rescales
+    each token to its old norm after a projection.
 
-    mode: Literal["zero", "mean", "project"] = "zero"
+    >>> from interventions.context import RunState
+    >>> h = torch.tensor([[2.0, 1.0], [-2.0, 1.0]])
+    >>> v = torch.tensor([1.0, 0.0])
+    >>> Ablate("project_out", direction=v)(h, Context("s", RunState())).tolist()
+    [[0.0, 1.0], [0.0, 1.0]]
+    >>> Ablate("project_positive", direction=v)(h, Context("s", RunState())).tolist()
+    [[0.0, 1.0], [-2.0, 1.0]]
+    """
+
+    mode: Literal["zero", "mean", "project_out", "project_positive"] = "zero"
     direction: Tensor | None = None
     value: Tensor | None = None
     strength: float = 1.0
@@ -352,11 +378,19 @@ class Ablate:
     when: When | None = None
 
     def __post_init__(self) -> None:
-        if self.mode not in ("zero", "mean", "project"):
-            raise ValueError(f"Ablate mode must be 'zero', 'mean' or 'project', got {self.mode!r}")
-        if self.mode == "project" and self.direction is None:
-            raise ValueError("Ablate('project') needs direction=<a per-feature vector>")
-        if self.restore_norm and self.mode != "project":
+        if self.mode == "project":
+            raise ValueError(
+                "Ablate('project') is ambiguous: use 'project_out' (removes the component along the direction, "
+                "h - <h,v> v) or 'project_positive' (removes only a positive component, h - max(0, <h,v>) v, "
+                "as TADA removes a concept)"
+            )
+        if self.mode not in ("zero", "mean", "project_out", "project_positive"):
+            raise ValueError(
+                f"Ablate mode must be 'zero', 'mean', 'project_out' or 'project_positive', got {self.mode!r}"
+            )
+        if self.mode.startswith("project") and self.direction is None:
+            raise ValueError(f"Ablate({self.mode!r}) needs direction=<a per-feature vector>")
+        if self.restore_norm and not self.mode.startswith("project"):
             raise ValueError(f"Ablate restore_norm applies to mode='project' only, not {self.mode!r}")
 
     @property
@@ -377,7 +411,9 @@ class Ablate:
             assert self.direction is not None
             v = _feature_vector("Ablate(project)", self.direction, x, ctx)
             v = v / v.norm(dim=dim, keepdim=True).clamp_min(1e-12)
-            coef = (x * v).sum(dim=dim, keepdim=True).clamp_min(0)
+            coef = (x * v).sum(dim=dim, keepdim=True)
+            if self.mode == "project_positive":
+                coef = coef.clamp_min(0)
             out = x - self.strength * coef * v
             if self.restore_norm:
                 out = _with_norms_of(x, out, dim)
@@ -499,8 +535,8 @@ class Grads:
         x.register_hook(lambda g: self.store.put(key, g.detach()))
         return out
 
-    def get(self, site: str, step: int | None = 0, branch: str | None = None) -> Tensor:
-        return self.store.get((site, step, branch))
+    def get(self, site: str, step: int | None = 0, branch: str | None = None, invocation: int = 0) -> Tensor:
+        return self.store.get(store_key(site, step, branch, invocation))
 
     def __getitem__(self, site: str) -> Tensor:
         found = [k for k in self.store.keys() if k[0] == site]
@@ -518,6 +554,3 @@ class Lambda:
 
     def __call__(self, x: Tensor, ctx: Context) -> Tensor | None:
         return self.fn(x, ctx)
-
-
-HOOK_TYPES = (Cache, Patch, AddVector, Ablate, SAEEdit, Grads, Lambda)

@@ -84,7 +84,7 @@ def iter_tokens(
     if hasattr(source, "keys") and hasattr(source, "get"):
         wanted = set(steps) if steps is not None else None
         for key in source.keys():  # type: ignore[union-attr]
-            s, step, b = key
+            s, step, b = key[:3]  # every invocation of a module used more than once
             if (site is None or s == site) and (branch is False or b == branch) and (wanted is None or step in wanted):
                 # one appended part at a time: a DiskStore key may hold many prompts' activations
                 parts = source.parts(key) if hasattr(source, "parts") else [source.get(key)]  # type: ignore[union-attr]

@@ -4,13 +4,18 @@ every one of them on exit, on an exception and on KeyboardInterrupt.
 Torch hooks are global state on the modules; a session is the only owner of the handles it
 creates, and ``remove()`` is idempotent, so an interrupted notebook cell never leaves a hook
 behind. Sessions nest: an inner session's hooks run after the outer one's on the same site.
+
+A session belongs to one thread: its run state (step, call, CFG rows) describes one forward at a
+time, so a call from a second thread is refused with an error (attach one session per thread).
 """
 
 from __future__ import annotations
 
 import inspect
+import sys
+import threading
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,25 +24,26 @@ import torch
 from torch import nn
 
 from . import adapters as _adapters
-from .adapters.base import Adapter, Undo
-from .context import ALL_ROWS, BRANCHES, Context, RunState, as_when, check_branch
+from .adapters.base import Adapter, Undo, wrap_attribute
+from .context import ALL_ROWS, BRANCHES, Context, RunState, When, as_when, check_branch
 from .errors import (
     CompiledModelError,
     HookError,
     InterventionError,
+    SelectorError,
     ShapeMismatchError,
     SiteNeverFiredError,
     SiteNeverFiredWarning,
 )
 from .groups import with_suffix
-from .hooks import Cache, Hook
+from .hooks import Hook
 from .layout import check_layout
 from .sites import Site, SiteError, SiteNotFoundError, resolve
 from .tree import ModuleTree
 from .values import get as _get
 from .values import put as _put
 
-HookSpec = Hook | Sequence[Hook]
+HookSpec = Hook | Callable[..., Any] | Sequence[Hook | Callable[..., Any]]
 _UNSET = object()
 
 
@@ -46,20 +52,26 @@ class _Entry:
     site: Site
     name: str
     module: nn.Module
-    hooks: list[Hook]
+    hooks: list[tuple[Hook, When | None, int]]  # (hook, its When, its slot in ``applied``)
     ctx: Context
     layout_fixed: bool
     params: list[str] = field(default_factory=list)
     fired: int = 0
     whole: bool = False  # every hook acts on each row alike (or caches): no CFG split needed
+    epoch: int = -1  # the state's epoch at the last firing (for the invocation index)
+    applied: list[bool] = field(default_factory=list)  # per hook with a When: did it ever apply
 
 
 def _hook_failed(e: _Entry, h: Hook | None, ctx: Context, exc: Exception) -> HookError:
-    return HookError(f"{type(h).__name__} at site {e.name!r} ({ctx!r}) raised {type(exc).__name__}: {exc}")
+    return HookError(f"{_name(h)} at site {e.name!r} ({ctx!r}) raised {type(exc).__name__}: {exc}")
+
+
+def _name(h: Any) -> str:
+    return getattr(h, "__name__", None) or type(h).__name__
 
 
 def _wrong_output(e: _Entry, h: Hook, x: torch.Tensor, out: Any) -> ShapeMismatchError:
-    what = f"{type(h).__name__} at site {e.name!r}"
+    what = f"{_name(h)} at site {e.name!r}"
     if not isinstance(out, torch.Tensor) or out.shape != x.shape:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         return ShapeMismatchError(f"{what} returned {got}; the activation has shape {tuple(x.shape)}")
@@ -78,12 +90,22 @@ def _fits(out: Any, x: torch.Tensor) -> bool:
     return isinstance(out, torch.Tensor) and out.shape == x.shape and out.dtype == x.dtype and out.device == x.device
 
 
+def _unlabelled(e: _Entry, h: Hook, when: When) -> SelectorError:
+    return SelectorError(
+        f"{_name(h)} at site {e.name!r} selects When(branch={when.branch!r}), but the rows here carry no CFG "
+        f"branch ({e.ctx!r}): the hook would never apply. Declare the batch layout with attach(..., "
+        "cfg=('uncond', 'cond')) for a bare denoiser, label sequential passes with session.branch('cond'), "
+        "or drop branch= for a site outside the denoiser (a text encoder, a VAE: select calls with When(calls=...))"
+    )
+
+
 class Session:
     """A set of hooks attached to a model; a context manager and a handle with ``remove()``.
 
     Build it with :func:`attach`. ``session.branch("cond")`` labels the calls inside it as one
     CFG branch (for loops that run the branches as separate passes by hand), and
-    ``session.new_run()`` restarts step counting for a bare denoiser.
+    ``session.new_run()`` restarts step and call counting. A session that was removed (its
+    ``with`` block ended) attaches its hooks again when entered again.
     """
 
     def __init__(
@@ -104,9 +126,11 @@ class Session:
         self._handles: list[Any] = []
         self._undo: list[Undo] = []
         self._active = False
+        self._thread: int | None = None
         self.tree = ModuleTree(self.adapter.components())
+        self._denoisers = list(self.adapter.denoisers())
         self.entries = self._resolve(hooks, _checked_layouts(layouts))
-        _refuse_compiled(self.tree, [e.site.module for e in self.entries] + [self.adapter.denoiser or ""])
+        _refuse_compiled(self.tree, [e.site.module for e in self.entries] + self._denoisers)
         self._register()
 
     # -- building ------------------------------------------------------------------------------
@@ -115,29 +139,60 @@ class Session:
             raise TypeError("attach(model, hooks): hooks is a dict {site pattern: hook or [hooks]}")
         by_site: dict[Site, _Entry] = {}
         for pattern, spec in hooks.items():
-            hook_list: list[Hook] = [spec] if not isinstance(spec, (list, tuple)) else list(spec)  # type: ignore[list-item]
-            for h in hook_list:
-                if not callable(h):
-                    raise TypeError(f"site {pattern!r}: {h!r} is not a hook (a callable hook(x, ctx))")
-                as_when(getattr(h, "when", None))
+            if not isinstance(pattern, str):
+                raise SiteError(
+                    f"attach(model, hooks): a site is a string such as 'blocks.0' or 'unet.mid_block', got "
+                    f"{type(pattern).__name__} {pattern!r}"
+                )
+            hook_list = _hook_list(pattern, spec)
             for site, module in self._expand(pattern):
                 entry = by_site.get(site)
                 if entry is None:
-                    name = str(site)
-                    layout = layouts.get(name, layouts.get(site.module, _UNSET))
-                    entry = _Entry(site, name, module, [], Context(name, self.state), layout is not _UNSET)
-                    if layout is not _UNSET:
-                        entry.ctx.layout = layout  # type: ignore[assignment]
-                    if site.direction == "input":
-                        entry.params = _param_names(entry.module)
-                        _refuse_negative_input(site, entry.params)
-                    by_site[site] = entry
-                entry.hooks.extend(hook_list)
+                    entry = by_site[site] = self._entry(site, module, layouts)
+                for h, when in hook_list:
+                    self._check_selector(entry, h, when)
+                    entry.hooks.append((h, when, len(entry.applied)))
+                    entry.applied.append(when is None)
         for entry in by_site.values():
             entry.whole = all(
-                h.when is None and (isinstance(h, Cache) or getattr(h, "rowwise", False)) for h in entry.hooks
+                when is None and (callable(getattr(h, "whole_batch", None)) or getattr(h, "rowwise", False))
+                for h, when, _ in entry.hooks
             )
         return list(by_site.values())
+
+    def _entry(self, site: Site, module: nn.Module, layouts: dict[str, str]) -> _Entry:
+        name = str(site)
+        layout = layouts.get(name, layouts.get(site.module, _UNSET))
+        component = self._unit_of(site.module)
+        ctx = Context(name, self.state, component=component, stepped=component in self._denoisers)
+        entry = _Entry(site, name, module, [], ctx, layout is not _UNSET)
+        if layout is not _UNSET:
+            ctx.layout = layout  # type: ignore[assignment]
+        if site.direction == "input":
+            entry.params = _param_names(entry.module)
+            _refuse_negative_input(site, entry.params)
+        return entry
+
+    def _unit_of(self, path: str) -> str:
+        """What a site's call index counts: the denoiser it lies in (its calls are steps), else
+        its component (a pipeline's text encoder or VAE, or the whole model)."""
+        for den in self._denoisers:
+            if not den or path == den or path.startswith(den + "."):
+                return den
+        return self.tree.component_of(path)
+
+    def _check_selector(self, e: _Entry, h: Hook, when: When | None) -> None:
+        """Refuse a step or timestep selector on a site that has no denoising steps: it would
+        never apply, and the run would look fine."""
+        if when is None or not when.needs_steps or e.ctx.stepped:
+            return
+        where = f"component {e.ctx.component!r}" if e.ctx.component else "this model"
+        raise SelectorError(
+            f"{_name(h)} at site {e.name!r} selects steps or timesteps ({when!r}), but {where} has no denoising "
+            f"steps ({self.adapter.name} adapter; stepped components: {self._denoisers or 'none'}), so it would "
+            "never apply. Select calls with When(calls=...), or, for a denoiser this adapter does not know, "
+            "declare it with attach(..., cfg=('uncond', 'cond')) (or cfg=('cond',) without CFG)."
+        )
 
     def _expand(self, pattern: str) -> list[tuple[Site, nn.Module]]:
         """Sites for a pattern with their modules: a literal path is looked up directly, a glob or
@@ -165,40 +220,85 @@ class Session:
     def _register(self) -> None:
         try:
             self._undo += self.adapter.install(self.state)
-            den = self.adapter.denoiser
-            tracked = self.tree.get(den) if den is not None else None
-            if den is not None and tracked is None:
-                raise InterventionError(f"{self.adapter.name} adapter: denoiser {den!r} is not in the model")
-            if tracked is not None:
-                self._handles.append(
-                    tracked.register_forward_pre_hook(self._enter_denoiser, with_kwargs=True, prepend=True)
-                )
-            else:
-                for root in self.adapter.roots():
-                    module = self.tree.get(root)
-                    assert module is not None
-                    self._handles.append(module.register_forward_pre_hook(self._enter_call, prepend=True))
+            for den in self._denoisers:
+                module = self.tree.get(den)
+                if module is None:
+                    raise InterventionError(f"{self.adapter.name} adapter: denoiser {den!r} is not in the model")
+                enter, leave = self._denoiser_hooks(den)
+                self._handles.append(module.register_forward_pre_hook(enter, with_kwargs=True, prepend=True))
+            for comp in dict.fromkeys(e.ctx.component for e in self.entries):
+                if comp not in self._denoisers:
+                    self._track_calls(comp)
             for e in self.entries:
                 if e.site.direction == "output":
                     self._handles.append(e.module.register_forward_hook(self._output_hook(e)))
                 else:
                     self._handles.append(e.module.register_forward_pre_hook(self._input_hook(e), with_kwargs=True))
-            if tracked is not None:  # registered last: it runs after this session's output hooks
-                self._handles.append(tracked.register_forward_hook(self._exit_denoiser, always_call=True))
+            for den in self._denoisers:  # registered last: they run after this session's output hooks
+                module = self.tree.get(den)
+                assert module is not None
+                self._handles.append(module.register_forward_hook(self._exit_denoiser, always_call=True))
             self._active = True
         except BaseException:
             self.remove()
             raise
 
     # -- tracking ------------------------------------------------------------------------------
-    def _enter_call(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        self.state.call += 1
+    def _own_thread(self) -> None:
+        """Refuse a second thread: the run state describes one forward at a time."""
+        me = threading.get_ident()
+        if self._thread is None:
+            self._thread = me
+        elif self._thread != me:
+            raise InterventionError(
+                "this session is already used by another thread: its step, call and branch state describe one "
+                "forward at a time, so calls from two threads would be recorded under each other's keys. Attach "
+                "a separate session in each thread (attach(model, hooks) inside the thread's function)."
+            )
 
-    def _enter_denoiser(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        t = self.adapter.read_timestep(module, args, kwargs)
-        batch = self.adapter.batch_of(args, kwargs) or 0
-        segments = self.adapter.segments(module, args, kwargs, batch)
-        self.state.enter_denoiser(t, segments)
+    def _track_calls(self, component: str) -> None:
+        """Count the calls of a component that is not a denoiser (a text encoder, a VAE, a plain
+        model): a pre-hook on ``forward``, or wrappers on the entry points the adapter names
+        (a VAE runs through ``encode`` / ``decode``), of which nested ones count once."""
+        state = self.state
+        names = self.adapter.entry_points(component)
+        module = self.tree.get(component)
+        assert module is not None
+        if not names:
+
+            def begin(module: nn.Module, args: Any) -> None:
+                self._own_thread()
+                state.begin_call(component)
+
+            self._handles.append(module.register_forward_pre_hook(begin, prepend=True))
+            return
+        depth = [0]
+
+        def make(original: Callable[..., Any]) -> Callable[..., Any]:
+            def entry(*args: Any, **kwargs: Any) -> Any:
+                if not depth[0]:
+                    self._own_thread()
+                    state.begin_call(component)
+                depth[0] += 1
+                try:
+                    return original(*args, **kwargs)
+                finally:
+                    depth[0] -= 1
+
+            return entry
+
+        self._undo += [wrap_attribute(module, n, make) for n in names]
+
+    def _denoiser_hooks(self, component: str) -> tuple[Callable[..., None], Callable[..., None]]:
+        adapter, state = self.adapter, self.state
+
+        def enter(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            self._own_thread()
+            t = adapter.read_timestep(module, args, kwargs)
+            batch = adapter.batch_of(args, kwargs) or 0
+            state.enter_denoiser(component, t, adapter.segments(module, args, kwargs, batch))
+
+        return enter, self._exit_denoiser
 
     def _exit_denoiser(self, module: nn.Module, args: Any, output: Any) -> None:
         self.state.exit_denoiser()
@@ -245,11 +345,15 @@ class Session:
                 f"site {e.name!r} carries a {type(x).__name__}, not a tensor; pick a tensor element (e.g. {e.name}:output.0)"
             )
         e.fired += 1
-        ctx = e.ctx
+        ctx, state = e.ctx, self.state
+        if e.epoch != state.epoch:
+            e.epoch, ctx.invocation = state.epoch, 0
+        else:
+            ctx.invocation += 1
         if not e.layout_fixed:
             ctx.layout = self.adapter.layout(e.site.module, x.ndim)
             e.layout_fixed = True
-        segments = self.state.segments
+        segments = state.segments if ctx.stepped or state.forced else ALL_ROWS
         if len(segments) > 1 and (not x.ndim or x.shape[0] != segments[-1][1].stop):
             segments = ALL_ROWS  # not batch-major at this site: no row split possible
         if len(segments) == 1:
@@ -273,12 +377,14 @@ class Session:
         return None
 
     def _apply_whole(self, e: _Entry, x: torch.Tensor, ctx: Context, segments: Any) -> torch.Tensor | None:
-        """Hooks that act on each row alike run once on the whole CFG batch; caches store each
-        branch's rows under its own key (one copy, no split and re-join)."""
+        """Hooks that act on each row alike run once on the whole CFG batch; a hook with a
+        ``whole_batch`` entry (a Cache: each branch's rows under its own key, one copy) gets the
+        rows' labels with it."""
         changed = False
-        for h in e.hooks:
-            if isinstance(h, Cache):
-                h.whole_batch(x, ctx, segments)
+        for h, _, _ in e.hooks:
+            whole = getattr(h, "whole_batch", None)
+            if whole is not None:
+                whole(x, ctx, segments)
                 continue
             out = self._call(e, h, x, ctx)
             if out is not None:
@@ -291,13 +397,15 @@ class Session:
         selector: tuple[Any, ...] | None = None
         h: Hook | None = None
         try:
-            for h in e.hooks:
-                when = h.when
+            for h, when, slot in e.hooks:
                 if when is not None:
                     if selector is None:
-                        selector = (ctx.step, ctx.timestep, ctx.branch, self.state.call)
+                        selector = (ctx.step, ctx.timestep, ctx.branch, ctx.call, ctx.invocation)
                     if not when.allows(*selector):
+                        if ctx.branch is None and when.branch != "all":
+                            raise _unlabelled(e, h, when)
                         continue
+                    e.applied[slot] = True
                 out = h(x, ctx)
                 if out is not None:
                     if not _fits(out, x):
@@ -326,6 +434,7 @@ class Session:
     def branch(self, name: str) -> Iterator[None]:
         """Label every call inside the block as CFG branch ``name`` (sequential CFG by hand)."""
         check_branch(name, "session.branch(...)", BRANCHES)
+        self._own_thread()
         previous = self.state.forced
         self.state.forced = name
         self.state.segments = ((name, slice(None)),)
@@ -336,7 +445,7 @@ class Session:
             self.state.segments = ((previous, slice(None)),) if previous else ALL_ROWS
 
     def new_run(self) -> None:
-        """Restart step counting (the next distinct timestep is step 0)."""
+        """Restart step and call counting (the next distinct timestep is step 0)."""
         self.state.new_run()
 
     @property
@@ -354,18 +463,42 @@ class Session:
         self._active = False
 
     def report_unfired(self) -> None:
-        unfired = [e.name for e in self.entries if e.fired == 0]
-        if not unfired or self.on_unfired == "ignore":
+        """Warn (or raise, with ``on_unfired="error"``) about sites that never fired and hooks whose
+        ``When`` never matched: a result built on them would be built on a no-op."""
+        if self.on_unfired == "ignore":
             return
-        msg = (
-            f"{len(unfired)} hooked site(s) never fired during the session: {unfired[:10]}. "
-            "The module was not called (another branch of the model, or a different model object?)"
-        )
+        unfired = [e.name for e in self.entries if e.fired == 0]
+        idle = [
+            f"{_name(h)} at {e.name!r} ({when!r}, {e.fired} firings)"
+            for e in self.entries
+            if e.fired
+            for h, when, slot in e.hooks
+            if not e.applied[slot]
+        ]
+        parts = []
+        if unfired:
+            parts.append(
+                f"{len(unfired)} hooked site(s) never fired during the session: {unfired[:10]}. "
+                "The module was not called (another branch of the model, or a different model object?)"
+                + _compiled_hint()
+            )
+        if idle:
+            parts.append(f"{len(idle)} hook(s) never applied, their When(...) matching none of the firings: {idle[:5]}")
+        if not parts:
+            return
+        msg = " ".join(parts)
         if self.on_unfired == "error":
             raise SiteNeverFiredError(msg)
         warnings.warn(msg, SiteNeverFiredWarning, stacklevel=3)
 
     def __enter__(self) -> Session:
+        if not self._active:  # entered again after its block ended: attach the same hooks again
+            self.state = RunState()
+            self._thread = None
+            for e in self.entries:
+                e.ctx._state, e.fired, e.epoch = self.state, 0, -1
+                e.applied = [when is None for _, when, _ in e.hooks]
+            self._register()
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -390,19 +523,21 @@ def attach(
     """Attach hooks to a model or a diffusers pipeline.
 
     ``hooks`` maps site patterns (``"blocks.*.attn"``, ``"unet.mid_block:output"``, a group
-    such as ``"@cross_attn"``) to a hook or a list of hooks that run in order. Every site is
-    resolved before anything is registered. ``cfg`` declares a batched CFG layout for a bare
+    such as ``"@cross_attn"``) to a hook or a list of hooks that run in order; a hook is any
+    ``fn(x, ctx) -> tensor | None`` (see :class:`interventions.Hook`). Every site is resolved
+    before anything is registered. ``cfg`` declares a batched CFG layout for a bare
     denoiser (e.g. ``("uncond", "cond")``); pipelines are detected by their adapter.
     ``layouts`` overrides the activation layout of a site (``{"blocks.0": "BCT"}``; one of
     ``layout.KNOWN_LAYOUTS`` or None, checked here).
-    ``on_unfired``: what to do when a site never fired: "warn" (default), "error", "ignore".
+    ``on_unfired``: what to do when a site never fired or a hook's ``When`` never matched:
+    "warn" (default), "error", "ignore".
     A hook's result must keep the shape, dtype and device of the site's tensor (else
     :class:`ShapeMismatchError` names the site and the hook).
 
     >>> import torch
     >>> from interventions import attach, Cache
     >>> model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Tanh())
-    >>> with attach(model, {"*": Cache()}) as session:
+    >>> with attach(model, {"*": Cache(), "1": lambda x, ctx: 2 * x}) as session:
     ...     _ = model(torch.randn(2, 3))
     >>> session.fired
     {'0': 1, '1': 1}
@@ -411,6 +546,31 @@ def attach(
 
 
 # -- helpers -----------------------------------------------------------------------------------
+def _hook_list(pattern: str, spec: Any) -> list[tuple[Hook, When | None]]:
+    """The hooks given for one pattern, each with its ``When`` (a plain function has none)."""
+    hooks = list(spec) if isinstance(spec, (list, tuple)) else [spec]
+    out = []
+    for h in hooks:
+        if not callable(h):
+            raise TypeError(f"site {pattern!r}: {h!r} is not a hook (a callable hook(x, ctx))")
+        out.append((h, as_when(getattr(h, "when", None))))
+    return out
+
+
+def _compiled_hint() -> str:
+    """Why a site may not fire although its model ran: torch.compile code (compiled before the
+    hooks were added, and guarding no hooks) runs without them. Read only if dynamo is loaded."""
+    dynamo = sys.modules.get("torch._dynamo.utils")
+    compiled = dynamo is not None and sum(dynamo.counters["stats"].values()) > 0
+    if not compiled:
+        return ""
+    return (
+        " torch.compile has compiled code in this process: a model (or a function calling it) compiled before "
+        "the hooks were attached runs without them. Attach before compiling, call the uncompiled module, or set "
+        "torch._dynamo.config.skip_nnmodule_hook_guards = False so that adding hooks recompiles."
+    )
+
+
 def _refuse_compiled(tree: ModuleTree, paths: list[str]) -> None:
     """Refuse hooks below a module that torch.compile already traced (they would be ignored)."""
     compiled = set()

@@ -110,7 +110,7 @@ def hook_stacks(draw: st.DrawFn, width: int, max_size: int = 4) -> list[Any]:
         elif kind == "ablate_zero":
             hooks.append(Ablate("zero"))
         elif kind == "project":
-            hooks.append(Ablate("project", direction=vec + 1.0))
+            hooks.append(Ablate("project_positive", direction=vec + 1.0))
         elif kind == "patch":
             hooks.append(Patch(vec, alpha=draw(st.floats(0, 1, width=32))))
         elif kind == "lambda":

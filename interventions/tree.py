@@ -40,6 +40,10 @@ class ModuleTree:
                 return
             yield module
 
+    def component_of(self, path: str) -> str:
+        """The component a module path lies in (``""`` for a single model)."""
+        return "" if "" in self.components else path.partition(".")[0]
+
     def _depth(self, path: str) -> int:
         n = len(path.split(".")) if path else 0
         return n + 1 if "" in self.components else n

@@ -375,13 +375,13 @@ def test_ablate_modes(tiny_mlp):
     x = torch.randn(3, 4)
     v = torch.randn(8)
     c = Cache()
-    with torch.no_grad(), attach(tiny_mlp, {"layers.0": [Ablate("project", direction=v), c]}):
+    with torch.no_grad(), attach(tiny_mlp, {"layers.0": [Ablate("project_positive", direction=v), c]}):
         tiny_mlp(x)
     unit = v / v.norm()
     assert (c["layers.0"] @ unit).max() <= 1e-5  # no positive component left
     with torch.no_grad(), attach(tiny_mlp, {"layers.0": [Ablate("zero", tokens=[0]), Cache()]}) as s:
         tiny_mlp(x)
-    got = s.entries[0].hooks[1]["layers.0"]
+    got = s.entries[0].hooks[1][0]["layers.0"]
     assert torch.equal(got, torch.zeros_like(got))
     with torch.no_grad(), attach(tiny_mlp, {"layers.0": [Ablate("mean"), c2 := Cache()]}):
         tiny_mlp(x)

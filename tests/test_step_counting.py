@@ -148,13 +148,13 @@ def test_run_state_new_step_on_new_timestep_or_after_a_scheduler_update():
     for t, stepped in [(999, False), (999, False), (666, True), (666, True), (666, False), (333, False)]:
         if stepped:
             state.scheduler_stepped()
-        state.enter_denoiser(t, ALL_ROWS)
+        state.enter_denoiser("", t, ALL_ROWS)
         steps.append(state.step)
         state.exit_denoiser()
     assert steps == [0, 0, 1, 2, 2, 3]
     state.scheduler_stepped()
     state.new_run()  # a new run forgets a pending update
-    state.enter_denoiser(333, ALL_ROWS)
+    state.enter_denoiser("", 333, ALL_ROWS)
     assert state.step == 0
 
 

@@ -92,6 +92,20 @@ def wrap_attribute(obj: Any, name: str, make: Callable[[Callable[..., Any]], Cal
     return undo
 
 
+def before(callback: Callable[[], None]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A ``make`` for :func:`wrap_attribute`: run ``callback`` before each call of the original."""
+
+    def make(original: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(original)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            callback()
+            return original(*args, **kwargs)
+
+        return wrapper
+
+    return make
+
+
 def _unwind(obj: Any, name: str) -> None:
     """Take the switched-off wrappers off the top of ``obj.name``'s chain."""
     while True:
@@ -159,9 +173,15 @@ class Adapter:
         """Prefix -> module; the session addresses ``prefix.sub.path`` (no prefix for "")."""
         return {"": self.target}
 
-    def roots(self) -> list[str]:
-        """Paths whose call starts a new "call" index when no denoiser is known."""
-        return [""]
+    def denoisers(self) -> list[str]:
+        """The components whose calls are denoising passes: each call is a step (or part of one),
+        its rows may be CFG branches. A plain model has none unless ``cfg`` declares it one."""
+        return [] if self.denoiser is None else [self.denoiser]
+
+    def entry_points(self, component: str) -> tuple[str, ...]:
+        """Methods through which a component that is no denoiser is run, when not (only) through
+        ``forward`` (a VAE's ``encode`` / ``decode``); empty: each ``forward`` is one call."""
+        return ()
 
     # -- denoiser calls ------------------------------------------------------------------------
     def read_timestep(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> float | None:
@@ -174,7 +194,9 @@ class Adapter:
         return halves(self.cfg, batch) if self.cfg else ALL_ROWS
 
     def install(self, state: RunState) -> list[Undo]:
-        """Instance-level wrappers (scheduler, pipeline methods) the adapter needs; undo list."""
+        """Instance-level wrappers (scheduler, pipeline methods) the adapter needs; undo list.
+        They report what they see through ``state``'s methods (``new_run``, ``restart_steps``,
+        ``scheduler_stepped``) and never set its fields."""
         return []
 
     # -- sites ---------------------------------------------------------------------------------

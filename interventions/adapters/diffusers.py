@@ -39,7 +39,7 @@ from torch import nn
 
 from ..context import ALL_ROWS, RunState, Segments
 from ..groups import class_names, hidden_site, leaf, nonempty, once, walk
-from .base import TIMESTEP_NAMES, Adapter, Undo, halves, wrap_attribute
+from .base import TIMESTEP_NAMES, Adapter, Undo, before, halves, wrap_attribute
 
 UNCOND_FIRST = ("uncond", "cond")
 PIX2PIX = ("cond", "image_cond", "uncond")  # text + image, image only, neither
@@ -65,9 +65,14 @@ def is_diffusers_model(obj: Any) -> bool:
 def is_denoiser(model: nn.Module) -> bool:
     """Whether ``model.forward`` takes a timestep (``timestep``, ``timestep_ratio``,
     ``decoder_noise_time``, ``sigma``...): a VAE or an adapter takes none and is run once per
-    pipeline call, not once per step."""
+    pipeline call, not once per step. Read from the class (once per class: a signature costs)."""
+    return _takes_timestep(type(model).forward)
+
+
+@functools.lru_cache(maxsize=256)
+def _takes_timestep(forward: Callable[..., Any]) -> bool:
     try:
-        names = list(inspect.signature(model.forward).parameters)
+        names = list(inspect.signature(forward).parameters)
     except (TypeError, ValueError):
         return True
     return any(n in TIMESTEP_NAMES or "timestep" in n or n.endswith("_time") or "sigma" in n for n in names)
@@ -100,11 +105,11 @@ class DiffusersModelAdapter(Adapter):
         return self.target
 
     def install(self, state: RunState) -> list[Undo]:
-        undo: list[Undo] = []
-        den = self._denoiser_module()
-        if hasattr(den, "cache_context"):
-            undo.append(wrap_attribute(den, "cache_context", self._track_cache_context))
-        return undo
+        """Watch every denoiser's ``cache_context`` (Flux true CFG and Wan name their sequential
+        passes with it)."""
+        comps = self.components()
+        dens = [comps[d] if d in comps else self.target for d in self.denoisers()]
+        return [wrap_attribute(m, "cache_context", self._track_cache_context) for m in dens if hasattr(m, "cache_context")]
 
     def _track_cache_context(self, original: Callable[..., Any]) -> Callable[..., Any]:
         adapter = self
@@ -201,30 +206,9 @@ class DiffusersModuleAdapter(DiffusersModelAdapter):
     def __init__(self, target: Any, *, cfg: Sequence[str] | None = None) -> None:
         Adapter.__init__(self, target, cfg=cfg)
         self._sequential = None
-        self._depth = 0
 
-    def roots(self) -> list[str]:
-        return []  # calls are counted by the entry-point wrappers, not by a hook on forward
-
-    def install(self, state: RunState) -> list[Undo]:
-        names = [n for n in ENTRY_POINTS if callable(getattr(self.target, n, None))]
-        return [wrap_attribute(self.target, n, self._counting(state)) for n in names]
-
-    def _counting(self, state: RunState) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        def make(original: Callable[..., Any]) -> Callable[..., Any]:
-            @functools.wraps(original)
-            def entry(*args: Any, **kwargs: Any) -> Any:
-                if self._depth == 0:
-                    state.call += 1
-                self._depth += 1
-                try:
-                    return original(*args, **kwargs)
-                finally:
-                    self._depth -= 1
-
-            return entry
-
-        return make
+    def entry_points(self, component: str) -> tuple[str, ...]:
+        return _entry_points(self.target)
 
     def _channels_by_time(self, path: str) -> bool:
         return type(self.target).__name__ == "AutoencoderOobleck"
@@ -243,8 +227,12 @@ class DiffusersPipelineAdapter(DiffusersModelAdapter):
         # a plain config value such as ``requires_safety_checker`` as an attribute is deprecated)
         names = [k for k, v in target.config.items() if not k.startswith("_") and isinstance(v, (list, tuple))]
         self._comps = {k: m for k in names if isinstance(m := getattr(target, k, None), nn.Module)}
-        names = [n for n in ("unet", "transformer", "prior") if n in self._comps]
-        self.denoiser = names[0] if names else None
+        self._schedulers = [s for k in names if callable(getattr(s := getattr(target, k, None), "set_timesteps", None))]
+        # every component run with a timestep in the denoising loop is stepped (a ControlNet, Wan's
+        # transformer_2, a prior and its decoder); the main one (groups, layouts) comes first
+        self._denoisers = [n for n, m in self._comps.items() if is_denoiser(m)]
+        main = [n for n in ("unet", "transformer", "prior") if n in self._denoisers]
+        self.denoiser = main[0] if main else (self._denoisers[0] if self._denoisers else None)
         self._sequential = None
         self._cfg_flag: bool | None = None
         self._warned = False
@@ -252,8 +240,11 @@ class DiffusersPipelineAdapter(DiffusersModelAdapter):
     def components(self) -> dict[str, nn.Module]:
         return self._comps
 
-    def roots(self) -> list[str]:
-        return list(self._comps)
+    def denoisers(self) -> list[str]:
+        return self._denoisers
+
+    def entry_points(self, component: str) -> tuple[str, ...]:
+        return _entry_points(self._comps[component])
 
     def _denoiser_module(self) -> nn.Module:
         return self._comps[self.denoiser] if self.denoiser else nn.Module()
@@ -265,12 +256,19 @@ class DiffusersPipelineAdapter(DiffusersModelAdapter):
         return type(self._comps.get("vae")).__name__ == "AutoencoderOobleck"
 
     def install(self, state: RunState) -> list[Undo]:
+        """A pipeline call begins a run (``check_inputs`` is the first thing a pipeline's
+        ``__call__`` runs: the text encoders' calls then count from 0 again), each scheduler's
+        ``set_timesteps`` restarts the steps (the run itself where no ``check_inputs`` exists),
+        and each ``scheduler.step`` ends a denoiser evaluation."""
         undo = super().install(state)
-        scheduler = getattr(self.pipe, "scheduler", None)
-        if scheduler is not None and hasattr(scheduler, "set_timesteps"):
-            undo.append(wrap_attribute(scheduler, "set_timesteps", _before(state.new_run)))
-        if scheduler is not None and callable(getattr(scheduler, "step", None)):
-            undo.append(wrap_attribute(scheduler, "step", _before(state.scheduler_stepped)))
+        begins_run = callable(getattr(self.pipe, "check_inputs", None))
+        if begins_run:
+            undo.append(wrap_attribute(self.pipe, "check_inputs", before(state.new_run)))
+        for scheduler in self._schedulers:
+            restart = state.restart_steps if begins_run else state.new_run
+            undo.append(wrap_attribute(scheduler, "set_timesteps", before(restart)))
+            if callable(getattr(scheduler, "step", None)):
+                undo.append(wrap_attribute(scheduler, "step", before(state.scheduler_stepped)))
         encode = getattr(self.pipe, "encode_prompt", None)
         if (
             encode is not None
@@ -330,6 +328,14 @@ class DiffusersPipelineAdapter(DiffusersModelAdapter):
         )
 
 
+def _entry_points(model: nn.Module) -> tuple[str, ...]:
+    """A model run through ``encode`` / ``decode`` (a VAE) counts a call at each of them and at
+    ``forward``; any other is counted at ``forward`` alone (empty: a forward pre-hook does it)."""
+    if not any(callable(getattr(model, n, None)) for n in ENTRY_POINTS[1:]):
+        return ()
+    return tuple(n for n in ENTRY_POINTS if callable(getattr(model, n, None)))
+
+
 class _ModuleStandIn(nn.Module):
     """Placeholder target: a pipeline is not a module; its components are."""
 
@@ -344,15 +350,3 @@ def _params(fn: Callable[..., Any]) -> list[str]:
         return list(inspect.signature(fn).parameters)
     except (TypeError, ValueError):
         return []
-
-
-def _before(callback: Callable[[], None]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    def make(original: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(original)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            callback()
-            return original(*args, **kwargs)
-
-        return wrapper
-
-    return make

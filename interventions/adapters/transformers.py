@@ -12,8 +12,9 @@ from typing import Any
 
 from torch import nn
 
+from ..context import RunState
 from ..groups import hidden_site, leaf, nonempty, once, outermost, walk
-from .base import Adapter
+from .base import Adapter, Undo, before, wrap_attribute
 
 
 def is_transformers_model(obj: Any) -> bool:
@@ -65,6 +66,12 @@ def _mlp(path: str, block: nn.Module) -> str | None:
 
 class TransformersAdapter(Adapter):
     name = "transformers"
+
+    def install(self, state: RunState) -> list[Undo]:
+        """Each ``generate()`` is a run: its forward calls (one per new token) count from 0."""
+        if not callable(getattr(self.target, "generate", None)):
+            return []
+        return [wrap_attribute(self.target, "generate", before(state.new_run))]
 
     def layout(self, path: str, ndim: int) -> str | None:
         return "BNC" if ndim == 3 else None
