@@ -16,6 +16,15 @@ transformers, clash with the project's, so it lives in its own virtual environme
     ``SAE.from_pretrained("<org>/<repo>", "<site>")`` must give W_enc, W_dec, b_enc, b_dec
     (threshold) bit for bit and the expected encode / decode outputs.
 
+    Then saves one SAE per SAELens architecture and setting (``_saelens_variants``) with SAELens'
+    own ``save_model`` (its default metadata) under ``OUT/saelens/<name>/``, with SAELens' encode /
+    decode of random inputs.
+
+``import OUT`` (the project's Python)
+    Every SAELens-saved folder must load with ``interventions.SAE.load`` and give SAELens' latents
+    and reconstructions (bit-close: the same latents fire, relative difference < 1e-5), or be
+    refused with an ``ArtifactError`` that names its architecture or setting.
+
 Exit code 0 when everything matches; the report is printed either way.
 """
 
@@ -158,6 +167,7 @@ def check(out: Path) -> int:
                 failures += [f"{name} {how}: {p}" for p in problems]
         fetched = hub.downloaded()
         print(f"SAELens downloaded {len(fetched)} files from the test Hub")
+        failures += _save_with_saelens(out)
     if failures:
         print("FAILED:\n  " + "\n  ".join(failures))
         return 1
@@ -165,12 +175,127 @@ def check(out: Path) -> int:
     return 0
 
 
+def _saelens_variants() -> dict[str, tuple[str, dict, bool]]:
+    """name -> (architecture, config keywords, training class saved for inference): every SAE class
+    SAELens registers, plus the settings that change what a standard or TopK SAE computes."""
+    from sae_lens.registry import SAE_CLASS_REGISTRY
+
+    out: dict[str, tuple[str, dict, bool]] = {}
+    for arch in SAE_CLASS_REGISTRY:
+        kw: dict = {"k": K} if "topk" in arch else {}
+        if "transcoder" in arch:
+            kw |= {"d_out": D_IN, "apply_b_dec_to_input": False}
+        out[arch] = (arch, kw, False)
+    out["topk_rescaled"] = ("topk", {"k": K, "rescale_acts_by_decoder_norm": True}, False)
+    out["topk_training_defaults"] = ("topk", {"k": K}, True)  # rescale_acts_by_decoder_norm=True by default
+    out["jumprelu_uncentred"] = ("jumprelu", {"apply_b_dec_to_input": False}, False)
+    out["standard_hook_z"] = ("standard", {"reshape_activations": "hook_z"}, False)
+    out["standard_layer_norm"] = ("standard", {"normalize_activations": "layer_norm"}, False)
+    return out
+
+
+def _save_with_saelens(out: Path) -> list[str]:
+    """(SAELens venv) Save one SAE per variant with SAELens' own ``save_model`` (its default metadata:
+    no hook_name), load it back with SAELens and store its encode / decode of random inputs."""
+    import torch
+    from sae_lens.registry import SAE_CLASS_REGISTRY, SAE_TRAINING_CLASS_REGISTRY
+    from safetensors.torch import save_file
+
+    root = out / "saelens"
+    failures = []
+    gen = torch.Generator().manual_seed(1)
+    for name, (arch, kw, training) in _saelens_variants().items():
+        cls, cfg_cls = (SAE_TRAINING_CLASS_REGISTRY if training else SAE_CLASS_REGISTRY)[arch]
+        try:
+            sae = cls(cfg_cls(d_in=D_IN, d_sae=D_SAE, **kw))
+        except Exception as e:
+            print(f"  {name:26s} SAELens cannot build it with defaults ({type(e).__name__}: {e}); skipped")
+            continue
+        with torch.no_grad():
+            for p in sae.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5 + (0.3 if p.ndim == 1 else 0.0))
+        (sae.save_inference_model if training else sae.save_model)(root / name)
+        from sae_lens import SAE
+
+        try:
+            back = SAE.load_from_disk(str(root / name))
+        except Exception as e:
+            failures.append(f"SAELens cannot load its own {name}: {type(e).__name__}: {e}")
+            continue
+        x = torch.randn(N, D_IN, generator=gen) * 2
+        try:
+            with torch.no_grad():
+                z = back.encode(x)
+                x_hat = back.decode(z)
+        except Exception as e:  # hook_z needs [..., heads, d_head] inputs: no expectation, must be refused
+            print(f"  {name:26s} SAELens cannot encode [n, d_in] tokens ({type(e).__name__}); we must refuse it")
+            continue
+        save_file({"x": x, "z": z.contiguous(), "x_hat": x_hat.contiguous()}, str(root / f"{name}.safetensors"))
+    print(f"saved {len(list(root.glob('*/cfg.json')))} SAEs with SAELens' save_model under {root}")
+    return failures
+
+
+def import_check(out: Path) -> int:
+    """(Project Python) Every SAELens-saved folder loads with ``SAE.load`` and computes what SAELens
+    computes (bit-close), or is refused with an error that names the architecture or setting."""
+    import torch
+    from safetensors.torch import load_file
+
+    from hub_cards import ArtifactError
+    from interventions.sae import SAE
+
+    failures = []
+    variants = _variants_on_disk(out / "saelens")
+    for name, (arch, kw) in variants.items():
+        folder = out / "saelens" / name
+        try:
+            sae = SAE.load(folder)
+        except ArtifactError as e:
+            named = [s for s in (f"'{arch}'", *(f"{k}={v!r}" for k, v in kw.items())) if s in str(e)]
+            status = f"refused, naming {named[0]}" if named else f"FAIL refused without naming the setting: {e}"
+            print(f"  {name:26s} {status}")
+            if not named:
+                failures.append(f"{name}: {e}")
+            continue
+        if not (out / "saelens" / f"{name}.safetensors").is_file():
+            print(f"  {name:26s} FAIL loaded, but SAELens itself cannot compute it on [n, d_in] tokens")
+            failures.append(f"{name}: loaded although SAELens cannot compute it on [n, d_in] tokens")
+            continue
+        expected = load_file(str(out / "saelens" / f"{name}.safetensors"))
+        with torch.no_grad():
+            z = sae.encode(expected["x"])
+            x_hat = sae.decode(z)
+        rel = max(
+            float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+            for a, b in ((z, expected["z"]), (x_hat, expected["x_hat"]))
+        )
+        ok = torch.equal(z != 0, expected["z"] != 0) and rel < 1e-5
+        print(f"  {name:26s} SAE.load {sae.kind:9s} {'ok' if ok else 'FAIL'}: max relative difference {rel:.2e}")
+        if not ok:
+            failures.append(f"{name}: SAE.load computes something else (max relative difference {rel:.2e})")
+    if failures or not variants:
+        print("FAILED:\n  " + "\n  ".join(failures or ["no SAELens-saved folders found"]))
+        return 1
+    print(f"SAELens-saved SAEs: all {len(variants)} load bit-close or are refused by name")
+    return 0
+
+
+def _variants_on_disk(root: Path) -> dict[str, tuple[str, dict]]:
+    """The saved variants with their architecture and the settings that differ from SAELens' defaults."""
+    found = {}
+    for cfg_path in sorted(root.glob("*/cfg.json")):
+        cfg = json.loads(cfg_path.read_text())
+        settings = {k: cfg[k] for k in ("normalize_activations", "reshape_activations") if cfg.get(k, "none") != "none"}
+        found[cfg_path.parent.name] = (cfg["architecture"], settings)
+    return found
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[0] not in ("export", "check"):
+    stages = {"export": export, "check": check, "import": import_check}
+    if len(argv) != 2 or argv[0] not in stages:
         print(__doc__)
         return 2
-    out = Path(argv[1])
-    return export(out) if argv[0] == "export" else check(out)
+    return stages[argv[0]](Path(argv[1]))
 
 
 if __name__ == "__main__":

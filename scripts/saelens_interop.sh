@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# SAELens interop check (issue 3): SAEs saved and pushed with hub_cards load with SAELens 6.x
-# `SAE.load_from_disk` and `SAE.from_pretrained` unchanged, with equal weights and outputs.
+# SAELens interop check, both directions: SAEs we save and push load with SAELens 6.x
+# `SAE.load_from_disk` and `SAE.from_pretrained` unchanged, with equal weights and outputs; SAEs that
+# SAELens saves (every architecture it registers) load with `SAE.load` bit-close or are refused by name.
 #
 # SAELens pins (transformer-lens, transformers, datasets, ...) clash with the project's, so it gets
 # its own virtual environment, cached between runs (about 4 min to build on 2 cores, ~2 GB; reused
@@ -37,4 +38,5 @@ OUT="$(mktemp -d)"
 trap 'rm -rf "$OUT"' EXIT
 "$PY" scripts/saelens_interop.py export "$OUT"
 "$VENV/bin/python" scripts/saelens_interop.py check "$OUT"
+"$PY" scripts/saelens_interop.py import "$OUT"
 echo "== SAELens interop done in $(( $(date +%s) - start ))s"
