@@ -123,7 +123,7 @@ def _torchaudio_or_stand_in() -> dict[str, types.ModuleType]:
     try:
         importlib.import_module("torchaudio")
         return {}
-    except (ImportError, OSError) as exc:  # OSError: its bundled CUDA libraries fail to load
+    except (ImportError, OSError, RuntimeError) as exc:  # OSError: its CUDA libraries fail to load
         for name in set(sys.modules) - before:
             if name.split(".")[0] == "torchaudio":
                 del sys.modules[name]
@@ -159,8 +159,7 @@ def import_stable_audio_tools() -> types.ModuleType:
     if any(importlib.util.find_spec(name) is None for name in ("stable_audio_tools", "k_diffusion")):
         raise ImportError(INSTALL_HINT)
     stand_ins = {} if "k_diffusion" in sys.modules else _missing_k_diffusion_imports()
-    if "stable_audio_tools.inference.generation" not in sys.modules:
-        stand_ins.update(_torchaudio_or_stand_in())
+    stand_ins.update(_torchaudio_or_stand_in())
     # stable_audio_tools.models.transformer prints "flash_attn not installed" on import
     with _dynamo_config_kept(), _stand_ins(stand_ins), contextlib.redirect_stdout(io.StringIO()):
         for name in ("k_diffusion", *_SAT_MODULES):
