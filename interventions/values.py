@@ -80,8 +80,7 @@ def _position(value: Any, k: int | str, site: str, module: nn.Module | None) -> 
     if k in fields and len(fields) == len(value):
         return fields.index(k)
     items = ", ".join(f"{i}: {_describe(v)}" for i, v in enumerate(value))
-    tensors = [i for i, v in enumerate(value) if isinstance(v, torch.Tensor)]
-    index = fields.index(k) if k in fields and fields.index(k) < len(value) else (tensors or [0])[0]
+    index = _likely_index(value, fields.index(k) if k in fields else None, len(fields) - len(value))
     why = (
         f"its output class has the fields {list(fields)}, and {len(fields) - len(value)} of them were left out"
         if k in fields
@@ -110,6 +109,16 @@ def output_fields(cls: type[nn.Module]) -> tuple[str, ...]:
         if isinstance(option, type) and dataclasses.is_dataclass(option):
             return tuple(f.name for f in dataclasses.fields(option))
     return ()
+
+
+def _likely_index(value: tuple[Any, ...], field: int | None, dropped: int) -> int:
+    """For the error message: the first tensor among the positions the field can have moved to
+    (each field left out before it moves it one place down), else the first tensor."""
+    tensors = [i for i, v in enumerate(value) if isinstance(v, torch.Tensor)]
+    if field is not None:
+        near = [i for i in tensors if field - dropped <= i <= field]
+        tensors = near or tensors
+    return tensors[0] if tensors else 0
 
 
 def _describe(v: Any) -> str:
