@@ -579,3 +579,36 @@ def test_files_are_written_with_the_users_umask(tmp_path):
         "README.md",
     ):
         assert (tmp_path / path).stat().st_mode & 0o777 == 0o640, path
+
+
+def test_cli_push_then_pull_of_an_sae_a_vector_and_a_gan_generator(tmp_path, hub, capsys):
+    """Issue 13's acceptance: bit-identical round trips through the CLI, cards that ModelCard.load reads."""
+    from interventions.cli import main
+    from recipes.gan.hub import load_generator, save_generator
+    from recipes.gan.models import N_CONDITIONS, Generator
+
+    sae = random_sae("jumprelu", 16, 64, torch.bfloat16, 3, site="unet.up_blocks.1", base_model="tiny/unet")
+    sae.save(tmp_path / "sae" / "unet.up_blocks.1")  # no card: push writes one
+    vector = make_vector(4)
+    vector.save(tmp_path / "vector" / "smile")
+    write_card(tmp_path / "vector", "steering_vector", repo_id="org/vector")
+    torch.manual_seed(0)
+    generator = Generator(noise_dim=4, width=2, shape=(8, 6))
+    save_generator(generator, tmp_path / "gan", metrics={"ws_channels": 0.5}, repo_id="org/gan")
+    for name in ("sae", "vector", "gan"):
+        assert main(["hub", "push", str(tmp_path / name), f"org/{name}", "--tag", "v1"]) == 0, capsys.readouterr().err
+        assert (
+            main(["hub", "pull", f"org/{name}", "--revision", "v1", "--local-dir", str(tmp_path / f"{name}-back")]) == 0
+        )
+        back = tmp_path / f"{name}-back"
+        assert local_files(tmp_path / name).items() <= local_files(back).items(), name  # bit-identical files
+        ModelCard.load(back / "README.md")
+    capsys.readouterr()
+    assert_same_sae(SAE.load(tmp_path / "sae-back" / "unet.up_blocks.1"), sae)
+    v = SteeringVector.load(tmp_path / "vector-back" / "smile")
+    assert all(torch.equal(v.directions[k], vector.directions[k]) for k in vector.directions)
+    gan = load_generator(tmp_path / "gan-back")
+    assert_same(dict(gan.state_dict()), dict(generator.state_dict()))
+    conditions = torch.randn(3, N_CONDITIONS)
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    assert torch.equal(gan.sample(conditions, g1), generator.eval().sample(conditions, g2))
