@@ -7,9 +7,13 @@ create a repo, commit files, branch, tag, list and download:
 =====================  ====================================================================
 create / delete repo   ``POST /api/repos/create``, ``DELETE /api/repos/delete``
 README check           ``POST /api/validate-yaml`` (parses the front matter when PyYAML is there)
-preupload              ``POST /api/{type}s/{repo}/preupload/{rev}`` -> every file "regular", so
-                       no LFS or Xet transfer is needed; ``oid`` of the current blob so the client
-                       skips unchanged files, as on the Hub
+preupload              ``POST /api/{type}s/{repo}/preupload/{rev}`` -> every file "regular"; with
+                       ``HubServer(lfs=True)`` ``*.safetensors`` are "lfs", as on the Hub (the
+                       client then needs ``HF_HUB_DISABLE_XET``: no Xet server here); ``oid`` of the
+                       current blob so the client skips unchanged files
+LFS                    ``POST /{repo}.git/info/lfs/objects/batch`` (basic transfer), ``PUT
+                       /lfs-upload/{sha256}``; ``lfsFile`` commit lines; downloads of LFS files
+                       answer 302 to ``/lfs-objects/{sha256}`` with X-Linked-Etag / X-Linked-Size
 commit                 ``POST /api/{type}s/{repo}/commit/{rev}[?create_pr=1]`` (ndjson: header,
                        file, deletedFile, deletedFolder; ``parentCommit`` checked)
 repo info              ``GET /api/{type}s/{repo}[/revision/{rev}]`` -> id, sha, siblings
@@ -60,6 +64,7 @@ class Commit:
     message: str
     parents: list[str]
     date: str
+    lfs: set[str] = field(default_factory=set)  # paths stored as LFS objects
 
 
 @dataclass
@@ -90,6 +95,7 @@ class HubState:
 
     def __init__(self) -> None:
         self.repos: dict[tuple[str, str], Repo] = {}
+        self.lfs_objects: dict[str, bytes] = {}  # sha256 -> bytes
         self.lock = threading.Lock()
         self._counter = 0
 
@@ -111,26 +117,35 @@ class HubState:
 class HubServer:
     """``ThreadingHTTPServer`` on 127.0.0.1 (random port) in a daemon thread; a context manager."""
 
-    def __init__(self, user: str = "tester") -> None:
+    def __init__(self, user: str = "tester", *, lfs: bool = False) -> None:
         self.state = HubState()
         self.user = user
+        self.lfs = lfs
         self.log: list[tuple[str, str]] = []
         handler = type("Handler", (_Handler,), {"hub": self})
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, name="hub-server", daemon=True
-        )
+        # LFS objects are served from another host, as the Hub's CDN: the client does not follow the
+        # redirect there with its HEAD request and reads the file's metadata from the redirect itself.
+        self.cdn = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.cdn.daemon_threads = True
+        self.cdn_url = f"http://127.0.0.1:{self.cdn.server_address[1]}"
+        self.threads = [
+            threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, name=name, daemon=True)
+            for server, name in ((self.httpd, "hub-server"), (self.cdn, "hub-cdn"))
+        ]
 
     def start(self) -> HubServer:
-        self.thread.start()
+        for thread in self.threads:
+            thread.start()
         return self
 
     def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+        for server, thread in zip((self.httpd, self.cdn), self.threads):
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
 
     def __enter__(self) -> HubServer:
         return self.start()
@@ -146,8 +161,15 @@ class HubServer:
             return dict(commit.files)
 
     def downloaded(self) -> list[str]:
-        """Paths of every file GET from ``/resolve/``."""
+        """Paths of every file GET from ``/resolve/`` (LFS files: the 302 that precedes the object's GET)."""
         return [p.split("/resolve/", 1)[1] for m, p in self.log if m == "GET" and "/resolve/" in p]
+
+    def lfs_paths(self, repo_id: str, revision: str = "main", repo_type: str = "model") -> set[str]:
+        """The paths of a revision stored as LFS objects."""
+        with self.state.lock:
+            commit = self.state.repos[(repo_type, repo_id)].resolve(revision)
+            assert commit is not None, revision
+            return set(commit.lfs)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -243,9 +265,18 @@ class _Handler(BaseHTTPRequestHandler):
         if s[:1] == ["api"]:
             return self._api(method, s[1:])
         # downloads: /{ns}/{name}/resolve/{rev}/{path} or /{type}s/{ns}/{name}/resolve/...
+        if s[:1] == ["lfs-upload"] and method == "PUT":
+            return self._lfs_upload(s[1])
+        if s[:1] == ["lfs-objects"] and method in ("GET", "HEAD"):
+            if s[1] not in self.hub.state.lfs_objects:
+                raise HttpError(404, f"no LFS object {s[1]}", "EntryNotFound")
+            return self._bytes(self.hub.state.lfs_objects[s[1]], {}, method)
         repo_type = "model"
         if s and s[0] in ("datasets", "spaces"):
             repo_type, s = REPO_TYPES[s[0]], s[1:]
+        if s[-4:] == ["info", "lfs", "objects", "batch"] and len(s) == 6 and method == "POST":
+            self._auth()
+            return self._lfs_batch(self._repo(repo_type, f"{s[0]}/{s[1].removesuffix('.git')}"))
         if len(s) >= 5 and s[2] == "resolve" and method in ("GET", "HEAD"):
             repo = self._repo(repo_type, f"{s[0]}/{s[1]}")
             rev, path_parts = self._split_rev(s[3:])
@@ -445,7 +476,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise HttpError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
         files = []
         for f in self._body_json().get("files", []):
-            entry: dict[str, Any] = {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+            mode = "lfs" if self.hub.lfs and f["path"].endswith(".safetensors") else "regular"
+            entry: dict[str, Any] = {"path": f["path"], "uploadMode": mode, "shouldIgnore": False}
             if commit is not None and f["path"] in commit.files:
                 entry["oid"] = git_blob_sha1(commit.files[f["path"]])
             files.append(entry)
@@ -464,7 +496,7 @@ class _Handler(BaseHTTPRequestHandler):
         parent = header.get("parentCommit")
         if parent is not None and parent != base.sha:
             raise HttpError(412, f"parentCommit {parent} is not the head of {rev} ({base.sha})")
-        files = dict(base.files)
+        files, lfs = dict(base.files), set(base.lfs)
         for line in lines[1:]:
             key, value = line.get("key"), line.get("value") or {}
             path = value.get("path", "")
@@ -472,6 +504,7 @@ class _Handler(BaseHTTPRequestHandler):
                 if value.get("encoding") != "base64":
                     raise HttpError(400, f"unsupported encoding {value.get('encoding')!r} for {path}")
                 files[path] = base64.b64decode(value["content"])
+                lfs.discard(path)
             elif key == "deletedFile":
                 if path not in files:
                     raise HttpError(404, f"cannot delete {path}: no such file", "EntryNotFound")
@@ -480,11 +513,16 @@ class _Handler(BaseHTTPRequestHandler):
                 prefix = path.rstrip("/") + "/"
                 files = {p: d for p, d in files.items() if not p.startswith(prefix)}
             elif key == "lfsFile":
-                raise HttpError(400, "this test Hub takes regular uploads only (preupload answers 'regular')")
+                data = state.lfs_objects.get(value.get("oid", ""))
+                if data is None or value.get("algo") != "sha256":
+                    raise HttpError(400, f"LFS object {value.get('oid')} of {path} was never uploaded")
+                files[path] = data
+                lfs.add(path)
             else:
                 raise HttpError(400, f"unknown commit operation {key!r}")
         message = str(header.get("summary") or "")
         commit = state.new_commit(repo, files, message, [base.sha])
+        commit.lfs = {p for p in lfs if p in files}
         pr_url = None
         if create_pr:
             repo.prs += 1
@@ -529,9 +567,22 @@ class _Handler(BaseHTTPRequestHandler):
         if path not in commit.files:
             raise HttpError(404, f"Entry not found: {path}", "EntryNotFound")
         data = commit.files[path]
+        if path in commit.lfs:  # as the Hub: a redirect to the object store, the metadata in X-Linked-*
+            oid = hashlib.sha256(data).hexdigest()
+            headers = {
+                "X-Repo-Commit": commit.sha,
+                "X-Linked-Etag": f'"{oid}"',
+                "X-Linked-Size": str(len(data)),
+                "ETag": f'"{oid}"',
+                "Location": f"{self.hub.cdn_url}/lfs-objects/{oid}",
+            }
+            return 302, headers, b""
+        headers = {"X-Repo-Commit": commit.sha, "ETag": f'"{git_blob_sha1(data)}"'}
+        return self._bytes(data, headers, method)
+
+    def _bytes(self, data: bytes, headers: dict[str, str], method: str) -> tuple[int, dict[str, str], bytes]:
         headers = {
-            "X-Repo-Commit": commit.sha,
-            "ETag": f'"{git_blob_sha1(data)}"',
+            **headers,
             "Content-Type": "application/octet-stream",
             "Accept-Ranges": "bytes",
             "Last-Modified": time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime()),
@@ -545,3 +596,25 @@ class _Handler(BaseHTTPRequestHandler):
             data, status = data[start : end + 1], 206
         headers["Content-Length"] = str(len(data))
         return status, headers, data
+
+    def _lfs_batch(self, repo: Repo) -> tuple[int, dict[str, str], bytes]:
+        body = self._body_json()
+        if body.get("operation") != "upload" or "basic" not in body.get("transfers", ["basic"]):
+            raise HttpError(400, "this test Hub takes basic LFS uploads only")
+        objects = []
+        for obj in body.get("objects", []):
+            entry: dict[str, Any] = {"oid": obj["oid"], "size": obj["size"], "authenticated": True}
+            if obj["oid"] not in self.hub.state.lfs_objects:
+                entry["actions"] = {"upload": {"href": f"{self.hub.url}/lfs-upload/{obj['oid']}"}}
+            objects.append(entry)
+        return (
+            200,
+            {"Content-Type": "application/vnd.git-lfs+json"},
+            json.dumps({"transfer": "basic", "objects": objects, "hash_algo": "sha256"}).encode(),
+        )
+
+    def _lfs_upload(self, oid: str) -> tuple[int, dict[str, str], bytes]:
+        if hashlib.sha256(self.body).hexdigest() != oid:
+            raise HttpError(400, f"the uploaded bytes do not hash to {oid}")
+        self.hub.state.lfs_objects[oid] = self.body
+        return 200, {}, b""

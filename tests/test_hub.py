@@ -612,3 +612,29 @@ def test_cli_push_then_pull_of_an_sae_a_vector_and_a_gan_generator(tmp_path, hub
     conditions = torch.randn(3, N_CONDITIONS)
     g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
     assert torch.equal(gan.sample(conditions, g1), generator.eval().sample(conditions, g2))
+
+
+@pytest.mark.parametrize("lfs", [False, True], ids=["regular", "lfs"])
+def test_pull_with_the_clients_default_transfer_path(tmp_path, monkeypatch, cache, lfs):
+    """The Hub stores *.safetensors as LFS objects and serves them through a redirect: pull works with
+    huggingface_hub's default download path (hf_xet installed), with LFS and without."""
+    from huggingface_hub.utils._runtime import is_xet_available
+
+    root = make_repo(tmp_path / "repo")
+    with HubServer(lfs=lfs) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        _point_constants(monkeypatch, server.url)
+        with monkeypatch.context() as m:
+            m.setattr(constants, "HF_HUB_DISABLE_XET", True)  # no Xet server here: the legacy LFS upload
+            push(root, "org/lfs", tag="v1")
+        stored = server.lfs_paths("org/lfs", "v1")
+        expected = {p for p in local_files(root) if p.endswith(".safetensors")} if lfs else set()
+        assert stored == expected
+        assert is_xet_available() or not lfs  # the default path: hf_xet is what a user has installed
+        folder = pull("org/lfs", revision="v1", cache_dir=cache, check=check_artifacts)
+        local = pull("org/lfs", revision="v1", local_dir=tmp_path / "local", check=check_artifacts)
+        for got in (folder, local):
+            assert local_files(root).items() <= local_files(got).items()
+            same_artifacts(got, root)
+        gets = [p for m, p in server.log if m == "GET" and p.startswith("/lfs-objects/")]
+        assert len(gets) == (2 * len(expected) if lfs else 0)
