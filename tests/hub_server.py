@@ -142,7 +142,7 @@ class HubServer:
         return self
 
     def stop(self) -> None:
-        for server, thread in zip((self.httpd, self.cdn), self.threads):
+        for server, thread in zip((self.httpd, self.cdn), self.threads, strict=True):
             server.shutdown()
             server.server_close()
             thread.join(timeout=5)
