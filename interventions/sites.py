@@ -21,17 +21,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from .errors import InterventionError
+
 Direction = Literal["output", "input"]
 Key = tuple[int | str, ...]
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
-class SiteError(ValueError):
+class SiteError(InterventionError, ValueError):
     """A site string that does not follow the grammar."""
 
 
-class SiteNotFoundError(KeyError):
+class SiteNotFoundError(InterventionError, KeyError):
     """A site pattern that matches no module; the message lists the closest real paths."""
 
     def __str__(self) -> str:  # KeyError would repr() the message and show quotes
@@ -126,6 +128,8 @@ def closest_paths(pattern: str, module_paths: Iterable[str], n: int = 5) -> list
     """Module paths that look most like ``pattern``, for error messages."""
     paths = [p for p in module_paths if p]
     literal = _GLOB_CHARS.sub("", pattern)
+    if len(paths) <= 2 * n:  # a small model: every path is worth showing, the closest first
+        return sorted(paths, key=lambda p: -difflib.SequenceMatcher(None, literal, p).ratio())[: 2 * n]
     close = difflib.get_close_matches(literal, paths, n=n, cutoff=0.3)
     if len(close) < n:  # also suggest paths sharing the last segment (e.g. 'attn2')
         tail = literal.rsplit(".", 1)[-1]

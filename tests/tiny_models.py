@@ -36,6 +36,8 @@ __all__ = [
     "clip_tokenizer",
     "t5_tokenizer",
     "sd_pipeline",
+    "controlnet_pipeline",
+    "wan22_pipeline",
     "stable_audio_pipeline",
     "sd3_pipeline",
     "flux_pipeline",
@@ -536,3 +538,74 @@ def llama_lm(seed: int = 0, **config_overrides):
     with _seeded(seed):
         model = LlamaForCausalLM(cfg)
     return _finish(model), lm_tokenizer(bos=True)
+
+
+def wan22_pipeline(seed: int = 0):
+    """Tiny Wan 2.2 ``WanPipeline``: two transformers (``transformer`` for the high-noise steps,
+    ``transformer_2`` below ``boundary_ratio``), sequential CFG passes named by ``cache_context``,
+    a UMT5 text encoder and a Wan VAE. Call with ``height=16, width=16, num_frames=1``."""
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    def transformer():
+        return WanTransformer3DModel(
+            patch_size=(1, 2, 2),
+            num_attention_heads=2,
+            attention_head_dim=8,
+            in_channels=4,
+            out_channels=4,
+            text_dim=32,
+            freq_dim=16,
+            ffn_dim=32,
+            num_layers=2,
+            rope_max_seq_len=32,
+        )
+
+    with _seeded(seed):
+        vae = AutoencoderKLWan(
+            base_dim=8,
+            z_dim=4,
+            dim_mult=[1, 1],
+            num_res_blocks=1,
+            temperal_downsample=[False],
+            latents_mean=[0.0] * 4,
+            latents_std=[1.0] * 4,
+        )
+        config = UMT5Config(
+            vocab_size=_vocab_size(_T5_SPECIALS),
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            pad_token_id=0,
+            eos_token_id=1,
+            decoder_start_token_id=0,
+        )
+        pipe = WanPipeline(
+            tokenizer=t5_tokenizer(),
+            text_encoder=UMT5EncoderModel(config),
+            vae=vae,
+            scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+            transformer=transformer(),
+            transformer_2=transformer(),
+            boundary_ratio=0.5,
+        )
+    return _finish(pipe)
+
+
+def controlnet_pipeline(seed: int = 0):
+    """The tiny SD pipeline with a ControlNet made from its UNet
+    (``StableDiffusionControlNetPipeline``; pass ``image=`` a 1x3x16x16 control image)."""
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+
+    sd = sd_pipeline(seed)
+    with _seeded(seed + 1):
+        controlnet = ControlNetModel.from_unet(sd.unet, conditioning_embedding_out_channels=(4, 8))
+    pipe = StableDiffusionControlNetPipeline(
+        **{k: v for k, v in sd.components.items() if k != "image_encoder"},
+        controlnet=controlnet,
+        image_encoder=None,
+    )
+    return _finish(pipe)

@@ -109,7 +109,9 @@ class DiffusersModelAdapter(Adapter):
         passes with it)."""
         comps = self.components()
         dens = [comps[d] if d in comps else self.target for d in self.denoisers()]
-        return [wrap_attribute(m, "cache_context", self._track_cache_context) for m in dens if hasattr(m, "cache_context")]
+        return [
+            wrap_attribute(m, "cache_context", self._track_cache_context) for m in dens if hasattr(m, "cache_context")
+        ]
 
     def _track_cache_context(self, original: Callable[..., Any]) -> Callable[..., Any]:
         adapter = self

@@ -1,0 +1,254 @@
+"""Core 1.0: the engine's quiet failures, each pinned by a test that failed before the fix.
+
+Every pipeline component run in the denoising loop is stepped; other components are keyed by
+their own calls; a module run twice per forward is addressed by its invocation; selectors that
+cannot apply are refused; re-entered sessions re-attach; compiled code is named; plain functions
+are hooks.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from interventions import (
+    Ablate,
+    AddVector,
+    Cache,
+    Grads,
+    InterventionError,
+    Lambda,
+    Patch,
+    SiteNeverFiredWarning,
+    When,
+    attach,
+)
+from interventions.errors import SelectorError
+from interventions.sites import SiteError, SiteNotFoundError
+
+from .tiny_models import controlnet_pipeline, gpt2_lm, sd_pipeline, wan22_pipeline
+
+
+def _sd_call(pipe, prompt="a red circle", **kw):
+    args = dict(num_inference_steps=3, guidance_scale=3.0, output_type="pt", generator=torch.Generator().manual_seed(0))
+    return pipe([prompt], **(args | kw)).images
+
+
+# -- 1. every denoiser of a pipeline is stepped ----------------------------------------------------
+def test_controlnet_is_stepped_with_its_cfg_rows_and_selectors_fire_there():
+    pipe = controlnet_pipeline()
+    control = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    cache, seen = Cache(), []
+    probe = Lambda(lambda x, ctx: seen.append((ctx.step, ctx.branch, x.shape[0])), when=When(steps=[1], branch="cond"))
+    with attach(pipe, {"controlnet.mid_block": [cache, probe], "unet.mid_block": cache}):
+        _sd_call(pipe, image=control)
+    keys = {k for k in cache.keys() if k[0] == "controlnet.mid_block"}
+    assert keys == {("controlnet.mid_block", s, b) for s in range(3) for b in ("uncond", "cond")}
+    assert seen == [(1, "cond", 1)]  # one cond row of the batched [uncond, cond] call
+    # one step per scheduler step, read from the ControlNet's own timestep (each branch's rows once)
+    with attach(pipe, {"controlnet.conv_in": Lambda(lambda x, ctx: seen.append(("cn", ctx.step, ctx.timestep)))}):
+        _sd_call(pipe, image=control)
+    assert [s[1] for s in seen[1:]] == [0, 0, 1, 1, 2, 2] and seen[1][2] > seen[3][2] > seen[5][2]
+
+
+def test_wan22_second_transformer_is_stepped_and_both_branches_kept():
+    pipe = wan22_pipeline()
+    cache = Cache()
+    sites = {"transformer.blocks.0": cache, "transformer_2.blocks.0": cache}
+    with attach(pipe, sites):
+        pipe(
+            "a red circle",
+            negative_prompt="blue",
+            height=16,
+            width=16,
+            num_frames=1,
+            num_inference_steps=4,
+            guidance_scale=3.0,
+            guidance_scale_2=2.0,
+            output_type="pt",
+            generator=torch.Generator().manual_seed(0),
+            max_sequence_length=16,
+        )
+    steps = {site: sorted({(k[1], k[2]) for k in cache.keys() if k[0] == site}) for site in sites}
+    assert steps["transformer.blocks.0"] == [(s, b) for s in range(3) for b in ("cond", "uncond")]
+    assert steps["transformer_2.blocks.0"] == [(3, "cond"), (3, "uncond")]  # below the boundary
+    cond, uncond = cache.get("transformer_2.blocks.0", 3, "cond"), cache.get("transformer_2.blocks.0", 3, "uncond")
+    assert not torch.equal(cond, uncond)
+
+
+# -- 2. other components: one key per call, counted per pipeline call ------------------------------
+def test_text_encoder_calls_and_vae_decode_have_their_own_keys():
+    pipe = sd_pipeline()
+    site = "text_encoder.encoder.layers.0"
+    cache = Cache(on_repeat="append")
+    with attach(pipe, {site: cache, "vae.decoder.mid_block": cache}):
+        _sd_call(pipe, negative_prompt=["blue"])
+        _sd_call(pipe, negative_prompt=["blue"])  # a second pipeline call appends under the same keys
+    assert sorted(k for k in cache.keys() if k[0] == site) == [(site, 0, None), (site, 1, None)]
+    prompt, negative = cache.get(site, 0), cache.get(site, 1)
+    assert prompt.shape[0] == 2 and not torch.equal(prompt[:1], negative[:1])
+    ids = pipe.tokenizer(["a red circle"], padding="max_length", max_length=pipe.tokenizer.model_max_length)
+    direct = Cache()
+    with torch.no_grad(), attach(pipe.text_encoder, {"encoder.layers.0": direct}):
+        pipe.text_encoder(torch.tensor(ids.input_ids))
+    assert torch.equal(prompt[:1], direct["encoder.layers.0"])  # call 0 is the prompt
+    assert cache.get("vae.decoder.mid_block").shape[0] == 2  # one decode per pipeline call
+
+
+# -- 3. a module run more than once in one forward ---------------------------------------------------
+class Shared(nn.Module):
+    """One activation module used twice (as ALBERT shares a layer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.act = nn.Linear(4, 4), nn.Linear(4, 4), nn.Tanh()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.b(self.act(self.a(x))))
+
+
+def test_invocations_are_keyed_patched_and_differentiated_apart():
+    torch.manual_seed(0)
+    model, clean_x, corrupt_x = Shared(), torch.randn(2, 4), torch.randn(2, 4)
+    cache = Cache()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the second use no longer "replaces" the first
+        with torch.no_grad(), attach(model, {"act": cache}):
+            clean = model(clean_x)
+    assert sorted(cache.keys()) == [("act", 0, None), ("act", 0, None, 1)]
+    assert torch.equal(cache.get("act", invocation=1), clean)
+    with torch.no_grad(), attach(model, {"act": Patch(cache)}):
+        assert torch.equal(model(corrupt_x), clean)  # both invocations restored
+    with torch.no_grad(), attach(model, {"act": Patch(cache, when=When(invocations=0))}):
+        only_first = model(corrupt_x)
+    assert torch.equal(only_first, torch.tanh(model.b(cache.get("act"))))
+    grads = Grads()
+    x = clean_x.clone()
+    with attach(model, {"act": grads}):
+        model(x).square().sum().backward()
+    h1 = torch.tanh(model.a(x))
+    h1.retain_grad()
+    h2 = torch.tanh(model.b(h1))
+    g1, g2 = torch.autograd.grad(h2.square().sum(), [h1, h2])
+    assert torch.allclose(grads.get("act"), g1) and torch.allclose(grads.get("act", invocation=1), g2)
+
+
+# -- 4. selectors that cannot apply --------------------------------------------------------------
+def test_step_selector_on_a_language_model_is_refused_at_attach():
+    model, _ = gpt2_lm()
+    with pytest.raises(SelectorError, match="no denoising steps.*When\\(calls="):
+        attach(model, {"transformer.h.0": AddVector(torch.ones(64), when=When(steps=0))})
+    with pytest.raises(SelectorError):
+        attach(model, {"transformer.h.0": AddVector(torch.ones(64), when=When(t=(0, 500)))})
+
+
+def test_branch_selector_on_unlabelled_rows_is_refused_when_it_meets_them():
+    unet = sd_pipeline().unet
+    x, emb = torch.randn(2, 4, 8, 8), torch.randn(2, 7, 32)
+    hook = AddVector(torch.ones(16), when=When(branch="cond"))
+    with pytest.raises(SelectorError, match="cfg=\\('uncond', 'cond'\\)"), attach(unet, {"mid_block": hook}):
+        unet(x, torch.tensor(10), encoder_hidden_states=emb)
+    with attach(unet, {"mid_block": [hook, Cache()]}, cfg=("uncond", "cond")) as s:  # the fix it names
+        unet(x, torch.tensor(10), encoder_hidden_states=emb)
+    assert s.entries[0].applied == [True, True]
+
+
+def test_a_when_that_never_matches_is_reported():
+    model = nn.Sequential(nn.Linear(2, 2))
+    with pytest.warns(SiteNeverFiredWarning, match="never applied"), attach(model, {"0": Cache(when=When(calls=5))}):
+        model(torch.ones(1, 2))
+
+
+# -- 5. a session entered again re-attaches -----------------------------------------------------
+def test_reentered_session_attaches_again():
+    model = nn.Sequential(nn.Linear(2, 2))
+    cache = Cache(on_repeat="append")
+    session = attach(model, {"0": cache})
+    with session:
+        model(torch.ones(1, 2))
+    with session:
+        model(torch.ones(1, 2))
+        assert session.fired == {"0": 1}
+    assert cache.get("0", 0).shape[0] == 2 and not model[0]._forward_hooks
+
+
+# -- 6. torch.compile ------------------------------------------------------------------------------
+def test_unfired_sites_under_compiled_code_name_compilation():
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+    run = torch.compile(lambda x: model(x), backend="eager")
+    run(torch.ones(1, 2))  # compiled before the hooks exist
+    try:
+        with pytest.warns(SiteNeverFiredWarning, match="torch.compile"), attach(model, {"0": Cache()}):
+            run(torch.ones(1, 2))
+    finally:
+        torch._dynamo.reset()
+
+
+# -- 7. small things that failed quietly or loudly for the wrong reason ----------------------------
+def test_plain_functions_are_hooks_and_bad_site_keys_are_intervention_errors():
+    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2))
+    with torch.no_grad(), attach(model, {"1": lambda x, ctx: torch.zeros_like(x)}):
+        out = model(torch.ones(1, 2))
+    assert torch.equal(out, model[2].bias[None])
+    with pytest.raises(SiteError, match="a site is a string"):
+        attach(model, {0: Cache()})  # type: ignore[dict-item]
+    with pytest.raises(SiteNotFoundError, match="'0', '1', '2'") as info:
+        attach(model, {"3": Cache()})
+    assert isinstance(info.value, InterventionError)
+
+
+@pytest.mark.parametrize("spec", [slice(-2, None), slice(0, -1), slice(0, 4, 0), range(-1, 3), -1, [0, -1]], ids=repr)
+def test_selectors_refuse_indices_without_a_fixed_meaning(spec):
+    with pytest.raises(ValueError, match="from 0|positive step"):
+        When(calls=spec)
+
+
+def test_call_index_restarts_with_each_generate():
+    model, _ = gpt2_lm()
+    seen = []
+    probe = Lambda(lambda x, ctx: seen.append(ctx.call), when=When(calls=0))
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad(), attach(model, {"transformer.h.0": probe}):
+        for _ in range(2):
+            model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    assert seen == [0, 0]  # the first forward of each generation
+
+
+def test_a_second_thread_is_refused():
+    model = nn.Sequential(nn.Linear(2, 2))
+    errors: list[BaseException] = []
+    with attach(model, {"0": Cache()}, on_unfired="ignore"):
+        model(torch.ones(1, 2))
+
+        def other() -> None:
+            try:
+                model(torch.ones(1, 2))
+            except BaseException as exc:  # noqa: BLE001 - the test reads it
+                errors.append(exc)
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+    assert len(errors) == 1 and "another thread" in str(errors[0])
+
+
+# -- 8. projections named for what they do --------------------------------------------------------
+def test_project_out_and_project_positive():
+    v = torch.tensor([0.6, 0.8])
+    h = torch.tensor([[3.0, 4.0], [-3.0, -4.0], [4.0, -3.0]])
+    model = nn.Sequential(nn.Identity())
+    outs = {}
+    for mode in ("project_out", "project_positive"):
+        with torch.no_grad(), attach(model, {"0": Ablate(mode, direction=v)}):
+            outs[mode] = model(h)
+    assert torch.allclose(outs["project_out"] @ v, torch.zeros(3), atol=1e-6)
+    assert torch.allclose(outs["project_positive"] @ v, torch.tensor([0.0, -5.0, 0.0]), atol=1e-6)
+    with pytest.raises(ValueError, match="project_out.*project_positive"):
+        Ablate("project", direction=v)
