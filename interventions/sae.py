@@ -142,9 +142,20 @@ class SAE(nn.Module):
         k = f", k={self.k}" if self.kind in ("topk", "batchtopk") else ""
         return f"d_in={self.d_in}, d_sae={self.d_sae}, kind={self.kind}{k}, site={self.info.site!r}"
 
-    def save(self, folder: str | os.PathLike[str]) -> None:
+    def save(self, folder: str | os.PathLike[str], *, report: Any = None) -> None:
         """Write this SAE in the SAELens >= 6 layout (:mod:`interventions.sae_format`); refused with
-        nothing written when it would not load back (non-finite weights, a branch outside the vocabulary)."""
+        nothing written when it would not load back (non-finite weights, a branch outside the vocabulary).
+
+        ``report``: the :class:`~interventions.sae_train.TrainReport` of ``train_sae``; its held-out
+        FVU, L0, dead fraction and token count go to ``info.metrics`` (and so to the Hub card).
+        """
+        if report is not None:
+            self.info.metrics = {
+                **self.info.metrics,
+                **{k: float(getattr(report, k)) for k in ("fvu", "l0", "dead_fraction")},
+                "tokens_seen": int(report.tokens_seen),
+            }
+            self.info.method = self.info.method or f"{self.kind} SAE (interventions.sae_train)"
         sae_format.save(self, folder)
 
     @classmethod

@@ -638,3 +638,20 @@ def test_pull_with_the_clients_default_transfer_path(tmp_path, monkeypatch, cach
             same_artifacts(got, root)
         gets = [p for m, p in server.log if m == "GET" and p.startswith("/lfs-objects/")]
         assert len(gets) == (2 * len(expected) if lfs else 0)
+
+
+def test_card_shows_the_training_reports_metrics_data_set_and_method(tmp_path):
+    from interventions.sae_train import TrainConfig, train_sae
+
+    x = torch.randn(4096, 8, generator=torch.Generator().manual_seed(0)) @ torch.randn(8, 8)
+    config = TrainConfig(steps=40, batch_size=256, lr=3e-3, eval_tokens=512, progress=False)
+    sae, report = train_sae(x, d_sae=32, kind="topk", k=4, site="unet.mid_block", config=config)
+    sae.info.dataset = "org/prompts"
+    sae.save(tmp_path / "unet.mid_block", report=report)
+    write_card(tmp_path, "sae", repo_id="org/trained")
+    card = ModelCard.load(tmp_path / "README.md")
+    row = next(line for line in card.text.splitlines() if line.startswith("| `unet.mid_block`"))
+    assert f"fvu {report.fvu:.4g}, l0 {report.l0:.4g}, dead_fraction {report.dead_fraction:.4g}" in row
+    assert "| topk SAE (interventions.sae_train) | org/prompts |" in row
+    assert card.data.datasets == ["org/prompts"]
+    assert SAE.load(tmp_path / "unet.mid_block").info.metrics["fvu"] == report.fvu
