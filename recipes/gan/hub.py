@@ -23,8 +23,9 @@ from typing import Any
 
 from torch import nn
 
-from hub_cards import ModelHubMixin, pull, push
+from hub_cards import ArtifactError, ModelHubMixin, pull, push, read_json
 
+from ..folders import check_fits, header, positive_int, refuse_outside_links, replace_files, weights_file
 from .models import Generator, MixtureGenerator
 
 __all__ = ["HubGenerator", "HubMixtureGenerator", "save_generator", "push_generator", "load_generator"]
@@ -85,8 +86,6 @@ def save_generator(
         raise TypeError(f"expected a Generator or MixtureGenerator, got {type(module).__name__}")
     hub.load_state_dict(module.state_dict())
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "README.md").unlink(missing_ok=True)  # save_pretrained never overwrites a card
     description = (
         f"A conditional GAN generator trained with the `{recipe}` recipe of interventions on the calorimeter world "
         "(a Monte-Carlo toy of ALICE's proton zero-degree calorimeter): noise (10) + 9 particle conditions "
@@ -101,10 +100,14 @@ def save_generator(
     }
     if repo_id is not None:
         card["repo_id"] = repo_id
-    hub.save_pretrained(folder, model_card_kwargs=card)  # type: ignore[operator]
-    if metrics is not None:
-        slim = {k: v for k, v in metrics.items() if not k.startswith("_") and k != "history"}
-        (folder / "metrics.json").write_text(json.dumps(slim, indent=1, default=str))
+
+    def write(tmp: Path) -> None:
+        hub.save_pretrained(tmp, model_card_kwargs=card)  # type: ignore[operator]
+        if metrics is not None:
+            slim = {k: v for k, v in metrics.items() if not k.startswith("_") and k != "history"}
+            (tmp / "metrics.json").write_text(json.dumps(slim, indent=1, default=str))
+
+    replace_files(folder, write)  # a symlink planted in the folder is replaced, never written through
     return folder
 
 
@@ -129,8 +132,37 @@ def load_generator(repo_or_folder: str | os.PathLike, **kwargs: Any) -> HubGener
         folder = pull(name, **kwargs)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{os.fspath(folder)!r} has no config.json: not a folder written by save_generator")
-    config = json.loads((folder / "config.json").read_text())
-    cls = HubMixtureGenerator if "n_experts" in config else HubGenerator
+    cls = _checked_class(folder)
     model = cls.from_pretrained(str(folder))
     model.eval()
     return model
+
+
+def _checked_class(folder: Path) -> type[HubGenerator] | type[HubMixtureGenerator]:
+    """The class ``folder`` holds, once its config is known to ask for exactly the tensors of its
+    weights (before anything is allocated: a config cannot ask for terabytes)."""
+    refuse_outside_links(folder)
+    path = folder / "config.json"
+    config = read_json(path, root=folder)
+    if not isinstance(config, dict):
+        raise ArtifactError(f"{path}: expected a JSON object of constructor arguments")
+    unknown = sorted(set(config) - {"n_experts", "noise_dim", "width", "shape"})
+    if unknown:
+        raise ArtifactError(
+            f"{path}: unknown arguments {unknown}; a generator takes n_experts, noise_dim, width, shape"
+        )
+    shape = config.get("shape", [56, 30])
+    if not (isinstance(shape, list) and len(shape) == 2 and all(type(n) is int and 0 < n <= 4096 for n in shape)):
+        raise ArtifactError(f"{path}: 'shape' must be [height, width] of two integers in 1..4096, got {shape!r}")
+    for key in ("noise_dim", "width"):
+        positive_int(config, key, path, default=1)
+    weights = weights_file(folder, "model.safetensors")
+    held = header(weights, folder)
+    cls: type[HubGenerator] | type[HubMixtureGenerator] = HubGenerator
+    if "n_experts" in config:
+        experts = len({name.split(".")[1] for name in held if name.startswith("experts.")})
+        if positive_int(config, "n_experts", path) != experts:
+            raise ArtifactError(f"{path}: 'n_experts' is {config['n_experts']} but {weights.name} holds {experts}")
+        cls = HubMixtureGenerator
+    check_fits(lambda: cls(**config), held, weights, path)
+    return cls

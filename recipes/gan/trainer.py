@@ -213,14 +213,24 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
 
 
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    from safetensors import safe_open
+    """Tensors and metadata of a file written by :func:`save_tensors` (header bounded and parsed
+    once); a damaged or foreign file is an ``ArtifactError`` naming it."""
+    from safetensors.torch import load_file
 
-    out: dict[str, torch.Tensor] = {}
-    with safe_open(os.fspath(path), framework="pt") as f:
-        meta = json.loads((f.metadata() or {}).get("interventions.metadata", "{}"))
-        for k in f.keys():
-            out[k] = f.get_tensor(k)
-    return out, meta
+    from hub_cards import ArtifactError, check_safetensors
+    from hub_cards.layouts import loads_json
+
+    where = os.fspath(path)
+    header = check_safetensors(path, root=os.path.dirname(os.path.abspath(path)))
+    stored = header.get("__metadata__")
+    text = stored.get("interventions.metadata", "{}") if isinstance(stored, dict) else "{}"
+    meta = loads_json(text, f"{where}: its metadata") if isinstance(text, str) else None
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"{where}: its 'interventions.metadata' is not a JSON object: not a GAN checkpoint")
+    try:
+        return load_file(where), meta
+    except Exception as exc:  # safetensors raises its own error types
+        raise ArtifactError(f"{where} is not a readable safetensors file ({exc})") from None
 
 
 def _optim_tensors(prefix: str, opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -374,7 +384,9 @@ class GanTrainer:
             raise ValueError(f"{where!r} is not a GAN checkpoint (format {meta.get('format')!r})")
         if meta.get("trainer") != type(self).__name__:
             raise ValueError(f"{where!r} is a checkpoint of {meta.get('trainer')}, not of {type(self).__name__}")
-        saved, ours = meta.get("config", {}), self.cfg.to_json()
+        saved, ours = meta.get("config"), self.cfg.to_json()
+        if not isinstance(saved, dict):
+            raise ValueError(f"{where!r} holds no config object: not a GAN checkpoint")
         differ = [
             f"{k}: {saved.get(k)!r} there, {v!r} here"
             for k, v in ours.items()
@@ -393,10 +405,39 @@ class GanTrainer:
             found = {k: tuple(v.shape) for k, v in states[name].items()}
             if found != expected:
                 raise ValueError(f"{where!r}: the weights of {name!r} do not match this trainer's")
-        for name, module in self.modules().items():
-            module.load_state_dict(states[name])
-        for name, opt in self.optimisers().items():
-            _load_optim(f"optim.{name}", opt, tensors, meta["optimisers"][name])
-        self.data_rng.set_state(tensors["rng.data"])
-        self.noise_rng.set_state(tensors["rng.noise"])
+        if not (
+            type(meta.get("epoch")) is int and type(meta.get("step")) is int and isinstance(meta.get("history"), list)
+        ):
+            raise ValueError(f"{where!r}: its epoch, step or history is missing or of the wrong type")
+        snapshot = self._snapshot()
+        try:
+            for name, module in self.modules().items():
+                module.load_state_dict(states[name])
+            for name, opt in self.optimisers().items():
+                _load_optim(f"optim.{name}", opt, tensors, meta["optimisers"][name])
+            self.data_rng.set_state(tensors["rng.data"])
+            self.noise_rng.set_state(tensors["rng.noise"])
+        except Exception as exc:  # a part that passed the checks above but cannot be applied
+            self._restore(snapshot)
+            raise ValueError(
+                f"{where!r} cannot be restored ({type(exc).__name__}: {exc}); the trainer is unchanged"
+            ) from exc
         self.epoch, self.step, self.history = meta["epoch"], meta["step"], meta["history"]
+
+    def _snapshot(self) -> dict[str, Any]:
+        """A copy of everything :meth:`load_checkpoint` replaces (restored when it fails part-way)."""
+        return copy.deepcopy(
+            {
+                "modules": {name: m.state_dict() for name, m in self.modules().items()},
+                "optimisers": {name: o.state_dict() for name, o in self.optimisers().items()},
+                "rng": (self.data_rng.get_state(), self.noise_rng.get_state()),
+            }
+        )
+
+    def _restore(self, snapshot: dict[str, Any]) -> None:
+        for name, module in self.modules().items():
+            module.load_state_dict(snapshot["modules"][name])
+        for name, opt in self.optimisers().items():
+            opt.load_state_dict(snapshot["optimisers"][name])
+        self.data_rng.set_state(snapshot["rng"][0])
+        self.noise_rng.set_state(snapshot["rng"][1])
