@@ -30,7 +30,7 @@ from huggingface_hub.errors import EntryNotFoundError
 
 from .cards import LIBRARY_NAME, TEMPLATES, render_card
 from .errors import ArtifactError
-from .layouts import check_safetensors, find_pickles
+from .layouts import check_safetensors, find_pickles, read_json
 
 __all__ = ["ModelHubMixin"]
 
@@ -69,6 +69,20 @@ class ModelHubMixin(
         """``PyTorchModelHubMixin.push_to_hub``, with ``repo_id`` in the card's load snippet."""
         fields = {"repo_id": repo_id, **(model_card_kwargs or {})}
         return super().push_to_hub(repo_id, model_card_kwargs=fields, **kwargs)  # type: ignore[no-any-return]
+
+    @classmethod
+    def from_pretrained(cls: type[T], pretrained_model_name_or_path: str | Path, **kwargs: Any) -> T:
+        """``PyTorchModelHubMixin.from_pretrained`` with ``config.json`` read as every artifact file is
+        (bounded, finite, not linked from outside the folder): a hostile config is an ArtifactError."""
+        folder = Path(pretrained_model_name_or_path)
+        if folder.is_dir() and (folder / constants.CONFIG_NAME).exists():
+            read_json(folder / constants.CONFIG_NAME)
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)  # type: ignore[misc, no-any-return]
+        except RecursionError:  # a remote config.json, parsed by huggingface_hub itself
+            raise ArtifactError(
+                f"{pretrained_model_name_or_path}: {constants.CONFIG_NAME} is nested too deeply to be a model config"
+            ) from None
 
     @classmethod
     def _from_pretrained(

@@ -126,3 +126,20 @@ def test_deeply_nested_safetensors_header_is_a_clear_error(tmp_path):
     (tmp_path / "sae" / "sae_weights.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
     with pytest.raises(ArtifactError, match="not a safetensors file: its header: nested deeper than"):
         SAE.load(tmp_path / "sae")
+
+
+def test_model_loader_refuses_outside_weights_and_hostile_configs(tmp_path):
+    from tests.test_hub import TinyGenerator
+
+    TinyGenerator().save_pretrained(tmp_path / "a")
+    TinyGenerator().save_pretrained(tmp_path / "b")
+    (tmp_path / "b" / "model.safetensors").unlink()
+    (tmp_path / "b" / "model.safetensors").symlink_to(tmp_path / "a" / "model.safetensors")
+    with pytest.raises(ArtifactError, match="model.safetensors is a symlink to .*, outside"):
+        TinyGenerator.from_pretrained(str(tmp_path / "b"))
+    (tmp_path / "a" / "config.json").write_text('{"d_latent": 4, "x": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(ArtifactError, match="nested deeper than"):
+        TinyGenerator.from_pretrained(str(tmp_path / "a"))
+    (tmp_path / "a" / "config.json").write_text('{"d_latent": NaN}')
+    with pytest.raises(ArtifactError, match="d_latent.* is nan"):
+        TinyGenerator.from_pretrained(str(tmp_path / "a"))
