@@ -41,6 +41,7 @@ from .layout import check_layout
 from .sites import Site, SiteError, SiteNotFoundError, resolve
 from .tree import ModuleTree
 from .values import get as _get
+from .values import not_a_tensor
 from .values import put as _put
 
 HookSpec = Hook | Callable[..., Any] | Sequence[Hook | Callable[..., Any]]
@@ -130,7 +131,9 @@ class Session:
         self.tree = ModuleTree(self.adapter.components())
         self._denoisers = list(self.adapter.denoisers())
         self.entries = self._resolve(hooks, _checked_layouts(layouts))
-        _refuse_compiled(self.tree, [e.site.module for e in self.entries] + self._denoisers)
+        for path in [e.site.module for e in self.entries if id(e.module) not in self.tree.checked] + self._denoisers:
+            self.tree.get(path)  # sites found in the path table (globs): check their chains too
+        _refuse_compiled(self.tree.compiled)
         self._register()
 
     # -- building ------------------------------------------------------------------------------
@@ -341,9 +344,7 @@ class Session:
     def _run(self, e: _Entry, x: Any) -> torch.Tensor | None:
         """Run a site's hooks on ``x``, one branch's rows at a time; the new tensor or None."""
         if not isinstance(x, torch.Tensor):
-            raise InterventionError(
-                f"site {e.name!r} carries a {type(x).__name__}, not a tensor; pick a tensor element (e.g. {e.name}:output.0)"
-            )
+            raise not_a_tensor(e.site, e.module, x)
         e.fired += 1
         ctx, state = e.ctx, self.state
         if e.epoch != state.epoch:
@@ -571,14 +572,8 @@ def _compiled_hint() -> str:
     )
 
 
-def _refuse_compiled(tree: ModuleTree, paths: list[str]) -> None:
+def _refuse_compiled(compiled: set[str]) -> None:
     """Refuse hooks below a module that torch.compile already traced (they would be ignored)."""
-    compiled = set()
-    for path in paths:
-        for depth, m in enumerate(tree.chain(path)):
-            if type(m).__name__ == "OptimizedModule" or m.__dict__.get("_compiled_call_impl") is not None:
-                parts = path.split(".")[: depth if "" in tree.components else depth + 1]
-                compiled.add(".".join(parts) or type(m).__name__)
     if not compiled:
         return
     import torch._dynamo.config as dynamo_config  # only now: importing dynamo costs seconds

@@ -19,6 +19,8 @@ import torch
 from torch import nn
 
 from .errors import InterventionError
+from .groups import hidden_index
+from .sites import Site
 
 Key = tuple[int | str, ...]
 
@@ -109,6 +111,30 @@ def output_fields(cls: type[nn.Module]) -> tuple[str, ...]:
         if isinstance(option, type) and dataclasses.is_dataclass(option):
             return tuple(f.name for f in dataclasses.fields(option))
     return ()
+
+
+def not_a_tensor(site: Site, module: nn.Module, value: Any) -> InterventionError:
+    """The error for a site that carries no tensor, naming a site that does: the module's hidden
+    state where its output convention is known (an SD3 block's ``:output.1``), else the first
+    tensor element."""
+    preferred = hidden_index(module) if site.direction == "output" and not site.key else None
+    found = _tensor_key(value, preferred)
+    if found is None:
+        return InterventionError(f"site {str(site)!r} carries a {type(value).__name__} with no tensor in it")
+    fix = Site(site.module, site.direction, (*site.key, found))
+    return InterventionError(
+        f"site {str(site)!r} carries a {type(value).__name__}, not a tensor; pick a tensor element, e.g. {str(fix)!r}"
+    )
+
+
+def _tensor_key(value: Any, preferred: int | None) -> int | str | None:
+    if isinstance(value, (tuple, list)):
+        if preferred is not None and preferred < len(value) and isinstance(value[preferred], torch.Tensor):
+            return preferred
+        return next((i for i, v in enumerate(value) if isinstance(v, torch.Tensor)), None)
+    if isinstance(value, Mapping):
+        return next((k for k, v in value.items() if isinstance(v, torch.Tensor)), None)
+    return None
 
 
 def _likely_index(value: tuple[Any, ...], field: int | None, dropped: int) -> int:

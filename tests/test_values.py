@@ -85,3 +85,39 @@ def test_a_plain_module_returning_a_tuple_has_no_fields():
     with pytest.raises(InterventionError, match=r"declares no output class.*e\.g\. ':output\.0'"):
         with attach(pair, {":output.sample": Cache()}):
             pair(torch.zeros(2))
+
+
+@pytest.mark.parametrize(
+    ("site", "fix", "shape"),
+    [
+        # SD3 blocks return (context, hidden), the last one (None, hidden): the hidden state is named
+        ("transformer_blocks.1", "transformer_blocks.1:output.1", (1, 16, 32)),
+        ("transformer_blocks.0", "transformer_blocks.0:output.1", (1, 16, 32)),
+    ],
+)
+def test_a_site_without_a_tensor_names_a_site_that_works(site, fix, shape):
+    from tests.test_groups import sd3
+
+    model, run = sd3()
+    with pytest.raises(InterventionError) as err:
+        with torch.no_grad(), attach(model, {site: Cache()}):
+            run()
+    assert re.search(r"e\.g\. '([^']+)'", str(err.value)).group(1) == fix
+    cache = Cache()
+    with torch.no_grad(), attach(model, {fix: cache}):
+        run()
+    assert cache[fix].shape == shape
+
+
+def test_a_nested_tuple_gets_a_suggestion_that_extends_the_key():
+    # a UNet down block returns (hidden, res_samples): its element 1 is itself a tuple
+    from tests.test_groups import unet
+
+    model, run = unet()
+    with pytest.raises(InterventionError, match=r"e\.g\. 'down_blocks\.0:output\.1\.0'"):
+        with torch.no_grad(), attach(model, {"down_blocks.0:output.1": Cache()}):
+            run()
+    cache = Cache()
+    with torch.no_grad(), attach(model, {"down_blocks.0:output.1.0": cache}):
+        run()
+    assert cache["down_blocks.0:output.1.0"].shape == (1, 8, 8, 8)
