@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -134,14 +135,30 @@ def save_evaluators(evaluators: dict[str, Evaluator], path, extra: dict | None =
 
 
 def load_evaluators(path) -> dict[str, Evaluator]:
-    from safetensors.torch import load_file
+    """The evaluators of a folder written by :func:`save_evaluators`: factor names, sizes and files
+    checked before anything is built (:mod:`recipes.folders`)."""
+    from hub_cards import ArtifactError, read_json, read_safetensors
+
+    from ..folders import check_fits, header, plain_name, positive_int, refuse_outside_links, weights_file
 
     path = Path(path)
-    cfg = json.loads((path / "config.json").read_text())
+    refuse_outside_links(path)
+    where = path / "config.json"
+    cfg = read_json(where, root=path)
+    configs = cfg.get("configs") if isinstance(cfg, dict) else None
+    if not (isinstance(configs, dict) and configs):
+        raise ArtifactError(f"{where}: expected 'configs': {{factor: {{num_classes, width, hidden}}}}")
     out = {}
-    for f, c in cfg["configs"].items():
-        m = Evaluator(**c)
-        m.load_state_dict(load_file(str(path / f"{f}.safetensors")))
+    for f, c in configs.items():
+        weights = weights_file(path, f"{plain_name(f, where)}.safetensors")
+        if not (isinstance(c, dict) and set(c) <= {"num_classes", "width", "hidden"}):
+            raise ArtifactError(f"{where}: configs[{f!r}] must hold only num_classes, width, hidden; got {str(c)[:80]}")
+        args = {
+            k: positive_int(c, k, where, default) for k, default in (("num_classes", 4), ("width", 16), ("hidden", 64))
+        }
+        check_fits(partial(Evaluator, **args), header(weights, path), weights, where)
+        m = Evaluator(**args)
+        m.load_state_dict(read_safetensors(weights, root=path))
         out[f] = m.eval()
     return out
 

@@ -237,19 +237,36 @@ def save_pipeline(pipe, path) -> None:
 
 
 def load_pipeline(path=None, device="cpu", dtype=torch.float32):
-    """Load the shapes ``StableDiffusionPipeline`` from a checkpoint folder (default: shipped)."""
+    """Load the shapes ``StableDiffusionPipeline`` from a checkpoint folder (default: shipped):
+    safetensors and JSON only, each config checked against its weights first (:mod:`recipes.folders`)."""
     import diffusers
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextModel, PreTrainedTokenizerFast
+    from diffusers import SchedulerMixin, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
+
+    from hub_cards import ArtifactError, read_json
+
+    from ..folders import load_component, refuse_outside_links
 
     path = Path(path) if path is not None else CHECKPOINT_DIR
-    sched_cfg = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
-    sched_cls = getattr(diffusers, sched_cfg.get("_class_name", "DDIMScheduler"))
+    refuse_outside_links(path)
+    sched_path = path / "scheduler" / "scheduler_config.json"
+    name = read_json(sched_path, root=path).get("_class_name", "DDIMScheduler")
+    sched_cls = getattr(diffusers, name, None) if isinstance(name, str) and name.endswith("Scheduler") else None
+    if not (isinstance(sched_cls, type) and issubclass(sched_cls, SchedulerMixin)):
+        raise ArtifactError(f"{sched_path}: '_class_name' {str(name)[:80]!r} is not a diffusers scheduler")
+    weights = "diffusion_pytorch_model.safetensors"
+    vae_cls = _vae_class()
     pipe = build_pipeline(
-        unet=UNet2DConditionModel.from_pretrained(path / "unet", use_safetensors=True),
-        text_encoder=CLIPTextModel.from_pretrained(path / "text_encoder", use_safetensors=True),
+        unet=load_component(UNet2DConditionModel, path / "unet", weights, path, UNet2DConditionModel.from_config),
+        text_encoder=load_component(
+            CLIPTextModel,
+            path / "text_encoder",
+            "model.safetensors",
+            path,
+            lambda config: CLIPTextModel(CLIPTextConfig.from_dict(config)),
+        ),
         tokenizer=PreTrainedTokenizerFast.from_pretrained(path / "tokenizer"),
-        vae=_vae_class().from_pretrained(path / "vae", use_safetensors=True),
+        vae=load_component(vae_cls, path / "vae", weights, path, vae_cls.from_config),
         scheduler=sched_cls.from_pretrained(path / "scheduler"),
     )
     pipe.unet.eval()

@@ -272,16 +272,36 @@ def save_model(model: TonesModel, path, extra: dict | None = None) -> None:
 
 
 def load_model(path=None) -> TonesModel:
-    """Load a :class:`TonesModel` (eval mode, CPU) from a checkpoint folder (default: shipped)."""
+    """Load a :class:`TonesModel` (eval mode, CPU) from a checkpoint folder (default: shipped):
+    safetensors and JSON only, each config checked against its weights first (:mod:`recipes.folders`)."""
     from diffusers import DDIMScheduler, StableAudioDiTModel
-    from transformers import CLIPTextModel, PreTrainedTokenizerFast
+    from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
+
+    from hub_cards import read_json
+
+    from ..folders import load_component, positive_float, refuse_outside_links
 
     path = Path(path) if path is not None else CHECKPOINT_DIR
-    tr = StableAudioDiTModel.from_pretrained(path / "transformer")
-    te = CLIPTextModel.from_pretrained(path / "text_encoder")
-    tok = PreTrainedTokenizerFast.from_pretrained(path / "tokenizer")
-    sched = DDIMScheduler.from_pretrained(path / "scheduler")
+    refuse_outside_links(path)
     theta = ROPE_THETA
     if (path / "sampling.json").exists():
-        theta = float(json.loads((path / "sampling.json").read_text())["rope_theta"])
+        sampling = read_json(path / "sampling.json", root=path)
+        value = sampling.get("rope_theta") if isinstance(sampling, dict) else None
+        theta = positive_float(value, "rope_theta", path / "sampling.json")
+    tr = load_component(
+        StableAudioDiTModel,
+        path / "transformer",
+        "diffusion_pytorch_model.safetensors",
+        path,
+        StableAudioDiTModel.from_config,
+    )
+    te = load_component(
+        CLIPTextModel,
+        path / "text_encoder",
+        "model.safetensors",
+        path,
+        lambda config: CLIPTextModel(CLIPTextConfig.from_dict(config)),
+    )
+    tok = PreTrainedTokenizerFast.from_pretrained(path / "tokenizer")
+    sched = DDIMScheduler.from_pretrained(path / "scheduler")
     return TonesModel(tr, te, tok, sched, rope_theta=theta).eval()
