@@ -131,9 +131,7 @@ class Session:
         self.tree = ModuleTree(self.adapter.components())
         self._denoisers = list(self.adapter.denoisers())
         self.entries = self._resolve(hooks, _checked_layouts(layouts))
-        for path in [e.site.module for e in self.entries if id(e.module) not in self.tree.checked] + self._denoisers:
-            self.tree.get(path)  # sites found in the path table (globs): check their chains too
-        _refuse_compiled(self.tree.compiled)
+        _refuse_compiled(self.tree, [e.site.module for e in self.entries] + self._denoisers)
         self._register()
 
     # -- building ------------------------------------------------------------------------------
@@ -572,8 +570,14 @@ def _compiled_hint() -> str:
     )
 
 
-def _refuse_compiled(compiled: set[str]) -> None:
+def _refuse_compiled(tree: ModuleTree, paths: list[str]) -> None:
     """Refuse hooks below a module that torch.compile already traced (they would be ignored)."""
+    compiled = set()
+    for path in paths:
+        for depth, m in enumerate(tree.chain(path)):
+            if type(m).__name__ == "OptimizedModule" or m.__dict__.get("_compiled_call_impl") is not None:
+                parts = path.split(".")[: depth if "" in tree.components else depth + 1]
+                compiled.add(".".join(parts) or type(m).__name__)
     if not compiled:
         return
     import torch._dynamo.config as dynamo_config  # only now: importing dynamo costs seconds
