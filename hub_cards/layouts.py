@@ -176,6 +176,25 @@ def read_json(path: str | os.PathLike[str], *, root: str | os.PathLike[str] | No
 # -------------------------------------------------------------------------------------- safetensors
 
 
+#: Bytes per element of every safetensors dtype.
+_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "I16": 2, "F16": 2, "BF16": 2}
+_ITEMSIZE |= {"U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8, "C64": 8}
+
+
+def _check_entry(path: Path, key: str, entry: Any) -> None:
+    """One tensor's header entry: a known dtype, a shape, and offsets spanning exactly its bytes."""
+    offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(i) is int and i >= 0 for i in offsets)):
+        raise ArtifactError(f"{path} is not a safetensors file: data_offsets of {key!r} is not [begin, end]")
+    dtype, shape = entry.get("dtype"), entry.get("shape")
+    if dtype not in _ITEMSIZE or not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+        raise ArtifactError(f"{path} is not a safetensors file: {key!r} has dtype {dtype!r} and shape {shape!r}")
+    if offsets[1] - offsets[0] != math.prod(shape) * _ITEMSIZE[dtype]:
+        raise ArtifactError(
+            f"{path} is not a safetensors file: {key!r} ({dtype} {shape}) spans bytes {offsets[0]}..{offsets[1]}"
+        )
+
+
 def check_safetensors(path: str | os.PathLike[str], *, root: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """The header of a complete safetensors file, or :class:`ArtifactError` saying why it is unusable.
 
@@ -209,10 +228,8 @@ def check_safetensors(path: str | os.PathLike[str], *, root: str | os.PathLike[s
     for key, entry in header.items():
         if key == "__metadata__":
             continue
-        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(i) is int and i >= 0 for i in offsets)):
-            raise ArtifactError(f"{path} is not a safetensors file: data_offsets of {key!r} is not [begin, end]")
-        end = max(end, offsets[1])
+        _check_entry(path, key, entry)
+        end = max(end, entry["data_offsets"][1])
     if size < 8 + n + end:
         raise ArtifactError(
             f"{path} is truncated: it has {size} bytes but its header describes {8 + n + end} "

@@ -159,6 +159,9 @@ def spec(cfg: dict[str, Any], tensors: dict[str, torch.Tensor], what: str) -> SA
         if extra:
             p.add(f"tensors {extra} that this SAE would ignore")
     check_weights(p, tensors)
+    w_dec = tensors.get("W_dec")
+    if rescale and w_dec is not None and w_dec.ndim == 2 and bool((w_dec.norm(dim=-1) == 0).any()):
+        p.add("rescale_acts_by_decoder_norm=True with decoder rows of norm 0 (the rescaling divides by them)")
     p.raise_if_any(f"{what} is not an SAE that interventions can compute exactly")
     info = {key: meta[key] for key in _INFO if meta.get(key) is not None}
     info.setdefault("site", meta.get("hook_name") or "")

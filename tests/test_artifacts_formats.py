@@ -440,3 +440,11 @@ def test_steering_vector_save_load_bit_identical(sites, dim, per_step, dtype, se
     assert back.directions.keys() == v.directions.keys()
     for k in v.directions:
         assert torch.equal(bits(back.directions[k]), bits(v.directions[k])), k
+
+
+def test_decoder_norm_rescaling_with_a_zero_decoder_row_is_refused(tmp_path):
+    t = saelens_tensors(seed=3)
+    t["W_dec"][5] = 0.0
+    write_artifact(tmp_path / "sae", "sae_weights.safetensors", saelens_cfg(rescale_acts_by_decoder_norm=True), t)
+    with pytest.raises(ArtifactError, match="decoder rows of norm 0"):
+        SAE.load(tmp_path / "sae")

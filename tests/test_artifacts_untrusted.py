@@ -143,3 +143,19 @@ def test_model_loader_refuses_outside_weights_and_hostile_configs(tmp_path):
     (tmp_path / "a" / "config.json").write_text('{"d_latent": NaN}')
     with pytest.raises(ArtifactError, match="d_latent.* is nan"):
         TinyGenerator.from_pretrained(str(tmp_path / "a"))
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"dtype": "F99", "shape": [2], "data_offsets": [0, 8]}, "has dtype 'F99'"),
+        ({"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}, r"shape \[-2\]"),
+        ({"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}, r"\(F32 \[3\]\) spans bytes 0..8"),
+    ],
+)
+def test_a_safetensors_header_is_checked_entry_by_entry_before_loading(tmp_path, entry, message):
+    random_sae(site="s").save(tmp_path / "sae")
+    header = json.dumps({"W_enc": entry}).encode()
+    (tmp_path / "sae" / "sae_weights.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))
+    with pytest.raises(ArtifactError, match=message):
+        SAE.load(tmp_path / "sae")
