@@ -127,9 +127,11 @@ def outside_links(folder: str | os.PathLike[str]) -> list[str]:
 
 
 def _check_inside(path: Path, root: Path) -> None:
-    if path.is_symlink() and not any(path.resolve().is_relative_to(r) for r in _allowed_roots(root)):
+    """Refuse ``path`` when it (or a folder on the way) is a symlink that leads outside ``root``."""
+    target = path.resolve()
+    if not any(target.is_relative_to(r) for r in _allowed_roots(root)):
         raise ArtifactError(
-            f"{path} is a symlink to {path.resolve()}, outside {root}: interventions reads nothing outside an "
+            f"{path} is a symlink to {target}, outside {root}: interventions reads nothing outside an "
             "artifact's folder; replace the link with the file itself"
         )
 
