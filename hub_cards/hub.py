@@ -244,18 +244,25 @@ def _subfolder(subfolder: str | None) -> str | None:
     return "/".join(parts)
 
 
-def _snapshot_files(folder: Path) -> set[Path]:
-    return set(walk_files(folder)) if folder.is_dir() else set()
+def _entries(folder: Path) -> set[Path]:
+    """Every file, link and folder under ``folder`` (``folder`` included when it exists)."""
+    if not folder.is_dir():
+        return set()
+    found = {folder}
+    for dirpath, dirnames, filenames in os.walk(folder):
+        found.update(Path(dirpath) / n for n in dirnames + filenames)
+    return found
 
 
 def _remove_new(folder: Path, before: set[Path]) -> None:
-    """Delete what a refused pull added under ``folder`` (files, then the folders left empty)."""
-    for path in _snapshot_files(folder) - before:
-        path.unlink(missing_ok=True)
-    if folder.is_dir():
-        for dirpath, _, _ in sorted(os.walk(folder), key=lambda w: -len(w[0])):
-            if Path(dirpath) != folder and not any(Path(dirpath).iterdir()):
-                Path(dirpath).rmdir()
+    """Delete what a refused pull added under ``folder``: new files, then new folders left empty."""
+    new = _entries(folder) - before
+    for path in new:
+        if path.is_symlink() or path.is_file():
+            path.unlink(missing_ok=True)
+    for path in sorted(new, key=lambda p: -len(p.parts)):
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
 
 
 def pull(
@@ -291,7 +298,7 @@ def pull(
         if local_dir is not None
         else Path(cache_dir or constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type=repo_type)
     )
-    before = _snapshot_files(target)
+    before = _entries(target)
     try:
         with _hub_errors(repo_id, revision, ep, offline=offline):
             root = Path(
