@@ -118,6 +118,14 @@ def vit() -> tuple[torch.nn.Module, Run]:
     return m, lambda: m(pixel_values=torch.zeros(1, 3, 16, 16))
 
 
+def mamba() -> tuple[torch.nn.Module, Run]:
+    from transformers import MambaConfig, MambaForCausalLM
+
+    cfg = MambaConfig(vocab_size=50, hidden_size=16, state_size=4, num_hidden_layers=2, expand=2, conv_kernel=2)
+    m = _seeded(lambda: MambaForCausalLM(cfg))
+    return m, lambda: m(torch.tensor([[1, 2, 3]]))
+
+
 def unet() -> tuple[torch.nn.Module, Run]:
     from diffusers import UNet2DConditionModel
 
@@ -320,6 +328,7 @@ FAMILIES: dict[str, tuple[Callable[[], tuple[torch.nn.Module, Run]], dict[str, t
         {g: (2, {(1, 5, 32)}) for g in ("blocks", "self_attn", "attn", "mlp")},
         ["layers.0.attention:output.0", "layers.1.mlp"],
     ),
+    "mamba": (mamba, {"blocks": (2, {(1, 3, 16)})}, ["backbone.layers.0"]),  # no attention: its layer list
     "unet": (
         unet,
         {

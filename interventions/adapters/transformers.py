@@ -39,13 +39,17 @@ def _is_block(module: nn.Module) -> bool:
 
 def _block_lists(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
     """Every stack of transformer layers (a ModuleList of one class of attention-bearing layers):
-    one per tower, so T5 and Whisper give encoder and decoder, CLIP text and vision."""
-    lists = outermost(
-        walk(model),
-        lambda _, m: isinstance(m, nn.ModuleList) and len({type(x) for x in m}) == 1 and _is_block(m[0]),
-    )
-    table = dict(model.named_modules())
-    return [(p, typing.cast(nn.ModuleList, table[p])) for p in lists]
+    one per tower, so T5 and Whisper give encoder and decoder, CLIP text and vision. A model
+    without attention (Mamba, RWKV) has its longest list of one class of layers."""
+    uniform = {
+        p: m
+        for p, m in model.named_modules()
+        if isinstance(m, nn.ModuleList) and len(m) and len({type(x) for x in m}) == 1
+    }
+    stacks = outermost(((p, m) for p, m in uniform.items() if _is_block(m[0])), lambda *_: True)
+    if not stacks and uniform:
+        stacks = [max(uniform, key=lambda p: len(uniform[p]))]
+    return [(p, typing.cast(nn.ModuleList, uniform[p])) for p in stacks]
 
 
 def _mlp(path: str, block: nn.Module) -> str | None:
