@@ -162,7 +162,7 @@ def _hub_errors(repo_id: str, revision: str | None, endpoint: str | None, *, off
     except OSError as e:  # connection refused, DNS, timeouts (httpx errors are not OSErrors: see below)
         raise HubError(f"cannot reach {hub} for {where}: {e}; check the network, --endpoint or $HF_ENDPOINT") from None
     except Exception as e:
-        if type(e).__module__.split(".")[0] in ("httpx", "httpcore", "requests", "urllib3"):
+        if type(e).__module__.startswith(("httpx", "httpcore", "requests", "urllib3")):  # httpx2 too
             raise HubError(
                 f"cannot reach {hub} for {where}: {e}; check the network, --endpoint or $HF_ENDPOINT"
             ) from None
@@ -198,10 +198,10 @@ def push(
     with _hub_errors(repo_id, revision, ep):
         if tag is not None:
             _refuse_existing_tag(api, repo_id, tag, repo_type)
+        api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
         if not (root / "README.md").exists():
             card = write_card(root, _card_kind(found), repo_id=repo_id)
             warnings.warn(f"{root} had no README.md: wrote a card from the artifacts' metadata to {card}", stacklevel=2)
-        api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
         if revision is not None and revision != "main":
             api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
         info = api.upload_folder(

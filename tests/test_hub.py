@@ -507,7 +507,8 @@ def test_cli_hub_failures_are_one_line_with_exit_code_2(tmp_path, hub, capsys, m
         "is not (completely) in the Hub cache and the network is off": [
             "hub", "pull", "org/cli", "--offline", "--cache-dir", str(tmp_path / "empty-cache"),
         ],
-        "cannot reach http://127.0.0.1:9": ["hub", "pull", "org/cli", "--endpoint", UNREACHABLE],
+        "cannot reach http://127.0.0.1:9 for org/cli@main": ["hub", "pull", "org/cli", "--endpoint", UNREACHABLE],
+        "cannot reach http://127.0.0.1:9 for org/other@main": ["hub", "push", str(root), "org/other", "--endpoint", UNREACHABLE],
         "subfolder '../../..' must be a folder inside the repo": ["hub", "pull", "org/cli", "--subfolder", "../../.."],
     }  # fmt: skip
     for needle, argv in cases.items():
