@@ -124,3 +124,15 @@ def test_a_checkpoint_failing_part_way_changes_nothing(tmp_path, damage):
     assert before[1] == after[1] and torch.equal(before[2], after[2]) and torch.equal(before[3], after[3])
     assert before[4] == after[4] == 0
     assert not all(torch.equal(before[0][k], load_file(str(path))[f"model.{k}"]) for k in before[0])
+
+
+def test_save_checkpoint_replaces_a_planted_symlink(tmp_path):
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "ckpt.safetensors").symlink_to(precious)
+    trainer = _trainer(seed=1)
+    trainer.save_checkpoint(tmp_path / "run" / "ckpt.safetensors")
+    assert precious.read_text() == "keep me" and not (tmp_path / "run" / "ckpt.safetensors").is_symlink()
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["ckpt.safetensors"]
+    _trainer(seed=2).load_checkpoint(tmp_path / "run" / "ckpt.safetensors")

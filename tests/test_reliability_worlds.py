@@ -138,3 +138,16 @@ def test_evaluator_weights_symlinked_outside_or_damaged_are_refused_by_name(shap
     (folder / "style.safetensors").write_bytes((tmp_path / "style.safetensors").read_bytes()[:-100])
     with pytest.raises(ArtifactError, match=r"evaluators/style.safetensors is truncated"):
         shapes_eval.load_evaluators(folder)
+
+
+def test_save_evaluators_replaces_planted_symlinks(shapes, tmp_path):
+    evaluators = shapes_eval.load_evaluators(shapes / "evaluators")
+    out = tmp_path / "out"
+    out.mkdir()
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    for name in ("config.json", "shape.safetensors"):
+        (out / name).symlink_to(precious)
+    shapes_eval.save_evaluators(evaluators, out)
+    assert precious.read_text() == "keep me" and not any(p.is_symlink() for p in out.iterdir())
+    assert shapes_eval.load_evaluators(out).keys() == evaluators.keys()

@@ -29,6 +29,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -204,12 +205,16 @@ def expert_step(
 
 
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
-    """safetensors file with ``metadata`` as JSON under the header key ``interventions.metadata``."""
+    """safetensors file with ``metadata`` as JSON under the header key ``interventions.metadata``,
+    written beside and renamed onto ``path`` (a planted symlink is replaced, never written through)."""
     from safetensors.torch import save_file
 
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    from ..folders import replace_files
+
+    path = Path(os.path.abspath(path))
     flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    save_file(flat, os.fspath(path), metadata={"format": "pt", "interventions.metadata": json.dumps(metadata)})
+    meta = {"format": "pt", "interventions.metadata": json.dumps(metadata)}
+    replace_files(path.parent, lambda tmp: save_file(flat, str(tmp / path.name), metadata=meta))
 
 
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

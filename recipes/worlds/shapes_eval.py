@@ -117,10 +117,12 @@ def evaluate(
 
 
 def save_evaluators(evaluators: dict[str, Evaluator], path, extra: dict | None = None) -> None:
+    """``config.json`` + one safetensors file per factor; a symlink planted at one of those names is
+    replaced, never written through (:func:`recipes.folders.replace_files`)."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    from ..folders import replace_files
+
     cfg = {
         "factors": {f: list(world.FACTORS[f]) for f in evaluators},
         "configs": {f: m.config for f, m in evaluators.items()},
@@ -128,10 +130,14 @@ def save_evaluators(evaluators: dict[str, Evaluator], path, extra: dict | None =
     }
     if extra:
         cfg.update(extra)
-    for f, m in evaluators.items():
-        state = {k: v.detach().contiguous() for k, v in m.state_dict().items()}
-        save_file(state, str(path / f"{f}.safetensors"))
-    (path / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+
+    def write(tmp: Path) -> None:
+        for f, m in evaluators.items():
+            state = {k: v.detach().contiguous() for k, v in m.state_dict().items()}
+            save_file(state, str(tmp / f"{f}.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+
+    replace_files(Path(path), write)
 
 
 def load_evaluators(path) -> dict[str, Evaluator]:
