@@ -30,7 +30,7 @@ def get(value: Any, key: Key, site: str, module: nn.Module | None = None) -> Any
     for depth, k in enumerate(key):
         if isinstance(value, torch.Tensor):
             raise InterventionError(f"site {site!r}: the value is already a tensor; drop the key {k!r} from the site")
-        if depth == 0:
+        if depth == 0 and isinstance(k, str) and type(value) is tuple:
             k = _position(value, k, site, module)
         try:
             if isinstance(k, int) or isinstance(value, Mapping):
@@ -46,7 +46,9 @@ def put(value: Any, key: Key, new: Any, site: str, module: nn.Module | None = No
     """``value`` with the element at ``key`` replaced by ``new`` (tuples rebuilt, objects set)."""
     if not key:
         return new
-    return _put(value, (_position(value, key[0], site, module), *key[1:]), new)
+    if isinstance(key[0], str) and type(value) is tuple:
+        key = (_position(value, key[0], site, module), *key[1:])
+    return _put(value, key, new)
 
 
 def _put(value: Any, key: Key, new: Any) -> Any:
@@ -71,9 +73,10 @@ def _put(value: Any, key: Key, new: Any) -> Any:
     return value
 
 
-def _position(value: Any, k: int | str, site: str, module: nn.Module | None) -> int | str:
-    """``k``, or for a field name on a plain tuple its position there (see the module docstring)."""
-    if isinstance(k, int) or type(value) is not tuple or module is None:
+def _position(value: tuple[Any, ...], k: str, site: str, module: nn.Module | None) -> int | str:
+    """The position of field ``k`` in a plain tuple (see the module docstring); ``k`` itself for
+    an argument (no output class to read)."""
+    if module is None:
         return k
     cls = type(module)
     if cls not in _FIELDS:
