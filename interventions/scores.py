@@ -1,8 +1,9 @@
 """Feature scores for choosing SAE latents that carry a concept (inputs: per-example latent
 means ``[n, d_sae]`` of examples with the concept and without it; score per latent).
 
-- :func:`normalized_difference`: SAeUron's ``p_c - p_other`` with ``p = mu / sum(mu)``, computed
-  per timestep by the caller (one call per step);
+- :func:`normalized_difference`: SAeUron's ``p_c - p_other`` with ``p = mu / sum(mu)`` for one step;
+  :func:`normalized_difference_by_step` scores every concept against all the others at every
+  denoising step at once, and :func:`above_percentile_by_step` selects each step's features;
 - :func:`tfidf`: TADA's ``mean_pos * log(1 + 1 / (mean_neg + eps))``;
 - :func:`difference_of_means` and :func:`cohens_d` (pooled standard deviation).
 
@@ -13,12 +14,16 @@ means ``[n, d_sae]`` of examples with the concept and without it; score per late
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 Latents = Float[Tensor, "n d_sae"]
 Scores = Float[Tensor, " d_sae"]
+StepLatents = Float[Tensor, "n steps d_sae"]
+StepScores = Float[Tensor, "steps d_sae"]
 
 
 def normalized_difference(concept: Latents, other: Latents, eps: float = 1e-12) -> Scores:
@@ -55,3 +60,39 @@ def above_percentile(scores: Scores, percentile: float) -> Tensor:
     """Indices of latents scoring above a percentile (SAeUron uses 99.99-99.999)."""
     threshold = torch.quantile(scores.float(), percentile / 100.0)
     return torch.nonzero(scores > threshold).flatten()
+
+
+def normalized_difference_by_step(latents: Mapping[str, StepLatents], eps: float = 1e-8) -> dict[str, StepScores]:
+    """SAeUron's feature scores for every concept at every step.
+
+    ``latents[c]``: token-averaged latents ``[n_prompts, steps, d_sae]`` of concept ``c``'s prompts.
+    At each step, ``mu_c`` is the mean over ``c``'s prompts and ``mu_o`` the mean over the pooled
+    prompts of every other concept; the score is ``mu_c / sum(mu_c) - mu_o / sum(mu_o)`` (the
+    published code's ``compute_feature_importance``, eps included). Needs two or more concepts with
+    the same steps and width.
+
+    >>> lat = {"a": torch.tensor([[[2.0, 0.0]]]), "b": torch.tensor([[[1.0, 1.0]]])}
+    >>> normalized_difference_by_step(lat)["a"].tolist()
+    [[0.5, -0.5]]
+    """
+    if len(latents) < 2:
+        raise ValueError(f"scoring needs two or more concepts to compare, got {list(latents)}")
+    shapes = {c: tuple(t.shape[1:]) for c, t in latents.items()}
+    if any(t.ndim != 3 or t.shape[0] == 0 for t in latents.values()) or len(set(shapes.values())) > 1:
+        raise ValueError(f"latents must be [n_prompts > 0, steps, d_sae] with one steps x d_sae for all; got {shapes}")
+    means = {c: t.float().mean(0) for c, t in latents.items()}
+    counts = {c: t.shape[0] for c, t in latents.items()}
+    total = sum(means[c] * counts[c] for c in means)
+    out = {}
+    for c, mu_c in means.items():
+        mu_o = (total - mu_c * counts[c]) / (sum(counts.values()) - counts[c])
+        out[c] = mu_c / (mu_c.sum(-1, keepdim=True) + eps) - mu_o / (mu_o.sum(-1, keepdim=True) + eps)
+    return out
+
+
+def above_percentile_by_step(scores: StepScores, percentile: float) -> list[Tensor]:
+    """Per step, the indices of latents scoring strictly above that step's percentile (SAeUron:
+    99.999 for styles on 20,480 latents, i.e. a handful per step)."""
+    if not 0.0 <= percentile < 100.0:
+        raise ValueError(f"percentile must be in [0, 100), got {percentile}")
+    return [above_percentile(row, percentile) for row in scores]
