@@ -460,6 +460,26 @@ def test_blocks_on_a_unet_pipeline_need_no_fix():
     }
 
 
+def test_sd3_pipeline_groups_split_by_cfg_branch():
+    # joint attention and blocks inside a pipeline: each branch's rows of the image stream
+    pipe = tiny_models.sd3_pipeline()
+    cache = Cache()
+    with attach(pipe, {"@blocks": cache, "@attn": cache, "@mlp": cache}) as session:
+        pipe(["a red circle"], num_inference_steps=2, guidance_scale=3.0, output_type="pt")
+    pre = "transformer.transformer_blocks"
+    assert session.fired == {
+        f"{pre}.0:output.1": 2,
+        f"{pre}.1:output.1": 2,
+        f"{pre}.0.attn:output.0": 2,
+        f"{pre}.1.attn:output.0": 2,
+        f"{pre}.0.ff": 2,
+        f"{pre}.1.ff": 2,
+    }
+    for site in session.fired:
+        for branch in ("uncond", "cond"):
+            assert cache.get(site, 1, branch).shape == (1, 16, 32)
+
+
 @pytest.mark.skipif(not sat_support.sat_available(), reason="stable-audio-tools not installed")
 def test_stable_audio_tools_dit_groups():
     sat_support.import_stable_audio_tools()
