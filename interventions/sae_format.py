@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 #: Our kind -> SAELens architecture; read back by the inverse (batchtopk through its metadata marker).
 SAELENS_ARCH = {"relu": "standard", "topk": "topk", "batchtopk": "topk", "jumprelu": "jumprelu"}
-_KIND_OF = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu"}
+_KIND_OF = {arch: kind for kind, arch in SAELENS_ARCH.items() if kind != "batchtopk"}
 #: The SAELens config format version we write (>= 6.0.0 switches SAELens to the nested-metadata format).
 SAE_LENS_VERSION = "6.5.0"
 _MARKER = "interventions_architecture"
