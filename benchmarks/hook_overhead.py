@@ -546,12 +546,16 @@ def verify(t: Target, variants: dict[str, Callable[[], Any]]) -> dict[str, str]:
 # micro benchmarks
 # ---------------------------------------------------------------------------------------------
 def bench_enter(targets: dict[str, Target], peers: dict[str, Any], rounds: int) -> dict[str, Any]:
-    """attach + exit with 20 sites, no forward; raw = resolve + register + remove 20 hooks."""
+    """attach + exit with 20 sites, no forward, against two floors: registering and removing 20
+    hooks on modules already in hand (``raw_resolved``: what a raw-hook user pays per use), and
+    the same with each path resolved by ``get_submodule`` (``raw``: paid once by such a user, on
+    every attach by a library that takes paths). ``empty``: a session with no sites."""
     from interventions import Cache, attach
 
     variants: dict[str, Callable[[], Any]] = {"plain": lambda: None}
     for t in targets.values():
         hooks = {t.prefix + s: Cache() for s in t.sites}
+        modules = [t.model.get_submodule(s) for s in t.sites]
 
         def raw(t: Target = t) -> None:
             fn = lambda m, a, o: None  # noqa: E731
@@ -559,11 +563,23 @@ def bench_enter(targets: dict[str, Target], peers: dict[str, Any], rounds: int) 
             for h in hs:
                 h.remove()
 
+        def raw_resolved(modules: list[nn.Module] = modules) -> None:
+            fn = lambda m, a, o: None  # noqa: E731
+            hs = [m.register_forward_hook(fn) for m in modules]
+            for h in hs:
+                h.remove()
+
+        def empty(t: Target = t) -> None:
+            with attach(t.attach_to, {}, on_unfired="ignore"):
+                pass
+
         def ours(t: Target = t, hooks: dict[str, Any] = hooks) -> None:
             with attach(t.attach_to, hooks, on_unfired="ignore"):
                 pass
 
         variants[f"raw:{t.name}"] = raw
+        variants[f"raw_resolved:{t.name}"] = raw_resolved
+        variants[f"empty:{t.name}"] = empty
         variants[f"interventions:{t.name}"] = ours
         if "baukit" in peers:
 

@@ -175,8 +175,17 @@ class Cache:
             raise ValueError(f"Cache on_repeat must be 'warn', 'replace' or 'append', got {self.on_repeat!r}")
 
     def __call__(self, x: Tensor, ctx: Context) -> None:
+        # one frame per fire: this runs for every cached site at every call
         t = x.detach()
-        self._record(ctx.key, t.clone() if self.clone else t)
+        if self.clone:
+            t = t.clone()
+        key, store = ctx.key, self.store
+        if self.on_repeat == "append":
+            store.append(key, t)
+            return
+        if not self._warned and self.on_repeat == "warn" and key in store:
+            self._warn_replaced(key)
+        store.put(key, t)
 
     def whole_batch(self, x: Tensor, ctx: Context, segments: Sequence[tuple[str | None, slice]]) -> None:
         """Store each CFG branch's rows of a batched call under its own key, copying once."""
@@ -188,19 +197,12 @@ class Cache:
             for branch, rows in segments:
                 self.store.append(with_branch(key, branch), t[rows])
             return
-        self._warn_if_replacing(with_branch(key, segments[0][0]))
+        first = with_branch(key, segments[0][0])
+        if not self._warned and self.on_repeat == "warn" and first in self.store:
+            self._warn_replaced(first)
         self.store.put_rows(key, t, segments)
 
-    def _record(self, key: StoreKey, t: Tensor) -> None:
-        if self.on_repeat == "append":
-            self.store.append(key, t)
-            return
-        self._warn_if_replacing(key)
-        self.store.put(key, t)
-
-    def _warn_if_replacing(self, key: StoreKey) -> None:
-        if self._warned or self.on_repeat != "warn" or key not in self.store:
-            return
+    def _warn_replaced(self, key: StoreKey) -> None:
         import warnings
 
         self._warned = True

@@ -131,14 +131,16 @@ class Session:
         self.tree = ModuleTree(self.adapter.components())
         self._denoisers = list(self.adapter.denoisers())
         self.entries = self._resolve(hooks, _checked_layouts(layouts))
-        _refuse_compiled(self.tree, [e.site.module for e in self.entries] + self._denoisers)
+        for path in [e.site.module for e in self.entries if id(e.module) not in self.tree.checked] + self._denoisers:
+            self.tree.get(path)  # sites found in the path table (globs): check their chains too
+        _refuse_compiled(self.tree.compiled)
         self._register()
 
     # -- building ------------------------------------------------------------------------------
     def _resolve(self, hooks: Mapping[str, HookSpec], layouts: dict[str, str]) -> list[_Entry]:
         if not isinstance(hooks, Mapping):
             raise TypeError("attach(model, hooks): hooks is a dict {site pattern: hook or [hooks]}")
-        by_site: dict[Site, _Entry] = {}
+        by_site: dict[str, _Entry] = {}  # by canonical name: a str hashes once, a Site at each lookup
         for pattern, spec in hooks.items():
             if not isinstance(pattern, str):
                 raise SiteError(
@@ -147,9 +149,10 @@ class Session:
                 )
             hook_list = _hook_list(pattern, spec)
             for site, module in self._expand(pattern):
-                entry = by_site.get(site)
+                name = str(site)
+                entry = by_site.get(name)
                 if entry is None:
-                    entry = by_site[site] = self._entry(site, module, layouts)
+                    entry = by_site[name] = self._entry(site, name, module, layouts)
                 for h, when in hook_list:
                     self._check_selector(entry, h, when)
                     entry.hooks.append((h, when, len(entry.applied)))
@@ -161,8 +164,7 @@ class Session:
             )
         return list(by_site.values())
 
-    def _entry(self, site: Site, module: nn.Module, layouts: dict[str, str]) -> _Entry:
-        name = str(site)
+    def _entry(self, site: Site, name: str, module: nn.Module, layouts: dict[str, str]) -> _Entry:
         layout = layouts.get(name, layouts.get(site.module, _UNSET))
         component = self._unit_of(site.module)
         ctx = Context(name, self.state, component=component, stepped=component in self._denoisers)
@@ -352,7 +354,10 @@ class Session:
         if not e.layout_fixed:
             ctx.layout = self.adapter.layout(e.site.module, x.ndim)
             e.layout_fixed = True
-        segments = state.segments if ctx.stepped or state.forced else ALL_ROWS
+        if not (ctx.stepped or state.forced):  # no CFG rows outside a denoiser: the common fast path
+            ctx.branch = None
+            return self._apply(e, x, ctx)
+        segments = state.segments
         if len(segments) > 1 and (not x.ndim or x.shape[0] != segments[-1][1].stop):
             segments = ALL_ROWS  # not batch-major at this site: no row split possible
         if len(segments) == 1:
@@ -407,7 +412,13 @@ class Session:
                     e.applied[slot] = True
                 out = h(x, ctx)
                 if out is not None:
-                    if not _fits(out, x):
+                    # _fits, inlined
+                    if not (
+                        isinstance(out, torch.Tensor)
+                        and out.shape == x.shape
+                        and out.dtype is x.dtype
+                        and out.device == x.device
+                    ):
                         raise _wrong_output(e, h, x, out)
                     x, changed = out, True
         except InterventionError:
@@ -570,14 +581,8 @@ def _compiled_hint() -> str:
     )
 
 
-def _refuse_compiled(tree: ModuleTree, paths: list[str]) -> None:
+def _refuse_compiled(compiled: set[str]) -> None:
     """Refuse hooks below a module that torch.compile already traced (they would be ignored)."""
-    compiled = set()
-    for path in paths:
-        for depth, m in enumerate(tree.chain(path)):
-            if type(m).__name__ == "OptimizedModule" or m.__dict__.get("_compiled_call_impl") is not None:
-                parts = path.split(".")[: depth if "" in tree.components else depth + 1]
-                compiled.add(".".join(parts) or type(m).__name__)
     if not compiled:
         return
     import torch._dynamo.config as dynamo_config  # only now: importing dynamo costs seconds

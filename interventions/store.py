@@ -114,7 +114,9 @@ class MemoryStore:
         self._data: dict[StoreKey, torch.Tensor | _Rows | _Parts] = {}
 
     def put(self, key: StoreKey, tensor: torch.Tensor) -> None:
-        self._data[normal_key(key) if len(key) != 3 else key] = _moved(tensor, self.device)
+        if self.device is not None:
+            tensor = _moved(tensor, self.device)
+        self._data[normal_key(key) if len(key) != 3 else key] = tensor
 
     def append(self, key: StoreKey, tensor: torch.Tensor) -> None:
         """Add ``tensor`` as a further part of ``key`` (the first part when the key is new)."""

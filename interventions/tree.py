@@ -7,46 +7,48 @@ an error message needs it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from torch import nn
 
 
 class ModuleTree:
+    """Modules by path. Every module a lookup passes is also checked, once per tree, for having
+    been compiled with ``torch.compile`` (hooks added below it would be ignored): ``compiled``
+    collects the paths of those found."""
+
     def __init__(self, components: dict[str, nn.Module]) -> None:
         self.components = components
+        self._single = "" in components
         self._paths: dict[str, nn.Module] | None = None
+        self.checked: set[int] = set()
+        self.compiled: set[str] = set()
 
     def get(self, path: str) -> nn.Module | None:
-        """The module at ``path``, or None."""
-        chain = list(self.chain(path))
-        return chain[-1] if chain and len(chain) == self._depth(path) else None
-
-    def chain(self, path: str) -> Iterator[nn.Module]:
-        """The modules from the component root down to ``path`` (stops where the path breaks)."""
-        if "" in self.components:
+        """The module at ``path``, or None (a tight walk down ``_modules``: this runs per site on
+        every attach)."""
+        if self._single:
             module: nn.Module | None = self.components[""]
             parts = path.split(".") if path else []
+            prefix: list[str] = []
         else:
             head, _, rest = path.partition(".")
             module = self.components.get(head)
             parts = rest.split(".") if rest else []
-        if module is None:
-            return
-        yield module
-        for part in parts:
-            module = module._modules.get(part)
+            prefix = [head]
+        checked = self.checked
+        for i, part in enumerate([None, *parts]):
+            if i:
+                module = module._modules.get(part)  # type: ignore[union-attr, arg-type]
             if module is None:
-                return
-            yield module
+                return None
+            if id(module) not in checked:
+                checked.add(id(module))
+                if _is_compiled(module):
+                    self.compiled.add(".".join(prefix + parts[:i]) or type(module).__name__)
+        return module
 
     def component_of(self, path: str) -> str:
         """The component a module path lies in (``""`` for a single model)."""
         return "" if "" in self.components else path.partition(".")[0]
-
-    def _depth(self, path: str) -> int:
-        n = len(path.split(".")) if path else 0
-        return n + 1 if "" in self.components else n
 
     def paths(self) -> dict[str, nn.Module]:
         """Every module path (computed once per tree)."""
@@ -57,3 +59,9 @@ class ModuleTree:
                     table[f"{prefix}.{name}" if prefix and name else prefix or name] = mod
             self._paths = table
         return self._paths
+
+
+def _is_compiled(module: nn.Module) -> bool:
+    """``torch.compile(module)`` wraps it (an ``OptimizedModule``); ``module.compile()`` sets
+    ``_compiled_call_impl`` on the instance."""
+    return type(module).__name__ == "OptimizedModule" or module.__dict__.get("_compiled_call_impl") is not None
