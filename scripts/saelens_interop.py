@@ -185,6 +185,8 @@ def _saelens_variants() -> dict[str, tuple[str, dict, bool]]:
         kw: dict = {"k": K} if "topk" in arch else {}
         if "transcoder" in arch:
             kw |= {"d_out": D_IN, "apply_b_dec_to_input": False}
+        if arch == "temporal":  # d_in must divide by n_heads * bottleneck_factor (8 * 64 by default)
+            kw |= {"n_heads": 2, "bottleneck_factor": 2}
         out[arch] = (arch, kw, False)
     out["topk_rescaled"] = ("topk", {"k": K, "rescale_acts_by_decoder_norm": True}, False)
     out["topk_training_defaults"] = ("topk", {"k": K}, True)  # rescale_acts_by_decoder_norm=True by default
