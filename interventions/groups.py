@@ -24,52 +24,58 @@ from torch import nn
 Groups = dict[str, list[str]]
 A = TypeVar("A")
 
-# forward returns (encoder_hidden_states, hidden_states): the hidden state is second
+# known conventions, read before the annotation: SD3 / Flux blocks return (context, hidden); T5's
+# unannotated layers return (hidden, position_bias, ...) (UMT5's return the tensor)
 _HIDDEN_AT: dict[str, int] = {
     "JointTransformerBlock": 1,
     "FluxTransformerBlock": 1,
     "FluxSingleTransformerBlock": 1,
+    "T5Block": 0,
+    "MT5Block": 0,
+    "LongT5Block": 0,
+    "SwitchTransformersBlock": 0,
 }
-# classes without a return annotation that return (hidden, ...)
-_UNANNOTATED_TUPLES = frozenset({"T5Attention", "T5LayerSelfAttention", "T5LayerCrossAttention", "T5Block"})
 _TUPLE_TEXT = re.compile(r"(typing\.)?[Tt]uple\[")
 
 
-def hidden_site(path: str, module: nn.Module) -> str:
+def hidden_site(path: str, module: nn.Module, unannotated: int | None = None) -> str:
     """The site of ``module``'s hidden-state output: ``path``, or ``path:output.<i>`` when the
-    module returns a tuple."""
-    index = hidden_index(module)
+    module returns a tuple (see :func:`hidden_index`)."""
+    index = hidden_index(module, unannotated)
     return path if index is None else f"{path}:output.{index}"
 
 
-def hidden_index(module: nn.Module) -> int | None:
+def hidden_index(module: nn.Module, unannotated: int | None = None) -> int | None:
     """Position of the hidden state in the module's output tuple; None when it returns a tensor.
 
-    Attention that also queries the context stream (it has ``add_q_proj``: SD3 / Flux joint
-    attention) returns ``(hidden, context)`` although its ``forward`` is annotated as a tensor;
-    attention that only adds context keys and values (UnCLIP, Wan image) returns the tensor.
+    Read from the return annotation of ``forward``; ``unannotated`` is the family's convention
+    where there is none (transformers attention modules return ``(hidden, weights, ...)``). Attention that also queries the context stream (it has
+    ``add_q_proj``: SD3 / Flux joint attention) returns ``(hidden, context)`` although its
+    ``forward`` is annotated as a tensor; attention that only adds context keys and values
+    (UnCLIP, Wan image) returns the tensor.
     """
     if getattr(module, "add_q_proj", None) is not None:
         return 0
-    cls = type(module)
-    if cls not in _CLASS_INDEX:
-        _CLASS_INDEX[cls] = _class_index(cls)
-    return _CLASS_INDEX[cls]
+    key = (type(module), unannotated)
+    if key not in _CLASS_INDEX:
+        _CLASS_INDEX[key] = _class_index(*key)
+    return _CLASS_INDEX[key]
 
 
-_CLASS_INDEX: dict[type[nn.Module], int | None] = {}  # a signature costs ~50 us: once per class
+# a signature costs ~50 us: read once per class
+_CLASS_INDEX: dict[tuple[type[nn.Module], int | None], int | None] = {}
 
 
-def _class_index(cls: type[nn.Module]) -> int | None:
+def _class_index(cls: type[nn.Module], unannotated: int | None) -> int | None:
     for base in cls.__mro__:
         if base.__name__ in _HIDDEN_AT:
             return _HIDDEN_AT[base.__name__]
-        if base.__name__ in _UNANNOTATED_TUPLES:
-            return 0
     try:
         ann = inspect.signature(cls.forward).return_annotation
     except (TypeError, ValueError):
-        return None
+        return unannotated
+    if ann is inspect.Signature.empty:
+        return unannotated
     if isinstance(ann, str):
         return 0 if _TUPLE_TEXT.match(ann) else None
     return 0 if ann is tuple or typing.get_origin(ann) is tuple else None

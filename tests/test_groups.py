@@ -68,6 +68,18 @@ def t5() -> tuple[torch.nn.Module, Run]:
     return m, lambda: m(input_ids=torch.tensor([[5, 6, 7, 1]]), decoder_input_ids=torch.tensor([[0, 5, 6]]))
 
 
+def umt5() -> tuple[torch.nn.Module, Run]:
+    # no return annotations: its attention returns (hidden, weights) like all transformers
+    # attention, its layers (unlike T5's) the tensor
+    from transformers import UMT5Config, UMT5ForConditionalGeneration
+
+    cfg = UMT5Config(
+        vocab_size=50, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4, relative_attention_num_buckets=8
+    )
+    m = _seeded(lambda: UMT5ForConditionalGeneration(cfg))
+    return m, lambda: m(input_ids=torch.tensor([[1, 2, 3]]), decoder_input_ids=torch.tensor([[0, 1]]))
+
+
 def whisper() -> tuple[torch.nn.Module, Run]:
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
@@ -306,6 +318,17 @@ FAMILIES: dict[str, tuple[Callable[[], tuple[torch.nn.Module, Run]], dict[str, t
             "decoder.block.1.layer.1.EncDecAttention:output.0",
             "decoder.block.1.layer.2.DenseReluDense",
         ],
+    ),
+    "umt5": (
+        umt5,
+        {
+            "blocks": (2, {(1, 3, 16), (1, 2, 16)}),
+            "self_attn": (2, {(1, 3, 16), (1, 2, 16)}),
+            "cross_attn": (1, {(1, 2, 16)}),
+            "attn": (3, {(1, 3, 16), (1, 2, 16)}),
+            "mlp": (2, {(1, 3, 16), (1, 2, 16)}),
+        },
+        ["encoder.block.0", "decoder.block.0.layer.1.EncDecAttention:output.0"],
     ),
     "whisper": (
         whisper,

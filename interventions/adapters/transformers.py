@@ -93,7 +93,7 @@ class TransformersAdapter(Adapter):
                 for p in outermost(iter(table.items()), _is_attention):
                     m = table[p]
                     cross = leaf(p) in _CROSS_NAMES or getattr(m, "is_cross_attention", False) is True
-                    site = hidden_site(p, m)
+                    site = hidden_site(p, m, unannotated=0)
                     groups["cross_attn" if cross else "self_attn"].append(site)
                     groups["attn"].append(site)
                 mlp = _mlp(path, block)
