@@ -54,7 +54,7 @@ def hidden_index(module: nn.Module, unannotated: int | None = None) -> int | Non
     ``forward`` is annotated as a tensor; attention that only adds context keys and values
     (UnCLIP, Wan image) returns the tensor.
     """
-    if getattr(module, "add_q_proj", None) is not None:
+    if module._modules.get("add_q_proj") is not None:  # a submodule: no slow __getattr__ miss
         return 0
     key = (type(module), unannotated)
     if key not in _CLASS_INDEX:
@@ -127,5 +127,12 @@ def leaf(path: str) -> str:
     return path.rsplit(".", 1)[-1]
 
 
-def class_names(module: nn.Module) -> set[str]:
-    return {c.__name__ for c in type(module).__mro__}
+def class_names(module: nn.Module) -> frozenset[str]:
+    """The names of the module's classes (its own and its bases), once per class."""
+    cls = type(module)
+    if cls not in _CLASS_NAMES:
+        _CLASS_NAMES[cls] = frozenset(c.__name__ for c in cls.__mro__)
+    return _CLASS_NAMES[cls]
+
+
+_CLASS_NAMES: dict[type[nn.Module], frozenset[str]] = {}
