@@ -29,7 +29,11 @@ def get(value: Any, key: Key, site: str, module: nn.Module | None = None) -> Any
     """The element of ``value`` at ``key``; ``module`` returned ``value`` (None for arguments)."""
     for depth, k in enumerate(key):
         if isinstance(value, torch.Tensor):
-            raise InterventionError(f"site {site!r}: the value is already a tensor; drop the key {k!r} from the site")
+            whole = Site.parse(site)
+            fix = Site(whole.module, whole.direction, whole.key[: len(whole.key) - len(key) + depth])
+            raise InterventionError(
+                f"site {site!r}: the value is already a tensor, with no element {k!r}; use the site {str(fix)!r}"
+            )
         if depth == 0 and isinstance(k, str) and type(value) is tuple:
             k = _position(value, k, site, module)
         try:

@@ -121,3 +121,18 @@ def test_a_nested_tuple_gets_a_suggestion_that_extends_the_key():
     with torch.no_grad(), attach(model, {"down_blocks.0:output.1.0": cache}):
         run()
     assert cache["down_blocks.0:output.1.0"].shape == (1, 8, 8, 8)
+
+
+def test_a_key_into_a_tensor_names_the_site_without_it():
+    # transformers 5 layers return the tensor: the old habit 'transformer.h.0:output.0' is refused
+    model, _ = tiny_models.gpt2_lm()
+    ids = torch.tensor([[5, 6, 7]])
+    with pytest.raises(InterventionError) as err:
+        with torch.no_grad(), attach(model, {"transformer.h.0:output.0": Cache()}):
+            model(ids)
+    fix = re.search(r"use the site '([^']+)'", str(err.value)).group(1)
+    assert fix == "transformer.h.0"
+    cache = Cache()
+    with torch.no_grad(), attach(model, {fix: cache}):
+        model(ids)
+    assert cache[fix].shape == (1, 3, 64)
