@@ -42,7 +42,9 @@ def get(value: Any, key: Key, site: str, module: nn.Module | None = None) -> Any
             else:
                 value = getattr(value, k)
         except (IndexError, KeyError, AttributeError, TypeError):
-            raise InterventionError(f"site {site!r}: cannot take {k!r} from a {type(value).__name__}") from None
+            raise InterventionError(
+                f"site {site!r}: cannot take {k!r} from a {type(value).__name__}{_contents(value)}"
+            ) from None
     return value
 
 
@@ -152,6 +154,15 @@ def _likely_index(value: tuple[Any, ...], field: int | None, dropped: int) -> in
         near = [i for i in tensors if field - dropped <= i <= field]
         tensors = near or tensors
     return tensors[0] if tensors else 0
+
+
+def _contents(value: Any) -> str:
+    """What can be taken from a value, for an error message."""
+    if isinstance(value, Mapping):
+        return f" (its keys: {list(value.keys())})"
+    if isinstance(value, (tuple, list)):
+        return f" of {len(value)} elements ({', '.join(f'{i}: {_describe(v)}' for i, v in enumerate(value))})"
+    return ""
 
 
 def _describe(v: Any) -> str:

@@ -136,3 +136,18 @@ def test_a_key_into_a_tensor_names_the_site_without_it():
     with torch.no_grad(), attach(model, {fix: cache}):
         model(ids)
     assert cache[fix].shape == (1, 3, 64)
+
+
+def test_a_missing_field_or_index_lists_what_is_there():
+    unet = tiny_models.sd_pipeline().unet
+    args = (torch.zeros(1, 4, 8, 8), 10, torch.zeros(1, 5, 32))
+    with pytest.raises(
+        InterventionError, match=r"cannot take 'samples' from a UNet2DConditionOutput \(its keys: \['sample'\]\)"
+    ):
+        with torch.no_grad(), attach(unet, {":output.samples": Cache()}):
+            unet(*args)
+    with pytest.raises(
+        InterventionError, match=r"cannot take 2 from a tuple of 2 elements \(0: Tensor\(1, 8, 4, 4\), 1: tuple\)"
+    ):
+        with torch.no_grad(), attach(unet, {"down_blocks.0:output.2": Cache()}):
+            unet(*args)
