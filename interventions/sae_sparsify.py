@@ -15,8 +15,9 @@ inference); settings that change what the SAE computes are refused by name: ``tr
 without its decoder. Why our own reader: sparsify needs ``simple_parsing``, ``natsort``,
 ``datasets`` and ``accelerate`` to load a file that is two tensors and a dict.
 
->>> sae = load_sparsify("hub/bcywinski/SAeUron/unet.up_blocks.1.attentions.1",
-...                     site="unet.up_blocks.1.attentions.1:output.0", layout="BCHW")  # doctest: +SKIP
+Example, for SAeUron's SD 1.5 style SAE (its hookpoint folder from the Hub)::
+
+    sae = load_sparsify(folder / "unet.up_blocks.1.attentions.1", site="unet.up_blocks.1.attentions.1:output.0", layout="BCHW")
 """
 
 from __future__ import annotations
