@@ -81,8 +81,8 @@ class Site:
         suffix = "".join(f".{k}" for k in self.key)
         return f"{self.module}:{self.direction}{suffix}"
 
-    @property
-    def is_glob(self) -> bool:
+    @functools.cached_property
+    def is_glob(self) -> bool:  # cached: read for every site on every attach
         return bool(_GLOB_CHARS.search(self.module))
 
 

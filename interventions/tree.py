@@ -34,17 +34,23 @@ class ModuleTree:
             module = self.components.get(head)
             parts = rest.split(".") if rest else []
             prefix = [head]
+        if module is None:
+            return None
         checked = self.checked
-        for i, part in enumerate([None, *parts]):
-            if i:
-                module = module._modules.get(part)  # type: ignore[union-attr, arg-type]
+        if id(module) not in checked:
+            self._check(module, prefix)
+        for i, part in enumerate(parts):
+            module = module._modules.get(part)  # type: ignore[union-attr]
             if module is None:
                 return None
             if id(module) not in checked:
-                checked.add(id(module))
-                if _is_compiled(module):
-                    self.compiled.add(".".join(prefix + parts[:i]) or type(module).__name__)
+                self._check(module, prefix + parts[: i + 1])
         return module
+
+    def _check(self, module: nn.Module, path: list[str]) -> None:
+        self.checked.add(id(module))
+        if _is_compiled(module):
+            self.compiled.add(".".join(path) or type(module).__name__)
 
     def component_of(self, path: str) -> str:
         """The component a module path lies in (``""`` for a single model)."""
@@ -64,4 +70,4 @@ class ModuleTree:
 def _is_compiled(module: nn.Module) -> bool:
     """``torch.compile(module)`` wraps it (an ``OptimizedModule``); ``module.compile()`` sets
     ``_compiled_call_impl`` on the instance."""
-    return type(module).__name__ == "OptimizedModule" or module.__dict__.get("_compiled_call_impl") is not None
+    return module.__dict__.get("_compiled_call_impl") is not None or type(module).__name__ == "OptimizedModule"

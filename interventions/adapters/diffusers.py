@@ -30,22 +30,16 @@ from __future__ import annotations
 
 import functools
 import inspect
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import torch
 from torch import nn
 
-from ..context import ALL_ROWS, RunState, Segments
+from ..context import RunState, Segments
 from ..groups import class_names, hidden_site, leaf, nonempty, once, walk
-from .base import TIMESTEP_NAMES, Adapter, Undo, before, halves, wrap_attribute
+from .base import TIMESTEP_NAMES, Adapter, Undo, before, wrap_attribute
+from .cfg import CfgLayout, Declared, DenoiserCalls, PipelineFlags, Unlabelled
 
-UNCOND_FIRST = ("uncond", "cond")
-PIX2PIX = ("cond", "image_cond", "uncond")  # text + image, image only, neither
-PAG_CFG = ("uncond", "cond", "perturbed")
-PAG = ("cond", "perturbed")
-DIT_NULL_CLASS = 1000
 ENTRY_POINTS = ("forward", "encode", "decode")  # how a non-denoiser model is run
 # diffusers' attention classes (``FluxAttention``, ``WanAttention`` use the mixin)
 _ATTENTION_CLASSES = frozenset({"Attention", "AttentionModuleMixin"})
@@ -78,70 +72,27 @@ def _takes_timestep(forward: Callable[..., Any]) -> bool:
     return any(n in TIMESTEP_NAMES or "timestep" in n or n.endswith("_time") or "sigma" in n for n in names)
 
 
-def _label_runs(labels: torch.Tensor, null: int) -> Segments:
-    """Contiguous row blocks labelled cond / uncond from class labels (null class = uncond)."""
-    names = ["uncond" if int(v) == null else "cond" for v in labels.reshape(-1).tolist()]
-    out: list[tuple[str | None, slice]] = []
-    start = 0
-    for i in range(1, len(names) + 1):
-        if i == len(names) or names[i] != names[start]:
-            out.append((names[start], slice(start, i)))
-            start = i
-    return tuple(out) if out else ALL_ROWS
-
-
 class DiffusersModelAdapter(Adapter):
     """A bare diffusers denoiser (UNet2DConditionModel, a DiT, ...: a model whose ``forward``
     takes a timestep, see :func:`is_denoiser`): the root call is a pass."""
 
     name = "diffusers-model"
 
-    def __init__(self, target: Any, *, cfg: Sequence[str] | None = None) -> None:
-        super().__init__(target, cfg=cfg)
-        self.denoiser = ""
-        self._sequential: str | None = None  # name of the active cache_context, if any
+    def __init__(self, target: Any, *, cfg: Sequence[str] | None = None, layout: CfgLayout | None = None) -> None:
+        super().__init__(target, cfg=cfg, denoiser="")
+        if layout is None:
+            layout = Declared(cfg) if cfg else Unlabelled()
+        self.calls = DenoiserCalls(layout, type(target).__name__)
 
     def _denoiser_module(self) -> nn.Module:
         return self.target
 
     def install(self, state: RunState) -> list[Undo]:
-        """Watch every denoiser's ``cache_context`` (Flux true CFG and Wan name their sequential
-        passes with it)."""
         comps = self.components()
-        dens = [comps[d] if d in comps else self.target for d in self.denoisers()]
-        return [
-            wrap_attribute(m, "cache_context", self._track_cache_context) for m in dens if hasattr(m, "cache_context")
-        ]
-
-    def _track_cache_context(self, original: Callable[..., Any]) -> Callable[..., Any]:
-        adapter = self
-
-        class _Tracked:
-            def __init__(self, name: str, **kw: Any) -> None:
-                self.name, self.inner = name, original(name, **kw)
-
-            def __enter__(self) -> Any:
-                adapter._sequential = self.name
-                return self.inner.__enter__()
-
-            def __exit__(self, *exc: Any) -> Any:
-                adapter._sequential = None
-                return self.inner.__exit__(*exc)
-
-        return _Tracked
+        return self.calls.install(state, [comps.get(d, self.target) for d in self.denoisers()])
 
     def segments(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], batch: int) -> Segments:
-        if self._sequential is not None:
-            return ((self._sequential, slice(None)),)
-        if kwargs.get("skip_layers") is not None:
-            return (("skip_layers", slice(None)),)
-        labels = kwargs.get("class_labels")
-        if isinstance(labels, torch.Tensor) and labels.numel() == batch:
-            return _label_runs(labels, DIT_NULL_CLASS)
-        return self._batched(batch)
-
-    def _batched(self, batch: int) -> Segments:
-        return halves(self.cfg, batch) if self.cfg else ALL_ROWS
+        return self.calls.segments(kwargs, batch)
 
     def layout(self, path: str, ndim: int) -> str | None:
         if ndim == 3 and self._channels_by_time(path):
@@ -206,8 +157,8 @@ class DiffusersModuleAdapter(DiffusersModelAdapter):
     name = "diffusers-module"
 
     def __init__(self, target: Any, *, cfg: Sequence[str] | None = None) -> None:
-        Adapter.__init__(self, target, cfg=cfg)
-        self._sequential = None
+        super().__init__(target, cfg=cfg)
+        self.denoiser = None  # no steps: each call is recorded on its own
 
     def entry_points(self, component: str) -> tuple[str, ...]:
         return _entry_points(self.target)
@@ -222,7 +173,8 @@ class DiffusersPipelineAdapter(DiffusersModelAdapter):
     name = "diffusers-pipeline"
 
     def __init__(self, target: Any, *, cfg: Sequence[str] | None = None) -> None:
-        Adapter.__init__(self, _ModuleStandIn(), cfg=cfg)
+        super().__init__(_ModuleStandIn(), cfg=cfg, layout=Declared(cfg) if cfg else PipelineFlags(target))
+        self.calls.owner = type(target).__name__
         self.pipe = target
         # the registered components are the config entries holding (library, class) pairs
         # (``pipe.components`` would inspect the constructor's signature on every attach; reading
@@ -235,9 +187,6 @@ class DiffusersPipelineAdapter(DiffusersModelAdapter):
         self._denoisers = [n for n, m in self._comps.items() if is_denoiser(m)]
         main = [n for n in ("unet", "transformer", "prior") if n in self._denoisers]
         self.denoiser = main[0] if main else (self._denoisers[0] if self._denoisers else None)
-        self._sequential = None
-        self._cfg_flag: bool | None = None
-        self._warned = False
 
     def components(self) -> dict[str, nn.Module]:
         return self._comps
@@ -271,63 +220,7 @@ class DiffusersPipelineAdapter(DiffusersModelAdapter):
             undo.append(wrap_attribute(scheduler, "set_timesteps", before(restart)))
             if callable(getattr(scheduler, "step", None)):
                 undo.append(wrap_attribute(scheduler, "step", before(state.scheduler_stepped)))
-        encode = getattr(self.pipe, "encode_prompt", None)
-        if (
-            encode is not None
-            and not _has_property(self.pipe, "do_classifier_free_guidance")
-            and "do_classifier_free_guidance" in _params(encode)
-        ):
-            undo.append(wrap_attribute(self.pipe, "encode_prompt", self._capture_cfg_flag))
         return undo
-
-    def _capture_cfg_flag(self, original: Callable[..., Any]) -> Callable[..., Any]:
-        names = _params(original)
-
-        @functools.wraps(original)
-        def encode_prompt(*args: Any, **kwargs: Any) -> Any:
-            bound = dict(zip(names, args, strict=False)) | kwargs
-            self._cfg_flag = bool(bound.get("do_classifier_free_guidance", False))
-            return original(*args, **kwargs)
-
-        return encode_prompt
-
-    def _batched(self, batch: int) -> Segments:
-        if self.cfg:
-            return halves(self.cfg, batch)
-        order = self._layout()
-        if order is None:  # unconditional pipeline (DDPM): no branches
-            return ALL_ROWS
-        if len(order) == 1:
-            return ((order[0], slice(None)),)
-        if batch % len(order):
-            self._warn_unlabelled(order, batch)
-            return ALL_ROWS
-        return halves(order, batch)
-
-    def _layout(self) -> tuple[str, ...] | None:
-        """The branch of each row block the pipeline batches, in order; None: no branches."""
-        flag = getattr(self.pipe, "do_classifier_free_guidance", None)
-        if flag is None:
-            flag = self._cfg_flag
-        if _has_property(self.pipe, "do_perturbed_attention_guidance") and self.pipe.do_perturbed_attention_guidance:
-            return PAG_CFG if flag else PAG
-        if flag is None:
-            return None
-        if flag and any(c.__name__.endswith("InstructPix2PixPipeline") for c in type(self.pipe).__mro__):
-            return PIX2PIX
-        return UNCOND_FIRST if flag else ("cond",)
-
-    def _warn_unlabelled(self, order: tuple[str, ...], batch: int) -> None:
-        if self._warned:
-            return
-        self._warned = True
-        warnings.warn(
-            f"{type(self.pipe).__name__}: a denoiser batch of {batch} rows does not split into the CFG "
-            f"blocks {order}; this pipeline batches another layout, so its rows are left unlabelled and "
-            "hooks restricted with When(branch=...) will not fire. Declare the layout with "
-            "attach(pipe, ..., cfg=(...)) to label them.",
-            stacklevel=2,
-        )
 
 
 def _entry_points(model: nn.Module) -> tuple[str, ...]:
@@ -340,15 +233,3 @@ def _entry_points(model: nn.Module) -> tuple[str, ...]:
 
 class _ModuleStandIn(nn.Module):
     """Placeholder target: a pipeline is not a module; its components are."""
-
-
-def _has_property(obj: Any, name: str) -> bool:
-    """Read on the class: a pipeline's ``__getattr__`` would look the name up in its config."""
-    return isinstance(getattr(type(obj), name, None), property)
-
-
-def _params(fn: Callable[..., Any]) -> list[str]:
-    try:
-        return list(inspect.signature(fn).parameters)
-    except (TypeError, ValueError):
-        return []

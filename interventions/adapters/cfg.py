@@ -1,0 +1,183 @@
+"""Which rows of a diffusers denoiser call belong to which CFG branch: a layout strategy (where the
+branch order comes from) composed into one labeller of denoiser calls (what else a call can say
+about its rows). Adapters hold one; nothing here chunks a batch blindly.
+
+Layouts: ``Declared`` (``attach(..., cfg=(...))``), ``PipelineFlags`` (read from the pipeline: its
+``do_classifier_free_guidance`` property or the flag it passes to ``encode_prompt``, PAG's
+perturbed block, InstructPix2Pix's image-only block), ``Unlabelled`` (a bare denoiser nobody
+declared: its rows carry no branch, and hooks that select one are refused when they meet them).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from ..context import ALL_ROWS, RunState, Segments
+from .base import Undo, halves, wrap_attribute
+
+UNCOND_FIRST = ("uncond", "cond")
+PIX2PIX = ("cond", "image_cond", "uncond")  # text + image, image only, neither
+PAG_CFG = ("uncond", "cond", "perturbed")
+PAG = ("cond", "perturbed")
+DIT_NULL_CLASS = 1000
+
+
+class CfgLayout(Protocol):
+    def order(self) -> tuple[str, ...] | None:
+        """The branch of each equal row block of a batched call, in order; None: no branches."""
+        ...
+
+    def install(self, state: RunState) -> list[Undo]: ...
+
+
+class Unlabelled:
+    def order(self) -> tuple[str, ...] | None:
+        return None
+
+    def install(self, state: RunState) -> list[Undo]:
+        return []
+
+
+class Declared:
+    def __init__(self, order: Sequence[str]) -> None:
+        self._order = tuple(order)
+
+    def order(self) -> tuple[str, ...] | None:
+        return self._order
+
+    def install(self, state: RunState) -> list[Undo]:
+        return []
+
+
+class PipelineFlags:
+    """The order a diffusers pipeline batches, read from its flags at each call (a pipeline
+    decides CFG per call, from ``guidance_scale``). What never changes is read once."""
+
+    def __init__(self, pipe: Any) -> None:
+        self.pipe = pipe
+        self._flag_property = _has_property(pipe, "do_classifier_free_guidance")
+        self._pag = _has_property(pipe, "do_perturbed_attention_guidance")
+        self._pix2pix = any(c.__name__.endswith("InstructPix2PixPipeline") for c in type(pipe).__mro__)
+        self._captured: bool | None = None  # the flag the pipeline last passed to encode_prompt
+
+    def order(self) -> tuple[str, ...] | None:
+        flag = self.pipe.do_classifier_free_guidance if self._flag_property else self._captured
+        if self._pag and self.pipe.do_perturbed_attention_guidance:
+            return PAG_CFG if flag else PAG
+        if flag is None:
+            return None
+        if flag and self._pix2pix:
+            return PIX2PIX
+        return UNCOND_FIRST if flag else ("cond",)
+
+    def install(self, state: RunState) -> list[Undo]:
+        """Pipelines without the property (StableAudio) pass the flag to ``encode_prompt``."""
+        encode = getattr(self.pipe, "encode_prompt", None)
+        if encode is None or self._flag_property or "do_classifier_free_guidance" not in _params(encode):
+            return []
+        return [wrap_attribute(self.pipe, "encode_prompt", self._capture)]
+
+    def _capture(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        names = _params(original)
+
+        @functools.wraps(original)
+        def encode_prompt(*args: Any, **kwargs: Any) -> Any:
+            bound = dict(zip(names, args, strict=False)) | kwargs
+            self._captured = bool(bound.get("do_classifier_free_guidance", False))
+            return original(*args, **kwargs)
+
+        return encode_prompt
+
+
+class DenoiserCalls:
+    """Labels the rows of each denoiser call: a sequential pass named by the denoiser's
+    ``cache_context`` (Flux true CFG, Wan), SD3's skip-layer-guidance pass, DiT's class labels
+    (null class = uncond), else the layout's equal blocks. A batch that does not split into the
+    layout is left unlabelled, with one warning."""
+
+    def __init__(self, layout: CfgLayout, owner: str) -> None:
+        self.layout = layout
+        self.owner = owner
+        self._sequential: str | None = None
+        self._warned = False
+
+    def install(self, state: RunState, denoisers: Sequence[nn.Module]) -> list[Undo]:
+        undo = [wrap_attribute(m, "cache_context", self._track) for m in denoisers if hasattr(m, "cache_context")]
+        return undo + self.layout.install(state)
+
+    def _track(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        calls = self
+
+        class _Tracked:
+            def __init__(self, name: str, **kw: Any) -> None:
+                self.name, self.inner = name, original(name, **kw)
+
+            def __enter__(self) -> Any:
+                calls._sequential = self.name
+                return self.inner.__enter__()
+
+            def __exit__(self, *exc: Any) -> Any:
+                calls._sequential = None
+                return self.inner.__exit__(*exc)
+
+        return _Tracked
+
+    def segments(self, kwargs: dict[str, Any], batch: int) -> Segments:
+        if self._sequential is not None:
+            return ((self._sequential, slice(None)),)
+        if kwargs.get("skip_layers") is not None:
+            return (("skip_layers", slice(None)),)
+        labels = kwargs.get("class_labels")
+        if isinstance(labels, torch.Tensor) and labels.numel() == batch:
+            return _label_runs(labels, DIT_NULL_CLASS)
+        order = self.layout.order()
+        if order is None:  # unconditional (DDPM), or a bare denoiser nobody declared
+            return ALL_ROWS
+        if len(order) == 1:
+            return ((order[0], slice(None)),)
+        if batch % len(order):
+            self._warn_unlabelled(order, batch)
+            return ALL_ROWS
+        return halves(order, batch)
+
+    def _warn_unlabelled(self, order: tuple[str, ...], batch: int) -> None:
+        if self._warned:
+            return
+        self._warned = True
+        warnings.warn(
+            f"{self.owner}: a denoiser batch of {batch} rows does not split into the CFG blocks {order}; this "
+            "model batches another layout, so its rows are left unlabelled and hooks restricted with "
+            "When(branch=...) are refused there. Declare the layout with attach(..., cfg=(...)) to label them.",
+            stacklevel=4,
+        )
+
+
+def _label_runs(labels: torch.Tensor, null: int) -> Segments:
+    """Contiguous row blocks labelled cond / uncond from class labels (null class = uncond)."""
+    names = ["uncond" if int(v) == null else "cond" for v in labels.reshape(-1).tolist()]
+    out: list[tuple[str | None, slice]] = []
+    start = 0
+    for i in range(1, len(names) + 1):
+        if i == len(names) or names[i] != names[start]:
+            out.append((names[start], slice(start, i)))
+            start = i
+    return tuple(out) if out else ALL_ROWS
+
+
+def _has_property(obj: Any, name: str) -> bool:
+    """Read on the class: a pipeline's ``__getattr__`` would look the name up in its config."""
+    return isinstance(getattr(type(obj), name, None), property)
+
+
+def _params(fn: Callable[..., Any]) -> list[str]:
+    try:
+        return list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return []
