@@ -225,7 +225,7 @@ class Cache:
     def entries(self, site: str) -> dict[tuple[int | None, str | None] | tuple[int | None, str | None, int], Tensor]:
         """All cached tensors of one site, keyed by (step, branch), plus the invocation for a
         module's later runs within one call."""
-        return {k[1:]: self.store.get(k) for k in self.store.keys() if k[0] == site}
+        return {k[1:]: self.store.get(k) for k in self.store.keys_of(site)}
 
     def __getitem__(self, site: str) -> Tensor:
         found = self.entries(site)
@@ -347,8 +347,9 @@ class AddVector:
         """The vector to add, checked and placed on the feature axis, and the token mask."""
         vec = _feature_vector("AddVector", self.vector, x, ctx)
         if self.unit:
-            vec = vec / vec.norm(dim=feature_dim(ctx.layout, x.ndim), keepdim=True).clamp_min(1e-12)
-        return self.scale * vec, _mask_for(x, ctx, self.mask, self.tokens, None)
+            vec = vec / vec.norm(dim=feature_dim(ctx.layout, x.ndim) - x.ndim, keepdim=True).clamp_min(1e-12)
+        # a tensor times a Python scalar costs ~10 us on the CPU: skip it for scale 1
+        return (vec if self.scale == 1 else vec * self.scale), _mask_for(x, ctx, self.mask, self.tokens, None)
 
 
 @dataclass(eq=False)
@@ -412,7 +413,7 @@ class Ablate:
         else:
             assert self.direction is not None
             v = _feature_vector("Ablate(project)", self.direction, x, ctx)
-            v = v / v.norm(dim=dim, keepdim=True).clamp_min(1e-12)
+            v = v / v.norm(dim=dim - x.ndim, keepdim=True).clamp_min(1e-12)  # from the end: v may be 1-D
             coef = (x * v).sum(dim=dim, keepdim=True)
             if self.mode == "project_positive":
                 coef = coef.clamp_min(0)
@@ -541,7 +542,7 @@ class Grads:
         return self.store.get(store_key(site, step, branch, invocation))
 
     def __getitem__(self, site: str) -> Tensor:
-        found = [k for k in self.store.keys() if k[0] == site]
+        found = self.store.keys_of(site)
         if len(found) != 1:
             raise KeyError(f"site {site!r} has {len(found)} gradient entries; use grads.get(site, step, branch)")
         return self.store.get(found[0])

@@ -21,7 +21,7 @@ import os
 import re
 import warnings
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -59,6 +59,7 @@ class Store(Protocol):
     def parts(self, key: StoreKey) -> Iterator[torch.Tensor]: ...
     def __contains__(self, key: object) -> bool: ...
     def keys(self) -> list[StoreKey]: ...
+    def keys_of(self, site: str) -> list[StoreKey]: ...
     def __len__(self) -> int: ...
 
 
@@ -105,6 +106,25 @@ class _Parts(list):
     """The appended parts of one key (a list subclass: told apart from a tensor by its type)."""
 
 
+class _SiteIndex:
+    """A store's keys grouped by site, rebuilt only when the store changed since (``stamp``), so
+    that reading every site of a cache costs one pass over its keys, not one pass per site."""
+
+    __slots__ = ("stamp", "by_site")
+
+    def __init__(self) -> None:
+        self.stamp: object = None
+        self.by_site: dict[str, list[StoreKey]] = {}
+
+    def keys_of(self, site: str, stamp: object, keys: Callable[[], Iterable[StoreKey]]) -> list[StoreKey]:
+        if stamp != self.stamp:
+            by_site: dict[str, list[StoreKey]] = {}
+            for key in keys():
+                by_site.setdefault(key[0], []).append(key)
+            self.by_site, self.stamp = by_site, stamp
+        return self.by_site.get(site, [])
+
+
 class MemoryStore:
     """A dict of tensors, optionally moved to ``device`` (``"cpu"`` offloads GPU activations; a
     copy to the CPU completes before ``put`` returns, so ``get`` never reads a half-filled one)."""
@@ -112,6 +132,8 @@ class MemoryStore:
     def __init__(self, device: str | torch.device | None = None) -> None:
         self.device = torch.device(device) if device is not None else None
         self._data: dict[StoreKey, torch.Tensor | _Rows | _Parts] = {}
+        self._sites = _SiteIndex()
+        self._cleared = 0  # keys only come and go all at once: (clears, count) says which are held
 
     def put(self, key: StoreKey, tensor: torch.Tensor) -> None:
         if self.device is not None:
@@ -162,11 +184,16 @@ class MemoryStore:
     def keys(self) -> list[StoreKey]:
         return list(self._data)
 
+    def keys_of(self, site: str) -> list[StoreKey]:
+        """The keys of one site (amortised O(1): an index rebuilt only after the store grew)."""
+        return self._sites.keys_of(site, (self._cleared, len(self._data)), self._data.keys)
+
     def __len__(self) -> int:
         return len(self._data)
 
     def clear(self) -> None:
         self._data.clear()
+        self._cleared += 1
 
 
 # what a buffered entry costs beyond its data (tensor object, storage, key): counted against the
@@ -288,6 +315,8 @@ class DiskStore:
         self.damaged: dict[str, str] = {}  # shard name -> why it could not be read
         self._lost: set[StoreKey] = set()  # keys with a part in a damaged (or missing) shard
         self._next_shard = 0
+        self._sites = _SiteIndex()
+        self._writes = 0  # stamps the site index: bumped whenever a key may have been added
         self._lock: IO[str] | None = None
         self._lock_pid = 0
         self._index_new_shards()
@@ -377,6 +406,7 @@ class DiskStore:
         if tensor._base is not None:  # a view (one CFG branch's rows): safetensors needs its own storage
             tensor = tensor.clone()
         self._buffer.setdefault(key, []).append(tensor)
+        self._writes += 1
         self._buffered += tensor.nbytes + _ENTRY_OVERHEAD
         if self._buffered >= self.buffer_bytes:
             self.flush()
@@ -497,6 +527,10 @@ class DiskStore:
 
     def keys(self) -> list[StoreKey]:
         return list(dict.fromkeys([*self._index, *self._buffer]))
+
+    def keys_of(self, site: str) -> list[StoreKey]:
+        """The keys of one site (amortised O(1): an index rebuilt only after the store changed)."""
+        return self._sites.keys_of(site, (self._writes, len(self._index)), self.keys)
 
     def __len__(self) -> int:
         return len(self.keys())

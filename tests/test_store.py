@@ -148,3 +148,24 @@ def test_cache_keeps_replaces_or_warns_when_a_pipeline_is_called_again():
     assert torch.equal(warned.store.get(key), latest.store.get(key)) and not torch.equal(parts[0], parts[1])
     with pytest.raises(ValueError, match="on_repeat must be"):
         Cache(on_repeat="keep")
+
+
+def test_keys_of_a_site_follow_every_change_of_the_store(tmp_path):
+    """The per-site index is rebuilt after puts, clears and flushes (reading every site of a cache
+    is one pass over its keys, and never reads a stale index)."""
+    memory = MemoryStore()
+    memory.put(("a", 0, None), torch.zeros(1))
+    memory.put(("b", 0, None), torch.zeros(1))
+    assert memory.keys_of("a") == [("a", 0, None)]
+    memory.clear()
+    memory.put(("a", 1, None), torch.zeros(1))
+    memory.put(("a", 2, "cond"), torch.zeros(1))  # as many keys as before the clear
+    assert memory.keys_of("a") == [("a", 1, None), ("a", 2, "cond")] and memory.keys_of("b") == []
+    disk = DiskStore(tmp_path, buffer_bytes=1 << 20)
+    disk.put(("a", 0, None), torch.zeros(1))
+    assert disk.keys_of("a") == [("a", 0, None)]
+    disk.flush()
+    disk.put(("a", 0, None), torch.ones(1))  # replaced: same keys
+    disk.put(("a", 1, None), torch.ones(1))
+    assert sorted(disk.keys_of("a")) == [("a", 0, None), ("a", 1, None)]
+    disk.close()
