@@ -65,6 +65,7 @@ class SAE(nn.Module):
         dtype: torch.dtype = torch.float32,
         seed: int = 0,
         apply_b_dec_to_input: bool = True,
+        device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
         if kind not in SAELENS_ARCH:
@@ -74,14 +75,18 @@ class SAE(nn.Module):
         self.d_in, self.d_sae, self.kind, self.k = d_in, d_sae, kind, k
         self.apply_b_dec_to_input = apply_b_dec_to_input
         self.info = info or SAEInfo()
+        # drawn on the CPU for the same weights on every device; then built on ``device`` (torch's default if None)
+        device = torch.device(device) if device is not None else torch.get_default_device()
         gen = torch.Generator().manual_seed(seed)
-        w_dec = torch.randn(d_sae, d_in, generator=gen, dtype=torch.float32)
-        w_dec = (w_dec / w_dec.norm(dim=-1, keepdim=True)).to(dtype)
+        w_dec = torch.randn(d_sae, d_in, generator=gen, dtype=torch.float32, device="cpu")
+        w_dec = (w_dec / w_dec.norm(dim=-1, keepdim=True)).to(device, dtype)
         self.W_dec = nn.Parameter(w_dec)
         self.W_enc = nn.Parameter(w_dec.t().clone())
-        self.b_enc = nn.Parameter(torch.zeros(d_sae, dtype=dtype))
-        self.b_dec = nn.Parameter(torch.zeros(d_in, dtype=dtype))
-        self.threshold = nn.Parameter(torch.full((d_sae,), 1e-3, dtype=dtype), requires_grad=kind == "jumprelu")
+        self.b_enc = nn.Parameter(torch.zeros(d_sae, dtype=dtype, device=device))
+        self.b_dec = nn.Parameter(torch.zeros(d_in, dtype=dtype, device=device))
+        self.threshold = nn.Parameter(
+            torch.full((d_sae,), 1e-3, dtype=dtype, device=device), requires_grad=kind == "jumprelu"
+        )
 
     # -- forward pieces --------------------------------------------------------------------------
     def pre_acts(self, x: Float[Tensor, "n d_in"]) -> Float[Tensor, "n d_sae"]:

@@ -9,6 +9,12 @@ train with the AuxK loss on dead latents (Gao et al. 2024), ReLU with an L1 pena
 decoder norms, JumpReLU with a straight-through L0 penalty
 (Rajamanoharan et al. 2024). Decoder rows stay at unit norm.
 
+Every loss is divided by the tokens' variance, so the defaults hold at any activation scale; the
+ReLU penalty's default ``1/sqrt(d_in)`` is SAELens' ``l1_coefficient=1`` on activations scaled to
+norm ``sqrt(d_in)``. Training runs on ``TrainConfig.device`` (default: where the tokens are) and
+every tensor is created there; matmuls run in ``TrainConfig.dtype`` (bf16 autocast by default on
+CUDA, as sparsify does); parameters and optimiser state stay float32.
+
 >>> from interventions.sae_train import TrainConfig, train_sae
 >>> x = torch.randn(8192, 16) @ torch.randn(16, 16)
 >>> cfg = TrainConfig(steps=300, batch_size=256, lr=3e-3, eval_tokens=1024, progress=False)
@@ -19,6 +25,8 @@ True
 
 from __future__ import annotations
 
+import contextlib
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,19 +47,21 @@ TokenSource = Tensor | Store | Iterable[Tensor]
 class TrainConfig:
     steps: int = 2000
     batch_size: int = 1024
-    lr: float = 4e-4
+    lr: float | None = None  # default: 2e-4 / sqrt(d_sae / 16384), sparsify's rule
     warmup_steps: int = 50
     decay_start: float = 0.8  # linear decay to 0 over the last 20% of steps
     seed: int = 0
     aux_coeff: float = 1 / 32
     aux_k: int | None = None  # default: d_in // 2
     dead_tokens: int = 100_000  # a latent silent for this many tokens is dead
-    l1_coeff: float = 5.0  # relu
+    l1_coeff: float | None = None  # relu; default 1 / sqrt(d_in) (see the module docstring)
     l0_coeff: float = 1e-3  # jumprelu
     bandwidth: float = 1e-3  # jumprelu straight-through kernel width
     shuffle_tokens: int = 65_536
-    eval_tokens: int = 4096
+    eval_tokens: int | None = None  # default: 4096, or a tenth of a smaller source's first shuffle_tokens
     epochs: int | None = None  # passes over a finite source; None: cycle until ``steps``
+    device: str | torch.device | None = None  # default: the tokens' device
+    dtype: torch.dtype | None = None  # matmul precision; default bf16 autocast on CUDA, else float32
     progress: bool = True
 
 
@@ -63,9 +73,15 @@ class TrainReport:
     tokens_seen: int
     steps: int
     losses: list[float] = field(default_factory=list)
+    device: str = "cpu"
+    dtype: str = "float32"
+    settings: dict[str, float] = field(default_factory=dict)  # the resolved lr, l1_coeff, aux_k, eval_tokens
 
     def __str__(self) -> str:
-        return f"FVU {self.fvu:.4f}, L0 {self.l0:.1f}, dead {self.dead_fraction:.1%}, {self.tokens_seen} tokens, {self.steps} steps"
+        return (
+            f"FVU {self.fvu:.4f}, L0 {self.l0:.1f}, dead {self.dead_fraction:.1%}, {self.tokens_seen} tokens, "
+            f"{self.steps} steps on {self.device} ({self.dtype})"
+        )
 
 
 def iter_tokens(
@@ -95,22 +111,30 @@ def iter_tokens(
         yield to_tokens(t, layout)
 
 
-def _batches(chunks: Iterator[Tensor], cfg: TrainConfig, gen: torch.Generator) -> Iterator[Tensor]:
-    """Shuffle tokens within a buffer of ``cfg.shuffle_tokens`` and cut it into batches."""
+def _batches(
+    chunks: Iterator[Tensor], cfg: TrainConfig, gen: torch.Generator, device: torch.device
+) -> Iterator[Tensor]:
+    """Shuffle tokens within a buffer of ``cfg.shuffle_tokens`` (where they are) and cut it into
+    batches on ``device``; each batch is gathered on its own (permuting the whole buffer at once
+    took a sixth of a CPU step)."""
     buffer: list[Tensor] = []
     size = 0
+
+    def cut(tokens: Tensor, full: int) -> Iterator[Tensor]:
+        order = torch.randperm(tokens.shape[0], generator=gen, device="cpu").to(tokens.device)
+        for i in range(0, full, cfg.batch_size):
+            yield tokens.index_select(0, order[i : i + cfg.batch_size]).to(device, torch.float32, non_blocking=True)
+        buffer[:] = [tokens.index_select(0, order[full:])] if full < tokens.shape[0] else []
+
     for chunk in chunks:
-        buffer.append(chunk.float())
+        buffer.append(chunk)
         size += chunk.shape[0]
         if size >= cfg.shuffle_tokens:
-            tokens = torch.cat(buffer)
-            tokens = tokens[torch.randperm(size, generator=gen)]
             full = size // cfg.batch_size * cfg.batch_size
-            yield from tokens[:full].split(cfg.batch_size)
-            buffer, size = [tokens[full:]], size - full
+            yield from cut(buffer[0] if len(buffer) == 1 else torch.cat(buffer), full)
+            size -= full
     if size:
-        tokens = torch.cat(buffer)
-        yield from tokens[torch.randperm(size, generator=gen)].split(cfg.batch_size)
+        yield from cut(buffer[0] if len(buffer) == 1 else torch.cat(buffer), size)
 
 
 class _JumpReLU(torch.autograd.Function):
@@ -158,7 +182,7 @@ def _lr_factor(step: int, cfg: TrainConfig) -> float:
 
 def train_sae(
     source: TokenSource,
-    d_sae: int,
+    d_sae: int | SAE,
     kind: Kind = "topk",
     k: int = 32,
     *,
@@ -168,30 +192,33 @@ def train_sae(
     config: TrainConfig | None = None,
     info: SAEInfo | None = None,
 ) -> tuple[SAE, TrainReport]:
-    """Train an SAE of ``d_sae`` latents on tokens from ``source``; returns it and its report."""
+    """Train an SAE of ``d_sae`` latents on tokens from ``source``; returns it and its report.
+
+    ``d_sae`` may be an :class:`SAE` instead: it is trained further (its kind, ``k`` and ``b_dec``
+    kept; ``kind`` and ``k`` ignored), moved to the training device."""
     cfg = config or TrainConfig()
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)  # a CPU generator: draws are the same on every device
 
     def one_pass() -> Iterator[Tensor]:
         return iter_tokens(source, layout=layout, site=site, branch=branch)
 
     first = one_pass()
-    head, straddling = _read_head(first, max(cfg.shuffle_tokens, cfg.eval_tokens))
+    head, straddling = _read_head(first, max(cfg.shuffle_tokens, cfg.eval_tokens or 0))
     n_head = head.shape[0]
     if n_head == 0:
         raise ValueError(f"no activations to train on (site={site!r}, branch={branch!r}): is the store empty?")
-    if n_head < cfg.eval_tokens:
+    n_eval = cfg.eval_tokens if cfg.eval_tokens is not None else min(4096, n_head // 10)
+    if n_head < n_eval or n_eval < 1:
         raise ValueError(
-            f"the source holds {n_head} tokens, fewer than the {cfg.eval_tokens} held out for evaluation: "
+            f"the source holds {n_head} tokens, fewer than the {n_eval} held out for evaluation: "
             "lower TrainConfig.eval_tokens or pass more activations"
         )
-    held = torch.randperm(n_head, generator=gen)[: cfg.eval_tokens].sort().values
-    kept = torch.ones(n_head, dtype=torch.bool)
+    held = torch.randperm(n_head, generator=gen, device="cpu")[:n_eval].sort().values
+    kept = torch.ones(n_head, dtype=torch.bool, device="cpu")
     kept[held] = False
-    eval_x = head[held].float()
 
     def chunks() -> Iterator[Tensor]:
-        yield head[kept]
+        yield head[kept.to(head.device)]
         if straddling is not None:
             yield straddling
         yield from first  # the rest of the first pass
@@ -205,43 +232,65 @@ def train_sae(
                 return  # nothing beyond the hold-out: the step == 0 check below says so
             passes += 1
 
+    device = torch.device(cfg.device) if cfg.device is not None else head.device
+    dtype = cfg.dtype or (torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32)
+    eval_x = head[held.to(head.device)].to(device, torch.float32)
     d_in = eval_x.shape[1]
     info = info or SAEInfo(site=site or "", layout=layout, branch="all" if branch is False else str(branch))
-    sae = SAE(d_in, d_sae, kind, k, info=info, seed=cfg.seed).to(eval_x.device)  # train where the tokens are
-    with torch.no_grad():
-        sae.b_dec.copy_(geometric_median(eval_x))
-        if kind == "jumprelu":
-            sae.threshold.fill_(float(eval_x.std()) * 0.1)
+    if isinstance(d_sae, SAE):
+        if d_sae.d_in != d_in:
+            raise ValueError(f"the SAE reads {d_sae.d_in} features, the tokens have {d_in}")
+        sae = d_sae.to(device, torch.float32).train()
+        d_sae, kind = sae.d_sae, sae.kind
+    else:
+        sae = SAE(d_in, d_sae, kind, k, info=info, seed=cfg.seed, device=device)
+        with torch.no_grad():
+            sae.b_dec.copy_(geometric_median(eval_x))
+            if kind == "jumprelu":
+                sae.threshold.fill_(float(eval_x.std()) * 0.1)
+    lr = cfg.lr if cfg.lr is not None else 2e-4 / math.sqrt(d_sae / 16384)
+    settings = {
+        "lr": lr,
+        "l1_coeff": cfg.l1_coeff if cfg.l1_coeff is not None else 1 / math.sqrt(d_in),
+        "aux_k": cfg.aux_k or max(d_in // 2, 1),
+        "eval_tokens": n_eval,
+        "dead_tokens": cfg.dead_tokens,
+    }
     variance = eval_x.var(dim=0).sum().clamp_min(1e-12)
-    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
-    aux_k = cfg.aux_k or max(d_in // 2, 1)
-    since_fired = torch.zeros(d_sae, dtype=torch.long, device=eval_x.device)
-    losses: list[float] = []
+    opt = torch.optim.Adam(
+        sae.parameters(), lr=lr, betas=(0.9, 0.999)
+    )  # not fused=True: it updated W_enc wrongly from the hand-written grads
+    since_fired = torch.zeros(d_sae, dtype=torch.long, device=device)
+    losses: list[Tensor] = []
     tokens_seen = 0
     bar = tqdm(total=cfg.steps, desc=f"SAE {kind} d_sae={d_sae}", disable=not cfg.progress)
+    precision = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
     step = 0
-    for x in _batches(chunks(), cfg, gen):
+    for x in _batches(chunks(), cfg, gen, device):
         if step >= cfg.steps:
             break
         for group in opt.param_groups:
-            group["lr"] = cfg.lr * _lr_factor(step, cfg)
-        loss, fired = _loss(sae, x, cfg, variance, since_fired, aux_k)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+            group["lr"] = lr * _lr_factor(step, cfg)
+        dead = since_fired > cfg.dead_tokens
+        with precision:
+            if kind == "topk":  # gradients by hand: autograd's embedding_bag backward was half the step
+                loss, fired = _topk_step(sae, x, cfg, variance, dead, settings)
+            else:
+                loss, fired = _loss(sae, x, cfg, variance, dead, settings)
+                loss.backward()
         _remove_parallel_grad(sae)
         opt.step()
+        opt.zero_grad(set_to_none=True)
         sae.normalize_decoder()
         if kind == "jumprelu":
             with torch.no_grad():
                 sae.threshold.clamp_(min=1e-6)
         since_fired = torch.where(fired, 0, since_fired + x.shape[0])
         tokens_seen += x.shape[0]
-        losses.append(loss.item())
+        losses.append(loss.detach())
         step += 1
-        if step % 25 == 0 or step == cfg.steps:
-            bar.set_postfix(
-                loss=f"{losses[-1]:.4f}", dead=f"{float((since_fired > cfg.dead_tokens).float().mean()):.1%}"
-            )
+        if cfg.progress and (step % 25 == 0 or step == cfg.steps):
+            bar.set_postfix(loss=f"{float(loss):.4f}", dead=f"{float(dead.float().mean()):.1%}")
         bar.update(1)
     bar.close()
     if step == 0:
@@ -256,7 +305,10 @@ def train_sae(
             else float((~(z != 0).any(0)).float().mean()),
             tokens_seen=tokens_seen,
             steps=step,
-            losses=losses,
+            losses=torch.stack(losses).float().cpu().tolist(),
+            device=str(device),
+            dtype=str(dtype).removeprefix("torch."),
+            settings=settings,
         )
     sae.eval()
     return sae, report
@@ -275,7 +327,7 @@ def _read_head(chunks: Iterator[Tensor], n: int) -> tuple[Tensor, Tensor | None]
             return torch.cat(got), chunk[need:]
         if size == n:
             break
-    return (torch.cat(got) if got else torch.zeros(0, 0)), None
+    return (torch.cat(got) if got else torch.zeros(0, 0, device="cpu")), None
 
 
 def _without(chunks: Iterator[Tensor], positions: Tensor) -> Iterator[Tensor]:
@@ -287,21 +339,89 @@ def _without(chunks: Iterator[Tensor], positions: Tensor) -> Iterator[Tensor]:
         if offset <= last:  # past the last position, the rest of the pass goes through untouched
             inside = positions[(positions >= offset) & (positions < offset + n)] - offset
             if inside.numel():
-                keep = torch.ones(n, dtype=torch.bool)
-                keep[inside] = False
+                keep = torch.ones(n, dtype=torch.bool, device=chunk.device)
+                keep[inside.to(chunk.device)] = False
                 chunk = chunk[keep]
         offset += n
         if chunk.shape[0]:
             yield chunk
 
 
-def _loss(
-    sae: SAE, x: Tensor, cfg: TrainConfig, variance: Tensor, since_fired: Tensor, aux_k: int
+def _topk(acts: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Top ``k`` of non-negative ``acts`` per row, unsorted: compared as int32 (the same order for
+    non-negative floats), which torch's CPU topk does in two thirds of the float time; the values
+    are gathered from ``acts``, so gradients flow through them."""
+    if acts.dtype != torch.float32:
+        return acts.topk(k, sorted=False)
+    idx = acts.detach().view(torch.int32).topk(k, sorted=False).indices
+    return acts.gather(1, idx), idx
+
+
+def _auxk(acts: Tensor, dead: Tensor, aux_k: int, w_dec: Tensor) -> tuple[Tensor, Tensor, Tensor, float] | None:
+    """The AuxK reconstruction of the residual from the ``aux_k`` largest ReLU'd activations of
+    dead latents (as in sparsify: only dead latents compete, and the loss is scaled down while
+    fewer than ``aux_k`` are dead). Returns (values, indices, reconstruction, scale), or None when
+    no latent is dead."""
+    n_dead = int(dead.sum())
+    if n_dead == 0:
+        return None
+    values, idx = _topk(acts * dead, min(aux_k, n_dead))  # a live latent picked here has value 0
+    values = values.float()
+    e_hat = F.embedding_bag(idx, w_dec, per_sample_weights=values, mode="sum")
+    return values, idx, e_hat, min(n_dead / aux_k, 1.0)
+
+
+def _topk_step(
+    sae: SAE, x: Tensor, cfg: TrainConfig, variance: Tensor, dead: Tensor, settings: dict[str, float]
 ) -> tuple[Tensor, Tensor]:
+    """One TopK step with its gradients written by hand into ``.grad``; returns (loss, fired).
+
+    The same loss as :func:`_loss` (checked against autograd in the tests): ``|x_hat - x|^2 /
+    variance`` plus AuxK, whose gradient, as in Gao et al., reaches the dead latents' encoder
+    (sparsify's fused encoder drops it: there AuxK moves only decoder rows and revives nothing).
+    By hand because autograd's ``embedding_bag`` backward took half of a CPU step.
+    """
+    n = x.shape[0]
+    w_dec = sae.W_dec
+    with torch.no_grad():
+        xc = x - sae.b_dec
+        acts = torch.relu(torch.addmm(sae.b_enc, xc, sae.W_enc))
+        values, idx = _topk(acts, sae.k)
+        values = values.float()
+        err = F.embedding_bag(idx, w_dec, per_sample_weights=values, mode="sum") + sae.b_dec - x
+        norm = n * variance
+        loss = err.pow(2).sum() / norm
+        g_err = err * (2 / norm)
+        z = torch.zeros(acts.shape, dtype=torch.float32, device=x.device).scatter_(1, idx, values)
+        g_w_dec = z.t() @ g_err
+        live = values > 0
+        g_pre = torch.zeros_like(z).scatter_(1, idx, (g_err @ w_dec.t()).gather(1, idx).float() * live)
+        aux = _auxk(acts, dead, int(settings["aux_k"]), w_dec)
+        if aux is not None:
+            a_values, a_idx, e_hat, scale = aux
+            diff = e_hat + err  # e_hat - (x - x_hat)
+            loss = loss + cfg.aux_coeff * scale * diff.pow(2).sum() / norm
+            g_diff = diff * (2 * cfg.aux_coeff * scale / norm)
+            z_aux = torch.zeros_like(z).scatter_(1, a_idx, a_values)
+            g_w_dec += z_aux.t() @ g_diff
+            g_pre.scatter_add_(1, a_idx, (g_diff @ w_dec.t()).gather(1, a_idx).float() * (a_values > 0))
+        g_b_enc = g_pre.sum(0)
+        sae.W_enc.grad = (xc.t() @ g_pre).float()
+        sae.b_enc.grad = g_b_enc
+        sae.W_dec.grad = g_w_dec.float()
+        sae.b_dec.grad = g_err.sum(0) - (sae.W_enc @ g_b_enc).float()
+        fired = z.amax(0) > 0
+    return loss, fired
+
+
+def _loss(
+    sae: SAE, x: Tensor, cfg: TrainConfig, variance: Tensor, dead: Tensor, settings: dict[str, float]
+) -> tuple[Tensor, Tensor]:
+    """The loss by autograd (every kind; TopK trains through :func:`_topk_step`) and the fired latents."""
     pre = sae.pre_acts(x)
-    if sae.kind == "topk":  # decode from the k active latents only (as sparsify does): ~5x cheaper
-        top = pre.topk(sae.k, dim=-1)
-        values = torch.relu(top.values)
+    if sae.kind == "topk":
+        top = pre.topk(sae.k, dim=-1, sorted=False)
+        values = torch.relu(top.values).float()
         x_hat = F.embedding_bag(top.indices, sae.W_dec, per_sample_weights=values, mode="sum") + sae.b_dec
         fired = torch.zeros(sae.d_sae, dtype=torch.bool, device=x.device).index_fill_(
             0, top.indices.flatten()[values.flatten() > 0], True
@@ -312,25 +432,20 @@ def _loss(
             if sae.kind == "jumprelu"
             else sae.activate(pre, batch_topk=True)
         )
-        x_hat = sae.decode(z)
+        x_hat = sae.decode(z.float())
         fired = (z != 0).any(dim=0)
-    err = x - x_hat
-    loss = err.pow(2).sum(-1).mean() / variance
+    err = x_hat - x
+    norm = x.shape[0] * variance
+    loss = err.pow(2).sum() / norm
     if sae.kind == "relu":
-        loss = loss + cfg.l1_coeff * (z * sae.W_dec.norm(dim=-1)).sum(-1).mean() / variance.sqrt()
+        loss = loss + settings["l1_coeff"] * (z * sae.W_dec.norm(dim=-1)).sum(-1).mean() / variance.sqrt()
     elif sae.kind == "jumprelu":
         loss = loss + cfg.l0_coeff * _Step.apply(pre, sae.threshold, cfg.bandwidth).sum(-1).mean()
     else:
-        dead = since_fired > cfg.dead_tokens
-        if dead.any():
-            k_aux = min(aux_k, int(dead.sum()))
-            dead_pre = torch.where(dead, torch.relu(pre), torch.zeros_like(pre))
-            top = dead_pre.topk(k_aux, dim=-1)
-            z_aux = torch.zeros_like(pre).scatter(-1, top.indices, top.values)
-            e_hat = z_aux @ sae.W_dec
-            target = err.detach()
-            aux = (e_hat - target).pow(2).sum(-1).mean() / target.var(dim=0).sum().clamp_min(1e-12)
-            loss = loss + cfg.aux_coeff * torch.nan_to_num(aux)
+        aux = _auxk(torch.relu(pre), dead, int(settings["aux_k"]), sae.W_dec)
+        if aux is not None:
+            e_hat, scale = aux[2], aux[3]
+            loss = loss + cfg.aux_coeff * scale * (e_hat + err.detach()).pow(2).sum() / norm
     return loss, fired
 
 
