@@ -28,6 +28,7 @@ __all__ = ["RECIPES", "main", "recipes", "register_recipe"]
 RECIPES: dict[str, tuple[str, str]] = {
     "sdi_gan": ("recipes.sdi_gan:main", "SDI-GAN fast calorimeter simulation (arXiv 2406.03263)"),
     "expertsim": ("recipes.expertsim:main", "ExpertSim mixture of generative experts (arXiv 2508.20991)"),
+    "taba": ("recipes.taba.cli:main", "There and Back Again: noise, DDIM samples, inversions (arXiv 2410.23530)"),
     "saeuron": ("recipes.saeuron.run:main", "SAeUron concept unlearning with SAEs on the shapes world (arXiv 2501.18052)"),
 }
 
