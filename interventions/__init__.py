@@ -22,9 +22,10 @@ from .errors import (
     ShapeMismatchError,
     SiteNeverFiredError,
     SiteNeverFiredWarning,
+    StopForward,
     StoreError,
 )
-from .hooks import Ablate, AddVector, Cache, Grads, Lambda, Patch, SAEEdit
+from .hooks import Ablate, AddVector, Cache, EditGrad, Grads, Hook, Lambda, Patch, SAEEdit
 from .session import Session, attach
 from .sites import Site, SiteError, SiteNotFoundError
 from .store import DiskStore, MemoryStore
@@ -39,7 +40,9 @@ __all__ = [
     "CompiledModelError",
     "Context",
     "DiskStore",
+    "EditGrad",
     "Grads",
+    "Hook",
     "HookError",
     "InterventionError",
     "Lambda",
@@ -53,6 +56,7 @@ __all__ = [
     "SiteNeverFiredError",
     "SiteNeverFiredWarning",
     "SiteNotFoundError",
+    "StopForward",
     "StoreError",
     "When",
     "attach",

@@ -39,3 +39,8 @@ class StoreError(InterventionError, ValueError):
 class SelectorError(InterventionError, ValueError):
     """A ``When`` that can never apply where it was attached (steps on a model without denoising
     steps, a branch on rows that carry no CFG label)."""
+
+
+class StopForward(Exception):
+    """Raised out of a model call by ``attach(..., stop=True)`` once every site has fired: the rest
+    of the forward is skipped and nothing is returned (a ``with attach(...)`` block swallows it)."""

@@ -549,6 +549,70 @@ class Grads:
 
 
 @dataclass(eq=False)
+class EditGrad:
+    """Edit the gradient that flows back through the site: ``scale`` multiplies it (0 blocks it,
+    as gradient routing does), ``project_out`` removes its component along a per-feature
+    direction, ``fn(grad, key) -> grad`` does anything else (``key`` is the firing's store key).
+    Several may be given; they apply in that order.
+
+    The edit belongs to the graph built inside the session (a backward run after the ``with``
+    block still sees it, as ``Grads`` does); later forwards outside the session are untouched.
+
+    >>> import torch
+    >>> from interventions import attach
+    >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    >>> x = torch.ones(1, 2, requires_grad=True)
+    >>> with attach(model, {"0": EditGrad(scale=0.0)}):
+    ...     model(x).sum().backward()
+    >>> x.grad
+    tensor([[0., 0.]])
+    """
+
+    scale: float | None = None
+    project_out: Tensor | None = None
+    fn: Callable[[Tensor, StoreKey], Tensor] | None = None
+    when: When | None = None
+
+    def __post_init__(self) -> None:
+        if self.scale is None and self.project_out is None and self.fn is None:
+            raise ValueError("EditGrad needs scale=, project_out= (a direction) or fn=(grad, key) -> grad")
+
+    def __call__(self, x: Tensor, ctx: Context) -> None:
+        if not (torch.is_grad_enabled() and x.requires_grad):
+            why = "gradients are disabled here" if not torch.is_grad_enabled() else "no gradient flows through it"
+            raise InterventionError(
+                f"EditGrad at site {ctx.site!r}: {why}, so the edit would never apply; run the model under "
+                "torch.enable_grad() with a loss that depends on this site (for an input site, pass inputs "
+                "with requires_grad=True)"
+            )
+        key = ctx.key
+        direction = None
+        if self.project_out is not None:
+            v = _feature_vector("EditGrad(project_out)", self.project_out, x, ctx)
+            direction = (
+                v / v.norm(dim=feature_dim(ctx.layout, x.ndim) - x.ndim, keepdim=True).clamp_min(1e-12),
+                ctx.layout,
+            )
+        x.register_hook(lambda g: self._edit(g, key, direction))
+
+    def _edit(self, g: Tensor, key: StoreKey, direction: tuple[Tensor, str | None] | None) -> Tensor:
+        if self.scale is not None:
+            g = g * self.scale
+        if direction is not None:
+            v, layout = direction
+            dim = feature_dim(layout, g.ndim)
+            g = g - (g * v).sum(dim=dim, keepdim=True) * v
+        if self.fn is not None:
+            out = self.fn(g, key)
+            if not isinstance(out, Tensor) or out.shape != g.shape:
+                raise ShapeMismatchError(
+                    f"EditGrad at {key}: fn returned {type(out).__name__}, not a gradient of shape {tuple(g.shape)}"
+                )
+            g = out
+        return g
+
+
+@dataclass(eq=False)
 class Lambda:
     """Any function ``fn(x, ctx) -> tensor | None``."""
 

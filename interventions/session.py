@@ -34,6 +34,7 @@ from .errors import (
     ShapeMismatchError,
     SiteNeverFiredError,
     SiteNeverFiredWarning,
+    StopForward,
 )
 from .groups import with_suffix
 from .hooks import Hook
@@ -118,9 +119,13 @@ class Session:
         cfg: Sequence[str] | None = None,
         layouts: Mapping[str, str] | None = None,
         on_unfired: str = "warn",
+        stop: bool = False,
     ) -> None:
         if on_unfired not in ("warn", "error", "ignore"):
             raise ValueError(f"on_unfired must be 'warn', 'error' or 'ignore', got {on_unfired!r}")
+        self.stop = bool(stop)
+        self._stop_epoch = -1
+        self._fired_now: set[str] = set()  # sites fired in the current call (for stop)
         self.adapter = adapter if adapter is not None else _adapters.detect(target, cfg=cfg)
         self.on_unfired = on_unfired
         self.state = RunState()
@@ -234,9 +239,12 @@ class Session:
                     self._track_calls(comp)
             for e in self.entries:
                 if e.site.direction == "output":
-                    self._handles.append(e.module.register_forward_hook(self._output_hook(e)))
+                    fn = self._output_hook(e)
+                    self._handles.append(e.module.register_forward_hook(self._stopping(e, fn) if self.stop else fn))
                 else:
-                    self._handles.append(e.module.register_forward_pre_hook(self._input_hook(e), with_kwargs=True))
+                    fn = self._input_hook(e)
+                    fn = self._stopping(e, fn) if self.stop else fn
+                    self._handles.append(e.module.register_forward_pre_hook(fn, with_kwargs=True))
             for den in self._denoisers:  # registered last: they run after this session's output hooks
                 module = self.tree.get(den)
                 assert module is not None
@@ -338,6 +346,23 @@ class Session:
             else:
                 kwargs = {**kwargs, str(idx): value}
             return args, kwargs
+
+        return hook
+
+    def _stopping(self, e: _Entry, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn``, then end the forward once every site has fired in this call (``stop=True``)."""
+
+        def hook(*args: Any) -> Any:
+            out = fn(*args)
+            if self._stop_epoch != self.state.epoch:
+                self._stop_epoch, self._fired_now = self.state.epoch, set()
+            self._fired_now.add(e.name)
+            if len(self._fired_now) == len(self.entries):
+                raise StopForward(
+                    f"attach(..., stop=True): every site fired ({len(self.entries)}), so the forward was ended "
+                    "there; the model call returned nothing. Inside `with attach(...)` this ends the block quietly."
+                )
+            return out
 
         return hook
 
@@ -511,10 +536,13 @@ class Session:
             self._register()
         return self
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
         self.remove()
         if exc_type is None:
             self.report_unfired()
+        # a forward ended by stop=True ends the block: nothing after the model call in it runs, so
+        # no partial output can be taken for a result
+        return exc_type is not None and issubclass(exc_type, StopForward) and self.stop
 
     def __repr__(self) -> str:
         state = "active" if self._active else "removed"
@@ -529,6 +557,7 @@ def attach(
     cfg: Sequence[str] | None = None,
     layouts: Mapping[str, str] | None = None,
     on_unfired: str = "warn",
+    stop: bool = False,
 ) -> Session:
     """Attach hooks to a model or a diffusers pipeline.
 
@@ -540,7 +569,10 @@ def attach(
     ``layouts`` overrides the activation layout of a site (``{"blocks.0": "BCT"}``; one of
     ``layout.KNOWN_LAYOUTS`` or None, checked here).
     ``on_unfired``: what to do when a site never fired or a hook's ``When`` never matched:
-    "warn" (default), "error", "ignore".
+    "warn" (default), "error", "ignore". ``stop=True`` ends the forward as soon as every site
+    has fired in a call (harvesting layer 6 of a 48-layer model pays for 6): the model call raises
+    :class:`StopForward` instead of returning a partial output, and the ``with`` block swallows it
+    and ends there (outside one, catch it).
     A hook's result must keep the shape, dtype and device of the site's tensor (else
     :class:`ShapeMismatchError` names the site and the hook).
 
@@ -552,7 +584,7 @@ def attach(
     >>> session.fired
     {'0': 1, '1': 1}
     """
-    return Session(target, hooks, adapter=adapter, cfg=cfg, layouts=layouts, on_unfired=on_unfired)
+    return Session(target, hooks, adapter=adapter, cfg=cfg, layouts=layouts, on_unfired=on_unfired, stop=stop)
 
 
 # -- helpers -----------------------------------------------------------------------------------
