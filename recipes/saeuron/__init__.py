@@ -1,0 +1,34 @@
+"""SAeUron (arXiv 2501.18052): concept unlearning with sparse autoencoders, on the shapes world.
+
+The paper's procedure on the tiny shapes ``StableDiffusionPipeline``:
+
+1. cache a cross-attention block's output over every DDIM step (cond branch) in a ``DiskStore``
+   and train a TopK SAE on it (BatchTopK in training, AuxK, unit-norm decoder): :mod:`.train`;
+   one block for styles, one for shapes, as the paper uses one per kind;
+2. score features per step by the normalised difference of each concept's mean latent against the
+   others and keep those above a percentile (:func:`interventions.scores.normalized_difference_by_step`);
+3. unlearn by scaling the selected features on the tokens where they fire above their mean, per step,
+   on both CFG branches, inside ``SAEEdit`` (error term kept): :mod:`.unlearn`;
+4. score UA / IRA / CRA with the world's evaluators, and a feature distance, against a negative
+   prompt and whole-block ablation on the same prompts and seeds: :mod:`.evaluate`, :mod:`.run`.
+
+``interventions run saeuron`` runs the evaluation; :class:`SAeUron` is the Python entry point.
+SAEs published in sparsify's layout (the authors' ``bcywinski/SAeUron``) load with
+:func:`interventions.sae_sparsify.load_sparsify`.
+"""
+
+from .concepts import PromptSet, canonical, paraphrase
+from .recipe import CHECKPOINT, METHODS, SAeUron, Statistics
+from .unlearn import Unlearning, select
+
+__all__ = [
+    "CHECKPOINT",
+    "METHODS",
+    "PromptSet",
+    "SAeUron",
+    "Statistics",
+    "Unlearning",
+    "canonical",
+    "paraphrase",
+    "select",
+]

@@ -1,0 +1,173 @@
+"""``interventions run saeuron``: unlearn styles and shapes on the shapes world, with baselines.
+
+For every held-out seed and every removal (each style, each shape, then several at once), on the
+canonical prompts and on paraphrases (other templates, synonyms: never used to select features),
+it generates with the plain model, SAeUron, the negative-prompt baseline and the block-ablation
+baseline, all from the same noise, and scores UA / IRA / CRA and the kept images' feature distance::
+
+    interventions run saeuron --out runs/saeuron                     # ~30 min on one thread
+    interventions run saeuron --kind style --seeds 1000 --quick      # one seed, single removals
+
+Writes ``metrics.json`` (every run's numbers, per seed, then means) when ``--out``
+is given; prints the summary table. Errors (an unknown concept or factor, an SAE of another site
+or width, a missing checkpoint) come before any image is generated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from recipes.worlds import shapes as world
+
+from . import concepts as cs
+from .recipe import CHECKPOINT, SAeUron
+from .train import SELECTION_SEEDS
+
+__all__ = ["DEFAULTS", "removals", "evaluate", "summarise", "main"]
+
+#: chosen on the selection seeds (100, 101) with the sweep in recipes/results/README.md
+DEFAULTS = {"style": (99.5, -1.0), "shape": (99.5, -1.0)}
+MULTI = {"style": [("stripes", "dots"), ("solid", "checker")], "shape": [("circle", "square"), ("triangle", "cross")]}
+
+
+def removals(kinds: tuple[str, ...], multi: bool, concepts: tuple[str, ...] | None = None) -> list[tuple[str, ...]]:
+    """What to remove: the given concepts together, or each concept of each kind (plus pairs)."""
+    if concepts:
+        cs.check_concepts(concepts)
+        return [concepts]
+    for kind in kinds:
+        cs.check_concepts((world.FACTORS[kind][0],), kind)
+    out = [(c,) for kind in kinds for c in world.FACTORS[kind]]
+    return out + ([m for kind in kinds for m in MULTI[kind]] if multi else [])
+
+
+def evaluate(
+    model: SAeUron,
+    seeds: list[int],
+    todo: list[tuple[str, ...]],
+    settings: dict[str, tuple[float, float]],
+    paraphrases: bool = True,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Every (seed, prompt set, removal, method) run's metrics, one dict each."""
+    sets = {"canonical": cs.canonical()} | ({"paraphrase": cs.paraphrase()} if paraphrases else {})
+    rows: list[dict[str, Any]] = []
+    kinds = {cs.kind_of(r[0]): r for r in todo}
+    bar = tqdm(
+        total=len(seeds) * len(sets) * (1 + len(kinds) + 2 * len(todo)), desc="saeuron runs", disable=not progress
+    )
+    for seed in seeds:
+        for name, prompts in sets.items():
+            reference = model.generate(prompts, seed)
+            ablated = {kind: model.generate(prompts, seed, "block_ablation", r) for kind, r in kinds.items()}
+            bar.update(1 + len(kinds))
+            for remove in todo:
+                kind = cs.kind_of(remove[0])
+                pct, mult = settings[kind]
+                runs = {
+                    "none": reference,
+                    "saeuron": model.generate(prompts, seed, "saeuron", remove, pct, mult),
+                    "negative_prompt": model.generate(prompts, seed, "negative_prompt", remove),
+                    "block_ablation": ablated[kind],
+                }
+                bar.update(2)
+                for method, images in runs.items():
+                    m = model.metrics(images, prompts, remove, reference if method != "none" else None)
+                    rows.append(
+                        {"seed": seed, "prompts": name, "remove": list(remove), "kind": kind, "method": method, **m}
+                    )
+    bar.close()
+    return rows
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Means over removals per (seed, prompts, kind, single/multi, method), and over seeds."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        key = (r["prompts"], r["kind"], "multi" if len(r["remove"]) > 1 else "single", r["method"])
+        groups.setdefault(key + (r["seed"],), []).append(r)
+    per_seed = [
+        {"prompts": k[0], "kind": k[1], "removal": k[2], "method": k[3], "seed": k[4]}
+        | {m: sum(r[m] for r in g) / len(g) for m in ("UA", "IRA", "CRA", "distance") if m in g[0]}
+        for k, g in groups.items()
+    ]
+    out: dict[tuple, dict[str, Any]] = {}
+    for r in per_seed:
+        key = (r["prompts"], r["kind"], r["removal"], r["method"])
+        entry = out.setdefault(
+            key, {"prompts": key[0], "kind": key[1], "removal": key[2], "method": key[3], "per_seed": {}}
+        )
+        entry["per_seed"][r["seed"]] = {m: round(r[m], 4) for m in ("UA", "IRA", "CRA", "distance") if m in r}
+    for entry in out.values():
+        seeds = list(entry["per_seed"].values())
+        entry["mean"] = {m: round(sum(s[m] for s in seeds) / len(seeds), 4) for m in seeds[0]}
+    return list(out.values())
+
+
+def _table(summary: list[dict[str, Any]]) -> str:
+    lines = [
+        "| prompts | kind | removal | method | UA | IRA | CRA | distance | per seed (UA/IRA/CRA) |",
+        "|" + "---|" * 9,
+    ]
+    for e in summary:
+        m = e["mean"]
+        seeds = " ; ".join(f"{s['UA']:.2f}/{s['IRA']:.2f}/{s['CRA']:.2f}" for s in e["per_seed"].values())
+        dist = f"{m['distance']:.3f}" if "distance" in m else "-"
+        lines.append(
+            f"| {e['prompts']} | {e['kind']} | {e['removal']} | {e['method']} | {m['UA']:.3f} | {m['IRA']:.3f} | {m['CRA']:.3f} | {dist} | {seeds} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="interventions run saeuron", description=__doc__.split("\n")[0])
+    p.add_argument(
+        "--kind", choices=sorted(world.FACTORS), action="append", help="factor to unlearn (default: style and shape)"
+    )
+    p.add_argument("--remove", nargs="+", help="remove these concepts together (e.g. stripes dots)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1000, 1001, 1002], help="held-out seeds")
+    p.add_argument("--percentile", type=float, help="override the kind's default feature percentile")
+    p.add_argument("--multiplier", type=float, help="override the kind's default multiplier (gamma)")
+    p.add_argument("--quick", action="store_true", help="single removals on canonical prompts only")
+    p.add_argument("--sae", default=str(CHECKPOINT), help="folder with the SAE and latents.safetensors")
+    p.add_argument("--model", help="shapes checkpoint folder or Hub id (default: shipped)")
+    p.add_argument("--out", help="folder for metrics.json")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    clash = sorted(set(args.seeds) & set(SELECTION_SEEDS))
+    if clash:
+        p.error(f"seeds {clash} selected the features; evaluate on other seeds")
+    kinds = tuple(args.kind or ("style", "shape"))
+    try:
+        todo = removals(kinds, not args.quick, tuple(args.remove) if args.remove else None)
+    except (KeyError, ValueError) as e:
+        p.error(str(e).strip("'\""))
+    settings = {k: (args.percentile or v[0], args.multiplier or v[1]) for k, v in DEFAULTS.items()}
+    torch.set_num_threads(args.threads)
+    t0 = time.time()
+    model = SAeUron.shipped(args.model, args.sae)
+    rows = evaluate(model, args.seeds, todo, settings, paraphrases=not args.quick)
+    summary = summarise(rows)
+    print(_table(summary))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        record = {
+            "command": "interventions run saeuron " + " ".join(argv or []),
+            "settings": settings,
+            "seconds": round(time.time() - t0),
+        }
+        (out / "metrics.json").write_text(json.dumps(record | {"summary": summary, "runs": rows}, indent=1) + "\n")
+        print(f"wrote {out / 'metrics.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,65 @@
+"""Choose SAeUron's percentile and multiplier per kind on the selection seeds (never the held-out ones).
+
+    python -m recipes.saeuron.sweep --kind style --percentiles 99 99.5 99.8 --multipliers -1 -3 --out sweep_style.json
+
+For each grid point, every single concept of the kind is removed on the canonical prompts of
+each selection seed; the table gives mean UA / IRA / CRA. The defaults in
+:data:`recipes.saeuron.run.DEFAULTS` are the point with the best ``min(UA, IRA, CRA)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from recipes.worlds import shapes as world
+
+from . import concepts as cs
+from .recipe import CHECKPOINT, SAeUron
+from .train import SELECTION_SEEDS
+
+__all__ = ["sweep", "main"]
+
+
+def sweep(
+    model: SAeUron, kind: str, percentiles: list[float], multipliers: list[float], seeds: list[int]
+) -> list[dict]:
+    """Mean UA / IRA / CRA over the kind's single removals and ``seeds`` for each grid point."""
+    prompts = cs.canonical()
+    refs = {seed: model.generate(prompts, seed) for seed in seeds}
+    rows = []
+    for pct in percentiles:
+        for mult in multipliers:
+            got = []
+            for seed in seeds:
+                for c in world.FACTORS[kind]:
+                    images = model.generate(prompts, seed, "saeuron", (c,), pct, mult)
+                    got.append(model.metrics(images, prompts, (c,), refs[seed]))
+            mean = {m: sum(g[m] for g in got) / len(got) for m in ("UA", "IRA", "CRA", "distance")}
+            rows.append({"percentile": pct, "multiplier": mult, **mean, "runs": got})
+            print(f"{pct:g} {mult:g} " + " ".join(f"{m} {mean[m]:.3f}" for m in mean), flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m recipes.saeuron.sweep", description=__doc__.split("\n")[0])
+    p.add_argument("--kind", required=True, choices=sorted(world.FACTORS))
+    p.add_argument("--percentiles", type=float, nargs="+", default=[99.0, 99.5, 99.8])
+    p.add_argument("--multipliers", type=float, nargs="+", default=[-1.0, -3.0])
+    p.add_argument("--seeds", type=int, nargs="+", default=SELECTION_SEEDS)
+    p.add_argument("--sae", default=str(CHECKPOINT))
+    p.add_argument("--out")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rows = sweep(SAeUron.shipped(None, args.sae), args.kind, args.percentiles, args.multipliers, args.seeds)
+    if args.out:
+        Path(args.out).write_text(json.dumps({"args": vars(args), "grid": rows}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,120 @@
+"""SAeUron's unlearning edit and the two baselines it is compared with.
+
+:func:`select` turns per-concept latent statistics into a per-step :class:`Unlearning`: at step
+``t`` the features scoring above the percentile (:func:`interventions.scores.normalized_difference_by_step`)
+for each removed concept ``c``; on every token where a selected feature ``f`` fires above its mean
+over all concepts of the kind, ``z_f <- z_f * mu_{c,f,t} * multiplier`` (the published hook). The
+edit runs inside :class:`~interventions.SAEEdit` on both CFG branches, so the error term is kept as
+``x + dec(z') - dec(z)`` (the published code adds ``dec(z) - x``: the sign flipped).
+
+Baselines on the same prompts and seeds: :func:`negative_prompt` (the concept's word as the
+pipeline's negative prompt) and :func:`block_ablation` (the whole block's output replaced by its
+per-step mean over the selection prompts, both branches).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from interventions import Ablate, Context, SAEEdit, When
+from interventions.sae import SAE
+from interventions.scores import above_percentile_by_step, normalized_difference_by_step
+from recipes.worlds import shapes as world
+
+__all__ = ["Unlearning", "select", "edit_hooks", "negative_prompt", "block_ablation"]
+
+
+@dataclass
+class Unlearning:
+    """Per step ``t``: the features to scale, their factors ``mu_{c,f,t} * multiplier`` and the
+    thresholds (mean over concepts) above which a token's latent is scaled. Called as an
+    ``SAEEdit`` edit on ``[tokens, d_sae]`` latents."""
+
+    concepts: tuple[str, ...]
+    features: list[Tensor]
+    factors: list[Tensor]
+    thresholds: list[Tensor]
+
+    def __call__(self, z: Tensor, ctx: Context) -> Tensor:
+        step = ctx.step
+        if step is None or step >= len(self.features):
+            raise ValueError(
+                f"SAeUron edit at {ctx.site!r}: step {step} has no selected features (prepared for {len(self.features)} "
+                "steps): run with the num_inference_steps the statistics were collected at"
+            )
+        ids = self.features[step].to(z.device)
+        if ids.numel() == 0:
+            return z
+        picked = z[:, ids]
+        fires = picked > self.thresholds[step].to(z)
+        z = z.clone()
+        z[:, ids] = torch.where(fires, picked * self.factors[step].to(z), picked)
+        return z
+
+    def counts(self) -> list[int]:
+        """How many features each step edits."""
+        return [int(f.numel()) for f in self.features]
+
+
+def concept_means(latents: Tensor, labels: Tensor, kind: str) -> dict[str, Tensor]:
+    """``{concept: latents of its prompts}`` for every concept of ``kind`` (``latents [n, steps, d]``)."""
+    return {c: latents[labels == i] for i, c in enumerate(world.FACTORS[kind])}
+
+
+def select(
+    by_concept: Mapping[str, Tensor], concepts: tuple[str, ...], percentile: float, multiplier: float
+) -> Unlearning:
+    """The per-step edit that removes ``concepts`` (all keys of ``by_concept``: one kind's
+    concepts, each ``[n_prompts, steps, d_sae]``), as SAeUron selects and scales features."""
+    missing = [c for c in concepts if c not in by_concept]
+    if missing:
+        raise KeyError(f"no latent statistics for {missing}; statistics exist for {sorted(by_concept)}")
+    scores = normalized_difference_by_step(by_concept)
+    mean_over_concepts = torch.stack([t.float().mean(0) for t in by_concept.values()]).mean(0)  # [steps, d]
+    steps = mean_over_concepts.shape[0]
+    features, factors, thresholds = [], [], []
+    for t in range(steps):
+        ids_t, fac_t = [], []
+        for c in concepts:
+            ids = above_percentile_by_step(scores[c][t : t + 1], percentile)[0]
+            ids_t.append(ids)
+            fac_t.append(by_concept[c][:, t, ids].float().mean(0) * multiplier)
+        ids, fac = torch.cat(ids_t), torch.cat(fac_t)
+        first = _first_occurrences(ids)  # a feature chosen for two concepts is scaled once
+        features.append(ids[first])
+        factors.append(fac[first])
+        thresholds.append(mean_over_concepts[t, ids[first]])
+    return Unlearning(tuple(concepts), features, factors, thresholds)
+
+
+def _first_occurrences(ids: Tensor) -> Tensor:
+    seen: set[int] = set()
+    keep = []
+    for i, f in enumerate(ids.tolist()):
+        if f not in seen:
+            seen.add(f)
+            keep.append(i)
+    return torch.tensor(keep, dtype=torch.long)
+
+
+def edit_hooks(sae: SAE, unlearning: Unlearning) -> dict[str, Any]:
+    """The hooks of an SAeUron run: the SAE edit at the SAE's site, every step, both CFG branches."""
+    return {sae.info.site: SAEEdit(sae, unlearning)}
+
+
+def negative_prompt(concepts: tuple[str, ...]) -> str:
+    """The baseline's negative prompt: the canonical word of each removed concept."""
+    from .concepts import kind_of
+
+    return " ".join(world.SYNONYMS[kind_of(c)][c][0] for c in concepts)
+
+
+def block_ablation(site: str, step_means: Tensor) -> dict[str, Any]:
+    """The baseline that ablates the whole block: its output replaced by the per-step mean
+    (``step_means [steps, channels]``) on both CFG branches."""
+    return {site: [Ablate("mean", value=m, when=When(steps=[t])) for t, m in enumerate(step_means)]}

@@ -1,0 +1,142 @@
+"""recipes.saeuron on the shipped shapes world: the edit's maths, its identity and error-term sign,
+both CFG branches per step, bad input refused before generating, and UA/IRA/CRA pinned at fixed seeds."""
+
+import pytest
+import torch
+
+from interventions import SAEEdit, attach
+from interventions.sae import SAE
+from recipes.saeuron import concepts as cs
+from recipes.saeuron.recipe import SAeUron
+from recipes.saeuron.run import main as run_main
+from recipes.saeuron.unlearn import Unlearning, select
+
+SMALL = cs.PromptSet(
+    tuple(p for i, p in enumerate(cs.canonical().prompts) if i % 2 == 0),  # 32 prompts: every style and shape
+    {k: v[::2] for k, v in cs.canonical().labels.items()},
+)
+
+
+@pytest.fixture(scope="module")
+def model() -> SAeUron:
+    torch.set_num_threads(2)
+    return SAeUron.shipped()
+
+
+def test_edit_scales_only_selected_features_where_they_fire_above_the_mean():
+    from interventions import Context
+    from interventions.context import RunState
+
+    state = RunState()
+    state.step = 1
+    edit = Unlearning(
+        ("x",),
+        [torch.tensor([0]), torch.tensor([2, 3])],
+        [torch.tensor([-1.0]), torch.tensor([-2.0, 0.5])],
+        [torch.tensor([0.0]), torch.tensor([1.0, 1.0])],
+    )
+    z = torch.tensor([[1.0, 1.0, 3.0, 0.5], [2.0, 2.0, 0.5, 4.0]])
+    out = edit(z, Context("s", state))
+    assert out.tolist() == [[1.0, 1.0, -6.0, 0.5], [2.0, 2.0, 0.5, 2.0]]
+    assert z.tolist() == [[1.0, 1.0, 3.0, 0.5], [2.0, 2.0, 0.5, 4.0]]  # not edited in place
+    state.step = 2
+    with pytest.raises(ValueError, match="step 2 has no selected features"):
+        edit(z, Context("s", state))
+
+
+def test_select_follows_the_published_procedure():
+    gen = torch.Generator().manual_seed(0)
+    lat = {c: torch.rand(4, 3, 50, generator=gen) for c in ("a", "b", "c")}
+    lat["b"][:, :, 11] += 3.0
+    u = select(lat, ("b",), 98.0, -2.0)  # 50 latents: the top one per step
+    assert [f.tolist() for f in u.features] == [[11], [11], [11]]
+    mean_b = lat["b"][:, :, 11].mean(0)
+    torch.testing.assert_close(torch.cat(u.factors), mean_b * -2.0)
+    over_concepts = torch.stack([lat[c][:, :, 11].mean(0) for c in lat]).mean(0)
+    torch.testing.assert_close(torch.cat(u.thresholds), over_concepts)
+    both = select(lat, ("a", "b"), 98.0, -1.0)
+    assert all(11 in f.tolist() and len(set(f.tolist())) == len(f) for f in both.features)
+
+
+def test_no_selected_feature_is_bit_identical_and_the_error_term_sign_matters(model):
+    sae, _ = model.saes["style"]
+    steps = model.sampling.steps
+    nothing = Unlearning(
+        ("stripes",),
+        [torch.tensor([], dtype=torch.long)] * steps,
+        [torch.tensor([])] * steps,
+        [torch.tensor([])] * steps,
+    )
+    prompts = cs.PromptSet(SMALL.prompts[:4], {k: v[:4] for k, v in SMALL.labels.items()})
+    plain = model.generate(prompts, 7)
+    from recipes.saeuron.sampling import generate
+
+    same = generate(model.pipe, prompts.prompts, 7, model.sampling, {sae.info.site: SAEEdit(sae, nothing)})
+    assert torch.equal(plain, same)
+
+    def published(x, ctx):  # SAeUron's hook with no feature edited: dec(z) + (dec(z) - x)
+        from interventions.layout import from_tokens, to_tokens
+
+        tokens = to_tokens(x, ctx.layout)
+        rec = sae.decode(sae.encode(tokens))
+        return from_tokens(rec + (rec - tokens), x, ctx.layout)
+
+    flipped = generate(model.pipe, prompts.prompts, 7, model.sampling, {sae.info.site: published})
+    assert (flipped - plain).abs().max() > 0.05
+
+
+def test_the_edit_runs_on_both_branches_at_every_step(model):
+    seen = set()
+    unlearning = model.unlearning(("stripes",), 99.5, -1.0)
+
+    def recording(z, ctx):
+        seen.add((ctx.step, ctx.branch))
+        return unlearning(z, ctx)
+
+    sae, _ = model.saes["style"]
+    with attach(model.pipe, {sae.info.site: SAEEdit(sae, recording)}):
+        model.pipe(
+            ["a red circle in striped style"],
+            num_inference_steps=model.sampling.steps,
+            guidance_scale=3.0,
+            output_type="pt",
+        )
+    assert seen == {(t, b) for t in range(model.sampling.steps) for b in ("cond", "uncond")}
+
+
+@pytest.mark.parametrize(
+    "remove, error, words",
+    [
+        (("sparkly",), KeyError, "unknown concept 'sparkly'"),
+        (("stripes", "circle"), ValueError, "not all of kind"),
+        (("red",), KeyError, "no SAE for 'colour'"),
+        (("solid", "stripes", "dots", "checker"), ValueError, "leaves nothing"),
+    ],
+)
+def test_bad_concepts_are_refused_before_generating(model, remove, error, words):
+    with pytest.raises(error, match=words):
+        model.generate(SMALL, 0, "saeuron", remove)
+
+
+def test_an_sae_of_another_site_or_width_is_refused(model, tmp_path):
+    style_sae, style_stats = model.saes["style"]
+    shape_sae, shape_stats = model.saes["shape"]
+    with pytest.raises(ValueError, match="the SAE is for site"):
+        SAeUron(model.pipe, model.evaluators, {"style": (shape_sae, style_stats)})
+    narrow = SAE(32, style_sae.d_sae, "topk", 4)
+    narrow.info.site = style_sae.info.site
+    with pytest.raises(Exception, match="has 64 channels, the SAE expects 32"):
+        SAeUron(model.pipe, model.evaluators, {"style": (narrow, style_stats)})
+    with pytest.raises(KeyError, match="no factor 'texture'"):
+        SAeUron(model.pipe, model.evaluators, {"texture": (style_sae, style_stats)})
+
+
+def test_cli_refuses_before_loading(capsys):
+    for argv, words in [
+        (["--remove", "sparkly"], "unknown concept"),
+        (["--seeds", "100"], "selected the features"),
+        (["--kind", "texture"], "invalid choice"),
+    ]:
+        with pytest.raises(SystemExit):
+            run_main(argv)
+        assert words in capsys.readouterr().err
