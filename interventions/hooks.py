@@ -29,6 +29,7 @@ from jaxtyping import Float
 
 from .context import Context, When
 from .errors import InterventionError, ShapeMismatchError
+from .heads import head_mask
 from .layout import along_features, feature_dim, from_tokens, to_tokens, token_mask
 from .store import MemoryStore, Store, StoreKey, store_key, with_branch
 
@@ -258,6 +259,8 @@ class Patch:
     tokens: Sequence[int] | Tensor | None = None
     channels: Sequence[int] | Tensor | None = None
     when: When | None = None
+    heads: Sequence[int] | Tensor | None = None  # only these heads: interventions.heads.head_mask
+    n_heads: int | None = None  # per-head values: the last axis splits into n_heads
 
     @property
     def rowwise(self) -> bool:
@@ -269,6 +272,9 @@ class Patch:
         src = self._source(x, ctx)
         _check_fits("Patch", ctx.site, src, x, broadcast=not isinstance(self.source, Cache))
         mask = _mask_for(x, ctx, self.mask, self.tokens, self.channels)
+        if self.heads is not None:
+            hm = head_mask(x, self.heads, self.n_heads, ctx.site)
+            mask = hm if mask is None else mask & hm
         if self.alpha != 1.0:
             patched = torch.lerp(x, src, self.alpha)
         elif mask is None:  # a copy, so the model never writes into the source in place
@@ -379,6 +385,8 @@ class Ablate:
     tokens: Sequence[int] | Tensor | None = None
     channels: Sequence[int] | Tensor | None = None
     when: When | None = None
+    heads: Sequence[int] | Tensor | None = None  # only these heads: interventions.heads.head_mask
+    n_heads: int | None = None  # per-head values: the last axis splits into n_heads
 
     def __post_init__(self) -> None:
         if self.mode == "project":
@@ -421,6 +429,9 @@ class Ablate:
             if self.restore_norm:
                 out = _with_norms_of(x, out, dim)
         mask = _mask_for(x, ctx, self.mask, self.tokens, self.channels)
+        if self.heads is not None:
+            hm = head_mask(x, self.heads, self.n_heads, ctx.site)
+            mask = hm if mask is None else mask & hm
         return out if mask is None else torch.where(mask, out, x)
 
 

@@ -10,6 +10,7 @@ import pytest
 MODULES = [
     "interventions",
     "interventions.context",
+    "interventions.heads",
     "interventions.hooks",
     "interventions.sae",
     "interventions.sae_train",

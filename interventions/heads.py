@@ -1,0 +1,288 @@
+"""Attention heads and attention patterns as sites, on transformers models and diffusers ``Attention``.
+
+Per-head values (TransformerLens' ``hook_z``) are the input of the attention's output projection,
+``(batch, tokens, heads * head_dim)``: :func:`head_sites` names that site for every attention
+module with its head count, and ``Patch(..., heads=[3], n_heads=4)`` / ``Ablate(..., heads=...)``
+act on those heads' slices only (:func:`head_mask`).
+
+Attention probabilities (``hook_pattern``) exist only where attention is computed eagerly: fused
+SDPA / flash kernels never form them. :func:`pattern_sites` names them, ``(batch, heads, queries,
+keys)``, and refuses with the fix when they cannot be had:
+
+- transformers: the attention module's second output, filled by the eager path only: load with
+  ``from_pretrained(..., attn_implementation="eager")`` or call ``model.set_attn_implementation("eager")``;
+- diffusers ``Attention``: ``with eager_attention(unet):`` swaps in :class:`ProbsProcessor`, which
+  computes ``softmax(q k^T * scale)`` explicitly and passes it through an identity module
+  (``<attn>.processor.probs``, so it can be cached, patched or edited), and puts the original
+  processors back on exit. Cross-attention maps per text token are ``probs[..., token]``.
+
+>>> import torch
+>>> from interventions import Ablate, attach
+>>> out_proj = torch.nn.Sequential(torch.nn.Linear(8, 4))  # stands in for an attention's output projection
+>>> z = torch.randn(2, 3, 8)  # (batch, tokens, 2 heads x 4)
+>>> with attach(out_proj, {"0:input": Ablate(heads=[1], n_heads=2)}):  # zero head 1
+...     y = out_proj(z)
+>>> torch.allclose(y, z[..., :4] @ out_proj[0].weight[:, :4].T + out_proj[0].bias, atol=1e-6)
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import InterventionError
+
+Tensor = torch.Tensor
+
+# the output projection of an attention module, by attribute name, in the families we know
+_OUT_PROJ = ("o_proj", "c_proj", "out_proj", "dense", "wo", "to_out", "proj")
+
+
+class PatternsUnavailableError(InterventionError, ValueError):
+    """Attention probabilities were asked for where the model never forms them (fused attention)."""
+
+
+@dataclass(frozen=True)
+class HeadSite:
+    """One attention module's per-head site: ``site`` carries ``(B, N, n_heads * head_dim)``."""
+
+    attention: str
+    site: str
+    n_heads: int
+    head_dim: int
+
+
+def head_mask(x: Tensor, heads: Sequence[int] | Tensor, n_heads: int | None, site: str = "") -> Tensor:
+    """A bool mask broadcastable to ``x``, true on the selected heads.
+
+    The head axis is axis 1 of a 4-D ``(B, heads, queries, keys)`` pattern when ``n_heads`` is
+    None; with ``n_heads`` it is the last axis split into ``n_heads`` equal slices (per-head values).
+    """
+    idx = torch.as_tensor(heads, dtype=torch.long).reshape(-1)
+    if n_heads is None:
+        if x.ndim != 4:
+            raise InterventionError(
+                f"heads= at site {site!r}: the tensor {tuple(x.shape)} has no head axis; for per-head values "
+                "(the output projection's input) pass n_heads=<the model's head count> "
+                "(interventions.heads.head_sites(model) lists each site with its count)"
+            )
+        count, shape = x.shape[1], [1, x.shape[1], 1, 1]
+    else:
+        width = x.shape[-1]
+        if n_heads <= 0 or width % n_heads:
+            raise InterventionError(
+                f"heads= at site {site!r}: {width} features do not split into n_heads={n_heads} heads"
+            )
+        count, shape = n_heads, [1] * (x.ndim - 1) + [width]
+    bad = [int(i) for i in idx if not -count <= int(i) < count]
+    if bad:
+        raise InterventionError(f"heads= at site {site!r}: head(s) {bad} out of range for {count} heads")
+    chosen = torch.zeros(count, dtype=torch.bool)
+    chosen[idx] = True
+    if n_heads is not None:
+        chosen = chosen.repeat_interleave(x.shape[-1] // n_heads)
+    return chosen.reshape(shape).to(x.device)
+
+
+def _is_attention(module: nn.Module) -> bool:
+    name = type(module).__name__
+    return name.endswith("Attention") and "Layer" not in name and "Processor" not in name
+
+
+def _attentions(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """Outermost attention modules (a module whose class ends in ``Attention``), in order."""
+    inside: list[str] = []
+    for path, m in model.named_modules():
+        if _is_attention(m) and not any(path.startswith(p + ".") for p in inside):
+            inside.append(path)
+            yield path, m
+
+
+def _out_proj(path: str, m: nn.Module) -> tuple[str, nn.Module] | None:
+    for name in _OUT_PROJ:
+        sub = m._modules.get(name)
+        if isinstance(sub, (nn.ModuleList, nn.Sequential)) and len(sub):
+            return f"{path}.{name}.0", sub[0]
+        if sub is not None:
+            return f"{path}.{name}", sub
+    return None
+
+
+def _in_width(proj: nn.Module) -> int | None:
+    if isinstance(proj, nn.Linear):
+        return proj.in_features
+    weight = getattr(proj, "weight", None)  # GPT-2's Conv1D stores (in, out)
+    return int(weight.shape[0]) if isinstance(weight, Tensor) and type(proj).__name__ == "Conv1D" else None
+
+
+def _head_count(m: nn.Module, width: int) -> int | None:
+    for name in ("num_heads", "heads", "n_heads", "num_attention_heads"):
+        n = getattr(m, name, None)
+        if isinstance(n, int) and n > 0:
+            return n
+    head_dim = getattr(m, "head_dim", None)
+    if isinstance(head_dim, int) and head_dim > 0 and width % head_dim == 0:
+        return width // head_dim
+    config = getattr(m, "config", None)
+    n = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
+    return n if isinstance(n, int) else None
+
+
+def head_sites(model: nn.Module, prefix: str = "") -> list[HeadSite]:
+    """The per-head site of every attention module: the input of its output projection
+    (``transformer.h.0.attn.c_proj:input.0``, ``model.layers.0.self_attn.o_proj:input.0``,
+    ``...attn2.to_out.0:input.0``). ``prefix`` is prepended (``"unet."`` for a pipeline's UNet)."""
+    out = []
+    for path, m in _attentions(model):
+        found = _out_proj(path, m)
+        if found is None:
+            continue
+        proj_path, proj = found
+        width = _in_width(proj)
+        n = _head_count(m, width) if width else None
+        if not width or not n or width % n:
+            continue
+        out.append(HeadSite(prefix + path, f"{prefix}{proj_path}:input.0", n, width // n))
+    if not out:
+        raise InterventionError(
+            f"no attention module with an output projection ({', '.join(_OUT_PROJ)}) found in "
+            f"{type(model).__name__}; name the site of the projection's input yourself ('<path>:input.0')"
+        )
+    return out
+
+
+def pattern_sites(model: nn.Module, prefix: str = "") -> list[str]:
+    """Sites of the attention probabilities ``(B, heads, queries, keys)``, one per attention module;
+    refused (:class:`PatternsUnavailableError`) with the fix where the model runs fused attention."""
+    if type(model).__module__.startswith("transformers"):
+        impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
+        if impl != "eager":
+            raise PatternsUnavailableError(
+                f"{type(model).__name__} runs attention with {impl!r}, which never forms the attention "
+                "probabilities; load it with from_pretrained(..., attn_implementation='eager') or call "
+                "model.set_attn_implementation('eager') first"
+            )
+        return [f"{prefix}{p}:output.1" for p, _ in _attentions(model)]
+    sites, fused = [], []
+    for path, m in _diffusers_attentions(model):
+        if isinstance(m.processor, ProbsProcessor):
+            sites.append(f"{prefix}{path}.processor.probs")
+        else:
+            fused.append(f"{path} ({type(m.processor).__name__})")
+    if fused:
+        raise PatternsUnavailableError(
+            f"{len(fused)} attention module(s) run a processor that never forms the probabilities, e.g. "
+            f"{fused[:2]}; run the model inside `with interventions.heads.eager_attention(model):`"
+        )
+    if not sites:
+        raise PatternsUnavailableError(f"no transformers or diffusers attention module found in {type(model).__name__}")
+    return sites
+
+
+# -- diffusers ------------------------------------------------------------------------------------
+def _diffusers_attentions(model: nn.Module) -> list[tuple[str, Any]]:
+    try:
+        from diffusers.models.attention_processor import Attention
+    except ImportError:
+        return []
+    return [(p, m) for p, m in model.named_modules() if isinstance(m, Attention)]
+
+
+class _Probs(nn.Module):
+    """Identity: the site where attention probabilities ``(B, heads, queries, keys)`` flow."""
+
+    def forward(self, probs: Tensor) -> Tensor:
+        return probs
+
+
+class ProbsProcessor(nn.Module):
+    """diffusers' eager ``AttnProcessor`` with the probabilities passed through ``self.probs``.
+
+    An ``nn.Module``, so that diffusers registers it as the attention's ``processor`` submodule
+    and ``<attn>.processor.probs`` is a site like any other (no parameters: state dicts unchanged).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.probs = _Probs()
+
+    def forward(
+        self,
+        attn: Any,
+        hidden_states: Tensor,
+        encoder_hidden_states: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        temb: Tensor | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Tensor:
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        batch, seq = context.shape[:2]
+        attention_mask = attn.prepare_attention_mask(attention_mask, seq, batch)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is not None and attn.norm_cross:
+            context = attn.norm_encoder_hidden_states(context)
+        key, value = attn.to_k(context), attn.to_v(context)
+        query, key, value = (attn.head_to_batch_dim(t) for t in (query, key, value))
+        probs = attn.get_attention_scores(query, key, attention_mask)  # (B * heads, Nq, Nk)
+        probs = self.probs(probs.unflatten(0, (-1, attn.heads))).flatten(0, 1)
+        hidden_states = attn.batch_to_head_dim(torch.bmm(probs, value))
+        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+
+_PLAIN_PROCESSORS = ("AttnProcessor", "AttnProcessor2_0", "AttnProcessorNPU", "FusedAttnProcessor2_0")
+
+
+@contextmanager
+def eager_attention(model: nn.Module, only: Sequence[str] | None = None) -> Iterator[list[str]]:
+    """Run diffusers ``Attention`` modules through :class:`ProbsProcessor` inside the block; yields
+    the probability sites. ``only``: attention paths (or path substrings, e.g. ``"attn2"`` for
+    cross-attention) to switch, default all. The original processors are restored on exit, also
+    on an exception. Attach sessions *inside* the block (the sites exist only there).
+
+    Refused by name: an attention running a processor other than diffusers' plain one (IP-Adapter,
+    LoRA, custom), whose computation this one would silently replace.
+    """
+    chosen = [(p, m) for p, m in _diffusers_attentions(model) if only is None or any(o in p for o in only)]
+    if not chosen:
+        raise InterventionError(
+            f"eager_attention: no diffusers Attention module in {type(model).__name__}"
+            + (f" matches {list(only)}" if only else "")
+            + "; transformers models take attn_implementation='eager' instead"
+        )
+    other = [
+        f"{p}: {type(m.processor).__name__}" for p, m in chosen if type(m.processor).__name__ not in _PLAIN_PROCESSORS
+    ]
+    if other:
+        raise InterventionError(
+            f"eager_attention: {len(other)} attention module(s) run a custom processor ({other[:2]}); replacing it "
+            "would change the model. Pass only=[...] to leave them out"
+        )
+    saved = [(m, m.processor) for _, m in chosen]
+    try:
+        for _, m in chosen:
+            m.set_processor(ProbsProcessor())
+        yield [f"{p}.processor.probs" for p, _ in chosen]
+    finally:
+        for m, proc in saved:
+            m.set_processor(proc)
