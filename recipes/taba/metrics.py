@@ -67,24 +67,31 @@ def assignment_accuracy(source: torch.Tensor, target: torch.Tensor) -> float:
 def flat_stats(inverted: torch.Tensor, flat: torch.Tensor) -> dict[str, float]:
     """Std over rows of each coordinate of ``inverted``, averaged over ``flat`` coordinates (a bool
     mask of one row's shape, or of the batch's shape for per-row masks) and over the others; with a
-    per-row mask, the std is that of all flat values pooled. Also the mean absolute value."""
+    per-row mask, the std is that of all flat values pooled. Also the mean absolute value. NaN where
+    the mask selects nothing."""
     x = inverted.double()
     if flat.shape == x.shape[1:]:
         per_coord = x.std(dim=0)
-        return {
-            "std_flat": float(per_coord[flat].mean()),
-            "std_textured": float(per_coord[~flat].mean()),
-            "mean_abs_flat": float(x[:, flat].abs().mean()),
-            "flat_fraction": float(flat.double().mean()),
-        }
-    if flat.shape != x.shape:
+        flat_std, textured_std = _mean(per_coord[flat]), _mean(per_coord[~flat])
+        flat_values = x[:, flat]
+    elif flat.shape == x.shape:
+        flat_std, textured_std, flat_values = _std(x[flat]), _std(x[~flat]), x[flat]
+    else:
         raise ValueError(f"flat mask {tuple(flat.shape)} fits neither a row {tuple(x.shape[1:])} nor the batch")
     return {
-        "std_flat": float(x[flat].std()),
-        "std_textured": float(x[~flat].std()),
-        "mean_abs_flat": float(x[flat].abs().mean()),
+        "std_flat": flat_std,
+        "std_textured": textured_std,
+        "mean_abs_flat": _mean(flat_values.abs()),
         "flat_fraction": float(flat.double().mean()),
     }
+
+
+def _mean(v: torch.Tensor) -> float:
+    return float(v.mean()) if v.numel() else math.nan
+
+
+def _std(v: torch.Tensor) -> float:
+    return float(v.std()) if v.numel() > 1 else math.nan
 
 
 def flat_mask(images: torch.Tensor, threshold: float = 0.02) -> torch.Tensor:
