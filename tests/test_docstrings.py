@@ -12,6 +12,7 @@ MODULES = [
     "interventions.context",
     "interventions.heads",
     "interventions.hooks",
+    "interventions.inversion",
     "interventions.sae",
     "interventions.sae_train",
     "interventions.scores",
@@ -26,6 +27,10 @@ MODULES = [
     "recipes.gan.hub",
     "recipes.gan.models",
     "recipes.gan.trainer",
+    "recipes.taba",
+    "recipes.taba.experiment",
+    "recipes.taba.metrics",
+    "recipes.taba.plots",
     "recipes.worlds.registry",
 ]
 
