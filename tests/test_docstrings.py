@@ -9,6 +9,7 @@ import pytest
 
 MODULES = [
     "interventions",
+    "interventions.attribution",
     "interventions.context",
     "interventions.heads",
     "interventions.hooks",
