@@ -37,6 +37,14 @@ def _write_half(module, folder: Path, weights: str) -> None:
     (folder / "config.json").write_text(json.dumps(dict(config), indent=2, default=str) + "\n")
 
 
+def _save(unet, text_encoder, dest: Path, step: int, seed: int) -> None:
+    _write_half(unet, dest / "unet", "diffusion_pytorch_model.safetensors")
+    _write_half(text_encoder, dest / "text_encoder", "model.safetensors")
+    info = {"step": step, "seed": seed, "dtype": "float16", "ema": True}
+    (dest / "checkpoint.json").write_text(json.dumps(info, indent=2) + "\n")
+    print(f"saved {dest}", flush=True)
+
+
 def main(argv=None) -> None:
     from recipes.worlds import shapes_model as sm
     from recipes.worlds import train
@@ -63,13 +71,8 @@ def main(argv=None) -> None:
             + (["--resume"] if done else [])
         )
         pipe = sm.load_pipeline(args.work / "pipe")
-        dest = args.out / f"step_{target:05d}"
-        _write_half(pipe.unet, dest / "unet", "diffusion_pytorch_model.safetensors")
-        _write_half(pipe.text_encoder, dest / "text_encoder", "model.safetensors")
-        (dest / "checkpoint.json").write_text(
-            json.dumps({"step": target, "seed": args.seed, "dtype": "float16", "ema": True}, indent=2) + "\n"
-        )
-        print(f"saved {dest} ({time.time() - t0:.0f} s)", flush=True)
+        _save(pipe.unet, pipe.text_encoder, args.out / f"step_{target:05d}", target, args.seed)
+        print(f"step {target}: {time.time() - t0:.0f} s", flush=True)
         done = target
 
 
