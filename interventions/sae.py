@@ -152,7 +152,8 @@ class SAE(nn.Module):
         nothing written when it would not load back (non-finite weights, a branch outside the vocabulary).
 
         ``report``: the :class:`~interventions.sae_train.TrainReport` of ``train_sae``; its held-out
-        FVU, L0, dead fraction and token count go to ``info.metrics`` (and so to the Hub card).
+        FVU, L0, dead fraction and token count go to ``info.metrics`` (and so to the Hub card), how
+        it was trained (steps, device, dtype, the resolved settings) to ``info.extra["training"]``.
         """
         if report is not None:
             self.info.metrics = {
@@ -160,6 +161,8 @@ class SAE(nn.Module):
                 **{k: float(getattr(report, k)) for k in ("fvu", "l0", "dead_fraction")},
                 "tokens_seen": int(report.tokens_seen),
             }
+            training = {"steps": int(report.steps), "device": str(report.device), "dtype": str(report.dtype)}
+            self.info.extra = {**self.info.extra, "training": {**training, **getattr(report, "settings", {})}}
             self.info.method = self.info.method or f"{self.kind} SAE (interventions.sae_train)"
         sae_format.save(self, folder)
 

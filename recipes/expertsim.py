@@ -69,14 +69,14 @@ class ExpertSimTrainer(GanTrainer):
         cfg = self.cfg
         if cfg.n_experts < 1:
             raise ValueError(f"n_experts must be >= 1, got {cfg.n_experts}")
-        self.experts = nn.ModuleList(Expert(cfg) for _ in range(cfg.n_experts))
+        self.experts = nn.ModuleList(Expert(cfg) for _ in range(cfg.n_experts)).to(self.device)
         for e in self.experts:
             e.fit_encoders(self.data.conditions)
-        self.router = Router(cfg.n_experts)
+        self.router = Router(cfg.n_experts).to(self.device)
         self.router.encoder.fit(self.data.conditions)
         self.expert_opts = [e.optimisers(cfg) for e in self.experts]
         self.router_opt = torch.optim.Adam(self.router.parameters(), lr=cfg.lr_router)
-        self.mixture = MixtureGenerator(cfg.n_experts, cfg.noise_dim, cfg.width, cfg.shape)
+        self.mixture = MixtureGenerator(cfg.n_experts, cfg.noise_dim, cfg.width, cfg.shape).to(self.device)
         self.mixture.router = self.router
         self.mixture.experts = nn.ModuleList(e.sampling_generator for e in self.experts)
         self.intensity_unit = float(self.data.photon_sum.mean().clamp_min(1.0))
@@ -100,8 +100,8 @@ class ExpertSimTrainer(GanTrainer):
         n = len(batch)
         tau = temperature(self.step, self.total_steps, cfg.tau_start, cfg.tau_min)
         soft, gates, index = L.gumbel_softmax_st(self.router(batch.conditions), tau, generator=self.noise_rng)
-        per_sample = torch.zeros(n)
-        intensities = torch.zeros(n)
+        per_sample = torch.zeros(n, device=self.device)
+        intensities = torch.zeros(n, device=self.device)
         log: dict[str, float] = {}
         for i, (expert, opts) in enumerate(zip(self.experts, self.expert_opts, strict=True)):
             sel = (index == i).nonzero(as_tuple=True)[0]
@@ -153,19 +153,22 @@ def run(
     progress: bool = True,
     data: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None,
     curve_every: int | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
 ) -> dict[str, Any]:
     """Train on the calorimeter world, evaluate on held-out conditions; returns the metrics
     (``out``: metrics.json, comparison.png, checkpoint and the Hub folder ``generator/``;
-    ``curve_every``: also held-out metrics every that many epochs, in ``metrics["curve"]``)."""
+    ``curve_every``: also held-out metrics every that many epochs, in ``metrics["curve"]``; ``device``,
+    ``dtype``: where and in what precision to train, see :class:`recipes.gan.trainer.GanTrainer`)."""
     train, test = data if data is not None else make_split(n_conditions, n_test, repeats, test_repeats, data_seed)
-    trainer = ExpertSimTrainer(cfg, prepare(train))
+    trainer = ExpertSimTrainer(cfg, prepare(train), device=device, dtype=dtype)
     start = time.process_time()
     wall = time.perf_counter()
     curve = None if curve_every is None else LearningCurve(test, test_repeats, curve_every, seed=cfg.seed + 99)
     checkpoints = None if out is None else os.path.join(out, "checkpoints")
     trainer.fit(progress=progress, checkpoint_dir=checkpoints, on_epoch=curve)
     metrics, generated = evaluate(trainer.sampler, test, test_repeats, seed=cfg.seed + 99)
-    index = trainer.mixture.route(test["conditions"])
+    index = trainer.mixture.route(test["conditions"]).cpu()
     metrics["routing"] = routing_table(index, test["regime"], cfg.n_experts)
     metrics.update(
         recipe="expertsim",
@@ -173,6 +176,8 @@ def run(
         n_train_events=len(trainer.data),
         n_test_events=int(test["images"].shape[0]),
         steps=trainer.step,
+        device=str(trainer.device),
+        dtype=str(trainer.dtype).removeprefix("torch."),
         train_cpu_s=time.process_time() - start,
         train_wall_s=time.perf_counter() - wall,
         parameters={
@@ -231,7 +236,16 @@ def main(argv: list[str] | None = None) -> int:
         l_alb=args.l_alb,
         diff_source=args.diff_source,
     )
-    metrics = run(cfg, args.conditions, args.test_conditions, args.repeats, args.test_repeats, args.data_seed, args.out)
+    metrics = run(
+        cfg,
+        args.conditions,
+        args.test_conditions,
+        args.repeats,
+        args.test_repeats,
+        args.data_seed,
+        args.out,
+        device=args.device,
+    )
     return finish(args, metrics)
 
 

@@ -57,11 +57,14 @@ def run(
     progress: bool = True,
     data: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None,
     curve_every: int | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
 ) -> dict[str, Any]:
     """Train one SDI-GAN on the world and evaluate it on held-out conditions; returns the metrics
-    (``curve_every``: also held-out metrics every that many epochs, in ``metrics["curve"]``)."""
+    (``curve_every``: also held-out metrics every that many epochs, in ``metrics["curve"]``; ``device``,
+    ``dtype``: where and in what precision to train, see :class:`recipes.gan.trainer.GanTrainer`)."""
     train, test = data if data is not None else make_split(n_conditions, n_test, repeats, test_repeats, data_seed)
-    trainer = GanTrainer(cfg, prepare(train))
+    trainer = GanTrainer(cfg, prepare(train), device=device, dtype=dtype)
     start, wall = time.process_time(), time.perf_counter()
     curve = None if curve_every is None else LearningCurve(test, test_repeats, curve_every, seed=cfg.seed + 99)
     checkpoints = None if out is None else os.path.join(out, "checkpoints")
@@ -73,6 +76,8 @@ def run(
         n_train_events=len(trainer.data),
         n_test_events=int(test["images"].shape[0]),
         steps=trainer.step,
+        device=str(trainer.device),
+        dtype=str(trainer.dtype).removeprefix("torch."),
         train_cpu_s=time.process_time() - start,
         train_wall_s=time.perf_counter() - wall,
         parameters={
@@ -113,7 +118,16 @@ def main(argv: list[str] | None = None) -> int:
         l_in=args.l_in,
         l_aux=args.l_aux,
     )
-    metrics = run(cfg, args.conditions, args.test_conditions, args.repeats, args.test_repeats, args.data_seed, args.out)
+    metrics = run(
+        cfg,
+        args.conditions,
+        args.test_conditions,
+        args.repeats,
+        args.test_repeats,
+        args.data_seed,
+        args.out,
+        device=args.device,
+    )
     return finish(args, metrics)
 
 

@@ -27,6 +27,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, epochs: int = 20) -> N
     train.add_argument("--no-intensity", action="store_true", help="switch the intensity (photon-sum) loss off")
     train.add_argument("--no-aux", action="store_true", help="switch the brightest-pixel regressor off")
     train.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    train.add_argument("--device", default="cpu", help="where to train: cpu, cuda, cuda:1, ... (default cpu)")
     out = parser.add_argument_group("output")
     out.add_argument("--out", help="folder for metrics.json, comparison.png, checkpoints and the Hub folder")
     out.add_argument("--push", metavar="REPO_ID", help="push the trained generator to this Hub repo (needs --out)")

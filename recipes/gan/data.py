@@ -32,6 +32,13 @@ class GanData:
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def to(self, device: torch.device) -> GanData:
+        """The same data on ``device`` (this object itself when it is there already)."""
+        if self.images.device == device:
+            return self
+        kw = {f.name: getattr(self, f.name) for f in fields(self)}
+        return GanData(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kw.items()})
+
     def subset(self, index: torch.Tensor) -> GanData:
         kw = {f.name: getattr(self, f.name) for f in fields(self)}
         for k, v in kw.items():

@@ -182,7 +182,7 @@ class LearningCurve:
         metrics, _ = evaluate(sampler, self.real, self.repeats, seed=self.seed)
         point = {"epoch": trainer.epoch, "step": trainer.step, **{k: metrics[k] for k in self.KEYS}}
         if hasattr(sampler, "route"):
-            index = sampler.route(self.real["conditions"])
+            index = sampler.route(self.real["conditions"]).cpu()
             point["routing_nmi"] = routing_table(index, self.real["regime"], sampler.n_experts)["nmi"]
         self.points.append(point)
 

@@ -120,7 +120,8 @@ def gumbel_softmax_st(
     soft.detach())``: exactly one-hot in the forward pass, the soft gradient in the backward pass.
     """
     if noise:
-        u = torch.rand(logits.shape, generator=generator, dtype=logits.dtype, device=logits.device)
+        where = generator.device if generator is not None else logits.device  # a CPU generator: same draws everywhere
+        u = torch.rand(logits.shape, generator=generator, dtype=logits.dtype, device=where).to(logits.device)
         g = -torch.log(-torch.log(u.clamp(1e-10, 1.0 - 1e-7)))
         logits = logits + g
     soft = torch.softmax(logits / tau, dim=-1)

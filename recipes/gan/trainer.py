@@ -15,14 +15,18 @@ on the samples routed to it, as in the papers' code:
 
 :class:`GanTrainer` runs epochs of shuffled batches with a tqdm bar, is deterministic for
 ``config.seed`` (initialisation from the global RNG seeded inside ``torch.random.fork_rng``, so
-the caller's RNG state is untouched; shuffling and noise from their own seeded ``torch.Generator``;
-on one CPU thread two runs are bit-identical), and saves / restores
+the caller's RNG state is untouched; shuffling and noise from their own seeded CPU
+``torch.Generator``, so a seed draws the same weights, batches and noise on every device; on one
+CPU thread two runs are bit-identical), trains on ``device`` (the data and models are moved there,
+every tensor of a step is created there; ``dtype=torch.bfloat16`` autocasts the forward passes;
+default float32: the papers' losses are not checked in bf16), and saves / restores
 checkpoints as safetensors (models, optimiser states, RNG states; JSON metadata in the header).
 ExpertSim subclasses it (``recipes.expertsim.ExpertSimTrainer``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -146,7 +150,7 @@ def expert_step(
     G, D, A = expert.generator, expert.discriminator, expert.regressor
     x, c = batch.images, batch.conditions
     n = x.shape[0]
-    z1 = torch.randn(n, cfg.noise_dim, generator=noise_rng)
+    z1 = _noise(n, cfg.noise_dim, noise_rng, x.device)
     fake = G(z1, c)
 
     # discriminator
@@ -177,7 +181,7 @@ def expert_step(
         g_loss = per_sample.mean()
         log["g_gan"] = weight * g_loss.item()
         if cfg.sdi:
-            z2 = torch.randn(n, cfg.noise_dim, generator=noise_rng)
+            z2 = _noise(n, cfg.noise_dim, noise_rng, x.device)
             _, h2 = D(G(z2, c), c)
             div = L.sdi_loss(h1, h2, z1, z2, batch.sigma, strength=cfg.l_div)
             g_loss = g_loss + div
@@ -199,6 +203,11 @@ def expert_step(
     with torch.no_grad():
         sums = torch.expm1(fake.detach()).flatten(1).sum(1)
     return log, per_sample.detach(), sums
+
+
+def _noise(n: int, dim: int, rng: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Normal noise drawn where ``rng`` lives (the same numbers on every device), moved to ``device``."""
+    return torch.randn(n, dim, generator=rng, device=rng.device).to(device, non_blocking=True)
 
 
 # ------------------------------------------------------------------------------------ checkpoints
@@ -267,25 +276,34 @@ class GanTrainer:
     >>> images = trainer.sampler.sample(conditions)  # doctest: +SKIP
     """
 
-    def __init__(self, cfg: GanConfig, data: GanData) -> None:
+    def __init__(
+        self,
+        cfg: GanConfig,
+        data: GanData,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         if cfg.sdi and len(data) and not bool((data.sigma > 0).any()):
             raise ValueError(
                 "SDI scales its diversity by the per-condition spread of the photon sum, and this data set has "
                 "none (one event per condition?): generate it with repeats >= 2 or set sdi=False"
             )
-        self.cfg, self.data = cfg, data
+        self.device = torch.device(device) if device is not None else data.images.device
+        self.dtype = dtype or torch.float32
+        self.cfg, self.data = cfg, data.to(self.device)
         self.total_steps = cfg.epochs * self.steps_per_epoch()
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), torch.device("cpu"):  # the same weights on every device
             torch.manual_seed(cfg.seed)
             self._build()
-        self.data_rng = torch.Generator().manual_seed(cfg.seed + 1)
-        self.noise_rng = torch.Generator().manual_seed(cfg.seed + 2)
+        self.data_rng = torch.Generator(device="cpu").manual_seed(cfg.seed + 1)
+        self.noise_rng = torch.Generator(device="cpu").manual_seed(cfg.seed + 2)
         self.epoch, self.step = 0, 0
         self.history: list[dict[str, float]] = []
 
     # -- hooks for subclasses
     def _build(self) -> None:
-        self.expert = Expert(self.cfg)
+        """Build the models (on the CPU, seeded), move them to ``self.device``, then their optimisers."""
+        self.expert = Expert(self.cfg).to(self.device)
         self.expert.fit_encoders(self.data.conditions)
         self.opts = self.expert.optimisers(self.cfg)
 
@@ -304,6 +322,12 @@ class GanTrainer:
     def train_step(self, batch: GanData) -> dict[str, float]:
         log, _, _ = expert_step(self.expert, self.opts, batch, self.cfg, self.noise_rng)
         return log
+
+    def precision(self) -> contextlib.AbstractContextManager[Any]:
+        """bf16/fp16 autocast of a step when ``dtype`` asks for it (parameters stay float32)."""
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
 
     # -- loop
     def steps_per_epoch(self) -> int:
@@ -329,11 +353,12 @@ class GanTrainer:
         bar = tqdm(total=total, initial=self.step, disable=not progress, desc=type(self).__name__, leave=False)
         try:
             while self.epoch < epochs:
-                order = torch.randperm(len(self.data), generator=self.data_rng)
+                order = torch.randperm(len(self.data), generator=self.data_rng, device="cpu").to(self.device)
                 sums: dict[str, float] = {}
                 for b in range(per_epoch):
                     idx = order[b * self.cfg.batch_size : (b + 1) * self.cfg.batch_size]
-                    log = self.train_step(self.data.subset(idx))
+                    with self.precision():
+                        log = self.train_step(self.data.subset(idx))
                     self.step += 1
                     for k, v in log.items():
                         sums[k] = sums.get(k, 0.0) + v

@@ -79,31 +79,34 @@ def train_evaluators(
     noise: float = 0.15,
     seed: int = 0,
     progress: bool = True,
+    device: str | torch.device = "cpu",
 ) -> dict[str, Evaluator]:
-    """Train the three evaluators jointly on fresh ground-truth batches (noise std ~ U(0, noise))."""
+    """Train the three evaluators jointly on fresh ground-truth batches (noise std ~ U(0, noise)),
+    drawn on the CPU (the same on every device) and trained on ``device``; returned on the CPU."""
     from tqdm.auto import tqdm
 
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed + 1)
-    models = {f: Evaluator(len(v)) for f, v in world.FACTORS.items()}
+    gen = torch.Generator(device="cpu").manual_seed(seed + 1)
+    with torch.device("cpu"):  # seeded weights, the same on every device
+        models = {f: Evaluator(len(v)) for f, v in world.FACTORS.items()}
+    models = {f: m.to(device) for f, m in models.items()}
     params = [p for m in models.values() for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     bar = tqdm(range(steps), desc="evaluators", disable=not progress, mininterval=5)
     for _ in bar:
-        b = world.sample(batch_size, gen)
-        sigma = noise * torch.rand(batch_size, 1, 1, 1, generator=gen)
-        x = b.images + sigma * torch.randn(b.images.shape, generator=gen)
-        labels = b.labels()
+        with torch.device("cpu"):
+            b = world.sample(batch_size, gen)
+            sigma = noise * torch.rand(batch_size, 1, 1, 1, generator=gen)
+            x = (b.images + sigma * torch.randn(b.images.shape, generator=gen)).to(device)
+            labels = {f: v.to(device) for f, v in b.labels().items()}
         loss = sum(F.cross_entropy(m(x), labels[f]) for f, m in models.items())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-    for m in models.values():
-        m.eval()
-    return models
+    return {f: m.cpu().eval() for f, m in models.items()}
 
 
 def evaluate(

@@ -136,16 +136,18 @@ def rotary_embedding(transformer, length: int = world.N_TOKENS, theta: float = R
 def encode_text(text_encoder, tokenizer, prompts: list[str]):
     """-> (cross-attention states B x L x 64, global states B x 1 x 64)."""
     device = next(text_encoder.parameters()).device
-    ids = tokenizer(
-        list(prompts), padding="max_length", max_length=world.MAX_LENGTH, truncation=True, return_tensors="pt"
-    ).input_ids.to(device)
+    with torch.device("cpu"):  # the tokenizer makes its tensors on the default device
+        ids = tokenizer(
+            list(prompts), padding="max_length", max_length=world.MAX_LENGTH, truncation=True, return_tensors="pt"
+        ).input_ids
+    ids = ids.to(device)
     out = text_encoder(ids)
     return out.last_hidden_state, out.pooler_output[:, None, :]
 
 
 def denoise(transformer, x, t, states, pooled, rope):
     """One call of the DiT with the continuous timestep ``t / 1000``."""
-    tt = torch.as_tensor(t, dtype=torch.float32).reshape(-1).expand(x.shape[0]) / TIME_SCALE
+    tt = torch.as_tensor(t, dtype=torch.float32, device=x.device).reshape(-1).expand(x.shape[0]) / TIME_SCALE
     return transformer(
         x, tt, encoder_hidden_states=states, global_hidden_states=pooled, rotary_embedding=rope, return_dict=False
     )[0]

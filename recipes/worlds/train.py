@@ -13,6 +13,11 @@ schedule, epsilon prediction), AdamW lr 1e-3, batch 64, gradient clipping at 1, 
 EMA weights are what is saved. About 2.6 it/s on 2 CPU cores. The evaluators (three CNNs) train
 first, in about 2-3 minutes.
 
+``--device`` (default cpu) trains there: models, optimiser and EMA live on it; batches, timesteps
+and noise are drawn on the CPU from the seeded generator (the same on every device) and moved;
+``--dtype bfloat16`` autocasts the forward passes (default float32, what the shipped checkpoints
+used). ``training.json`` records both.
+
 Only safetensors and JSON are written. The output folder receives the EMA pipeline (and the
 evaluators) every ``--save-every`` steps; the resumable training state (raw weights, EMA, AdamW
 moments, RNG state) goes to ``--state`` (default ``~/.cache/interventions/train_state/``), which
@@ -22,6 +27,7 @@ is not meant to be shipped.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -61,9 +67,9 @@ def _save_state(path: Path, step, unet, text, ema_unet, ema_text, opt, gen, extr
     path.mkdir(parents=True, exist_ok=True)
     t = {}
     for prefix, m in (("unet.", unet), ("text.", text), ("ema_unet.", ema_unet), ("ema_text.", ema_text)):
-        t.update({prefix + k: v.detach().clone().contiguous() for k, v in m.state_dict().items()})
+        t.update({prefix + k: v.detach().cpu().clone().contiguous() for k, v in m.state_dict().items()})
     opt_t, groups = _flatten_optimizer(opt)
-    t.update(opt_t)
+    t.update({k: v.cpu() for k, v in opt_t.items()})
     t["rng"] = gen.get_state()
     meta = {"step": str(step), "param_groups": groups, "extra": json.dumps(extra)}
     tmp = path / "state.safetensors.tmp"
@@ -118,7 +124,7 @@ def _setup_training(args, models, state_dir: Path, reset_lr: bool):
     """Data generator, frozen EMA copies, AdamW over the trainable parameters, and the step, history
     and total of this invocation (restored from ``state_dir`` with ``--resume``; ``reset_lr`` sets
     ``--lr`` again after a resume)."""
-    gen = torch.Generator().manual_seed(args.seed + 10)
+    gen = torch.Generator(device="cpu").manual_seed(args.seed + 10)
     emas = tuple(copy.deepcopy(m).eval().requires_grad_(False) for m in models)
     params = [p for m in models for p in m.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr)
@@ -145,8 +151,11 @@ def _train_loop(args, *, desc, step, total, models, emas, params, opt, loss, sav
     t0 = time.time()
     bar = tqdm(total=total, initial=step, desc=desc, mininterval=10, smoothing=0.05)
     running = None
+    device = next(models[0].parameters()).device
+    dtype = getattr(torch, args.dtype)
     while step < total:
-        value = loss()
+        with torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext():
+            value = loss()
         opt.zero_grad(set_to_none=True)
         value.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -163,13 +172,63 @@ def _train_loop(args, *, desc, step, total, models, emas, params, opt, loss, sav
         bar.set_postfix(loss=f"{running:.4f}", refresh=False)
         if step % args.log_every == 0:
             print(f"\nstep {step} loss {running:.4f} elapsed {time.time() - t0:.0f} s", flush=True)
-        if step % args.save_every == 0 or step == total:
-            save(step, time.time() - t0)
-        if args.eval_every and (step % args.eval_every == 0 or step == total):
-            evaluate(step)
-            save(step, time.time() - t0)
+        with torch.device("cpu"):  # saving and evaluating work on CPU copies (_on_cpu)
+            if step % args.save_every == 0 or step == total:
+                save(step, time.time() - t0)
+            if args.eval_every and (step % args.eval_every == 0 or step == total):
+                evaluate(step)
+                save(step, time.time() - t0)
     bar.close()
     return time.time() - t0
+
+
+def _on_cpu(*modules: torch.nn.Module) -> tuple[torch.nn.Module, ...]:
+    """CPU copies of the (EMA) modules to save and evaluate (themselves when they are on the CPU)."""
+    return tuple(m if next(m.parameters()).device.type == "cpu" else copy.deepcopy(m).cpu() for m in modules)
+
+
+def shapes_loss(unet, text, tokenizer, alphas, batch_size: int, p_uncond: float, gen: torch.Generator):
+    """One shapes batch's epsilon-prediction loss: the renders, dropped prompts, timesteps and noise
+    drawn on the CPU from ``gen`` (the same on every device), the models run on their device."""
+    from . import shapes as world
+
+    device = alphas.device
+    with torch.device("cpu"):
+        b = world.sample(batch_size, gen)
+        drop = torch.rand(batch_size, generator=gen) < p_uncond
+        t = torch.randint(0, alphas.shape[0], (batch_size,), generator=gen)
+        noise = torch.randn(b.images.shape, generator=gen)
+        prompts = ["" if d else p for p, d in zip(b.prompts, drop.tolist(), strict=False)]
+        ids = tokenizer(
+            prompts, padding="max_length", max_length=world.MAX_LENGTH, truncation=True, return_tensors="pt"
+        )
+    t, noise, images = t.to(device), noise.to(device), b.images.to(device)
+    a = alphas[t].view(-1, 1, 1, 1)
+    x_t = a.sqrt() * images + (1 - a).sqrt() * noise
+    pred = unet(x_t, t, encoder_hidden_states=text(ids.input_ids.to(device))[0]).sample
+    return F.mse_loss(pred.float(), noise)
+
+
+def tones_loss(transformer, text, tokenizer, alphas, rope, batch_size: int, p_uncond: float, gen: torch.Generator):
+    """One tones batch's v-prediction loss, drawn on the CPU like :func:`shapes_loss`."""
+    from . import tones as world
+    from . import tones_model as tm
+
+    device = alphas.device
+    with torch.device("cpu"):
+        f = world.sample_factors(batch_size, gen)
+        x0 = world.represent(f)
+        prompts = world.make_prompts(f, gen)
+        drop = torch.rand(batch_size, generator=gen) < p_uncond
+        t = torch.randint(0, alphas.shape[0], (batch_size,), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+    prompts = ["" if d else p for p, d in zip(prompts, drop.tolist(), strict=False)]
+    t, noise, x0 = t.to(device), noise.to(device), x0.to(device)
+    a = alphas[t].view(-1, 1, 1)
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    target = a.sqrt() * noise - (1 - a).sqrt() * x0  # v
+    states, pooled = tm.encode_text(text, tokenizer, prompts)
+    return F.mse_loss(tm.denoise(transformer, x_t, t.float(), states, pooled, rope).float(), target)
 
 
 def train_shapes(args) -> None:
@@ -188,7 +247,7 @@ def train_shapes(args) -> None:
     have_eval = (out / "evaluators" / "config.json").exists()
     if not args.skip_evaluators and not (args.resume and have_eval):
         t0 = time.time()
-        ev = shapes_eval.train_evaluators(seed=args.seed)
+        ev = shapes_eval.train_evaluators(seed=args.seed, device=args.device)
         acc = shapes_eval.evaluate(ev)
         acc_noisy = shapes_eval.evaluate(ev, noise=0.1)
         secs = time.time() - t0
@@ -210,15 +269,18 @@ def train_shapes(args) -> None:
     )
 
     # ---- denoiser + text encoder ----------------------------------------------------------
+    device = torch.device(args.device)
     torch.manual_seed(args.seed)
-    unet, text = sm.build_unet(), sm.build_text_encoder()
+    with torch.device("cpu"):  # seeded weights, the same on every device
+        unet, text = sm.build_unet(), sm.build_text_encoder()
+        noise_sched = sm.build_train_scheduler()
+    unet, text = unet.to(device), text.to(device)
     tokenizer = world.build_tokenizer()
-    noise_sched = sm.build_train_scheduler()
     gen, (ema_unet, ema_text), params, opt, step, history, total = _setup_training(
         args, (unet, text), state_dir, reset_lr=True
     )
     seg_start = step
-    alphas = noise_sched.alphas_cumprod
+    alphas = noise_sched.alphas_cumprod.to(device)
 
     def lr_at(step_now):
         """Constant ``--lr``; with ``--lr-final``, a cosine decay over this invocation's steps."""
@@ -228,31 +290,28 @@ def train_shapes(args) -> None:
         return args.lr_final + (args.lr - args.lr_final) * 0.5 * (1 + math.cos(math.pi * frac))
 
     def loss():
-        b = world.sample(args.batch_size, gen)
-        drop = torch.rand(args.batch_size, generator=gen) < args.p_uncond
-        prompts = ["" if d else p for p, d in zip(b.prompts, drop.tolist(), strict=False)]
-        ids = tokenizer(
-            prompts, padding="max_length", max_length=world.MAX_LENGTH, truncation=True, return_tensors="pt"
-        ).input_ids
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (args.batch_size,), generator=gen)
-        noise = torch.randn(b.images.shape, generator=gen)
-        a = alphas[t].view(-1, 1, 1, 1)
-        x_t = a.sqrt() * b.images + (1 - a).sqrt() * noise
-        pred = unet(x_t, t, encoder_hidden_states=text(ids)[0]).sample
-        return F.mse_loss(pred, noise)
+        return shapes_loss(unet, text, tokenizer, alphas, args.batch_size, args.p_uncond, gen)
 
     def save(step_now, seg_seconds):
-        pipe = sm.build_pipeline(unet=ema_unet, text_encoder=ema_text, tokenizer=tokenizer)
+        pipe = sm.build_pipeline(*_on_cpu(ema_unet, ema_text), tokenizer=tokenizer)
         sm.save_pipeline(pipe, out)
         hist = _with_segment(history, command, seg_start, step_now, seg_seconds)
         _save_state(state_dir, step_now, unet, text, ema_unet, ema_text, opt, gen, hist)
-        info = {"steps": step_now, "seed": args.seed, "batch_size": args.batch_size, "lr": args.lr, "history": hist}
+        info = {
+            "steps": step_now,
+            "seed": args.seed,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "device": str(device),
+            "dtype": args.dtype,
+            "history": hist,
+        }
         (out / "training.json").write_text(json.dumps(info, indent=2) + "\n")
 
     def evaluate(step_now):
         if evaluators is None or args.eval_n <= 0:
             return
-        pipe = sm.build_pipeline(unet=ema_unet, text_encoder=ema_text, tokenizer=tokenizer)
+        pipe = sm.build_pipeline(*_on_cpu(ema_unet, ema_text), tokenizer=tokenizer)
         t0 = time.time()
         res = measure(pipe, evaluators, n=args.eval_n, scales=(1.0, 3.0), steps=25, seed=7)
         short = {
@@ -292,33 +351,25 @@ def train_tones(args) -> None:
     command = "python -m recipes.worlds.train " + " ".join(sys.argv[1:])
     t_start = time.time()
 
+    device = torch.device(args.device)
     torch.manual_seed(args.seed)
-    tr, text = tm.build_transformer(), tm.build_text_encoder()
+    with torch.device("cpu"):  # seeded weights, the same on every device
+        tr, text = tm.build_transformer(), tm.build_text_encoder()
+        rope = tm.rotary_embedding(tr)
+        noise_sched = tm.build_train_scheduler()
+    tr, text, rope = tr.to(device), text.to(device), tuple(r.to(device) for r in rope)
     tokenizer = world.build_tokenizer()
-    noise_sched = tm.build_train_scheduler()
     gen, (ema_tr, ema_text), params, opt, step, history, total = _setup_training(
         args, (tr, text), state_dir, reset_lr=False
     )
     seg_start = step
-    alphas = noise_sched.alphas_cumprod
-    rope = tm.rotary_embedding(tr)
+    alphas = noise_sched.alphas_cumprod.to(device)
 
     def ema_model():
-        return tm.TonesModel(ema_tr, ema_text, tokenizer, tm.build_scheduler())
+        return tm.TonesModel(*_on_cpu(ema_tr, ema_text), tokenizer, tm.build_scheduler())
 
     def loss():
-        f = world.sample_factors(args.batch_size, gen)
-        x0 = world.represent(f)
-        prompts = world.make_prompts(f, gen)
-        drop = torch.rand(args.batch_size, generator=gen) < args.p_uncond
-        prompts = ["" if d else p for p, d in zip(prompts, drop.tolist(), strict=False)]
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (args.batch_size,), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
-        a = alphas[t].view(-1, 1, 1)
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        target = a.sqrt() * noise - (1 - a).sqrt() * x0  # v
-        states, pooled = tm.encode_text(text, tokenizer, prompts)
-        return F.mse_loss(tm.denoise(tr, x_t, t.float(), states, pooled, rope), target)
+        return tones_loss(tr, text, tokenizer, alphas, rope, args.batch_size, args.p_uncond, gen)
 
     def save(step_now, seg_seconds):
         hist = _with_segment(history, command, seg_start, step_now, seg_seconds)
@@ -329,6 +380,8 @@ def train_tones(args) -> None:
             "lr": args.lr,
             "p_uncond": args.p_uncond,
             "ema": args.ema,
+            "device": str(device),
+            "dtype": args.dtype,
             "history": hist,
         }
         tm.save_model(ema_model(), out, extra=info)
@@ -389,6 +442,8 @@ def main(argv=None) -> None:
         help="torch intra-op threads (default: torch's choice). On a shared machine "
         "1 is much faster: 2 threads under contention ran 5-10x slower",
     )
+    ap.add_argument("--device", default="cpu", help="where to train: cpu, cuda, ... (default cpu)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="autocast precision")
     ap.add_argument("--skip-evaluators", action="store_true")
     ap.add_argument("--only-evaluators", action="store_true")
     args = ap.parse_args(argv)
