@@ -13,6 +13,7 @@ model, diffusion pipelines with their denoising steps and CFG branches included.
 True
 """
 
+from .attribution import activation_patching, attribution_patching
 from .context import Context, When
 from .errors import (
     AdapterError,
@@ -25,10 +26,12 @@ from .errors import (
     StopForward,
     StoreError,
 )
+from .heads import eager_attention, head_sites, pattern_sites
 from .hooks import Ablate, AddVector, Cache, EditGrad, Grads, Hook, Lambda, Patch, SAEEdit
 from .session import Session, attach
 from .sites import Site, SiteError, SiteNotFoundError
 from .store import DiskStore, MemoryStore
+from .trainable import DAS, LoReFT
 
 __version__ = "0.1.0"
 
@@ -39,6 +42,7 @@ __all__ = [
     "Cache",
     "CompiledModelError",
     "Context",
+    "DAS",
     "DiskStore",
     "EditGrad",
     "Grads",
@@ -46,6 +50,7 @@ __all__ = [
     "HookError",
     "InterventionError",
     "Lambda",
+    "LoReFT",
     "MemoryStore",
     "Patch",
     "SAEEdit",
@@ -59,5 +64,10 @@ __all__ = [
     "StopForward",
     "StoreError",
     "When",
+    "activation_patching",
     "attach",
+    "attribution_patching",
+    "eager_attention",
+    "head_sites",
+    "pattern_sites",
 ]

@@ -254,10 +254,11 @@ _PLAIN_PROCESSORS = ("AttnProcessor", "AttnProcessor2_0", "AttnProcessorNPU", "F
 
 
 @contextmanager
-def eager_attention(model: nn.Module, only: Sequence[str] | None = None) -> Iterator[list[str]]:
+def eager_attention(model: nn.Module, only: Sequence[str] | None = None, prefix: str = "") -> Iterator[list[str]]:
     """Run diffusers ``Attention`` modules through :class:`ProbsProcessor` inside the block; yields
     the probability sites. ``only``: attention paths (or path substrings, e.g. ``"attn2"`` for
-    cross-attention) to switch, default all. The original processors are restored on exit, also
+    cross-attention) to switch, default all; ``prefix`` is prepended to the sites (``"unet."`` to
+    attach to the pipeline). The original processors are restored on exit, also
     on an exception. Attach sessions *inside* the block (the sites exist only there).
 
     Refused by name: an attention running a processor other than diffusers' plain one (IP-Adapter,
@@ -282,7 +283,7 @@ def eager_attention(model: nn.Module, only: Sequence[str] | None = None) -> Iter
     try:
         for _, m in chosen:
             m.set_processor(ProbsProcessor())
-        yield [f"{p}.processor.probs" for p, _ in chosen]
+        yield [f"{prefix}{p}.processor.probs" for p, _ in chosen]
     finally:
         for m, proc in saved:
             m.set_processor(proc)

@@ -215,3 +215,35 @@ def test_eager_attention_restores_processors_on_error_and_refuses_custom_ones():
             pass
     with eager_attention(unet, only=["attn2"]):
         pass
+
+
+def test_pipeline_cross_attention_maps_per_cfg_branch():
+    pipe = sd_pipeline()
+    cache = Cache()
+    with eager_attention(pipe.unet, only=["attn2"], prefix="unet.") as sites:
+        with attach(pipe, dict.fromkeys(sites, cache)):
+            pipe(["a red circle"], num_inference_steps=2, guidance_scale=3.0, output_type="pt")
+    site = "unet.mid_block.attentions.0.transformer_blocks.0.attn2.processor.probs"
+    assert site in sites and len(sites) == 4
+    cond, uncond = cache.get(site, step=1, branch="cond"), cache.get(site, step=1, branch="uncond")
+    assert cond.shape == uncond.shape == (1, 2, 16, 16)  # (row, heads, 4x4 pixels, 16 text tokens)
+    assert torch.allclose(cond.sum(-1), torch.ones(1, 2, 16), atol=1e-5)
+    assert not torch.allclose(cond, uncond)  # "a red circle" against the empty prompt
+    assert len(cache.keys()) == 4 * 2 * 2  # sites x steps x branches
+
+
+def test_unet_head_ablation_at_the_output_projection():
+    unet = sd_pipeline().unet
+    sample, t, text = _unet_inputs()
+    hs = next(h for h in head_sites(unet) if h.attention == "mid_block.attentions.0.transformer_blocks.0.attn2")
+    proj = hs.site.removesuffix(":input.0")
+    seen, after = Cache(), Cache()
+    with torch.no_grad():
+        with attach(unet, {hs.site: seen}):
+            base = unet(sample, t, text).sample
+        with attach(unet, {hs.site: Ablate(heads=[0], n_heads=hs.n_heads), proj: after}):
+            ablated = unet(sample, t, text).sample
+        z = seen[hs.site].clone()
+        z[..., : hs.head_dim] = 0
+        assert torch.allclose(after[proj], unet.get_submodule(proj)(z), atol=1e-6)
+    assert not torch.allclose(base, ablated)
