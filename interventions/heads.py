@@ -10,7 +10,9 @@ SDPA / flash kernels never form them. :func:`pattern_sites` names them, ``(batch
 keys)``, and refuses with the fix when they cannot be had:
 
 - transformers: the attention module's second output, filled by the eager path only: load with
-  ``from_pretrained(..., attn_implementation="eager")`` or call ``model.set_attn_implementation("eager")``;
+  ``from_pretrained(..., attn_implementation="eager")`` or call ``model.set_attn_implementation("eager")``.
+  The module returns them after using them, so there they are for reading (cache, attribution):
+  to change what attention does, patch or ablate per-head values;
 - diffusers ``Attention``: ``with eager_attention(unet):`` swaps in :class:`ProbsProcessor`, which
   computes ``softmax(q k^T * scale)`` explicitly and passes it through an identity module
   (``<attn>.processor.probs``, so it can be cached, patched or edited), and puts the original
@@ -159,7 +161,9 @@ def head_sites(model: nn.Module, prefix: str = "") -> list[HeadSite]:
 
 def pattern_sites(model: nn.Module, prefix: str = "") -> list[str]:
     """Sites of the attention probabilities ``(B, heads, queries, keys)``, one per attention module;
-    refused (:class:`PatternsUnavailableError`) with the fix where the model runs fused attention."""
+    refused (:class:`PatternsUnavailableError`) with the fix where the model runs fused attention.
+    On transformers models they are read-only (returned after use; see the module docstring); the
+    diffusers sites under :func:`eager_attention` feed the attention, so a patch there changes it."""
     if type(model).__module__.startswith("transformers"):
         impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
         if impl != "eager":

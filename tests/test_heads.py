@@ -247,3 +247,29 @@ def test_unet_head_ablation_at_the_output_projection():
         z[..., : hs.head_dim] = 0
         assert torch.allclose(after[proj], unet.get_submodule(proj)(z), atol=1e-6)
     assert not torch.allclose(base, ablated)
+
+
+def test_dit_self_attention_patterns():
+    from tests.tiny_models import dit_pipeline
+
+    dit = dit_pipeline().transformer
+    g = torch.Generator().manual_seed(0)
+    size = dit.config.sample_size
+    x, t, y = (
+        torch.randn(2, dit.config.in_channels, size, size, generator=g),
+        torch.tensor([10, 10]),
+        torch.tensor([1, 2]),
+    )
+    attn = "transformer_blocks.1.attn1"
+    assert head_sites(dit)[1].site == f"{attn}.to_out.0:input.0"
+    with torch.no_grad():
+        reference = dit(x, timestep=t, class_labels=y).sample
+        with eager_attention(dit) as sites:
+            cache = Cache()
+            with attach(dit, {sites[1]: cache, f"{attn}.to_q": cache, f"{attn}.to_k": cache}):
+                out = dit(x, timestep=t, class_labels=y).sample
+    assert torch.allclose(out, reference, atol=1e-5)
+    q = cache[f"{attn}.to_q"].unflatten(-1, (2, -1)).transpose(1, 2)
+    k = cache[f"{attn}.to_k"].unflatten(-1, (2, -1)).transpose(1, 2)
+    expected = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).softmax(-1)
+    assert torch.allclose(cache[sites[1]], expected, atol=1e-6)
