@@ -138,8 +138,9 @@ class Trainable(nn.Module):
                 "base_model": self.base_model or None,
                 "tags": ["trainable-intervention", self.kind],
                 "metrics": "\n".join(f"- {k}: {v:.4g}" for k, v in self.metrics.items()) or None,
-                "load_snippet": "from interventions.trainable import load\n"
-                'hook = load("<folder>")  # then attach(model, {hook.site: hook})',
+                "load_snippet": "from hub_cards import pull\nfrom interventions.trainable import load\n"
+                f'hook = load(pull("{card_fields.get("repo_id") or "<repo_id>"}"))\n'
+                "session = attach(model, {hook.site: hook})  # a context manager; exit it to remove the hook",
             }
             write_card(folder, "model", **{**fields, **card_fields})
 

@@ -183,3 +183,40 @@ def test_das_round_trip_and_damaged_folders_are_refused(tmp_path):
         load(tmp_path / "das")
     with pytest.raises(ValueError, match="0 < k <= d"):
         DAS(4, k=5)
+
+
+def test_pushed_das_comes_back_through_the_card_snippet(tmp_path, monkeypatch):
+    pytest.importorskip("huggingface_hub")
+    from huggingface_hub import ModelCard, constants
+
+    from hub_cards import push
+    from tests.hub_server import HubServer
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf_home" / "hub"))
+    model, q = planted()
+    das = DAS(8, k=1, site="0", base_model="planted product model (test)")
+    with torch.no_grad():
+        das.rotate.weight = q[:, :1].T.contiguous()
+    das.metrics = {"interchange_accuracy": 1.0}
+    das.save(tmp_path / "das", repo_id="org/das-planted")
+    with HubServer() as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setattr(constants, "ENDPOINT", server.url)
+        monkeypatch.setattr(
+            constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}"
+        )
+        push(tmp_path / "das", "org/das-planted")
+        snippet = ModelCard.load(tmp_path / "das" / "README.md").text.split("```python\n", 1)[1].split("```", 1)[0]
+        scope = {"model": model, "attach": attach}
+        exec(snippet, scope)
+    scope["session"].remove()  # attached as the card says; interchange attaches its own
+    hook = scope["hook"]
+    assert isinstance(hook, DAS) and hook.metrics == {"interchange_accuracy": 1.0}
+    assert torch.allclose(hook.rotation, das.rotation, atol=1e-6)
+    base, source = torch.randn(64, 3), torch.randn(64, 3)
+    with torch.no_grad():
+        got = interchange(model, hook.site, hook, base, source)[:, 0]
+    assert torch.allclose(got, counterfactual(base, source), atol=1e-4)  # the true direction: exact counterfactuals
