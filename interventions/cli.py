@@ -29,7 +29,10 @@ RECIPES: dict[str, tuple[str, str]] = {
     "sdi_gan": ("recipes.sdi_gan:main", "SDI-GAN fast calorimeter simulation (arXiv 2406.03263)"),
     "expertsim": ("recipes.expertsim:main", "ExpertSim mixture of generative experts (arXiv 2508.20991)"),
     "taba": ("recipes.taba.cli:main", "There and Back Again: noise, DDIM samples, inversions (arXiv 2410.23530)"),
-    "saeuron": ("recipes.saeuron.run:main", "SAeUron concept unlearning with SAEs on the shapes world (arXiv 2501.18052)"),
+    "saeuron": (
+        "recipes.saeuron.run:main",
+        "SAeUron concept unlearning with SAEs on the shapes world (arXiv 2501.18052)",
+    ),
 }
 
 
