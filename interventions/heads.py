@@ -173,19 +173,37 @@ def pattern_sites(model: nn.Module, prefix: str = "") -> list[str]:
                 "model.set_attn_implementation('eager') first"
             )
         return [f"{prefix}{p}:output.1" for p, _ in _attentions(model)]
-    sites, fused = [], []
+    sites: list[str] = []
+    plain: list[str] = []
+    other: list[str] = []
     for path, m in _diffusers_attentions(model):
+        name = type(m.processor).__name__
         if isinstance(m.processor, ProbsProcessor):
             sites.append(f"{prefix}{path}.processor.probs")
         else:
-            fused.append(f"{path} ({type(m.processor).__name__})")
-    if fused:
+            (plain if name in _PLAIN_PROCESSORS else other).append(f"{path} ({name})")
+    if other:
         raise PatternsUnavailableError(
-            f"{len(fused)} attention module(s) run a processor that never forms the probabilities, e.g. "
-            f"{fused[:2]}; run the model inside `with interventions.heads.eager_attention(model):`"
+            f"{len(other)} attention module(s) run a processor that never forms the probabilities and that "
+            f"ProbsProcessor cannot stand in for (it reproduces diffusers' plain AttnProcessor only), e.g. {other[:2]}; "
+            "attention patterns are not available there (per-head values are: head_sites(model))"
+        )
+    if plain:
+        raise PatternsUnavailableError(
+            f"{len(plain)} attention module(s) run fused attention, which never forms the probabilities, e.g. "
+            f"{plain[:2]}; run the model inside `with interventions.heads.eager_attention(model):`"
         )
     if not sites:
-        raise PatternsUnavailableError(f"no transformers or diffusers attention module found in {type(model).__name__}")
+        found = sorted({type(m).__name__ for m in model.modules() if _is_attention(m)})
+        raise PatternsUnavailableError(
+            f"no transformers model or diffusers Attention module in {type(model).__name__}"
+            + (
+                f": its attention ({', '.join(found)}) computes through a fused kernel without probabilities"
+                if found
+                else ""
+            )
+            + "; attention patterns are not available there (per-head values may be: head_sites(model))"
+        )
     return sites
 
 
@@ -270,9 +288,11 @@ def eager_attention(model: nn.Module, only: Sequence[str] | None = None, prefix:
     """
     chosen = [(p, m) for p, m in _diffusers_attentions(model) if only is None or any(o in p for o in only)]
     if not chosen:
+        found = sorted({type(m).__name__ for m in model.modules() if _is_attention(m)})
         raise InterventionError(
             f"eager_attention: no diffusers Attention module in {type(model).__name__}"
             + (f" matches {list(only)}" if only else "")
+            + (f" (its attention classes: {', '.join(found)}, not supported)" if found and not only else "")
             + "; transformers models take attn_implementation='eager' instead"
         )
     other = [
@@ -280,8 +300,9 @@ def eager_attention(model: nn.Module, only: Sequence[str] | None = None, prefix:
     ]
     if other:
         raise InterventionError(
-            f"eager_attention: {len(other)} attention module(s) run a custom processor ({other[:2]}); replacing it "
-            "would change the model. Pass only=[...] to leave them out"
+            f"eager_attention: {len(other)} attention module(s) run a processor other than diffusers' plain one "
+            f"({other[:2]}: joint / IP-Adapter / LoRA / custom), which ProbsProcessor would replace with plain "
+            "attention and so change the model. Pass only=[...] to switch the plain ones alone"
         )
     saved = [(m, m.processor) for _, m in chosen]
     try:

@@ -210,7 +210,7 @@ def test_eager_attention_restores_processors_on_error_and_refuses_custom_ones():
         raise RuntimeError("boom")
     assert unet.attn_processors == before
     unet.get_submodule("mid_block.attentions.0.transformer_blocks.0.attn1").set_processor(Custom())
-    with pytest.raises(InterventionError, match=r"custom processor.*only=\["):
+    with pytest.raises(InterventionError, match=r"other than diffusers. plain one.*only=\["):
         with eager_attention(unet):
             pass
     with eager_attention(unet, only=["attn2"]):
@@ -273,3 +273,21 @@ def test_dit_self_attention_patterns():
     k = cache[f"{attn}.to_k"].unflatten(-1, (2, -1)).transpose(1, 2)
     expected = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).softmax(-1)
     assert torch.allclose(cache[sites[1]], expected, atol=1e-6)
+
+
+def test_patterns_refused_by_name_where_no_processor_forms_them():
+    from tests.tiny_models import flux_pipeline, sd3_pipeline
+
+    sd3 = sd3_pipeline().transformer  # joint (MMDiT) attention: JointAttnProcessor2_0
+    with pytest.raises(PatternsUnavailableError, match=r"JointAttnProcessor2_0.*per-head values are: head_sites"):
+        pattern_sites(sd3)
+    with pytest.raises(InterventionError, match="JointAttnProcessor2_0"):
+        with eager_attention(sd3):
+            pass
+    flux = flux_pipeline().transformer  # FluxAttention: no diffusers Attention at all
+    with pytest.raises(PatternsUnavailableError, match=r"FluxAttention"):
+        pattern_sites(flux)
+    with pytest.raises(InterventionError, match=r"FluxAttention, not supported"):
+        with eager_attention(flux):
+            pass
+    assert head_sites(flux)[0].site == "transformer_blocks.0.attn.to_out.0:input.0"  # per-head values still work
