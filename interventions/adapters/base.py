@@ -78,7 +78,7 @@ def wrap_attribute(obj: Any, name: str, make: Callable[[Callable[..., Any]], Cal
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         return (inner if layer.active else below)(*args, **kwargs)
 
-    functools.update_wrapper(wrapper, inner, updated=())  # signature and name of the wrapped
+    looks_like(wrapper, inner)
     wrapper._layer = layer  # type: ignore[attr-defined]
     setattr(obj, name, wrapper)
 
@@ -96,14 +96,24 @@ def before(callback: Callable[[], None]) -> Callable[[Callable[..., Any]], Calla
     """A ``make`` for :func:`wrap_attribute`: run ``callback`` before each call of the original."""
 
     def make(original: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(original)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             callback()
             return original(*args, **kwargs)
 
-        return wrapper
+        return looks_like(wrapper, original)
 
     return make
+
+
+def looks_like(wrapper: Callable[..., Any], wrapped: Callable[..., Any]) -> Callable[..., Any]:
+    """``wrapper`` with the name and signature of ``wrapped`` (``inspect.signature`` follows
+    ``__wrapped__``: diffusers reads ``scheduler.step``'s parameters). What ``functools.wraps``
+    does that matters here, at a tenth of its cost: sessions wrap several methods per attach."""
+    wrapper.__wrapped__ = wrapped  # type: ignore[attr-defined]
+    wrapper.__name__ = getattr(wrapped, "__name__", wrapper.__name__)
+    wrapper.__qualname__ = getattr(wrapped, "__qualname__", wrapper.__qualname__)
+    wrapper.__doc__ = getattr(wrapped, "__doc__", None)
+    return wrapper
 
 
 def _unwind(obj: Any, name: str) -> None:
