@@ -5,7 +5,7 @@ without the fix, sample / inversion grids, and the training-dynamics curves.
 >>> from recipes.taba.plots import plot_dynamics
 >>> fig = plot_dynamics({"train_steps": [1, 2], "curves": {"match_final": [0.5, 1.0]}, "stable_from": {}})
 >>> len(fig.axes)
-1
+2
 """
 
 from __future__ import annotations
@@ -49,20 +49,25 @@ def plot_measurements(result: dict, title: str = "") -> Any:
 
 
 def plot_dynamics(dyn: dict, title: str = "") -> Any:
-    """Each curve of :func:`recipes.taba.experiment.training_dynamics` against the training step
-    (log x), a dotted line where it stabilises."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    """The curves of :func:`recipes.taba.experiment.training_dynamics` against the training step
+    (log x): accuracies left, distances (log y) right; a dotted line where a curve stabilises."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     steps = dyn["train_steps"]
     for name, values in dyn["curves"].items():
+        ax = axes[0] if all(0 <= v <= 1 for v in values) and name != "to_final" else axes[1]
         (line,) = ax.plot(steps, values, marker="o", label=name)
         at = dyn["stable_from"].get(name)
         if at is not None:
             ax.axvline(at, color=line.get_color(), ls=":", lw=1)
-    ax.set_xscale("log")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("accuracy / relative distance")
-    ax.legend(fontsize=8)
-    ax.set_title(title)
+    axes[0].set_ylabel("nearest-neighbour accuracy")
+    axes[1].set_ylabel("distance to the final samples / their spread")
+    axes[1].set_yscale("symlog", linthresh=0.1)
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("training step")
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.suptitle(title)
     fig.tight_layout()
     return fig
 
