@@ -1,12 +1,13 @@
 """``interventions run saeuron``: unlearn styles and shapes on the shapes world, with baselines.
 
-For every held-out seed and every removal (each style, each shape, then several at once), on the
-canonical prompts and on paraphrases (other templates, synonyms: never used to select features),
-it generates with the plain model, SAeUron, the negative-prompt baseline and the block-ablation
-baseline, all from the same noise, and scores UA / IRA / CRA and the kept images' feature distance::
+For every held-out seed and every removal (each style, each shape, then pairs at once) on the
+canonical prompts it generates with the plain model, SAeUron, the negative-prompt baseline and the
+block-ablation baseline, all from the same noise; single removals also on paraphrases (other
+templates and synonyms, never used to select features) with SAeUron and the negative prompt. It
+scores UA / IRA / CRA and the kept images' feature distance::
 
-    interventions run saeuron --out runs/saeuron                     # ~30 min on one thread
-    interventions run saeuron --kind style --seeds 1000 --quick      # one seed, single removals
+    interventions run saeuron --kind style --out runs/saeuron_style   # 3 seeds, 69 runs of 64 images
+    interventions run saeuron --kind style --seeds 1000 --quick       # one seed, single removals, canonical
 
 Writes ``metrics.json`` (every run's numbers, per seed, then means) when ``--out``
 is given; prints the summary table. Errors (an unknown concept or factor, an SAE of another site
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,7 @@ from .train import SELECTION_SEEDS
 __all__ = ["DEFAULTS", "removals", "evaluate", "summarise", "main"]
 
 #: chosen on the selection seeds (100, 101) with the sweep in recipes/results/README.md
-DEFAULTS = {"style": (99.5, -1.0), "shape": (99.5, -1.0)}
+DEFAULTS = {"style": (99.8, -1.0), "shape": (99.0, -1.0)}
 MULTI = {"style": [("stripes", "dots"), ("solid", "checker")], "shape": [("circle", "square"), ("triangle", "cross")]}
 
 
@@ -56,27 +58,33 @@ def evaluate(
     paraphrases: bool = True,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Every (seed, prompt set, removal, method) run's metrics, one dict each."""
-    sets = {"canonical": cs.canonical()} | ({"paraphrase": cs.paraphrase()} if paraphrases else {})
-    rows: list[dict[str, Any]] = []
+    """Every (seed, prompt set, removal, method) run's metrics, one dict each. Canonical prompts:
+    every removal with SAeUron, the negative prompt and block ablation; paraphrases (single
+    removals only): SAeUron and the negative prompt."""
     kinds = {cs.kind_of(r[0]): r for r in todo}
-    bar = tqdm(
-        total=len(seeds) * len(sets) * (1 + len(kinds) + 2 * len(todo)), desc="saeuron runs", disable=not progress
-    )
+    plans = [("canonical", cs.canonical(), todo, True)]
+    if paraphrases:
+        plans.append(("paraphrase", cs.paraphrase(), [r for r in todo if len(r) == 1], False))
+    total = sum(1 + len(kinds) * ablate + 2 * len(rs) for _, _, rs, ablate in plans)
+    bar = tqdm(total=len(seeds) * total, desc="saeuron runs", disable=not progress)
+    rows: list[dict[str, Any]] = []
     for seed in seeds:
-        for name, prompts in sets.items():
+        for name, prompts, removes, ablate in plans:
             reference = model.generate(prompts, seed)
-            ablated = {kind: model.generate(prompts, seed, "block_ablation", r) for kind, r in kinds.items()}
-            bar.update(1 + len(kinds))
-            for remove in todo:
+            ablated = (
+                {k: model.generate(prompts, seed, "block_ablation", r) for k, r in kinds.items()} if ablate else {}
+            )
+            bar.update(1 + len(ablated))
+            for remove in removes:
                 kind = cs.kind_of(remove[0])
                 pct, mult = settings[kind]
                 runs = {
                     "none": reference,
                     "saeuron": model.generate(prompts, seed, "saeuron", remove, pct, mult),
                     "negative_prompt": model.generate(prompts, seed, "negative_prompt", remove),
-                    "block_ablation": ablated[kind],
                 }
+                if ablate:
+                    runs["block_ablation"] = ablated[kind]
                 bar.update(2)
                 for method, images in runs.items():
                     m = model.metrics(images, prompts, remove, reference if method != "none" else None)
@@ -149,7 +157,13 @@ def main(argv: list[str] | None = None) -> int:
         todo = removals(kinds, not args.quick, tuple(args.remove) if args.remove else None)
     except (KeyError, ValueError) as e:
         p.error(str(e).strip("'\""))
-    settings = {k: (args.percentile or v[0], args.multiplier or v[1]) for k, v in DEFAULTS.items()}
+    missing = sorted({cs.kind_of(r[0]) for r in todo} - {k for k in world.FACTORS if (Path(args.sae) / k).is_dir()})
+    if missing:
+        p.error(f"no SAE for {', '.join(missing)} in {args.sae} (one subfolder per kind)")
+    settings = {
+        k: (v[0] if args.percentile is None else args.percentile, v[1] if args.multiplier is None else args.multiplier)
+        for k, v in DEFAULTS.items()
+    }
     torch.set_num_threads(args.threads)
     t0 = time.time()
     model = SAeUron.shipped(args.model, args.sae)
@@ -160,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         record = {
-            "command": "interventions run saeuron " + " ".join(argv or []),
+            "command": "interventions run saeuron " + " ".join(sys.argv[1:] if argv is None else argv),
             "settings": settings,
             "seconds": round(time.time() - t0),
         }

@@ -40,7 +40,11 @@ def sweep(
                     got.append(model.metrics(images, prompts, (c,), refs[seed]))
             mean = {m: sum(g[m] for g in got) / len(got) for m in ("UA", "IRA", "CRA", "distance")}
             rows.append({"percentile": pct, "multiplier": mult, **mean, "runs": got})
-            print(f"{pct:g} {mult:g} " + " ".join(f"{m} {mean[m]:.3f}" for m in mean), flush=True)
+            each = " ".join(f"{g['UA']:.2f}/{g['IRA']:.2f}/{g['CRA']:.2f}" for g in got)
+            print(
+                f"{pct:g} {mult:g} " + " ".join(f"{m} {mean[m]:.3f}" for m in mean) + f" (UA/IRA/CRA per run: {each})",
+                flush=True,
+            )
     return rows
 
 
