@@ -20,6 +20,7 @@ MODULES = [
     "interventions.session",
     "interventions.steering",
     "interventions.store",
+    "interventions.subspace",
     "interventions.trainable",
     "interventions.testing",
     "hub_cards",
