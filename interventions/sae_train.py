@@ -199,8 +199,9 @@ def train_sae(
     cfg = config or TrainConfig()
     gen = torch.Generator().manual_seed(cfg.seed)  # a CPU generator: draws are the same on every device
 
-    def one_pass() -> Iterator[Tensor]:
-        return iter_tokens(source, layout=layout, site=site, branch=branch)
+    def one_pass() -> Iterator[Tensor]:  # in pieces of shuffle_tokens: a big tensor is never copied whole
+        for tokens in iter_tokens(source, layout=layout, site=site, branch=branch):
+            yield from tokens.split(cfg.shuffle_tokens)
 
     first = one_pass()
     head, straddling = _read_head(first, max(cfg.shuffle_tokens, cfg.eval_tokens or 0))
@@ -257,14 +258,14 @@ def train_sae(
         "dead_tokens": cfg.dead_tokens,
     }
     variance = eval_x.var(dim=0).sum().clamp_min(1e-12)
-    opt = torch.optim.Adam(
-        sae.parameters(), lr=lr, betas=(0.9, 0.999)
-    )  # not fused=True: it updated W_enc wrongly from the hand-written grads
+    # fused: one kernel for all four tensors (it needs each grad laid out as its parameter)
+    opt = torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999), fused=device.type in ("cpu", "cuda"))
     since_fired = torch.zeros(d_sae, dtype=torch.long, device=device)
     losses: list[Tensor] = []
     tokens_seen = 0
     bar = tqdm(total=cfg.steps, desc=f"SAE {kind} d_sae={d_sae}", disable=not cfg.progress)
     precision = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+    buffers = _Buffers()
     step = 0
     for x in _batches(chunks(), cfg, gen, device):
         if step >= cfg.steps:
@@ -272,15 +273,15 @@ def train_sae(
         for group in opt.param_groups:
             group["lr"] = lr * _lr_factor(step, cfg)
         dead = since_fired > cfg.dead_tokens
-        with precision:
-            if kind == "topk":  # gradients by hand: autograd's embedding_bag backward was half the step
-                loss, fired = _topk_step(sae, x, cfg, variance, dead, settings)
-            else:
+        if kind == "topk":  # gradients by hand: autograd's embedding_bag backward was half the step
+            loss, fired = _topk_step(sae, x, cfg, variance, dead, settings, buffers, dtype)
+        else:
+            opt.zero_grad(set_to_none=True)
+            with precision:
                 loss, fired = _loss(sae, x, cfg, variance, dead, settings)
-                loss.backward()
+            loss.backward()
         _remove_parallel_grad(sae)
         opt.step()
-        opt.zero_grad(set_to_none=True)
         sae.normalize_decoder()
         if kind == "jumprelu":
             with torch.no_grad():
@@ -348,16 +349,27 @@ def _without(chunks: Iterator[Tensor], positions: Tensor) -> Iterator[Tensor]:
 
 
 def _topk(acts: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Top ``k`` of non-negative ``acts`` per row, unsorted: compared as int32 (the same order for
-    non-negative floats), which torch's CPU topk does in two thirds of the float time; the values
-    are gathered from ``acts``, so gradients flow through them."""
+    """Top ``k`` of non-negative ``acts`` per row, unsorted, exactly; the values are gathered from
+    ``acts``, so gradients flow through them. Torch's CPU topk costs per row, so rows are made
+    short: compared as int32 (the same order for non-negative floats, two thirds of the float
+    time), the top ``k`` lie in the ``k`` groups of 4 with the largest maxima (a group holding one
+    has a maximum above all but ``k - 1`` others), and only those ``4k`` candidates are ranked."""
     if acts.dtype != torch.float32:
         return acts.topk(k, sorted=False)
-    idx = acts.detach().view(torch.int32).topk(k, sorted=False).indices
+    n, m = acts.shape
+    keys = acts.detach().view(torch.int32)
+    if m % 4 or m < 8 * k:
+        idx = keys.topk(k, sorted=False).indices
+    else:
+        groups = keys.view(n, m // 4, 4).amax(-1).topk(k, sorted=False).indices  # [n, k]
+        members = (groups.unsqueeze(-1) * 4 + torch.arange(4, device=acts.device)).view(n, 4 * k)
+        idx = members.gather(1, keys.gather(1, members).topk(k, sorted=False).indices)
     return acts.gather(1, idx), idx
 
 
-def _auxk(acts: Tensor, dead: Tensor, aux_k: int, w_dec: Tensor) -> tuple[Tensor, Tensor, Tensor, float] | None:
+def _auxk(
+    acts: Tensor, dead: Tensor, aux_k: int, w_dec: Tensor, out: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor, float] | None:
     """The AuxK reconstruction of the residual from the ``aux_k`` largest ReLU'd activations of
     dead latents: only dead latents compete and the loss is scaled down while fewer than ``aux_k``
     are dead (as in sparsify); the loss is divided by the residual's variance (as in Gao et al.;
@@ -366,53 +378,93 @@ def _auxk(acts: Tensor, dead: Tensor, aux_k: int, w_dec: Tensor) -> tuple[Tensor
     n_dead = int(dead.sum())
     if n_dead == 0:
         return None
-    values, idx = _topk(acts * dead, min(aux_k, n_dead))  # a live latent picked here has value 0
+    masked = torch.mul(acts, dead, out=out) if out is not None else acts * dead
+    values, idx = _topk(masked, min(aux_k, n_dead))  # a live latent picked here has value 0
     values = values.float()
     e_hat = F.embedding_bag(idx, w_dec, per_sample_weights=values, mode="sum")
     return values, idx, e_hat, min(n_dead / aux_k, 1.0)
 
 
+class _Buffers:
+    """Step-sized scratch tensors kept across steps: fresh ones cost page faults on the CPU (a
+    quarter of a step at d_sae 256). A ``zeros`` buffer is all zero when handed out; its user
+    zeroes again what it wrote (k entries a row, not the whole buffer)."""
+
+    def __init__(self) -> None:
+        self._tensors: dict[str, Tensor] = {}
+
+    def get(
+        self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, zeros: bool = False
+    ) -> Tensor:
+        t = self._tensors.get(name)
+        if t is None or t.shape != shape or t.dtype != dtype or t.device != device:
+            make = torch.zeros if zeros else torch.empty
+            t = self._tensors[name] = make(shape, dtype=dtype, device=device)
+        return t
+
+
 def _topk_step(
-    sae: SAE, x: Tensor, cfg: TrainConfig, variance: Tensor, dead: Tensor, settings: dict[str, float]
+    sae: SAE,
+    x: Tensor,
+    cfg: TrainConfig,
+    variance: Tensor,
+    dead: Tensor,
+    settings: dict[str, float],
+    buffers: _Buffers,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[Tensor, Tensor]:
     """One TopK step with its gradients written by hand into ``.grad``; returns (loss, fired).
 
     The same loss as :func:`_loss` (checked against autograd in the tests): ``|x_hat - x|^2 /
     variance`` plus AuxK, whose gradient, as in Gao et al., reaches the dead latents' encoder
     (sparsify's fused encoder drops it: there AuxK moves only decoder rows and revives few).
-    By hand because autograd's ``embedding_bag`` backward took half of a CPU step.
+    By hand because autograd's ``embedding_bag`` backward took half of a CPU step. The four
+    products of a batch with a weight run in ``dtype``; everything else in float32.
     """
-    n = x.shape[0]
+    n, shape, device, f32 = x.shape[0], (x.shape[0], sae.d_sae), x.device, torch.float32
     w_dec = sae.W_dec
+
+    def mm(a: Tensor, b: Tensor, name: str) -> Tensor:
+        out = buffers.get(name, (a.shape[0], b.shape[1]), dtype, device)
+        return torch.mm(a.to(dtype), b.to(dtype), out=out)
+
     with torch.no_grad():
-        xc = x - sae.b_dec
-        acts = torch.relu(torch.addmm(sae.b_enc, xc, sae.W_enc))
+        xc = torch.sub(x, sae.b_dec, out=buffers.get("xc", x.shape, f32, device))
+        acts = mm(xc, sae.W_enc, "acts").add_(sae.b_enc).clamp_(min=0)
         values, idx = _topk(acts, sae.k)
         values = values.float()
-        err = F.embedding_bag(idx, w_dec, per_sample_weights=values, mode="sum") + sae.b_dec - x
+        err = F.embedding_bag(idx, w_dec, per_sample_weights=values, mode="sum").add_(sae.b_dec).sub_(x)
         norm = n * variance
-        loss = err.pow(2).sum() / norm
-        g_err = err * (2 / norm)
-        z = torch.zeros(acts.shape, dtype=torch.float32, device=x.device).scatter_(1, idx, values)
-        g_w_dec = z.t() @ g_err
-        live = values > 0
-        g_pre = torch.zeros_like(z).scatter_(1, idx, (g_err @ w_dec.t()).gather(1, idx).float() * live)
-        aux = _auxk(acts, dead, int(settings["aux_k"]), w_dec)
+        loss = err.flatten().dot(err.flatten()) / norm
+        g_err = torch.mul(err, 2 / norm, out=buffers.get("g_err", x.shape, f32, device))
+        z = buffers.get("z", shape, f32, device, zeros=True).scatter_(1, idx, values)
+        g_w_dec = mm(z.t(), g_err, "g_w_dec").float()
+        g_pre = buffers.get("g_pre", shape, f32, device, zeros=True)
+        g_pre.scatter_(1, idx, mm(g_err, w_dec.t(), "dense").gather(1, idx).float() * (values > 0))
+        aux = _auxk(acts, dead, int(settings["aux_k"]), w_dec, buffers.get("masked", shape, acts.dtype, device))
         if aux is not None:
             a_values, a_idx, e_hat, scale = aux
             diff = e_hat + err  # e_hat - (x - x_hat)
             aux_norm = n * err.var(dim=0).sum().clamp_min(1e-12)  # the residual's variance, as Gao et al.
             loss = loss + cfg.aux_coeff * scale * diff.pow(2).sum() / aux_norm
             g_diff = diff * (2 * cfg.aux_coeff * scale / aux_norm)
-            z_aux = torch.zeros_like(z).scatter_(1, a_idx, a_values)
-            g_w_dec += z_aux.t() @ g_diff
-            g_pre.scatter_add_(1, a_idx, (g_diff @ w_dec.t()).gather(1, a_idx).float() * (a_values > 0))
+            z_aux = buffers.get("z_aux", shape, f32, device, zeros=True).scatter_(1, a_idx, a_values)
+            g_w_dec += mm(z_aux.t(), g_diff, "g_w_dec_aux").float()
+            g_pre.scatter_add_(1, a_idx, mm(g_diff, w_dec.t(), "dense").gather(1, a_idx).float() * (a_values > 0))
+            z_aux.scatter_(1, a_idx, 0.0)
         g_b_enc = g_pre.sum(0)
-        sae.W_enc.grad = (xc.t() @ g_pre).float()
+        if sae.W_enc.t().is_contiguous():  # W_enc = W_dec.T at initialisation: its grad laid out alike
+            sae.W_enc.grad = mm(g_pre.t(), xc, "g_w_enc").float().t()
+        else:
+            sae.W_enc.grad = mm(xc.t(), g_pre, "g_w_enc").float()
         sae.b_enc.grad = g_b_enc
-        sae.W_dec.grad = g_w_dec.float()
-        sae.b_dec.grad = g_err.sum(0) - (sae.W_enc @ g_b_enc).float()
+        sae.W_dec.grad = g_w_dec
+        sae.b_dec.grad = g_err.sum(0) - sae.W_enc @ g_b_enc
         fired = z.amax(0) > 0
+        z.scatter_(1, idx, 0.0)
+        g_pre.scatter_(1, idx, 0.0)
+        if aux is not None:
+            g_pre.scatter_(1, aux[1], 0.0)
     return loss, fired
 
 
