@@ -258,6 +258,7 @@ def train_shapes(args) -> None:
                 "heldout_accuracy": acc,
                 "heldout_accuracy_noise0.1": acc_noisy,
                 "train_seconds": round(secs, 1),
+                "device": args.device,
                 "seed": args.seed,
             },
         )
