@@ -110,8 +110,8 @@ class ExpertSimTrainer(GanTrainer):
             if sel.numel() == 0:
                 continue
             parts, ps, sums = expert_step(expert, opts, batch.subset(sel), cfg, self.noise_rng, weight=share)
-            per_sample[sel] = ps
-            intensities[sel] = sums / self.intensity_unit
+            per_sample[sel] = ps.float()  # bf16 under autocast
+            intensities[sel] = sums.float() / self.intensity_unit
             for k, v in parts.items():  # expert losses are already weighted by their share
                 log[k] = log.get(k, 0.0) + v
         if cfg.diff_source == "real":

@@ -64,6 +64,15 @@ def test_gan_training_step(trainer, device, gan_data, meta_default):
     assert {p.device.type for m in t.modules().values() for p in m.parameters()} == {device}
 
 
+@pytest.mark.parametrize("trainer", [GanTrainer, ExpertSimTrainer])
+def test_gan_training_step_in_bf16(trainer, gan_data, meta_default):
+    cfg = GanConfig(epochs=1, batch_size=16, width=2, d_width=2, aux_width=2, feature_dim=8, n_experts=2)
+    t = trainer(cfg, gan_data, device="cpu", dtype=torch.bfloat16)
+    history = t.fit(progress=False)
+    assert t.step == 1 and all(v == v and abs(v) < float("inf") for v in history[0].values())
+    assert {p.dtype for m in t.modules().values() for p in m.parameters()} == {torch.float32}
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_gan_seed_gives_the_same_first_step_on_every_device(device, gan_data):
     cfg = GanConfig(epochs=1, batch_size=16, width=2, d_width=2, aux_width=2, feature_dim=8)
