@@ -248,3 +248,27 @@ def test_cli_gmm_run_writes_results(tmp_path):
     assert (out / "taba_gmm_seed1.png").stat().st_size > 0
     v = summary["seeds"]["0"]["variants"]["target_fix0"]
     assert v["distance"]["sample_inverted"] < v["distance"]["noise_sample"]
+
+
+def test_guidance_changes_the_samples(shapes_pipe):
+    noise = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    prompts = ["a red circle", "a blue square"]
+    plain, guided = (
+        ddim_sample(pipeline_model(shapes_pipe, prompts, g).denoise, noise, shapes_pipe.scheduler, 4, progress=False)
+        for g in (1.0, 3.0)
+    )
+    assert plain.shape == guided.shape == noise.shape and not torch.allclose(plain, guided)
+
+
+def test_default_checkpoint_series_ends_with_the_shipped_model(shapes_pipe):
+    from argparse import Namespace
+
+    from recipes.taba.cli import _checkpoint_models
+
+    args = Namespace(checkpoints=None, device="cpu", guidance=1.0, flat_threshold=0.02)
+    steps = [step for step, _ in _checkpoint_models(args, shapes_pipe, ["a red circle"])]
+    assert steps[:4] == [50, 150, 400, 1000] and steps[-1] == 5750
+    with pytest.raises(SystemExit, match="is not a folder"):
+        _checkpoint_models(
+            Namespace(**{**vars(args), "checkpoints": [SHAPES_TRAINING_DIR / "nope"]}), shapes_pipe, None
+        )
