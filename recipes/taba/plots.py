@@ -1,5 +1,5 @@
 """Figures of the taba recipe (matplotlib, Agg): the triangle, flat-region statistics with and
-without the fix, sample / inversion grids, and the training-dynamics curves.
+without the fix, assignment accuracies, sample / inversion grids, and the training-dynamics curves.
 
 >>> import matplotlib
 >>> from recipes.taba.plots import plot_dynamics
@@ -22,27 +22,35 @@ __all__ = ["plot_measurements", "plot_dynamics", "plot_grid"]
 
 
 def plot_measurements(result: dict, title: str = "") -> Any:
-    """Three panels: side lengths per variant, corner angles per variant, flat / textured std of
-    the inverted noise per variant (the noise's own as a reference line)."""
+    """Four panels per inversion variant: side lengths, corner angles, flat / textured std of the
+    inverted noise (the noise's own as a reference line), nearest-neighbour assignment accuracies
+    (noise <-> sample as reference lines)."""
     variants = result["variants"]
     names = list(variants)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
     x = range(len(names))
-    for ax, key, label in ((axes[0], "distance", "mean L2 distance"), (axes[1], "angle", "angle (degrees)")):
+    panels = (
+        (axes[0], "distance", "mean L2 distance"),
+        (axes[1], "angle", "angle (degrees)"),
+        (axes[3], "assign", "NN accuracy"),
+    )
+    for ax, key, label in panels:
         parts = list(variants[names[0]][key])
         width = 0.8 / len(parts)
         for j, part in enumerate(parts):
             ax.bar([i + j * width for i in x], [variants[n][key][part] for n in names], width, label=part)
         ax.set_xticks([i + 0.4 - width / 2 for i in x], names, rotation=20)
         ax.set_ylabel(label)
-        ax.legend(fontsize=8)
+    for (part, value), style in zip(result["assign"].items(), ("--", ":"), strict=True):
+        axes[3].axhline(value, color="k", ls=style, lw=1, label=part)
     ax = axes[2]
     ax.bar([i - 0.2 for i in x], [variants[n]["flat"]["std_flat"] for n in names], 0.4, label="flat")
     ax.bar([i + 0.2 for i in x], [variants[n]["flat"]["std_textured"] for n in names], 0.4, label="textured")
     ax.axhline(result["noise_flat"]["std_flat"], color="k", ls="--", lw=1, label="original noise (flat)")
     ax.set_xticks(list(x), names, rotation=20)
     ax.set_ylabel("std of inverted noise")
-    ax.legend(fontsize=8)
+    for ax in axes:
+        ax.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
