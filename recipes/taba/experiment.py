@@ -134,11 +134,13 @@ def measure(
     progress: bool = False,
 ) -> dict:
     """Sample from ``noise``, invert (plain and with each ``forward_steps`` fix, for each
-    ``model_timesteps`` convention), and measure. Returns the metrics and the tensors
-    (``"tensors"``: noise, sample, and one inversion per variant)."""
+    ``model_timesteps`` convention), and measure. Returns the metrics per variant
+    (``"variants"``, named ``<convention>_fix<K>``; ``"distance"`` and ``"angle"`` repeat the first
+    one's), the model's ``info`` and the tensors (``"tensors"``: noise, sample, each inversion)."""
     sample = ddim_sample(model.denoise, noise, model.scheduler, steps, progress=progress)
     flat = model.flat(sample)
     out: dict[str, Any] = {
+        "model": model.info,
         "steps": steps,
         "n": noise.shape[0],
         "noise_flat": flat_stats(noise, flat),
