@@ -1,0 +1,138 @@
+"""``interventions run elrond``: ELROND's variation directions of prompts, from gradients in the
+prompt-embedding space (arXiv 2602.10216).
+
+::
+
+    interventions run elrond                                   # the shapes ladder, seeds 0 1 2
+    interventions run elrond --prompt "a striped circle" --steer "a striped circle" --seeds 0
+    interventions run elrond --model stable-diffusion-v1-5/stable-diffusion-v1-5 --device cuda \\
+        --prompt "a photo of a dog" --n 1024 --batch 16 --sample-steps 25 --regen-steps 4 \\
+        --guidance 7.5 --strength 8 --steer "a photo of a dog"
+
+For each ``--prompt`` and seed: ``--n`` samples, random pairs, the concept token's gradients
+(``--word``, default the last word) streamed to ``<out>/grads/<prompt>/seed<S>`` (a DiskStore; a
+rerun reads them back), the components to 95% of the variance and the spectral gap. For each
+``--steer`` prompt: PCA directions (the paper's explained-variance threshold) and TopK SAE
+directions of the first seed's gradients, saved to ``elrond_directions_<prompt>.safetensors``; on
+the shapes model also the evaluators' verdict on steering along the top directions and on random
+steering, on ``--steer-seeds`` (noise the gradients never saw). Writes ``elrond_<model>.json``
+and ``elrond_<model>.png``.
+
+``--model`` is ``shapes`` (the shipped checkpoint), a folder or a Hub id of a Stable Diffusion
+1.x/2.x pipeline (loaded with ``use_safetensors=True``). SDXL pipelines (DMD2 included) need the
+UNet's ``added_cond_kwargs`` in the regeneration loop and are refused for now.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["main"]
+
+LADDER = ["a", "a circle", "a striped circle", "a striped red circle"]
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="interventions run elrond", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="shapes", help="shapes | a pipeline folder | a Hub id (SD 1.x / 2.x)")
+    ap.add_argument("--prompt", action="append", help="prompt (repeat); default: the shapes ladder " + str(LADDER))
+    ap.add_argument("--word", help="concept word (default: each prompt's last word)")
+    ap.add_argument("--steer", action="append", help="prompt whose directions are kept and steered (repeat)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="gradient seeds (images and pairs)")
+    ap.add_argument("--steer-seeds", type=int, nargs="+", default=[101, 102, 103], help="held-out steering noise")
+    ap.add_argument("--n", type=int, default=128, help="pairs (= samples) per prompt and seed")
+    ap.add_argument("--n-steer", type=int, default=64, help="samples per steering measurement")
+    ap.add_argument("--strength", type=float, default=8.0, help="steering strength (|e_tok| is ~6.7 on shapes)")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--sample-steps", type=int, default=10)
+    ap.add_argument("--regen-steps", type=int, default=4)
+    ap.add_argument("--guidance", type=float, default=3.0)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", type=Path, default=Path("runs/elrond"))
+    return ap
+
+
+def _load(model: str, device: str) -> Any:
+    if model == "shapes":
+        from recipes.worlds.shapes_model import load_pipeline
+
+        return load_pipeline(device=device)
+    if not Path(model).exists() and (not _HUB_ID.match(model) or model.startswith((".", "/", "~"))):
+        raise SystemExit(f"interventions run elrond: --model {model!r}: no such folder (and not a Hub id)")
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(model, use_safetensors=True).to(device)
+    if hasattr(pipe, "text_encoder_2"):
+        raise SystemExit(
+            "interventions run elrond: SDXL pipelines need added_cond_kwargs in the regeneration loop; "
+            "not supported yet (SD 1.x / 2.x are)"
+        )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from .experiment import measure
+    from .gradients import Setting, concept_position
+    from .plots import plot
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    prompts = args.prompt or (LADDER if args.model == "shapes" else None)
+    if not prompts:
+        raise SystemExit("interventions run elrond: --prompt is required with a --model other than shapes")
+    steer = args.steer or ([p for p in ("a striped circle",) if p in prompts] if args.model == "shapes" else [])
+    if unknown := [p for p in steer if p not in prompts]:
+        raise SystemExit(f"interventions run elrond: --steer {unknown} must also be given as --prompt")
+    if args.n < 2 or args.n_steer < 2:
+        raise SystemExit("interventions run elrond: --n and --n-steer must be at least 2")
+    pipe = _load(args.model, args.device)
+    for p in prompts:  # unknown words and a missing concept word, before any sampling
+        try:
+            concept_position(pipe.tokenizer, p, args.word)
+        except ValueError as e:
+            raise SystemExit(f"interventions run elrond: {e}") from None
+    evaluators = None
+    if args.model == "shapes":
+        from recipes.worlds.shapes_model import load_evaluators
+
+        evaluators = load_evaluators()
+    setting = Setting(args.sample_steps, args.regen_steps, args.guidance, args.batch)
+    args.out.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    result = measure(
+        pipe, evaluators, prompts, args.seeds, args.n, args.out / "grads", setting, steer, args.steer_seeds,
+        args.strength, args.n_steer,
+    )  # fmt: skip
+    result["seconds"] = round(time.time() - start, 1)
+    name = re.sub(r"[^\w.-]+", "_", Path(args.model).name)
+    _save_directions(result, args.out)
+    (args.out / f"elrond_{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    plot(result, args.out / f"elrond_{name}.png")
+    print(f"wrote {args.out / f'elrond_{name}.json'} ({result['seconds']} s)")
+    return 0
+
+
+def _save_directions(result: dict[str, Any], out: Path) -> None:
+    """Directions to safetensors (one file per steered prompt); the JSON keeps their metadata only."""
+    from safetensors.torch import save_file
+
+    for prompt, entry in result["prompts"].items():
+        d = entry.get("directions")
+        if d is None:
+            continue
+        slug = "_".join(prompt.split()) or "empty"
+        save_file(
+            {"pca": d.pop("pca").contiguous(), "sae": d.pop("sae").contiguous()},
+            str(out / f"elrond_directions_{slug}.safetensors"),
+        )

@@ -1,0 +1,167 @@
+"""ELROND's gradients: how the prompt embedding of the concept token would have to move for a
+regenerated image A to become image B.
+
+For one prompt: sample images, pair them at random (A, B), noise each A fully (the first
+timestep of a short DDIM schedule), regenerate it with the prompt while keeping the graph, and
+take ``d MSE(x0(A), B) / d e_tok``, the gradient w.r.t. the text encoder's output at the concept
+token. ``Grads`` at the UNet's ``:input.encoder_hidden_states`` (attached to the bare UNet, with
+its ``[uncond, cond]`` CFG rows declared) collects it at every UNet call (one leaf per call); their sum is the gradient w.r.t. the one embedding all calls share. Diffusers
+pipelines sample under ``no_grad``, so the loop calls the UNet itself; the pairs are batched (the
+UNet treats rows independently, so the gradient of the summed loss is each pair's own).
+
+>>> from recipes.worlds.shapes_model import load_pipeline
+>>> pipe = load_pipeline()
+>>> concept_position(pipe.tokenizer, "a striped circle")
+3
+>>> concept_position(pipe.tokenizer, "a striped circle", word="striped")
+2
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from interventions import DiskStore, Grads, MemoryStore, When, attach
+
+SITE = ":input.encoder_hidden_states"  # on pipe.unet
+KEY = ("elrond/grads", 0, None)  # where the concept-token gradients are appended in the DiskStore
+
+
+@dataclass
+class Setting:
+    """How images are sampled and regenerated (the defaults suit the shapes model)."""
+
+    sample_steps: int = 10  # DDIM steps of the pipeline that draws the images
+    regen_steps: int = 4  # DDIM steps of the regeneration the gradient flows through
+    guidance: float = 3.0
+    batch: int = 32
+
+
+def concept_position(tokenizer: Any, prompt: str, word: str | None = None) -> int:
+    """Token position of ``word`` (default: the prompt's last word) in the encoded prompt (the last
+    sub-token of a word split into several). Refuses words the tokenizer does not know."""
+    ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True).input_ids
+    unk = tokenizer.unk_token_id
+    words = prompt.split()
+    if not words:
+        raise ValueError("the prompt is empty: ELROND needs a concept token")
+    unknown = [w for w in words if unk is not None and unk in tokenizer(w, add_special_tokens=False).input_ids]
+    if unknown:
+        raise ValueError(
+            f"unknown word(s) {unknown} in prompt {prompt!r}: the tokenizer maps them to {tokenizer.unk_token}"
+        )
+    word = word or words[-1]
+    if word not in words:
+        raise ValueError(f"concept word {word!r} is not in the prompt {prompt!r}")
+    sub = tokenizer(word, add_special_tokens=False).input_ids
+    for start in range(len(ids) - len(sub) + 1):
+        if ids[start : start + len(sub)] == sub:
+            return start + len(sub) - 1
+    raise ValueError(f"concept word {word!r} was truncated away from prompt {prompt!r}")
+
+
+def embed(pipe: Any, prompt: str, n: int) -> tuple[Tensor, Tensor]:
+    """Text-encoder outputs of ``prompt`` and of the empty prompt, ``n`` rows each."""
+    with torch.no_grad():
+        cond, uncond = pipe.encode_prompt(prompt, pipe.device, n, True, negative_prompt="")
+    return cond, uncond
+
+
+def sample(pipe: Any, prompt_embeds: Tensor, uncond: Tensor, setting: Setting, seed: int) -> Tensor:
+    """Latents (``output_type="latent"``) that the pipeline draws for the given embeddings."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    shape = (len(prompt_embeds), pipe.unet.config.in_channels, *_latent_hw(pipe))
+    noise = torch.randn(shape, generator=g).to(pipe.device, prompt_embeds.dtype)
+    out = pipe(
+        prompt_embeds=prompt_embeds,
+        negative_prompt_embeds=uncond,
+        latents=noise,
+        num_inference_steps=setting.sample_steps,
+        guidance_scale=setting.guidance,
+        output_type="latent",
+    )
+    return out.images
+
+
+def _latent_hw(pipe: Any) -> tuple[int, int]:
+    size = pipe.unet.config.sample_size
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def regenerate(pipe: Any, noisy: Tensor, cond: Tensor, uncond: Tensor, setting: Setting) -> Tensor:
+    """DDIM from the fully noised ``noisy`` to ``x0`` with gradients kept (CFG batched as
+    ``[uncond, cond]``, the pipeline's layout)."""
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
+    sched.set_timesteps(setting.regen_steps, device=noisy.device)
+    x, embeds = noisy, torch.cat([uncond, cond])
+    for t in sched.timesteps:
+        eps_u, eps_c = pipe.unet(torch.cat([x, x]), t, encoder_hidden_states=embeds).sample.chunk(2)
+        x = sched.step(eps_u + setting.guidance * (eps_c - eps_u), t, x).prev_sample
+    return x
+
+
+def fully_noised(pipe: Any, x0: Tensor, setting: Setting, generator: torch.Generator) -> Tensor:
+    """``x0`` noised to the first timestep of the regeneration schedule."""
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler.from_config(pipe.scheduler.config)
+    sched.set_timesteps(setting.regen_steps)
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
+    return sched.add_noise(x0, noise, sched.timesteps[:1])
+
+
+def pair_gradients(pipe: Any, a: Tensor, b: Tensor, prompt: str, setting: Setting, seed: int) -> Tensor:
+    """``d sum_i MSE(regen(A_i), B_i) / d prompt_embeds`` (``pairs x tokens x D``), collected by
+    ``Grads`` on the conditional rows of every UNet call and summed over the calls."""
+    cond, uncond = embed(pipe, prompt, len(a))
+    noisy = fully_noised(pipe, a, setting, torch.Generator().manual_seed(seed))
+    grads = Grads(MemoryStore(), when=When(branch="cond"))
+    with torch.enable_grad(), attach(pipe.unet, {SITE: grads}, cfg=("uncond", "cond")):
+        x0 = regenerate(pipe, noisy, cond, uncond, setting)
+        loss = ((x0.float() - b.float()) ** 2).flatten(1).mean(1).sum()
+        loss.backward()
+    return sum(grads.store.get(k) for k in grads.store.keys()).float().cpu()  # type: ignore[union-attr]
+
+
+def collect(
+    pipe: Any,
+    prompt: str,
+    n: int,
+    store: DiskStore,
+    *,
+    word: str | None = None,
+    setting: Setting | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> Tensor:
+    """Sample ``n`` images of ``prompt``, pair them at random, and append the concept-token
+    gradient of every pair to ``store`` under :data:`KEY`; returns all of them (``n x D``)."""
+    from tqdm.auto import tqdm
+
+    setting = setting or Setting()
+    position = concept_position(pipe.tokenizer, prompt, word)
+    rows = []
+    for i, (lo, hi) in enumerate(
+        tqdm(list(_chunks(n, setting.batch)), desc=f"ELROND {prompt!r}", disable=not progress)
+    ):
+        cond, uncond = embed(pipe, prompt, hi - lo)
+        images = sample(pipe, cond, uncond, setting, seed=seed * 100_003 + i)
+        order = torch.randperm(hi - lo, generator=torch.Generator().manual_seed(seed * 100_003 + i))
+        a, b = images[order.roll(1)], images[order]  # a random cycle: no image is paired with itself
+        g = pair_gradients(pipe, a, b, prompt, setting, seed=seed * 100_003 + i + 50_000)[:, position]
+        store.append(KEY, g)
+        rows.append(g)
+    store.flush()
+    return torch.cat(rows)
+
+
+def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
+    for lo in range(0, n, size):
+        yield lo, min(n, lo + size)

@@ -1,0 +1,43 @@
+"""The ELROND figure: components to 95% per prompt and seed, and for each steered prompt how often
+steering changed each factor and kept the prompted ones."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def plot(result: dict[str, Any], path: Any) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    prompts = list(result["prompts"])
+    steered = [p for p in prompts if "steering" in result["prompts"][p]]
+    fig, axes = plt.subplots(1, 1 + len(steered), figsize=(5 + 5 * len(steered), 3.8), squeeze=False)
+    ax = axes[0, 0]
+    for x, p in enumerate(prompts):
+        c = result["prompts"][p]["complexity"]
+        ys = [v["components_95"] for v in c.values()]
+        gaps = [v["spectral_gap"] for v in c.values()]
+        ax.scatter([x - 0.08] * len(ys), ys, color="C0", label="components to 95%" if x == 0 else None)
+        ax.scatter([x + 0.08] * len(gaps), gaps, color="C1", marker="s", label="spectral gap" if x == 0 else None)
+    ax.set_xticks(range(len(prompts)), [repr(p) for p in prompts], rotation=20, fontsize=8)
+    ax.set_ylabel("directions")
+    ax.set_title("concept complexity (one point per seed)")
+    ax.legend(fontsize=8)
+    for ax, p in zip(axes[0, 1:], steered, strict=True):
+        runs = list(result["prompts"][p]["steering"].values())
+        names = [k for k in runs[0] if k != "unsteered_keep"]
+        factors = list(runs[0][names[0]]["changed"])
+        width = 0.8 / len(factors)
+        for i, f in enumerate(factors):
+            means = [sum(r[k]["changed"][f] for r in runs) / len(runs) for k in names]
+            ax.bar([j + i * width for j in range(len(names))], means, width, label=f"{f} changed")
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(names))], names, fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"steering {p!r} at strength {result['strength']:g} (mean over {len(runs)} seeds)", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,84 @@
+"""ELROND on the shapes model: the hook's gradients are autograd's, complexity grows with the free
+factors, the top direction changes the free factor and keeps the prompted ones (tiny, fixed seeds)."""
+
+import pytest
+import torch
+
+from interventions import DiskStore
+from interventions.subspace import complexity, pca
+from recipes.elrond.cli import main
+from recipes.elrond.experiment import predict_factors
+from recipes.elrond.gradients import Setting, collect, concept_position, embed, fully_noised, pair_gradients, regenerate
+from recipes.elrond.steer import generate
+
+SETTING = Setting(sample_steps=10, regen_steps=4, guidance=3.0, batch=32)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from recipes.worlds.shapes_model import load_pipeline
+
+    torch.set_num_threads(1)
+    return load_pipeline()
+
+
+@pytest.fixture(scope="module")
+def evaluators():
+    from recipes.worlds.shapes_model import load_evaluators
+
+    return load_evaluators()
+
+
+@pytest.fixture(scope="module")
+def striped_circle(pipe, tmp_path_factory):
+    return collect(
+        pipe, "a striped circle", 32, DiskStore(tmp_path_factory.mktemp("g")), setting=SETTING, progress=False
+    )
+
+
+def test_hook_gradients_equal_autograd(pipe):
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(3, 3, 16, 16, generator=g), torch.randn(3, 3, 16, 16, generator=g)
+    setting = Setting(regen_steps=2)
+    hooked = pair_gradients(pipe, a, b, "a red circle", setting, seed=5)
+    cond, uncond = embed(pipe, "a red circle", 3)
+    cond.requires_grad_(True)
+    with torch.enable_grad():
+        x0 = regenerate(pipe, fully_noised(pipe, a, setting, torch.Generator().manual_seed(5)), cond, uncond, setting)
+        (direct,) = torch.autograd.grad(((x0 - b) ** 2).flatten(1).mean(1).sum(), cond)
+    assert hooked.shape == (3, 8, 64)
+    assert float(direct.abs().max()) > 1e-4  # a real gradient, not zeros on both sides
+    torch.testing.assert_close(hooked, direct, rtol=1e-5, atol=1e-8)
+
+
+def test_gradients_stream_to_the_disk_store(pipe, striped_circle, tmp_path):
+    assert striped_circle.shape == (32, 64)
+    assert bool((striped_circle.norm(dim=1) > 0).all())
+
+
+def test_top_direction_changes_the_free_factor_and_keeps_the_prompted_ones(pipe, evaluators, striped_circle):
+    top = pca(striped_circle)[0][0]
+    rand = torch.nn.functional.normalize(torch.randn(64, generator=torch.Generator().manual_seed(0)), dim=0)
+    n = 16
+    base = predict_factors(
+        evaluators, generate(pipe, "a striped circle", top.expand(n, -1), torch.zeros(n), SETTING, 101)
+    )
+    for direction, changes in ((top, True), (rand, False)):
+        steered = generate(pipe, "a striped circle", direction.expand(n, -1), torch.full((n,), -8.0), SETTING, 101)
+        pred = predict_factors(evaluators, steered)
+        changed = float((pred["colour"] != base["colour"]).float().mean())
+        assert (changed > 0.5) == changes, changed
+        assert float((pred["shape"] == 0).float().mean()) >= 0.875  # circle
+        assert float((pred["style"] == 1).float().mean()) >= 0.875  # striped
+
+
+def test_bad_input_is_refused_before_any_work(pipe, tmp_path, capsys):
+    with pytest.raises(ValueError, match="unknown word"):
+        concept_position(pipe.tokenizer, "a shape")
+    with pytest.raises(ValueError, match="not in the prompt"):
+        concept_position(pipe.tokenizer, "a circle", word="red")
+    with pytest.raises(SystemExit, match="no such folder"):
+        main(["--model", str(tmp_path / "missing"), "--prompt", "a dog", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="unknown word"):
+        main(["--prompt", "a shape", "--out", str(tmp_path)])
+    assert not list(tmp_path.iterdir())  # nothing written
