@@ -14,14 +14,16 @@ from recipes.saeuron.run import main as run_main
 from recipes.saeuron.unlearn import Unlearning, select
 
 _ALL = cs.canonical()
-_ROWS = torch.nonzero(_ALL.labels["colour"] < 2).flatten()  # 32 prompts: every shape x style, red and green
+_ROWS = torch.nonzero(_ALL.labels["colour"] == 0).flatten()  # 16 prompts: every shape x style, red
 SMALL = cs.PromptSet(tuple(_ALL.prompts[i] for i in _ROWS.tolist()), {k: v[_ROWS] for k, v in _ALL.labels.items()})
 
 
 @pytest.fixture(scope="module")
-def model() -> SAeUron:
-    torch.set_num_threads(2)
-    return SAeUron.shipped()
+def model():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a loaded 2-core machine: more threads only wait on each other
+    yield SAeUron.shipped()
+    torch.set_num_threads(threads)
 
 
 def test_edit_scales_only_selected_features_where_they_fire_above_the_mean():
@@ -138,16 +140,16 @@ def test_cli_refuses_before_loading(capsys):
         assert words in capsys.readouterr().err
 
 
-# Measured on 32 canonical prompts (SMALL), held-out seed 1000, 10 DDIM steps, the run's defaults
+# Measured on the 16 red canonical prompts (SMALL), held-out seed 1000, 10 DDIM steps, the run's defaults
 # (recipes/results/README.md has the full evaluation): pinned with a margin of one image per group.
 PINNED = {
-    ("circle",): {
-        "saeuron": {"UA": 6 / 8, "IRA": 20 / 24, "CRA": 21 / 32},
-        "block_ablation": {"UA": 3 / 8, "IRA": 4 / 24, "CRA": 24 / 32},
+    ("triangle",): {
+        "saeuron": {"UA": 4 / 4, "IRA": 12 / 12, "CRA": 16 / 16},
+        "block_ablation": {"UA": 4 / 4, "IRA": 6 / 12, "CRA": 10 / 16},
     },
     ("checker",): {
-        "saeuron": {"UA": 8 / 8, "IRA": 14 / 24, "CRA": 21 / 32},
-        "block_ablation": {"UA": 8 / 8, "IRA": 8 / 24, "CRA": 11 / 32},
+        "saeuron": {"UA": 4 / 4, "IRA": 7 / 12, "CRA": 10 / 16},
+        "block_ablation": {"UA": 4 / 4, "IRA": 4 / 12, "CRA": 4 / 16},
     },
 }
 

@@ -9,8 +9,9 @@ scores UA / IRA / CRA and the kept images' feature distance::
     interventions run saeuron --kind style --out runs/saeuron_style   # 3 seeds, 69 runs of 64 images
     interventions run saeuron --kind style --seeds 1000 --quick       # one seed, single removals, canonical
 
-Writes ``metrics.json`` (every run's numbers, per seed, then means) when ``--out``
-is given; prints the summary table. Errors (an unknown concept or factor, an SAE of another site
+With ``--out`` it writes ``metrics.json`` (every run's numbers, then per-seed and overall means)
+and ``grid_<concept>.png`` (the first removal of each kind, every method, first seed); it prints
+the summary table. Errors (an unknown concept or factor, an SAE of another site
 or width, a missing checkpoint) come before any image is generated.
 """
 
@@ -32,7 +33,7 @@ from . import concepts as cs
 from .recipe import CHECKPOINT, SAeUron
 from .train import SELECTION_SEEDS
 
-__all__ = ["DEFAULTS", "removals", "evaluate", "summarise", "main"]
+__all__ = ["DEFAULTS", "removals", "evaluate", "summarise", "save_grid", "main"]
 
 #: chosen on the selection seeds (100, 101) with the sweep in recipes/results/README.md
 DEFAULTS = {"style": (99.8, -1.0), "shape": (99.0, -1.0)}
@@ -47,7 +48,7 @@ def removals(kinds: tuple[str, ...], multi: bool, concepts: tuple[str, ...] | No
     for kind in kinds:
         cs.check_concepts((world.FACTORS[kind][0],), kind)
     out = [(c,) for kind in kinds for c in world.FACTORS[kind]]
-    return out + ([m for kind in kinds for m in MULTI[kind]] if multi else [])
+    return out + ([m for kind in kinds for m in MULTI.get(kind, [])] if multi else [])
 
 
 def evaluate(
@@ -119,6 +120,38 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(out.values())
 
 
+def save_grid(
+    model: SAeUron, remove: tuple[str, ...], seed: int, settings: tuple[float, float], path: str | Path
+) -> None:
+    """A PNG: the 16 canonical prompts of one colour (rows: shapes, columns: styles) for the plain
+    model and each method removing ``remove``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    full = cs.canonical()
+    rows = torch.nonzero(full.labels["colour"] == 0).flatten()  # red: shape-major, style-minor
+    prompts = cs.PromptSet(tuple(full.prompts[i] for i in rows.tolist()), {k: v[rows] for k, v in full.labels.items()})
+    methods = {
+        "plain model": model.generate(prompts, seed),
+        "SAeUron": model.generate(prompts, seed, "saeuron", remove, *settings),
+        "negative prompt": model.generate(prompts, seed, "negative_prompt", remove),
+        "block ablation": model.generate(prompts, seed, "block_ablation", remove),
+    }
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods), 3.6))
+    for ax, (name, images) in zip(axes, methods.items(), strict=True):
+        tiles = ((images + 1) / 2).clamp(0, 1).view(4, 4, 3, 16, 16).permute(0, 3, 1, 4, 2).reshape(64, 64, 3)
+        ax.imshow(tiles.numpy(), interpolation="nearest")
+        ax.set_title(name)
+        ax.set_xticks(range(8, 64, 16), world.STYLES, fontsize=7)
+        ax.set_yticks(range(8, 64, 16), world.SHAPES, fontsize=7)
+    fig.suptitle(f"removing {' + '.join(remove)} (seed {seed}, red prompts)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def _table(summary: list[dict[str, Any]]) -> str:
     lines = [
         "| prompts | kind | removal | method | UA | IRA | CRA | distance | per seed (UA/IRA/CRA) |",
@@ -179,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": round(time.time() - t0),
         }
         (out / "metrics.json").write_text(json.dumps(record | {"summary": summary, "runs": rows}, indent=1) + "\n")
+        for kind in sorted({cs.kind_of(r[0]) for r in todo}):
+            first = next(r for r in todo if cs.kind_of(r[0]) == kind)
+            save_grid(model, first, args.seeds[0], settings[kind], out / f"grid_{'_'.join(first)}.png")
         print(f"wrote {out / 'metrics.json'}")
     return 0
 
