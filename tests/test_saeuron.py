@@ -134,6 +134,7 @@ def test_cli_refuses_before_loading(capsys):
         (["--seeds", "100"], "selected the features"),
         (["--kind", "texture"], "invalid choice"),
         (["--kind", "colour"], "no SAE for colour"),
+        (["--model", "/no/such/checkpoint"], "neither a folder nor a Hub id"),
     ]:
         with pytest.raises(SystemExit):
             run_main(argv)

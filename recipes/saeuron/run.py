@@ -199,7 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    model = SAeUron.shipped(args.model, args.sae)
+    if args.model and not Path(args.model).is_dir() and args.model.count("/") != 1:
+        p.error(f"--model {args.model!r} is neither a folder nor a Hub id (namespace/name)")
+    try:
+        model = SAeUron.shipped(args.model, args.sae)
+    except Exception as e:  # a missing or malformed checkpoint or SAE, a Hub failure: one line, nothing generated
+        p.error(f"cannot load the model or SAEs: {type(e).__name__}: {e}")
     rows = evaluate(model, args.seeds, todo, settings, paraphrases=not args.quick)
     summary = summarise(rows)
     print(_table(summary))

@@ -56,10 +56,6 @@ class Unlearning:
         z[:, ids] = torch.where(fires, picked * self.factors[step].to(z), picked)
         return z
 
-    def counts(self) -> list[int]:
-        """How many features each step edits."""
-        return [int(f.numel()) for f in self.features]
-
 
 def concept_means(latents: Tensor, labels: Tensor, kind: str) -> dict[str, Tensor]:
     """``{concept: latents of its prompts}`` for every concept of ``kind`` (``latents [n, steps, d]``)."""
