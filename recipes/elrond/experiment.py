@@ -1,4 +1,5 @@
-"""The ELROND measurements: concept complexity per prompt and seed, the directions (PCA with the
+"""The ELROND measurements: concept complexity per prompt and seed (of the raw gradients, as in
+the paper, and of the gradients scaled to unit norm), the directions (PCA with the
 paper's threshold, a TopK SAE), what steering along the top direction does by the evaluators, and
 random steering against mode collapse.
 
@@ -47,6 +48,12 @@ def gradients(
             return held
     with DiskStore(folder, buffer_bytes=16 << 20) as store:
         return collect(pipe, prompt, n, store, word=word, setting=setting, seed=seed)
+
+
+def unit_rows(grads: Tensor) -> Tensor:
+    """Each gradient scaled to unit norm: the spread of directions, not of magnitudes (a few pairs
+    whose B is far from the regenerated A otherwise dominate the raw variance)."""
+    return torch.nn.functional.normalize(grads, dim=1)
 
 
 def sae_directions(grads: Tensor, seed: int = 0, k: int = 4, steps: int = 400) -> tuple[Tensor, dict[str, float]]:
@@ -166,9 +173,13 @@ def measure(
             c = complexity(grads[seed])
             c["pca_kept"] = len(pca(grads[seed])[0])
             c["explained"] = c["explained"][:8]  # type: ignore[index]
+            unit = complexity(unit_rows(grads[seed]))
+            c["unit"] = {k: unit[k] for k in ("components_95", "spectral_gap")}
             entry["complexity"][seed] = c
             print(
-                f"{prompt!r} seed {seed}: {c['components_95']} components to 95%, gap {c['spectral_gap']}", flush=True
+                f"{prompt!r} seed {seed}: {c['components_95']} components to 95%, gap {c['spectral_gap']} "
+                f"(unit rows: {unit['components_95']}, gap {unit['spectral_gap']})",
+                flush=True,
             )
         if prompt in steer_prompts:
             g = grads[seeds[0]]
