@@ -9,14 +9,18 @@ Attention probabilities (``hook_pattern``) exist only where attention is compute
 SDPA / flash kernels never form them. :func:`pattern_sites` names them, ``(batch, heads, queries,
 keys)``, and refuses with the fix when they cannot be had:
 
-- transformers: the attention module's second output, filled by the eager path only: load with
-  ``from_pretrained(..., attn_implementation="eager")`` or call ``model.set_attn_implementation("eager")``.
-  The module returns them after using them, so there they are for reading (cache, attribution):
-  to change what attention does, patch or ablate per-head values;
+- transformers: ``with eager_attention(model):`` registers an attention function (transformers'
+  ``AttentionInterface``) that computes ``softmax(q k^T * scaling + mask)`` as the eager path does
+  and passes it through an identity module added to each attention (``<attn>.probs``), switches
+  the model to it, and puts the model's own implementation back on exit. (The attention module's
+  second output under ``attn_implementation="eager"`` is returned after use: patching it would
+  change nothing, so it is not offered as a pattern site.)
 - diffusers ``Attention``: ``with eager_attention(unet):`` swaps in :class:`ProbsProcessor`, which
   computes ``softmax(q k^T * scale)`` explicitly and passes it through an identity module
-  (``<attn>.processor.probs``, so it can be cached, patched or edited), and puts the original
-  processors back on exit. Cross-attention maps per text token are ``probs[..., token]``.
+  (``<attn>.processor.probs``), and puts the original processors back on exit. Cross-attention
+  maps per text token are ``probs[..., token]``.
+
+Either way the probabilities feed the attention: they can be cached, patched or edited.
 
 >>> import torch
 >>> from interventions import Ablate, attach
@@ -160,19 +164,18 @@ def head_sites(model: nn.Module, prefix: str = "") -> list[HeadSite]:
 
 
 def pattern_sites(model: nn.Module, prefix: str = "") -> list[str]:
-    """Sites of the attention probabilities ``(B, heads, queries, keys)``, one per attention module;
-    refused (:class:`PatternsUnavailableError`) with the fix where the model runs fused attention.
-    On transformers models they are read-only (returned after use; see the module docstring); the
-    diffusers sites under :func:`eager_attention` feed the attention, so a patch there changes it."""
+    """Sites of the attention probabilities ``(B, heads, queries, keys)``, one per attention module,
+    inside :func:`eager_attention` (where they feed the attention, so a patch there changes it);
+    refused (:class:`PatternsUnavailableError`) with the fix elsewhere."""
     if type(model).__module__.startswith("transformers"):
         impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
-        if impl != "eager":
+        if impl != _TRANSFORMERS_IMPL:
             raise PatternsUnavailableError(
-                f"{type(model).__name__} runs attention with {impl!r}, which never forms the attention "
-                "probabilities; load it with from_pretrained(..., attn_implementation='eager') or call "
-                "model.set_attn_implementation('eager') first"
+                f"{type(model).__name__} runs attention with {impl!r}, which forms no attention probabilities that "
+                "a hook could change (fused kernels never form them; the eager path returns them after use); run "
+                "the model inside `with interventions.heads.eager_attention(model):`"
             )
-        return [f"{prefix}{p}:output.1" for p, _ in _attentions(model)]
+        return [f"{prefix}{p}.probs" for p, _ in _attentions(model)]
     sites: list[str] = []
     plain: list[str] = []
     other: list[str] = []
@@ -275,10 +278,76 @@ class ProbsProcessor(nn.Module):
 _PLAIN_PROCESSORS = ("AttnProcessor", "AttnProcessor2_0", "AttnProcessorNPU", "FusedAttnProcessor2_0")
 
 
+# -- transformers ---------------------------------------------------------------------------------
+_TRANSFORMERS_IMPL = "interventions_eager"
+
+
+def _eager_with_probs(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[Tensor, Tensor]:
+    """transformers' eager attention (GPT-2's and Llama's ``eager_attention_forward``, grouped
+    key/value heads repeated), the probabilities passed through ``module.probs``."""
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(query, key.transpose(-1, -2)) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
+    if attention_mask is not None:
+        scores = scores + attention_mask[..., : key.shape[-2]]
+    probs = module.probs(torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype))  # type: ignore[operator]
+    probs_used = nn.functional.dropout(probs, p=dropout, training=module.training)
+    return torch.matmul(probs_used, value).transpose(1, 2).contiguous(), probs
+
+
+def _register_transformers_impl() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(_TRANSFORMERS_IMPL, _eager_with_probs)
+    AttentionMaskInterface.register(_TRANSFORMERS_IMPL, AttentionMaskInterface._global_mapping["eager"])  # type: ignore[arg-type]
+
+
+@contextmanager
+def _transformers_eager(model: nn.Module, only: Sequence[str] | None, prefix: str) -> Iterator[list[str]]:
+    if only is not None:
+        raise InterventionError(
+            "eager_attention(only=...) on a transformers model: its attention implementation is set for the whole "
+            "model, so every attention module gets a probs site; drop only= and pick sites from what it yields"
+        )
+    chosen = list(_attentions(model))
+    if not chosen:
+        raise InterventionError(f"eager_attention: no attention module in {type(model).__name__}")
+    clash = [p for p, m in chosen if "probs" in m._modules]
+    if clash:
+        raise InterventionError(f"eager_attention: {clash[:2]} already have a submodule named 'probs'")
+    set_impl = getattr(model, "set_attn_implementation", None)
+    if set_impl is None:
+        raise InterventionError(f"eager_attention: {type(model).__name__} cannot switch its attention implementation")
+    _register_transformers_impl()
+    previous = model.config._attn_implementation  # type: ignore[union-attr]
+    try:
+        for _, m in chosen:
+            m.add_module("probs", _Probs())
+        set_impl(_TRANSFORMERS_IMPL)
+        yield [f"{prefix}{p}.probs" for p, _ in chosen]
+    finally:
+        if model.config._attn_implementation != previous:  # type: ignore[union-attr]
+            set_impl(previous)
+        for _, m in chosen:
+            m._modules.pop("probs", None)
+
+
 @contextmanager
 def eager_attention(model: nn.Module, only: Sequence[str] | None = None, prefix: str = "") -> Iterator[list[str]]:
-    """Run diffusers ``Attention`` modules through :class:`ProbsProcessor` inside the block; yields
-    the probability sites. ``only``: attention paths (or path substrings, e.g. ``"attn2"`` for
+    """Form attention probabilities where a hook can see and change them, inside the block; yields
+    the probability sites. A transformers model runs an eager attention function that passes them
+    through ``<attn>.probs``; diffusers ``Attention`` modules run :class:`ProbsProcessor`. ``only``: attention paths (or path substrings, e.g. ``"attn2"`` for
     cross-attention) to switch, default all; ``prefix`` is prepended to the sites (``"unet."`` to
     attach to the pipeline). The original processors are restored on exit, also
     on an exception. Attach sessions *inside* the block (the sites exist only there).
@@ -286,6 +355,10 @@ def eager_attention(model: nn.Module, only: Sequence[str] | None = None, prefix:
     Refused by name: an attention running a processor other than diffusers' plain one (IP-Adapter,
     LoRA, custom), whose computation this one would silently replace.
     """
+    if type(model).__module__.startswith("transformers"):
+        with _transformers_eager(model, only, prefix) as sites:
+            yield sites
+        return
     chosen = [(p, m) for p, m in _diffusers_attentions(model) if only is None or any(o in p for o in only)]
     if not chosen:
         found = sorted({type(m).__name__ for m in model.modules() if _is_attention(m)})
@@ -293,7 +366,6 @@ def eager_attention(model: nn.Module, only: Sequence[str] | None = None, prefix:
             f"eager_attention: no diffusers Attention module in {type(model).__name__}"
             + (f" matches {list(only)}" if only else "")
             + (f" (its attention classes: {', '.join(found)}, not supported)" if found and not only else "")
-            + "; transformers models take attn_implementation='eager' instead"
         )
     other = [
         f"{p}: {type(m.processor).__name__}" for p, m in chosen if type(m.processor).__name__ not in _PLAIN_PROCESSORS

@@ -104,19 +104,26 @@ def _causal_softmax(q, k):
     return scores.softmax(-1)
 
 
-def test_gpt2_patterns_equal_eager_softmax_and_sdpa_is_refused():
+def test_gpt2_patterns_equal_eager_softmax_feed_the_attention_and_elsewhere_are_refused():
     model = _lm("gpt2")
-    with pytest.raises(PatternsUnavailableError, match=r"attn_implementation='eager'.*set_attn_implementation"):
+    with pytest.raises(PatternsUnavailableError, match=r"eager_attention\(model\)"):
+        pattern_sites(model)
+    model.set_attn_implementation("eager")  # the eager path returns them after use: not offered either
+    with pytest.raises(PatternsUnavailableError, match="returns them after use"):
         pattern_sites(model)
     with torch.no_grad():
-        sdpa_logits = model(IDS).logits
-    model.set_attn_implementation("eager")
-    sites = pattern_sites(model)
-    assert sites == ["transformer.h.0.attn:output.1", "transformer.h.1.attn:output.1"]
-    cache = Cache()
-    with torch.no_grad(), attach(model, {**{s: cache for s in sites}, "transformer.h.1.attn.c_attn": cache}):
         eager_logits = model(IDS).logits
-    assert torch.allclose(eager_logits, sdpa_logits, atol=1e-5)
+    cache = Cache()
+    with eager_attention(model) as sites:
+        assert sites == pattern_sites(model) == ["transformer.h.0.attn.probs", "transformer.h.1.attn.probs"]
+        with torch.no_grad(), attach(model, {**{s: cache for s in sites}, "transformer.h.1.attn.c_attn": cache}):
+            logits = model(IDS).logits
+        with torch.no_grad(), attach(model, {s: Patch(cache) for s in sites}):
+            assert torch.equal(model(IDS).logits, logits)  # patched from the same run: the identity
+        with torch.no_grad(), attach(model, {sites[1]: Patch(torch.full((1, 4, 6, 6), 1 / 6))}):
+            assert (model(IDS).logits - logits).abs().max() > 1e-2  # the patterns feed the attention
+    assert model.config._attn_implementation == "eager" and not hasattr(model.transformer.h[0].attn, "probs")
+    assert torch.allclose(logits, eager_logits, atol=1e-5)
     q, k, _ = cache["transformer.h.1.attn.c_attn"].split(64, dim=-1)
     q, k = (t.unflatten(-1, (4, 16)).transpose(1, 2) for t in (q, k))
     pattern = cache[sites[1]]
@@ -127,15 +134,15 @@ def test_gpt2_patterns_equal_eager_softmax_and_sdpa_is_refused():
 def test_llama_patterns_equal_eager_softmax_with_rotary():
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
 
-    model = _lm("llama", attn_implementation="eager")
-    sites = pattern_sites(model)
-    assert sites[0] == "model.layers.0.self_attn:output.1"
+    model = _lm("llama")
     attn = "model.layers.0.self_attn"
     cache = Cache()
-    hooks = {sites[0]: cache, f"{attn}.q_proj": cache, f"{attn}.k_proj": cache, "model.rotary_emb:output.0": cache}
-    hooks["model.rotary_emb:output.1"] = cache
-    with torch.no_grad(), attach(model, hooks):
-        model(IDS)
+    with eager_attention(model) as sites:
+        assert sites[0] == f"{attn}.probs"
+        hooks = {sites[0]: cache, f"{attn}.q_proj": cache, f"{attn}.k_proj": cache, "model.rotary_emb:output.0": cache}
+        hooks["model.rotary_emb:output.1"] = cache
+        with torch.no_grad(), attach(model, hooks):
+            model(IDS)
     q = cache[f"{attn}.q_proj"].unflatten(-1, (4, 16)).transpose(1, 2)
     k = cache[f"{attn}.k_proj"].unflatten(-1, (2, 16)).transpose(1, 2)
     q, k = apply_rotary_pos_emb(q, k, cache["model.rotary_emb:output.0"], cache["model.rotary_emb:output.1"])
