@@ -7,7 +7,7 @@ import torch
 from interventions import DiskStore
 from interventions.subspace import complexity, pca
 from recipes.elrond.cli import main
-from recipes.elrond.experiment import predict_factors
+from recipes.elrond.experiment import predict_factors, unit_rows
 from recipes.elrond.gradients import Setting, collect, concept_position, embed, fully_noised, pair_gradients, regenerate
 from recipes.elrond.steer import generate
 
@@ -54,6 +54,17 @@ def test_hook_gradients_equal_autograd(pipe):
 def test_gradients_stream_to_the_disk_store(pipe, striped_circle, tmp_path):
     assert striped_circle.shape == (32, 64)
     assert bool((striped_circle.norm(dim=1) > 0).all())
+
+
+def test_spectral_gap_of_unit_gradients_falls_with_fewer_free_factors(pipe, striped_circle, tmp_path):
+    """3 free factors > 2 > 1 on seed 0 (measured 4 / 2 / 1); the raw gradients' count does not
+    order them, and "a striped red circle" (no free factor) does not fit (recipes/results/README.md)."""
+    gaps = {}
+    for prompt in ("a", "a circle"):
+        g = collect(pipe, prompt, 32, DiskStore(tmp_path / prompt), setting=SETTING, progress=False)
+        gaps[prompt] = complexity(unit_rows(g))["spectral_gap"]
+    gaps["a striped circle"] = complexity(unit_rows(striped_circle))["spectral_gap"]
+    assert list(gaps.values()) == [4, 2, 1]
 
 
 def test_top_direction_changes_the_free_factor_and_keeps_the_prompted_ones(pipe, evaluators, striped_circle):
