@@ -6,7 +6,7 @@ prompt-embedding space (arXiv 2602.10216).
     interventions run elrond                                   # the shapes ladder, seeds 0 1 2
     interventions run elrond --prompt "a striped circle" --steer "a striped circle" --seeds 0
     interventions run elrond --model stable-diffusion-v1-5/stable-diffusion-v1-5 --device cuda \\
-        --prompt "a photo of a dog" --n 1024 --batch 16 --sample-steps 25 --regen-steps 4 \\
+        --prompt "a photo of a dog" --n 1024 --batch 2 --sample-steps 25 --regen-steps 4 \\
         --guidance 7.5 --strength 8 --steer "a photo of a dog"
 
 For each ``--prompt`` and seed: ``--n`` samples, random pairs, the concept token's gradients
