@@ -33,7 +33,10 @@ RECIPES: dict[str, tuple[str, str]] = {
         "recipes.saeuron.run:main",
         "SAeUron concept unlearning with SAEs on the shapes world (arXiv 2501.18052)",
     ),
-    "elrond": ("recipes.elrond.cli:main", "ELROND variation directions from prompt-embedding gradients (arXiv 2602.10216)"),
+    "elrond": (
+        "recipes.elrond.cli:main",
+        "ELROND variation directions from prompt-embedding gradients (arXiv 2602.10216)",
+    ),
 }
 
 
