@@ -29,7 +29,7 @@ BRANCHES = ("cond", "uncond", "image_cond", "perturbed", "skip_layers")
 class RunState:
     """Tracking state of one session. The session is its only writer: adapters and the session's
     own torch hooks report what they see through these methods (a run began, the scheduler
-    stepped, a component's call began or ended, a denoiser call began with this timestep and these
+    stepped, a component's call began, a denoiser call began with this timestep and these
     row blocks) and never set its fields.
 
     ``calls`` counts the calls of each component (a pipeline's text encoder, VAE, denoisers; the

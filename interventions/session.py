@@ -232,7 +232,7 @@ class Session:
                 module = self.tree.get(den)
                 if module is None:
                     raise InterventionError(f"{self.adapter.name} adapter: denoiser {den!r} is not in the model")
-                enter, leave = self._denoiser_hooks(den)
+                enter = self._denoiser_entry(den)
                 self._handles.append(module.register_forward_pre_hook(enter, with_kwargs=True, prepend=True))
             for comp in dict.fromkeys(e.ctx.component for e in self.entries):
                 if comp not in self._denoisers:
@@ -300,7 +300,8 @@ class Session:
 
         self._undo += [wrap_attribute(module, n, make) for n in names]
 
-    def _denoiser_hooks(self, component: str) -> tuple[Callable[..., None], Callable[..., None]]:
+    def _denoiser_entry(self, component: str) -> Callable[..., None]:
+        """The pre-hook of a denoiser: a new step (or the same one) with its timestep and rows."""
         adapter, state = self.adapter, self.state
 
         def enter(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -309,7 +310,7 @@ class Session:
             batch = adapter.batch_of(args, kwargs) or 0
             state.enter_denoiser(component, t, adapter.segments(module, args, kwargs, batch))
 
-        return enter, self._exit_denoiser
+        return enter
 
     def _exit_denoiser(self, module: nn.Module, args: Any, output: Any) -> None:
         self.state.exit_denoiser()
