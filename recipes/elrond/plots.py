@@ -21,7 +21,7 @@ def plot(result: dict[str, Any], path: Any) -> None:
         ys = [v["components_95"] for v in c.values()]
         gaps = [v["spectral_gap"] for v in c.values()]
         ax.scatter([x - 0.08] * len(ys), ys, color="C0", label="components to 95%" if x == 0 else None)
-        ax.scatter([x], gaps, color="C1", marker="s", label="spectral gap" if x == 0 else None)
+        ax.scatter([x] * len(gaps), gaps, color="C1", marker="s", label="spectral gap" if x == 0 else None)
         unit = [v["unit"]["spectral_gap"] for v in c.values() if "unit" in v]
         ax.scatter([x + 0.08] * len(unit), unit, color="C2", marker="^", label="gap, unit rows" if x == 0 else None)
     ax.set_xticks(range(len(prompts)), [repr(p) for p in prompts], rotation=20, fontsize=8)
