@@ -252,3 +252,12 @@ def test_project_out_and_project_positive():
     assert torch.allclose(outs["project_positive"] @ v, torch.tensor([0.0, -5.0, 0.0]), atol=1e-6)
     with pytest.raises(ValueError, match="project_out.*project_positive"):
         Ablate("project", direction=v)
+
+
+def test_denoiser_run_by_hand_before_any_pipeline_call_is_unlabelled_not_an_error():
+    """The pipeline's CFG flag exists only once its __call__ ran; before, the rows carry no branch."""
+    pipe = sd_pipeline()
+    cache = Cache()
+    with torch.no_grad(), attach(pipe, {"unet.mid_block": cache}):
+        pipe.unet(torch.randn(2, 4, 8, 8), torch.tensor(10), encoder_hidden_states=torch.randn(2, 7, 32))
+    assert list(cache.keys()) == [("unet.mid_block", 0, None)]

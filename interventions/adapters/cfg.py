@@ -68,8 +68,10 @@ class PipelineFlags:
         self._captured: bool | None = None  # the flag the pipeline last passed to encode_prompt
 
     def order(self) -> tuple[str, ...] | None:
-        flag = self.pipe.do_classifier_free_guidance if self._flag_property else self._captured
-        if self._pag and self.pipe.do_perturbed_attention_guidance:
+        # the properties read what the pipeline's __call__ set: before a first call (the denoiser run
+        # by hand) they raise, and the rows carry no branch
+        flag = getattr(self.pipe, "do_classifier_free_guidance", None) if self._flag_property else self._captured
+        if self._pag and getattr(self.pipe, "do_perturbed_attention_guidance", False):
             return PAG_CFG if flag else PAG
         if flag is None:
             return None
