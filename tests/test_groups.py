@@ -212,22 +212,7 @@ def flux() -> tuple[torch.nn.Module, Run]:
 
 
 def wan() -> tuple[torch.nn.Module, Run]:
-    from diffusers import WanTransformer3DModel
-
-    m = _seeded(
-        lambda: WanTransformer3DModel(
-            patch_size=(1, 2, 2),
-            num_attention_heads=2,
-            attention_head_dim=8,
-            in_channels=4,
-            out_channels=4,
-            text_dim=32,
-            freq_dim=16,
-            ffn_dim=32,
-            num_layers=2,
-            rope_max_seq_len=32,
-        )
-    )
+    m = _seeded(tiny_models.wan_transformer)
     return m, lambda: m(torch.zeros(1, 4, 2, 8, 8), torch.tensor([10]), torch.zeros(1, 5, 32))
 
 

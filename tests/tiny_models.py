@@ -38,6 +38,7 @@ __all__ = [
     "sd_pipeline",
     "controlnet_pipeline",
     "wan22_pipeline",
+    "wan_transformer",
     "stable_audio_pipeline",
     "sd3_pipeline",
     "flux_pipeline",
@@ -540,26 +541,30 @@ def llama_lm(seed: int = 0, **config_overrides):
     return _finish(model), lm_tokenizer(bos=True)
 
 
+def wan_transformer():
+    """A tiny ``WanTransformer3DModel`` (2 layers, 2 heads of 8, text width 32), random weights."""
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=4,
+        text_dim=32,
+        freq_dim=16,
+        ffn_dim=32,
+        num_layers=2,
+        rope_max_seq_len=32,
+    )
+
+
 def wan22_pipeline(seed: int = 0):
     """Tiny Wan 2.2 ``WanPipeline``: two transformers (``transformer`` for the high-noise steps,
     ``transformer_2`` below ``boundary_ratio``), sequential CFG passes named by ``cache_context``,
     a UMT5 text encoder and a Wan VAE. Call with ``height=16, width=16, num_frames=1``."""
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline
     from transformers import UMT5Config, UMT5EncoderModel
-
-    def transformer():
-        return WanTransformer3DModel(
-            patch_size=(1, 2, 2),
-            num_attention_heads=2,
-            attention_head_dim=8,
-            in_channels=4,
-            out_channels=4,
-            text_dim=32,
-            freq_dim=16,
-            ffn_dim=32,
-            num_layers=2,
-            rope_max_seq_len=32,
-        )
 
     with _seeded(seed):
         vae = AutoencoderKLWan(
@@ -588,8 +593,8 @@ def wan22_pipeline(seed: int = 0):
             text_encoder=UMT5EncoderModel(config),
             vae=vae,
             scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-            transformer=transformer(),
-            transformer_2=transformer(),
+            transformer=wan_transformer(),
+            transformer_2=wan_transformer(),
             boundary_ratio=0.5,
         )
     return _finish(pipe)
