@@ -573,6 +573,13 @@ def bench_enter(targets: dict[str, Target], peers: dict[str, Any], rounds: int) 
             with attach(t.attach_to, {}, on_unfired="ignore"):
                 pass
 
+        prepared = attach(t.attach_to, hooks, on_unfired="ignore")  # resolved once, like raw's modules
+        prepared.remove()
+
+        def reentered(session: Any = prepared) -> None:
+            with session:
+                pass
+
         def ours(t: Target = t, hooks: dict[str, Any] = hooks) -> None:
             with attach(t.attach_to, hooks, on_unfired="ignore"):
                 pass
@@ -580,6 +587,7 @@ def bench_enter(targets: dict[str, Target], peers: dict[str, Any], rounds: int) 
         variants[f"raw:{t.name}"] = raw
         variants[f"raw_resolved:{t.name}"] = raw_resolved
         variants[f"empty:{t.name}"] = empty
+        variants[f"reentered:{t.name}"] = reentered
         variants[f"interventions:{t.name}"] = ours
         if "baukit" in peers:
 

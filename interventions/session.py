@@ -529,11 +529,13 @@ class Session:
 
     def __enter__(self) -> Session:
         if not self._active:  # entered again after its block ended: attach the same hooks again
-            self.state = RunState()
+            # (its sites stay resolved: re-entering costs about what registering raw hooks does)
+            self.state.__init__()  # type: ignore[misc]  # in place: every context reads this object
             self._thread = None
             for e in self.entries:
-                e.ctx._state, e.fired, e.epoch = self.state, 0, -1
-                e.applied = [when is None for _, when, _ in e.hooks]
+                e.fired, e.epoch = 0, -1
+                if not all(e.applied):
+                    e.applied = [when is None for _, when, _ in e.hooks]
             self._register()
         return self
 
