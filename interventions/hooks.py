@@ -125,6 +125,12 @@ def _feature_vector(what: str, v: Tensor, x: Tensor, ctx: Context) -> Tensor:
     return v
 
 
+def _unit(v: Tensor, x: Tensor, ctx: Context) -> Tensor:
+    """A direction placed on the site's feature axis, scaled to unit norm along it (the axis counted
+    from the end: a per-feature vector on the last axis stays 1-D)."""
+    return v / v.norm(dim=feature_dim(ctx.layout, x.ndim) - x.ndim, keepdim=True).clamp_min(1e-12)
+
+
 def _mask_for(x: Tensor, ctx: Context, mask: Tensor | None, tokens: Any, channels: Any) -> Tensor | None:
     """Combine a broadcastable bool mask, token positions and channel indices into one mask."""
     out: Tensor | None = None
@@ -353,7 +359,7 @@ class AddVector:
         """The vector to add, checked and placed on the feature axis, and the token mask."""
         vec = _feature_vector("AddVector", self.vector, x, ctx)
         if self.unit:
-            vec = vec / vec.norm(dim=feature_dim(ctx.layout, x.ndim) - x.ndim, keepdim=True).clamp_min(1e-12)
+            vec = _unit(vec, x, ctx)
         # a tensor times a Python scalar costs ~10 us on the CPU: skip it for scale 1
         return (vec if self.scale == 1 else vec * self.scale), _mask_for(x, ctx, self.mask, self.tokens, None)
 
@@ -420,8 +426,7 @@ class Ablate:
                 out = _feature_vector("Ablate(mean)", self.value, x, ctx).expand_as(x)
         else:
             assert self.direction is not None
-            v = _feature_vector("Ablate(project)", self.direction, x, ctx)
-            v = v / v.norm(dim=dim - x.ndim, keepdim=True).clamp_min(1e-12)  # from the end: v may be 1-D
+            v = _unit(_feature_vector("Ablate(project)", self.direction, x, ctx), x, ctx)
             coef = (x * v).sum(dim=dim, keepdim=True)
             if self.mode == "project_positive":
                 coef = coef.clamp_min(0)
@@ -598,20 +603,16 @@ class EditGrad:
             )
         key = ctx.key
         direction = None
-        if self.project_out is not None:
-            v = _feature_vector("EditGrad(project_out)", self.project_out, x, ctx)
-            direction = (
-                v / v.norm(dim=feature_dim(ctx.layout, x.ndim) - x.ndim, keepdim=True).clamp_min(1e-12),
-                ctx.layout,
-            )
+        if self.project_out is not None:  # the gradient has the site's shape: one feature axis for both
+            v = _unit(_feature_vector("EditGrad(project_out)", self.project_out, x, ctx), x, ctx)
+            direction = (v, feature_dim(ctx.layout, x.ndim))
         x.register_hook(lambda g: self._edit(g, key, direction))
 
-    def _edit(self, g: Tensor, key: StoreKey, direction: tuple[Tensor, str | None] | None) -> Tensor:
+    def _edit(self, g: Tensor, key: StoreKey, direction: tuple[Tensor, int] | None) -> Tensor:
         if self.scale is not None:
             g = g * self.scale
         if direction is not None:
-            v, layout = direction
-            dim = feature_dim(layout, g.ndim)
+            v, dim = direction
             g = g - (g * v).sum(dim=dim, keepdim=True) * v
         if self.fn is not None:
             out = self.fn(g, key)

@@ -39,6 +39,7 @@ from torch.nn.utils.parametrizations import orthogonal
 from .artifact_fields import check_metrics, check_text, check_version, check_weights
 from .context import Context, When
 from .errors import InterventionError, ShapeMismatchError
+from .hooks import WidthCheck
 from .layout import feature_dim, token_mask
 
 WEIGHTS_NAME = "intervention.safetensors"
@@ -84,12 +85,8 @@ class Trainable(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: Tensor, ctx: Context) -> Tensor:
+        WidthCheck(self.d, type(self).__name__)(x, ctx)
         dim = feature_dim(ctx.layout, x.ndim)
-        if x.shape[dim] != self.d:
-            raise ShapeMismatchError(
-                f"{type(self).__name__} at site {ctx.site!r}: {x.shape[dim]} features (shape {tuple(x.shape)}), "
-                f"the intervention was made for {self.d}"
-            )
         h = x.movedim(dim, -1)
         out = (h + self._edit(h, ctx).to(h.dtype)).movedim(-1, dim)
         if self.tokens is None:
