@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from . import adapters as _adapters
-from .adapters.base import Adapter, Undo, wrap_attribute
+from .adapters.base import Adapter, Undo, looks_like, wrap_attribute
 from .context import ALL_ROWS, BRANCHES, Context, RunState, When, as_when, check_branch
 from .errors import (
     CompiledModelError,
@@ -135,13 +135,21 @@ class Session:
         self._thread: int | None = None
         self.tree = ModuleTree(self.adapter.components())
         self._denoisers = list(self.adapter.denoisers())
+        self._denoiser_modules = [self._module_at(den) for den in self._denoisers]
         self.entries = self._resolve(hooks, _checked_layouts(layouts))
-        for path in [e.site.module for e in self.entries if id(e.module) not in self.tree.checked] + self._denoisers:
-            self.tree.get(path)  # sites found in the path table (globs): check their chains too
+        for e in self.entries:
+            if id(e.module) not in self.tree.checked:
+                self.tree.get(e.site.module)  # a site found in the path table (a glob): check its chain too
         _refuse_compiled(self.tree.compiled)
         self._register()
 
     # -- building ------------------------------------------------------------------------------
+    def _module_at(self, denoiser: str) -> nn.Module:
+        module = self.tree.get(denoiser)  # the walk also checks its chain for torch.compile
+        if module is None:
+            raise InterventionError(f"{self.adapter.name} adapter: denoiser {denoiser!r} is not in the model")
+        return module
+
     def _resolve(self, hooks: Mapping[str, HookSpec], layouts: dict[str, str]) -> list[_Entry]:
         if not isinstance(hooks, Mapping):
             raise TypeError("attach(model, hooks): hooks is a dict {site pattern: hook or [hooks]}")
@@ -228,10 +236,7 @@ class Session:
     def _register(self) -> None:
         try:
             self._undo += self.adapter.install(self.state)
-            for den in self._denoisers:
-                module = self.tree.get(den)
-                if module is None:
-                    raise InterventionError(f"{self.adapter.name} adapter: denoiser {den!r} is not in the model")
+            for den, module in zip(self._denoisers, self._denoiser_modules, strict=True):
                 enter = self._denoiser_entry(den)
                 self._handles.append(module.register_forward_pre_hook(enter, with_kwargs=True, prepend=True))
             for comp in dict.fromkeys(e.ctx.component for e in self.entries):
@@ -245,9 +250,7 @@ class Session:
                     fn = self._input_hook(e)
                     fn = self._stopping(e, fn) if self.stop else fn
                     self._handles.append(e.module.register_forward_pre_hook(fn, with_kwargs=True))
-            for den in self._denoisers:  # registered last: they run after this session's output hooks
-                module = self.tree.get(den)
-                assert module is not None
+            for module in self._denoiser_modules:  # registered last: they run after this session's output hooks
                 self._handles.append(module.register_forward_hook(self._exit_denoiser, always_call=True))
             self._active = True
         except BaseException:
@@ -296,7 +299,7 @@ class Session:
                 finally:
                     depth[0] -= 1
 
-            return entry
+            return looks_like(entry, original)  # e.g. inspect.signature(vae.decode) as before
 
         self._undo += [wrap_attribute(module, n, make) for n in names]
 

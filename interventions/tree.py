@@ -54,7 +54,7 @@ class ModuleTree:
 
     def component_of(self, path: str) -> str:
         """The component a module path lies in (``""`` for a single model)."""
-        return "" if "" in self.components else path.partition(".")[0]
+        return "" if self._single else path.partition(".")[0]
 
     def paths(self) -> dict[str, nn.Module]:
         """Every module path (computed once per tree)."""
