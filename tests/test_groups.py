@@ -139,22 +139,7 @@ def mamba() -> tuple[torch.nn.Module, Run]:
 
 
 def unet() -> tuple[torch.nn.Module, Run]:
-    from diffusers import UNet2DConditionModel
-
-    m = _seeded(
-        lambda: UNet2DConditionModel(
-            sample_size=8,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            block_out_channels=(8, 16),
-            layers_per_block=1,
-            norm_num_groups=4,
-            cross_attention_dim=32,
-            attention_head_dim=2,
-        )
-    )
+    m = _seeded(tiny_models.sd_unet)
     return m, lambda: m(torch.zeros(1, 4, 8, 8), 10, encoder_hidden_states=torch.zeros(1, 5, 32))
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "clip_tokenizer",
     "t5_tokenizer",
     "sd_pipeline",
+    "sd_unet",
     "controlnet_pipeline",
     "wan22_pipeline",
     "wan_transformer",
@@ -236,6 +237,24 @@ def _vae(latent_channels: int = 4, flow: bool = False):
 # ---------------------------------------------------------------------------------------------
 
 
+def sd_unet():
+    """The tiny SD ``UNet2DConditionModel`` of :func:`sd_pipeline` (random weights, unseeded)."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        cross_attention_dim=32,
+        attention_head_dim=2,  # diffusers' legacy name: number of heads
+    )
+
+
 def sd_pipeline(seed: int = 0):
     """Tiny ``StableDiffusionPipeline``: 16x16 images, 8x8x4 latents, DDIM.
 
@@ -244,21 +263,10 @@ def sd_pipeline(seed: int = 0):
     (self) and ``attn2`` (cross). Call: ``pipe(["a red circle"], num_inference_steps=3,
     guidance_scale=3.0, generator=torch.Generator().manual_seed(0), output_type="pt")``.
     """
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     with _seeded(seed):
-        unet = UNet2DConditionModel(
-            sample_size=8,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            block_out_channels=(8, 16),
-            layers_per_block=1,
-            norm_num_groups=4,
-            cross_attention_dim=32,
-            attention_head_dim=2,  # diffusers' legacy name: number of heads
-        )
+        unet = sd_unet()
         vae = _vae(4)
         text_encoder = _clip_text(hidden=32)
     scheduler = DDIMScheduler(
