@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from . import shapes as world
-from .text import text_encoder_config
+from .text import load_text_encoder, text_encoder_config
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -241,7 +241,7 @@ def load_pipeline(path=None, device="cpu", dtype=torch.float32):
     safetensors and JSON only, each config checked against its weights first (:mod:`recipes.folders`)."""
     import diffusers
     from diffusers import SchedulerMixin, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     from hub_cards import ArtifactError, read_json
 
@@ -258,13 +258,7 @@ def load_pipeline(path=None, device="cpu", dtype=torch.float32):
     vae_cls = _vae_class()
     pipe = build_pipeline(
         unet=load_component(UNet2DConditionModel, path / "unet", weights, path, UNet2DConditionModel.from_config),
-        text_encoder=load_component(
-            CLIPTextModel,
-            path / "text_encoder",
-            "model.safetensors",
-            path,
-            lambda config: CLIPTextModel(CLIPTextConfig.from_dict(config)),
-        ),
+        text_encoder=load_text_encoder(path),
         tokenizer=PreTrainedTokenizerFast.from_pretrained(path / "tokenizer"),
         vae=load_component(vae_cls, path / "vae", weights, path, vae_cls.from_config),
         scheduler=sched_cls.from_pretrained(path / "scheduler"),

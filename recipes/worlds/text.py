@@ -3,6 +3,7 @@ tiny ``CLIPTextModel`` config that reads it."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 
@@ -43,4 +44,20 @@ def text_encoder_config(vocab: dict[str, int], max_length: int) -> dict[str, Any
         bos_token_id=vocab["<bos>"],
         eos_token_id=vocab["<eos>"],
         projection_dim=64,
+    )
+
+
+def load_text_encoder(root: Path) -> Any:
+    """A world checkpoint's CLIP text encoder (``root/text_encoder``), from safetensors only, its
+    config checked against the weights before it is built (:func:`recipes.folders.load_component`)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from ..folders import load_component
+
+    return load_component(
+        CLIPTextModel,
+        root / "text_encoder",
+        "model.safetensors",
+        root,
+        lambda config: CLIPTextModel(CLIPTextConfig.from_dict(config)),
     )

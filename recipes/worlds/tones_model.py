@@ -47,7 +47,7 @@ from pathlib import Path
 import torch
 
 from . import tones as world
-from .text import text_encoder_config
+from .text import load_text_encoder, text_encoder_config
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -277,7 +277,7 @@ def load_model(path=None) -> TonesModel:
     """Load a :class:`TonesModel` (eval mode, CPU) from a checkpoint folder (default: shipped):
     safetensors and JSON only, each config checked against its weights first (:mod:`recipes.folders`)."""
     from diffusers import DDIMScheduler, StableAudioDiTModel
-    from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     from hub_cards import read_json
 
@@ -297,13 +297,7 @@ def load_model(path=None) -> TonesModel:
         path,
         StableAudioDiTModel.from_config,
     )
-    te = load_component(
-        CLIPTextModel,
-        path / "text_encoder",
-        "model.safetensors",
-        path,
-        lambda config: CLIPTextModel(CLIPTextConfig.from_dict(config)),
-    )
+    te = load_text_encoder(path)
     tok = PreTrainedTokenizerFast.from_pretrained(path / "tokenizer")
     sched = DDIMScheduler.from_pretrained(path / "scheduler")
     return TonesModel(tr, te, tok, sched, rope_theta=theta).eval()
