@@ -29,7 +29,7 @@ import contextlib
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,38 @@ from .sae import SAE, Kind, SAEInfo, fvu, geometric_median, l0
 from .store import Store
 
 TokenSource = Tensor | Store | Iterable[Tensor]
+
+
+@dataclass
+class TrainState:
+    """Where a run stands after a step: what a checkpoint holds beside the weights and optimiser."""
+
+    step: int
+    tokens_seen: int
+    since_fired: Tensor
+    losses: list[Tensor]
+
+
+class TrainSync(Protocol):
+    """What ``train_sae`` asks of the processes it runs in, when it runs in several (and to resume):
+    :class:`interventions.distributed.DDPSync` is the torch.distributed one. One process with no
+    checkpoints needs none."""
+
+    def start(self, sae: SAE, opt: torch.optim.Optimizer) -> TrainState | None:
+        """Make every replica start from the same weights; return the state to resume from, if any."""
+        ...
+
+    def gradients(self, sae: SAE) -> None:
+        """Replace each parameter's ``.grad`` by its mean over the processes."""
+        ...
+
+    def step_stats(self, fired: Tensor, tokens: int, loss: Tensor) -> tuple[Tensor, int, Tensor]:
+        """The latents fired on any process, the tokens of all processes, the mean loss."""
+        ...
+
+    def step_done(self, state: TrainState, sae: SAE, opt: torch.optim.Optimizer) -> None:
+        """Called after every step (a checkpoint every so many steps)."""
+        ...
 
 
 @dataclass
@@ -191,11 +223,16 @@ def train_sae(
     branch: str | None | bool = False,
     config: TrainConfig | None = None,
     info: SAEInfo | None = None,
+    held_out: Tensor | None = None,
+    sync: TrainSync | None = None,
 ) -> tuple[SAE, TrainReport]:
     """Train an SAE of ``d_sae`` latents on tokens from ``source``; returns it and its report.
 
     ``d_sae`` may be an :class:`SAE` instead: it is trained further (its kind, ``k`` and ``b_dec``
-    kept; ``kind`` and ``k`` ignored), moved to the training device."""
+    kept; ``kind`` and ``k`` ignored), moved to the training device. ``held_out``: tokens kept
+    apart from ``source`` to initialise ``b_dec`` and report on, instead of a random hold-out of
+    the stream's start (every process of a distributed run holds the same ones). ``sync``: keeps
+    the replicas of a multi-process run in step and checkpoints (:class:`TrainSync`)."""
     cfg = config or TrainConfig()
     gen = torch.Generator().manual_seed(cfg.seed)  # a CPU generator: draws are the same on every device
 
@@ -204,29 +241,39 @@ def train_sae(
             yield from tokens.split(cfg.shuffle_tokens)
 
     first = one_pass()
-    head, straddling = _read_head(first, max(cfg.shuffle_tokens, cfg.eval_tokens or 0))
-    n_head = head.shape[0]
-    if n_head == 0:
-        raise ValueError(f"no activations to train on (site={site!r}, branch={branch!r}): is the store empty?")
-    n_eval = cfg.eval_tokens if cfg.eval_tokens is not None else min(4096, n_head // 10)
-    if n_head < n_eval or n_eval < 1:
-        raise ValueError(
-            f"the source holds {n_head} tokens, fewer than the {n_eval} held out for evaluation: "
-            "lower TrainConfig.eval_tokens or pass more activations"
-        )
-    held = torch.randperm(n_head, generator=gen, device="cpu")[:n_eval].sort().values
-    kept = torch.ones(n_head, dtype=torch.bool, device="cpu")
-    kept[held] = False
+    if held_out is not None:
+        eval_x = to_tokens(held_out, layout)
+        head, straddling, held = eval_x, None, None
+        if eval_x.shape[0] < 1:
+            raise ValueError("held_out holds no tokens: pass at least one token to evaluate on")
+        n_eval = eval_x.shape[0]
+    else:
+        head, straddling = _read_head(first, max(cfg.shuffle_tokens, cfg.eval_tokens or 0))
+        n_head = head.shape[0]
+        if n_head == 0:
+            raise ValueError(f"no activations to train on (site={site!r}, branch={branch!r}): is the store empty?")
+        n_eval = cfg.eval_tokens if cfg.eval_tokens is not None else min(4096, n_head // 10)
+        if n_head < n_eval or n_eval < 1:
+            raise ValueError(
+                f"the source holds {n_head} tokens, fewer than the {n_eval} held out for evaluation: "
+                "lower TrainConfig.eval_tokens or pass more activations"
+            )
+        held = torch.randperm(n_head, generator=gen, device="cpu")[:n_eval].sort().values
+        kept = torch.ones(n_head, dtype=torch.bool, device="cpu")
+        kept[held] = False
+        eval_x = head[held.to(head.device)]
 
     def chunks() -> Iterator[Tensor]:
-        yield head[kept.to(head.device)]
+        if held is not None:
+            yield head[kept.to(head.device)]
         if straddling is not None:
             yield straddling
         yield from first  # the rest of the first pass
         passes = 1
         while cfg.epochs is None or passes < cfg.epochs:
             yielded = False
-            for chunk in _without(one_pass(), held):  # the hold-out stays held out on every pass
+            # the hold-out stays held out on every pass
+            for chunk in _without(one_pass(), held) if held is not None else one_pass():
                 yielded = True
                 yield chunk
             if not yielded:
@@ -235,7 +282,7 @@ def train_sae(
 
     device = torch.device(cfg.device) if cfg.device is not None else head.device
     dtype = cfg.dtype or (torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32)
-    eval_x = head[held.to(head.device)].to(device, torch.float32)
+    eval_x = eval_x.to(device, torch.float32)
     d_in = eval_x.shape[1]
     info = info or SAEInfo(site=site or "", layout=layout, branch="all" if branch is False else str(branch))
     if isinstance(d_sae, SAE):
@@ -266,8 +313,16 @@ def train_sae(
     bar = tqdm(total=cfg.steps, desc=f"SAE {kind} d_sae={d_sae}", disable=not cfg.progress)
     precision = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
     buffers = _Buffers()
-    step = 0
+    step = skip = 0
+    resumed = sync.start(sae, opt) if sync is not None else None
+    if resumed is not None:  # the same stream replayed up to where the checkpoint left it
+        step = skip = resumed.step
+        since_fired, tokens_seen, losses = resumed.since_fired.to(device), resumed.tokens_seen, resumed.losses
+        bar.update(step)
     for x in _batches(chunks(), cfg, gen, device):
+        if skip:
+            skip -= 1
+            continue
         if step >= cfg.steps:
             break
         for group in opt.param_groups:
@@ -280,16 +335,22 @@ def train_sae(
             with precision:
                 loss, fired = _loss(sae, x, cfg, variance, dead, settings)
             loss.backward()
+        n = x.shape[0]
+        if sync is not None:
+            sync.gradients(sae)
+            fired, n, loss = sync.step_stats(fired, n, loss.detach())
         _remove_parallel_grad(sae)
         opt.step()
         sae.normalize_decoder()
         if kind == "jumprelu":
             with torch.no_grad():
                 sae.threshold.clamp_(min=1e-6)
-        since_fired = torch.where(fired, 0, since_fired + x.shape[0])
-        tokens_seen += x.shape[0]
+        since_fired = torch.where(fired, 0, since_fired + n)
+        tokens_seen += n
         losses.append(loss.detach())
         step += 1
+        if sync is not None:
+            sync.step_done(TrainState(step, tokens_seen, since_fired, losses), sae, opt)
         if cfg.progress and (step % 25 == 0 or step == cfg.steps):
             bar.set_postfix(loss=f"{float(loss):.4f}", dead=f"{float(dead.float().mean()):.1%}")
         bar.update(1)

@@ -411,11 +411,17 @@ class DiskStore:
         if self._buffered >= self.buffer_bytes:
             self.flush()
 
-    def flush(self) -> None:
+    def flush(self, metadata: dict[str, str] | None = None) -> str | None:
         """Write buffered entries as one new shard, atomically and durably: if writing fails, no
-        shard file appears and the entries stay buffered (a later flush retries)."""
+        shard file appears and the entries stay buffered (a later flush retries). ``metadata``
+        goes into the shard's header beside the checksums, so a record of what the shard holds
+        (the work items of a distributed harvest) is written in the same atomic rename; its keys
+        must not start with ``[`` (those name tensors). Returns the shard's name, or None when
+        nothing was buffered."""
         if not self._buffer:
-            return
+            return None
+        if any(name.startswith("[") for name in metadata or {}):
+            raise ValueError("shard metadata keys starting with '[' are tensor names; choose another prefix")
         shard = f"shard-{self._next_shard:05d}.safetensors"
         tmp = self.path / f".{shard}.tmp"  # in the same folder: the rename cannot cross devices
         names: dict[StoreKey, list[str]] = {}
@@ -431,7 +437,9 @@ class DiskStore:
                 tensors[name] = part.clone() if storage and storage in storages else part
                 storages.add(storage)
         try:
-            save_file(tensors, str(tmp), metadata={name: _crc(t) for name, t in tensors.items()})
+            save_file(
+                tensors, str(tmp), metadata={**(metadata or {}), **{name: _crc(t) for name, t in tensors.items()}}
+            )
             _fsync(tmp)
             os.replace(tmp, self.path / shard)
             _fsync(self.path)
@@ -446,6 +454,7 @@ class DiskStore:
         self._buffer.clear()
         self._replacing.clear()
         self._buffered = 0
+        return shard
 
     def put_rows(self, key: StoreKey, tensor: torch.Tensor, segments: Sequence[tuple[str | None, slice]]) -> None:
         """Store each CFG branch's rows of one batched tensor under ``key`` with that branch."""
