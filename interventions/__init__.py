@@ -28,6 +28,7 @@ from .errors import (
 )
 from .heads import eager_attention, head_sites, pattern_sites
 from .hooks import Ablate, AddVector, Cache, EditGrad, Grads, Hook, Lambda, Patch, SAEEdit
+from .membership import denoising_loss, per_sample_grad_norms
 from .session import Session, attach
 from .sites import Site, SiteError, SiteNotFoundError
 from .store import DiskStore, MemoryStore
@@ -67,7 +68,9 @@ __all__ = [
     "activation_patching",
     "attach",
     "attribution_patching",
+    "denoising_loss",
     "eager_attention",
     "head_sites",
     "pattern_sites",
+    "per_sample_grad_norms",
 ]
