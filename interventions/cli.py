@@ -37,6 +37,7 @@ RECIPES: dict[str, tuple[str, str]] = {
         "recipes.elrond.cli:main",
         "ELROND variation directions from prompt-embedding gradients (arXiv 2602.10216)",
     ),
+    "dataset_inference": ("recipes.dataset_inference.run:main", "membership and dataset inference (arXiv 2512.09654)"),
 }
 
 
