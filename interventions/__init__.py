@@ -29,6 +29,7 @@ from .errors import (
 from .heads import eager_attention, head_sites, pattern_sites
 from .hooks import Ablate, AddVector, Cache, EditGrad, Grads, Hook, Lambda, Patch, SAEEdit
 from .membership import denoising_loss, per_sample_grad_norms
+from .patching import PatchingTable, patching_sweep
 from .session import Session, attach
 from .sites import Site, SiteError, SiteNotFoundError
 from .store import DiskStore, MemoryStore
@@ -54,6 +55,7 @@ __all__ = [
     "LoReFT",
     "MemoryStore",
     "Patch",
+    "PatchingTable",
     "SAEEdit",
     "Session",
     "ShapeMismatchError",
@@ -71,6 +73,7 @@ __all__ = [
     "denoising_loss",
     "eager_attention",
     "head_sites",
+    "patching_sweep",
     "pattern_sites",
     "per_sample_grad_norms",
 ]
