@@ -1,0 +1,1 @@
+"""Membership and dataset inference on diffusion models (issue 20)."""
