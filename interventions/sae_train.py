@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -68,6 +68,10 @@ class TrainSync(Protocol):
 
     def step_stats(self, fired: Tensor, tokens: int, loss: Tensor) -> tuple[Tensor, int, Tensor]:
         """The latents fired on any process, the tokens of all processes, the mean loss."""
+        ...
+
+    def residual_variance(self, err: Tensor) -> Tensor:
+        """``err.var(dim=0).sum()`` over the union of the processes' batches (the AuxK loss scale)."""
         ...
 
     def step_done(self, state: TrainState, sae: SAE, opt: torch.optim.Optimizer) -> None:
@@ -313,6 +317,7 @@ def train_sae(
     bar = tqdm(total=cfg.steps, desc=f"SAE {kind} d_sae={d_sae}", disable=not cfg.progress)
     precision = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
     buffers = _Buffers()
+    spread = sync.residual_variance if sync is not None else _spread
     step = skip = 0
     resumed = sync.start(sae, opt) if sync is not None else None
     if resumed is not None:  # the same stream replayed up to where the checkpoint left it
@@ -329,11 +334,11 @@ def train_sae(
             group["lr"] = lr * _lr_factor(step, cfg)
         dead = since_fired > cfg.dead_tokens
         if kind == "topk":  # gradients by hand: autograd's embedding_bag backward was half the step
-            loss, fired = _topk_step(sae, x, cfg, variance, dead, settings, buffers, dtype)
+            loss, fired = _topk_step(sae, x, cfg, variance, dead, settings, buffers, dtype, spread)
         else:
             opt.zero_grad(set_to_none=True)
             with precision:
-                loss, fired = _loss(sae, x, cfg, variance, dead, settings)
+                loss, fired = _loss(sae, x, cfg, variance, dead, settings, spread)
             loss.backward()
         n = x.shape[0]
         if sync is not None:
@@ -473,6 +478,7 @@ def _topk_step(
     settings: dict[str, float],
     buffers: _Buffers,
     dtype: torch.dtype = torch.float32,
+    spread: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One TopK step with its gradients written by hand into ``.grad``; returns (loss, fired).
 
@@ -506,7 +512,8 @@ def _topk_step(
         if aux is not None:
             a_values, a_idx, e_hat, scale = aux
             diff = e_hat + err  # e_hat - (x - x_hat)
-            aux_norm = n * err.var(dim=0).sum().clamp_min(1e-12)  # the residual's variance, as Gao et al.
+            # the residual's variance, as Gao et al. (of all processes' batches: ``spread``)
+            aux_norm = n * (spread or _spread)(err).clamp_min(1e-12)
             loss = loss + cfg.aux_coeff * scale * diff.pow(2).sum() / aux_norm
             g_diff = diff * (2 * cfg.aux_coeff * scale / aux_norm)
             z_aux = buffers.get("z_aux", shape, f32, device, zeros=True).scatter_(1, a_idx, a_values)
@@ -530,7 +537,13 @@ def _topk_step(
 
 
 def _loss(
-    sae: SAE, x: Tensor, cfg: TrainConfig, variance: Tensor, dead: Tensor, settings: dict[str, float]
+    sae: SAE,
+    x: Tensor,
+    cfg: TrainConfig,
+    variance: Tensor,
+    dead: Tensor,
+    settings: dict[str, float],
+    spread: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The loss by autograd (every kind; TopK trains through :func:`_topk_step`) and the fired latents."""
     pre = sae.pre_acts(x)
@@ -560,9 +573,14 @@ def _loss(
         aux = _auxk(torch.relu(pre), dead, int(settings["aux_k"]), sae.W_dec)
         if aux is not None:
             e_hat, scale = aux[2], aux[3]
-            aux_norm = x.shape[0] * err.detach().var(dim=0).sum().clamp_min(1e-12)
+            aux_norm = x.shape[0] * (spread or _spread)(err.detach()).clamp_min(1e-12)
             loss = loss + cfg.aux_coeff * scale * (e_hat + err.detach()).pow(2).sum() / aux_norm
     return loss, fired
+
+
+def _spread(err: Tensor) -> Tensor:
+    """The summed per-feature variance of a batch of residuals (the AuxK loss's scale)."""
+    return err.var(dim=0).sum()
 
 
 def _remove_parallel_grad(sae: SAE) -> None:

@@ -8,11 +8,11 @@ DDP's bucketed all-reduce through a surrogate loss ``sum(p * g)`` whose gradient
 The averaged gradient then loses its part parallel to the decoder rows and the decoder is
 renormalised on every rank alike, so the replicas stay bit-identical (checked at each
 checkpoint). The latents that fired, the token count and the loss are summed over the ranks in
-one more all-reduce, so the dead-latent window counts every rank's tokens.
+one more all-reduce, so the dead-latent window counts every rank's tokens; while latents are dead,
+the AuxK loss is scaled by the residual variance of all ranks' batches (a third, small all-reduce).
 
 With batch ``B`` per rank on ``N`` ranks, a step is the single-process step on a batch of ``N * B``
-(the union of the ranks' batches), up to float rounding; the AuxK loss, when latents are dead, is
-scaled by each rank's own residual variance.
+(the union of the ranks' batches), up to float rounding.
 
 Checkpoints (rank 0 writes them; every rank reads them) are a folder per step: ``state.safetensors``
 (weights, Adam moments, the dead-latent counters, losses) and ``state.json`` (step, tokens, world
@@ -78,6 +78,7 @@ class DDPSync:
         self.every, self.keep = every, keep
         self.settings = settings or {}
         self.bytes_per_step = 0
+        self._step_bytes = 0
         self._ddp: nn.Module | None = None
         self._steps = 0
 
@@ -89,7 +90,7 @@ class DDPSync:
 
             device_ids = [sae.W_dec.device] if sae.W_dec.device.type == "cuda" else None
             # constructing DDP broadcasts rank 0's parameters: every replica starts alike
-            ddp = DistributedDataParallel(_Surrogate(sae), device_ids=device_ids, broadcast_buffers=False)
+            ddp = DistributedDataParallel(_Surrogate(sae), device_ids=device_ids)
             ddp.register_comm_hook(self, _counting_allreduce)
             self._ddp = ddp
         return resumed
@@ -97,7 +98,6 @@ class DDPSync:
     def gradients(self, sae: SAE) -> None:
         if self._ddp is None:
             return
-        self.bytes_per_step = 0
         params = [p for p in sae.parameters() if p.requires_grad]
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         for p in params:
@@ -111,10 +111,22 @@ class DDPSync:
             [fired.double(), torch.tensor([tokens, float(loss)], dtype=torch.float64, device=fired.device)]
         )
         dist.all_reduce(stats)
-        self.bytes_per_step += stats.nbytes
+        self._step_bytes += stats.nbytes
         return stats[:-2] > 0, int(stats[-2]), (stats[-1] / self.world_size).to(loss.dtype)
 
+    def residual_variance(self, err: Tensor) -> Tensor:
+        if not self.distributed:
+            return err.var(dim=0).sum()
+        n = torch.tensor([err.shape[0]], dtype=torch.float64, device=err.device)
+        stats = torch.cat([err.double().sum(0), err.double().pow(2).sum(0), n])
+        dist.all_reduce(stats)
+        self._step_bytes += stats.nbytes
+        d, total = err.shape[1], stats[-1]
+        mean = stats[:d] / total
+        return ((stats[d : 2 * d] - total * mean * mean).sum() / (total - 1)).to(err.dtype)
+
     def step_done(self, state: TrainState, sae: SAE, opt: torch.optim.Optimizer) -> None:
+        self.bytes_per_step, self._step_bytes = self._step_bytes, 0
         last = state.step == self.settings.get("steps")
         if self.checkpoint_dir is not None and ((self.every and state.step % self.every == 0) or last):
             self._check_replicas(sae)
@@ -193,28 +205,25 @@ class DDPSync:
             for name, p in sae.named_parameters():
                 p.copy_(tensors[f"sae.{name}"])
         saved = opt.state_dict()
-        order = [name for name, p in sae.named_parameters() if p.requires_grad]
-        saved["state"] = {
-            i: {
-                what: tensors[key]
-                for key in tensors
-                if key.startswith(f"adam.{name}.")
-                for what in [key.split(".")[-1]]
-            }
-            for i, name in enumerate(order)
-            if f"adam.{name}.step" in tensors
-        }
+        state: dict[int, dict[str, Tensor]] = {}
+        for i, (name, p) in enumerate(sae.named_parameters()):  # the optimiser's order: sae.parameters()
+            if f"adam.{name}.step" in tensors:
+                moments = {key.rsplit(".", 1)[1]: t for key, t in tensors.items() if key.startswith(f"adam.{name}.")}
+                # each moment laid out as its parameter (W_enc is a transposed view): fused Adam expects that
+                state[i] = {what: t if what == "step" else torch.empty_like(p).copy_(t) for what, t in moments.items()}
+        saved["state"] = state
         opt.load_state_dict(saved)
         losses = list(tensors["losses"].unbind()) if tensors["losses"].numel() else []
         return TrainState(meta["step"], meta["tokens_seen"], tensors["since_fired"], losses)
 
 
-def _counting_allreduce(sync: DDPSync, bucket: Any) -> torch.futures.Future[Tensor]:
-    """DDP's own averaging all-reduce, counting the bytes of each gradient bucket it sends."""
+def _counting_allreduce(sync, bucket):  # type: ignore[no-untyped-def]
+    """DDP's own averaging all-reduce, counting the bytes of each gradient bucket it sends. (No
+    annotations: DDP checks them at run time, and postponed ones are strings that fail its check.)"""
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
-    sync.bytes_per_step += bucket.buffer().nbytes
-    return allreduce_hook(None, bucket)  # type: ignore[arg-type]
+    sync._step_bytes += bucket.buffer().nbytes
+    return allreduce_hook(None, bucket)
 
 
 def checkpoints(folder: str | os.PathLike[str]) -> list[Path]:
