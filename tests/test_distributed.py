@@ -309,3 +309,36 @@ def test_training_resumed_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path
     other = TrainConfig(**{**cfg.__dict__, "lr": 2e-2})
     with pytest.raises(ValueError, match="was written by another run"):
         train_sae_distributed(root, d_sae=32, k=4, config=other, checkpoint_dir=folder)
+
+
+# -- the command line, under torchrun ------------------------------------------------------------
+def plain_job():
+    """``--job tests.test_distributed:plain_job`` for ``python -m interventions.distributed harvest``."""
+    return _plain_model(), _plain_inputs(5)
+
+
+def test_cli_harvests_checks_and_trains_under_torchrun(tmp_path, capsys):
+    from interventions.distributed.cli import main
+
+    torch.set_num_threads(1)
+    root, out = tmp_path / "h", tmp_path / "sae"
+    assert (
+        main(
+            ["harvest", str(root), "--job", "tests.test_distributed:plain_job", "--site", "0", "--items-per-shard", "1"]
+        )
+        == 0
+    )
+    assert main(["check", str(root)]) == 0
+    assert "5 inputs in 5 shards, sites ['0'], complete" in capsys.readouterr().out
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--nproc-per-node", "2", "-m", "interventions.distributed", "train-sae", str(root)]
+    cmd += ["--out", str(out), "--d-sae", "32", "--k", "4", "--steps", "10", "--batch-size", "16", "--lr", "0.01"]
+    done = subprocess.run(
+        cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "320 tokens, 10 steps on cpu (float32) on 2 processes" in done.stdout  # 10 steps of 2 x 16 tokens
+    assert sorted(p.name for p in out.iterdir()) == ["cfg.json", "sae_weights.safetensors"]
+    (root / "rank-00000" / "shard-00002.safetensors").unlink()
+    assert main(["check", str(root)]) == 2
+    assert "shard-00002.safetensors is missing" in capsys.readouterr().err
