@@ -15,6 +15,7 @@ True
 
 from .attribution import activation_patching, attribution_patching
 from .context import Context, When
+from .distributed import harvest, open_harvest, train_sae_distributed
 from .errors import (
     AdapterError,
     CompiledModelError,
@@ -72,8 +73,11 @@ __all__ = [
     "attribution_patching",
     "denoising_loss",
     "eager_attention",
+    "harvest",
     "head_sites",
+    "open_harvest",
     "patching_sweep",
     "pattern_sites",
     "per_sample_grad_norms",
+    "train_sae_distributed",
 ]

@@ -6,6 +6,8 @@
     interventions hub pull REPO_ID [--revision R] [--subfolder S] [--local-dir D] [--cache-dir C] [--offline]
     interventions run                      list the recipes that can be run
     interventions run RECIPE [ARGS...]     run one (its own options follow its name)
+    interventions demo [--world W] [--out DIR] [--quick] [--model M]   the offline tour: one HTML report
+    interventions distributed COMMAND ...  harvest / check / train-sae (python -m interventions.distributed)
 
 ``hub`` talks to the Hub through ``hub_cards`` (imported only when a hub command runs; the Hub is
 ``--endpoint``, else ``$HF_ENDPOINT``, else huggingface.co; the token is ``$HF_TOKEN`` or the one
@@ -91,6 +93,11 @@ def _parser() -> argparse.ArgumentParser:
     pull.add_argument("--offline", action="store_true", help="read the Hub cache only (no network)")
     pull.add_argument("--endpoint", help="Hub URL (default: $HF_ENDPOINT or huggingface.co)")
 
+    dist = sub.add_parser("distributed", help="harvest / check / train-sae over torch.distributed (torchrun)")
+    dist.add_argument("args", nargs=argparse.REMAINDER, help="python -m interventions.distributed's arguments")
+
+    sub.add_parser("demo", help="localize, steer and unlearn concepts offline; one HTML report (demo --help)")
+
     run = sub.add_parser("run", help="run a recipe (without a name: list them)")
     run.add_argument("recipe", nargs="?", help="recipe name")
     run.add_argument("args", nargs=argparse.REMAINDER, help="the recipe's own arguments")
@@ -163,12 +170,19 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``interventions`` console script; returns the exit code."""
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    if argv[:1] == ["demo"]:  # its own parser (recipes.demo.cli), imported only when it runs
+        return int(_load("recipes.demo.cli:main")(argv[1:]) or 0)
     parser = _parser()
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    args = parser.parse_args(argv)
     if args.command == "hub":
         return _hub(args)
     if args.command == "run":
         return _run(args)
+    if args.command == "distributed":
+        from .distributed.cli import main as distributed
+
+        return distributed(args.args)
     parser.print_help()
     return 2
 

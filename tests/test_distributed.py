@@ -340,5 +340,7 @@ def test_cli_harvests_checks_and_trains_under_torchrun(tmp_path, capsys):
     assert "320 tokens, 10 steps on cpu (float32) on 2 processes" in done.stdout  # 10 steps of 2 x 16 tokens
     assert sorted(p.name for p in out.iterdir()) == ["cfg.json", "sae_weights.safetensors"]
     (root / "rank-00000" / "shard-00002.safetensors").unlink()
-    assert main(["check", str(root)]) == 2
+    from interventions.cli import main as interventions_cli
+
+    assert interventions_cli(["distributed", "check", str(root)]) == 2  # the same through `interventions`
     assert "shard-00002.safetensors is missing" in capsys.readouterr().err

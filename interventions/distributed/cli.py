@@ -64,8 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             module, _, func = args.job.partition(":")
             job = getattr(import_module(module), func)()
             model, inputs, run = (*job, None)[:3]
-            report = harvest(model, inputs, args.site, args.root, run=run, items_per_shard=args.items_per_shard)
-            print(f"rank {rank}/{world}: {report.harvested} inputs harvested now, {report.done_before} before")
+            done = harvest(model, inputs, args.site, args.root, run=run, items_per_shard=args.items_per_shard)
+            print(f"rank {rank}/{world}: {done.harvested} inputs harvested now, {done.done_before} before")
             return 0
         from ..sae_train import TrainConfig
 
