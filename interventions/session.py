@@ -62,6 +62,7 @@ class _Entry:
     whole: bool = False  # every hook acts on each row alike (or caches): no CFG split needed
     epoch: int = -1  # the state's epoch at the last firing (for the invocation index)
     applied: list[bool] = field(default_factory=list)  # per hook with a When: did it ever apply
+    fn: Callable[..., Any] | None = None  # the torch hook registered on ``module``
 
 
 def _hook_failed(e: _Entry, h: Hook | None, ctx: Context, exc: Exception) -> HookError:
@@ -137,9 +138,10 @@ class Session:
         self._denoisers = list(self.adapter.denoisers())
         self._denoiser_modules = [self._module_at(den) for den in self._denoisers]
         self.entries = self._resolve(hooks, _checked_layouts(layouts))
+        # the components whose calls are counted (not denoisers: their steps are)
+        self._counted = [c for c in dict.fromkeys(e.ctx.component for e in self.entries) if c not in self._denoisers]
         for e in self.entries:
-            if id(e.module) not in self.tree.checked:
-                self.tree.get(e.site.module)  # a site found in the path table (a glob): check its chain too
+            self.tree.get(e.site.module)  # for a site found in the path table (a glob): check its chain too
         _refuse_compiled(self.tree.compiled)
         self._register()
 
@@ -167,18 +169,18 @@ class Session:
                 if entry is None:
                     entry = by_site[name] = self._entry(site, name, module, layouts)
                 for h, when in hook_list:
-                    self._check_selector(entry, h, when)
+                    if when is not None and when.needs_steps and not entry.ctx.stepped:
+                        raise self._no_steps(entry, h, when)
                     entry.hooks.append((h, when, len(entry.applied)))
                     entry.applied.append(when is None)
-        for entry in by_site.values():
-            entry.whole = all(
-                when is None and (callable(getattr(h, "whole_batch", None)) or getattr(h, "rowwise", False))
-                for h, when, _ in entry.hooks
-            )
-        return list(by_site.values())
+        entries = list(by_site.values())
+        for entry in entries:
+            entry.whole = all(when is None and _acts_rowwise(h) for h, when, _ in entry.hooks)
+            entry.fn = self._torch_hook(entry)
+        return entries
 
     def _entry(self, site: Site, name: str, module: nn.Module, layouts: dict[str, str]) -> _Entry:
-        layout = layouts.get(name, layouts.get(site.module, _UNSET))
+        layout = layouts.get(name, layouts.get(site.module, _UNSET)) if layouts else _UNSET
         component = self._unit_of(site.module)
         ctx = Context(name, self.state, component=component, stepped=component in self._denoisers)
         entry = _Entry(site, name, module, [], ctx, layout is not _UNSET)
@@ -197,13 +199,11 @@ class Session:
                 return den
         return self.tree.component_of(path)
 
-    def _check_selector(self, e: _Entry, h: Hook, when: When | None) -> None:
-        """Refuse a step or timestep selector on a site that has no denoising steps: it would
-        never apply, and the run would look fine."""
-        if when is None or not when.needs_steps or e.ctx.stepped:
-            return
+    def _no_steps(self, e: _Entry, h: Hook, when: When) -> SelectorError:
+        """A step or timestep selector on a site that has no denoising steps: it would never
+        apply, and the run would look fine."""
         where = f"component {e.ctx.component!r}" if e.ctx.component else "this model"
-        raise SelectorError(
+        return SelectorError(
             f"{_name(h)} at site {e.name!r} selects steps or timesteps ({when!r}), but {where} has no denoising "
             f"steps ({self.adapter.name} adapter; stepped components: {self._denoisers or 'none'}), so it would "
             "never apply. Select calls with When(calls=...), or, for a denoiser this adapter does not know, "
@@ -239,17 +239,15 @@ class Session:
             for den, module in zip(self._denoisers, self._denoiser_modules, strict=True):
                 enter = self._denoiser_entry(den)
                 self._handles.append(module.register_forward_pre_hook(enter, with_kwargs=True, prepend=True))
-            for comp in dict.fromkeys(e.ctx.component for e in self.entries):
-                if comp not in self._denoisers:
-                    self._track_calls(comp)
+            for comp in self._counted:
+                self._track_calls(comp)
+            handles = self._handles
             for e in self.entries:
+                assert e.fn is not None  # made when the session resolved its sites
                 if e.site.direction == "output":
-                    fn = self._output_hook(e)
-                    self._handles.append(e.module.register_forward_hook(self._stopping(e, fn) if self.stop else fn))
+                    handles.append(e.module.register_forward_hook(e.fn))
                 else:
-                    fn = self._input_hook(e)
-                    fn = self._stopping(e, fn) if self.stop else fn
-                    self._handles.append(e.module.register_forward_pre_hook(fn, with_kwargs=True))
+                    handles.append(e.module.register_forward_pre_hook(e.fn, with_kwargs=True))
             for module in self._denoiser_modules:  # registered last: they run after this session's output hooks
                 self._handles.append(module.register_forward_hook(self._exit_denoiser, always_call=True))
             self._active = True
@@ -319,6 +317,11 @@ class Session:
         self.state.exit_denoiser()
 
     # -- firing --------------------------------------------------------------------------------
+    def _torch_hook(self, e: _Entry) -> Callable[..., Any]:
+        """The function registered on the site's module (made once: re-entering reuses it)."""
+        fn = self._output_hook(e) if e.site.direction == "output" else self._input_hook(e)
+        return self._stopping(e, fn) if self.stop else fn
+
     def _output_hook(self, e: _Entry) -> Any:
         key, run = e.site.key, self._run
         if not key:  # the common case: the module's output is the tensor
@@ -596,13 +599,17 @@ def attach(
 # -- helpers -----------------------------------------------------------------------------------
 def _hook_list(pattern: str, spec: Any) -> list[tuple[Hook, When | None]]:
     """The hooks given for one pattern, each with its ``When`` (a plain function has none)."""
-    hooks = list(spec) if isinstance(spec, (list, tuple)) else [spec]
     out = []
-    for h in hooks:
+    for h in spec if isinstance(spec, (list, tuple)) else (spec,):
         if not callable(h):
             raise TypeError(f"site {pattern!r}: {h!r} is not a hook (a callable hook(x, ctx))")
         out.append((h, as_when(getattr(h, "when", None))))
     return out
+
+
+def _acts_rowwise(h: Any) -> bool:
+    """A hook that treats every row alike (or caches a whole batch): no CFG split needed."""
+    return callable(getattr(h, "whole_batch", None)) or getattr(h, "rowwise", False)
 
 
 def _compiled_hint() -> str:

@@ -1,8 +1,10 @@
 """The module tree a session addresses: one module, or a pipeline's components under their names.
 
-Literal paths are looked up along the path (cost: its depth), so attaching to a few named sites
-of a large model never walks the whole tree; the full list of paths is built only when a glob or
-an error message needs it.
+Literal paths are looked up through their parent path, each path once per tree (sibling sites
+share their walk: attaching 20 sites of one block costs a step each), so attaching to a few named
+sites of a large model never walks the whole tree; the full list of paths is built only when a
+glob or an error message needs it. A tree lives for one attach: a module replaced or compiled
+since the last session is seen.
 """
 
 from __future__ import annotations
@@ -19,38 +21,28 @@ class ModuleTree:
         self.components = components
         self._single = "" in components
         self._paths: dict[str, nn.Module] | None = None
-        self.checked: set[int] = set()
         self.compiled: set[str] = set()
+        self._found: dict[str, nn.Module | None] = {}  # every path looked up (or passed) so far
+        for name, module in components.items():
+            self._found[name] = module
+            if _is_compiled(module):
+                self.compiled.add(name or type(module).__name__)
 
     def get(self, path: str) -> nn.Module | None:
-        """The module at ``path``, or None (a tight walk down ``_modules``: this runs per site on
-        every attach)."""
-        if self._single:
-            module: nn.Module | None = self.components[""]
-            parts = path.split(".") if path else []
-            prefix: list[str] = []
-        else:
-            head, _, rest = path.partition(".")
-            module = self.components.get(head)
-            parts = rest.split(".") if rest else []
-            prefix = [head]
-        if module is None:
-            return None
-        checked = self.checked
-        if id(module) not in checked:
-            self._check(module, prefix)
-        for i, part in enumerate(parts):
-            module = module._modules.get(part)  # type: ignore[union-attr]
-            if module is None:
-                return None
-            if id(module) not in checked:
-                self._check(module, prefix + parts[: i + 1])
+        """The module at ``path``, or None: one step down from its parent's path (looked up
+        the same way), so each path is walked once per tree."""
+        found = self._found
+        if path in found:
+            return found[path]
+        parent_path, dot, name = path.rpartition(".")
+        module = None
+        if dot or self._single:  # a top-level path of a pipeline is a component: in ``found`` or absent
+            parent = self.get(parent_path)
+            module = None if parent is None else parent._modules.get(name)
+            if module is not None and _is_compiled(module):
+                self.compiled.add(path)
+        found[path] = module
         return module
-
-    def _check(self, module: nn.Module, path: list[str]) -> None:
-        self.checked.add(id(module))
-        if _is_compiled(module):
-            self.compiled.add(".".join(path) or type(module).__name__)
 
     def component_of(self, path: str) -> str:
         """The component a module path lies in (``""`` for a single model)."""

@@ -62,9 +62,7 @@ class PipelineFlags:
 
     def __init__(self, pipe: Any) -> None:
         self.pipe = pipe
-        self._flag_property = _has_property(pipe, "do_classifier_free_guidance")
-        self._pag = _has_property(pipe, "do_perturbed_attention_guidance")
-        self._pix2pix = any(c.__name__.endswith("InstructPix2PixPipeline") for c in type(pipe).__mro__)
+        self._flag_property, self._pag, self._pix2pix = _class_traits(type(pipe))  # type: ignore[arg-type]
         self._captured: bool | None = None  # the flag the pipeline last passed to encode_prompt
 
     def order(self) -> tuple[str, ...] | None:
@@ -111,7 +109,8 @@ class DenoiserCalls:
         self._warned = False
 
     def install(self, state: RunState, denoisers: Sequence[nn.Module]) -> list[Undo]:
-        undo = [wrap_attribute(m, "cache_context", self._track) for m in denoisers if hasattr(m, "cache_context")]
+        # read from the class: a failed attribute lookup on a diffusers model runs its __getattr__
+        undo = [wrap_attribute(m, "cache_context", self._track) for m in denoisers if hasattr(type(m), "cache_context")]
         return undo + self.layout.install(state)
 
     def _track(self, original: Callable[..., Any]) -> Callable[..., Any]:
@@ -173,9 +172,14 @@ def _label_runs(labels: torch.Tensor, null: int) -> Segments:
     return tuple(out) if out else ALL_ROWS
 
 
-def _has_property(obj: Any, name: str) -> bool:
-    """Read on the class: a pipeline's ``__getattr__`` would look the name up in its config."""
-    return isinstance(getattr(type(obj), name, None), property)
+@functools.lru_cache(maxsize=256)
+def _class_traits(cls: type) -> tuple[bool, bool, bool]:
+    """Whether a pipeline class has the CFG flag property, the PAG flag property, and is an
+    InstructPix2Pix pipeline (read on the class, once: a pipeline's ``__getattr__`` would look a
+    name up in its config)."""
+    flag = isinstance(getattr(cls, "do_classifier_free_guidance", None), property)
+    pag = isinstance(getattr(cls, "do_perturbed_attention_guidance", None), property)
+    return flag, pag, any(c.__name__.endswith("InstructPix2PixPipeline") for c in cls.__mro__)
 
 
 def _params(fn: Callable[..., Any]) -> list[str]:

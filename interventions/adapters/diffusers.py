@@ -173,7 +173,7 @@ class DiffusersPipelineAdapter(DiffusersModelAdapter):
     name = "diffusers-pipeline"
 
     def __init__(self, target: Any, *, cfg: Sequence[str] | None = None) -> None:
-        super().__init__(_ModuleStandIn(), cfg=cfg, layout=Declared(cfg) if cfg else PipelineFlags(target))
+        super().__init__(_STAND_IN, cfg=cfg, layout=Declared(cfg) if cfg else PipelineFlags(target))
         self.calls.owner = type(target).__name__
         self.pipe = target
         # the registered components are the config entries holding (library, class) pairs
@@ -233,3 +233,6 @@ def _entry_points(model: nn.Module) -> tuple[str, ...]:
 
 class _ModuleStandIn(nn.Module):
     """Placeholder target: a pipeline is not a module; its components are."""
+
+
+_STAND_IN = _ModuleStandIn()  # one for every pipeline adapter: building a module costs µs
