@@ -372,9 +372,15 @@ class DiskStore:
         self._lock, self._lock_pid = lock, os.getpid()
         self._index_new_shards()
 
-    def close(self) -> None:
-        """Flush, then let another DiskStore write the folder."""
-        self.flush()
+    def close(self, flush: bool = True) -> None:
+        """Flush (``flush=False``: drop what is still buffered instead), then let another DiskStore
+        write the folder."""
+        if flush:
+            self.flush()
+        else:
+            self._buffer.clear()
+            self._replacing.clear()
+            self._buffered = 0
         if self._lock is not None:
             self._lock.close()
             self._lock = None

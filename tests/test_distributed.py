@@ -234,6 +234,26 @@ def test_a_shard_written_just_before_a_kill_is_adopted_on_resume(tmp_path):
     assert open_harvest(root).rows("0") == 6 * TOKENS
 
 
+def test_a_harvest_that_raises_keeps_only_whole_shards_and_resumes(tmp_path):
+    """An input that fails part-way through a shard: the shard's earlier inputs are not written
+    (a shard holds whole sets of inputs only), and the rerun does them."""
+    root = tmp_path / "h"
+
+    def failing(model, item):
+        if item[0] == 3:
+            raise RuntimeError("out of memory")
+        return model(item[1])
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        harvest(_plain_model(), _indexed(6), "0", root, run=failing, items_per_shard=2, progress=False)
+    assert sorted(p.name for p in (root / "rank-00000").glob("shard-*")) == ["shard-00000.safetensors"]
+    report = harvest(
+        _plain_model(), _indexed(6), "0", root, run=_stalling_run(-1, ""), items_per_shard=2, progress=False
+    )
+    assert (report.done_before, report.harvested) == (2, 4)
+    assert sorted(i for s in open_harvest(root).shards for i in s.items) == list(range(6))
+
+
 # -- bad input: clear errors, nothing overwritten ------------------------------------------------
 def test_resume_with_another_world_size_is_refused_and_writes_nothing(tmp_path):
     root = tmp_path / "h"

@@ -135,9 +135,12 @@ def harvest(
             manifest.add(shard, batch, sorted({key[0] for key in store.keys()}))
             report.shards.append(shard)
             report.harvested += len(batch)
+    except BaseException:
+        store.close(flush=False)  # the items of an unfinished shard run again on resume
+        raise
     finally:
         bar.close()
-        store.close()
+    store.close()
     return report
 
 
