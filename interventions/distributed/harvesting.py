@@ -281,7 +281,7 @@ class Harvest:
     def tokens(self, site: str | None = None, *, shards: Sequence[Shard] | None = None) -> ShardStream:
         """The tensors of ``site`` (default: the only site) in ``shards`` (default: all), shard by
         shard; iterable again for another pass."""
-        return ShardStream(self._site(site), list(self.shards if shards is None else shards))
+        return ShardStream(self.resolve_site(site), list(self.shards if shards is None else shards))
 
     def split(self, rank: int, world_size: int, skip: int = 0) -> list[Shard]:
         """The shards that rank ``rank`` of ``world_size`` reads: every ``world_size``-th one of
@@ -291,7 +291,7 @@ class Harvest:
     def rows(self, site: str | None = None) -> int:
         """How many rows (first-dimension entries: batch rows, or tokens of a token matrix) ``site``
         holds in all shards, read from the headers only."""
-        site = self._site(site)
+        site = self.resolve_site(site)
         total = 0
         for shard in self.shards:
             with safe_open(str(shard.path), framework="pt") as f:
@@ -301,7 +301,8 @@ class Harvest:
                         total += f.get_slice(name).get_shape()[0]
         return total
 
-    def _site(self, site: str | None) -> str:
+    def resolve_site(self, site: str | None) -> str:
+        """``site``, checked to be in the harvest; None: the harvest's only site."""
         if site is None:
             if len(self.sites) != 1:
                 raise ValueError(f"this harvest holds sites {self.sites}: name one")

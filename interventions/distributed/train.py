@@ -271,7 +271,7 @@ def train_sae_distributed(
     """
     cfg = config or TrainConfig()
     source = harvest if isinstance(harvest, Harvest) else open_harvest(harvest)
-    site = source._site(site)
+    site = source.resolve_site(site)
     sync = sync or DDPSync(checkpoint_dir, every=checkpoint_every)
     sync.settings = sync.settings or _settings(cfg, site, eval_shards)
     rank, world = sync.rank, sync.world_size
