@@ -22,19 +22,26 @@ __all__ = ["Size", "FULL", "QUICK", "image_world", "audio_world", "unlearn_style
 
 @dataclass(frozen=True)
 class Size:
-    """How much the demo runs: samples per patching run, step windows (None: all steps; see
-    :func:`interventions.patching.step_label`), steered targets, strengths and SAeUron prompts."""
+    """How much the demo runs: samples per patching run, whether the heat map has one column per
+    step (else two halves; both add an ``all`` column), steered targets, strengths and SAeUron prompts."""
 
     samples: int
-    columns: tuple[Any, ...]
+    per_step: bool
     targets: int
     strengths: tuple[int, ...] | None  # indices into the task's strengths (None: all of them)
     saeuron_prompts: int
     clips: int  # steered targets written as WAV per strength
 
 
-FULL = Size(8, (*range(10), None), 4, None, 16, 3)
-QUICK = Size(2, (range(0, 5), range(5, 10), None), 2, (0, 3), 8, 1)
+FULL = Size(8, True, 4, None, 16, 3)
+QUICK = Size(2, False, 2, (0, 3), 8, 1)
+
+
+def _columns(steps: int, size: Size) -> tuple[Any, ...]:
+    """The heat map's step windows (see :func:`interventions.patching.step_label`); None: every step."""
+    if size.per_step or steps < 2:
+        return (*range(steps), None)
+    return (range(0, steps // 2), range(steps // 2, steps), None)
 
 
 def _strengths(task: Task, size: Size) -> tuple[float, ...]:
@@ -44,8 +51,8 @@ def _strengths(task: Task, size: Size) -> tuple[float, ...]:
 
 
 def _localization(task: Task, size: Size, folder: Path, slug: str, sec: Section, progress: bool) -> tuple[str, dict]:
-    table = localize(task, size.samples, size.columns, progress)
-    norm = table.normalized()
+    table = localize(task, size.samples, _columns(task.steps, size), progress)
+    norm = table.normalized() if table.source_value != table.baseline else table.effects
     layers = [short_name(s) for s in table.sites]
     heat = save_heatmap(
         folder / f"{slug}_heatmap.png",
