@@ -196,7 +196,9 @@ def patching_sweep(
     ``steps``: the columns: step indices, windows (``range(0, 5)``) and ``None`` (every step);
     default ``[None]``, the only choice for a model without denoising steps. ``branch``: the CFG
     rows patched (``"cond"``, ``"uncond"`` or ``"all"``). Costs ``rows x columns + 1`` target
-    runs (+1 source run), shown with a progress bar.
+    runs (+1 source run), shown with a progress bar. ``metric`` is called in a fixed order (a
+    metric that records more than its scalar can rely on it): the source run (when given as
+    inputs), the unpatched target, then the cells row by row.
 
     Example (TADA's localisation on a diffusers pipeline)::
 

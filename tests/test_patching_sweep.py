@@ -37,12 +37,21 @@ def test_one_column_equals_activation_patching_per_site():
     model = _mlp()
     clean, corrupt = torch.randn(4, 3), torch.randn(4, 3)
     sites = ["0", "2", "3"]
-    table = patching_sweep(model, sites, clean, corrupt, lambda y: y.sum(), progress=False)
+    seen = []
+
+    def metric(y):
+        seen.append(float(y.sum()))
+        return y.sum()
+
+    table = patching_sweep(model, sites, clean, corrupt, metric, steps=[None, None], progress=False)
+    # the documented call order: source, unpatched target, then the cells row by row
+    assert seen == [table.source_value, table.baseline, *table.values.flatten().tolist()]
+    assert torch.equal(table.values[:, 0], table.values[:, 1])
     real = activation_patching(model, sites, clean, corrupt, lambda y: y.sum(), per="site")
-    assert table.sites == tuple(sites) and table.steps == ("all",)
+    assert table.sites == tuple(sites) and table.steps == ("all", "all")
     assert torch.allclose(table.effects[:, 0], torch.stack([real[s] for s in sites]), atol=1e-5)
     # a chain: every layer carries the whole input, so patching any one restores the clean metric
-    assert torch.allclose(table.normalized(), torch.ones(3, 1), atol=1e-5)
+    assert torch.allclose(table.normalized(), torch.ones(3, 2), atol=1e-5)
     with torch.no_grad():
         assert table.source_value == pytest.approx(float(model(clean).sum()), abs=1e-5)
         assert table.baseline == pytest.approx(float(model(corrupt).sum()), abs=1e-5)

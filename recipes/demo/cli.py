@@ -4,7 +4,7 @@
 
     interventions demo                       # shapes + tones worlds, about 3 minutes on 2 CPU cores
     interventions demo --quick --out /tmp/r  # a much smaller run (what the tests use)
-    interventions demo --world shapes --model runwayml/stable-diffusion-v1-5   # a real SD 1.5, on a GPU
+    interventions demo --world shapes --model stable-diffusion-v1-5/stable-diffusion-v1-5   # a real SD 1.5, on a GPU
 
 Every argument is checked (an unknown world, a ``--model`` folder that does not exist, a
 ``--model`` with the tones world only) before any model loads: one line on stderr, exit code 2.
@@ -68,7 +68,7 @@ def _local_or_hub(value: str, flag: str) -> None:
     ):
         raise DemoError(
             f"{flag} {value!r} does not exist: give an existing local folder or a Hub id such as "
-            "'runwayml/stable-diffusion-v1-5'"
+            "'stable-diffusion-v1-5/stable-diffusion-v1-5'"
         )
 
 
