@@ -85,9 +85,10 @@ def harvest(
     what an earlier (killed) run of the same harvest left.
 
     ``run(model, item)`` runs one input (default: ``model(item)``; a pipeline call for a prompt,
-    for instance); each item runs in its own session, so keys (site, step, branch) do not depend
-    on which items a rank ran before. ``items_per_shard`` items are buffered in memory, then
-    written as one shard. ``rank`` / ``world_size`` default to torch.distributed's (or the
+    for instance), under ``torch.no_grad()``; each item runs in its own session, so keys (site,
+    step, branch) do not depend on which items a rank ran before. ``items_per_shard`` items are
+    buffered in memory, then written as one shard. A resume must pass the same inputs in the same
+    order: their count and the sites are checked, their contents cannot be. ``rank`` / ``world_size`` default to torch.distributed's (or the
     ``RANK`` / ``WORLD_SIZE`` that torchrun sets; one process without them).
 
     >>> import tempfile
