@@ -40,6 +40,7 @@ RECIPES: dict[str, tuple[str, str]] = {
         "ELROND variation directions from prompt-embedding gradients (arXiv 2602.10216)",
     ),
     "dataset_inference": ("recipes.dataset_inference.run:main", "membership and dataset inference (arXiv 2512.09654)"),
+    "tada": ("recipes.tada.run:main", "TADA: localise and steer concepts in audio diffusion (arXiv 2602.11910)"),
 }
 
 
