@@ -155,6 +155,47 @@ def test_ddp_on_two_gloo_processes_equals_one_process(gpt2_harvest, tmp_path):
         train_sae_distributed(gpt2_harvest, d_sae=64, k=4, config=single_cfg, checkpoint_dir=out / "ckpt")
 
 
+# -- a diffusion pipeline: every (step, branch) of every prompt, once ---------------------------
+def test_harvest_of_a_pipeline_keeps_every_step_and_branch_and_trains_on_one(tmp_path):
+    """A tiny Stable Diffusion pipeline harvested by 2 ranks (run one after the other here): each
+    prompt's mid-block activations at both steps and both CFG branches land in its rank's shard,
+    equal to a plain Cache of the same calls; an SAE then trains on the cond branch at step 0."""
+    from interventions import Cache, attach
+    from tests.tiny_models import sd_pipeline
+
+    torch.set_num_threads(1)
+    pipe = sd_pipeline()
+    prompts = ["a red circle", "a blue square", "a green star", "a red square"]
+
+    def run(pipe, prompt):
+        kw = dict(num_inference_steps=2, guidance_scale=3.0, output_type="pt")
+        return pipe([prompt], generator=torch.Generator().manual_seed(0), **kw)
+
+    root = tmp_path / "h"
+    for rank in (0, 1):
+        harvest(
+            pipe, prompts, "unet.mid_block", root, run=run, rank=rank, world_size=2, items_per_shard=1, progress=False
+        )
+    reference = Cache(on_repeat="append")
+    for prompt in prompts:
+        with attach(pipe, {"unet.mid_block": reference}):
+            run(pipe, prompt)
+    done = open_harvest(root)
+    seen = {}
+    for shard, key, tensor in done.entries():
+        (item,) = shard.items
+        seen[item, key] = tensor
+        assert torch.equal(tensor, reference.store.get(key)[item : item + 1]), (item, key)
+    keys = {(step, branch) for step in (0, 1) for branch in ("cond", "uncond")}
+    assert {(item, key[1:]) for item, key in seen} == {(i, k) for i in range(4) for k in keys}
+
+    cfg = TrainConfig(steps=6, batch_size=8, lr=1e-2, warmup_steps=1, shuffle_tokens=8, progress=False)
+    sae, report = train_sae_distributed(done, d_sae=64, k=4, layout="BCHW", branch="cond", steps=[0], config=cfg)
+    h, w = seen[0, ("unet.mid_block", 0, "cond")].shape[-2:]
+    assert report.settings["eval_tokens"] == h * w  # shard 0 (prompt 0), cond branch, step 0: one map
+    assert report.tokens_seen == 6 * 8 and (sae.info.branch, sae.info.steps) == ("cond", [0])
+
+
 # -- a harvest killed with SIGKILL resumes: every input exactly once ------------------------------
 def _stalling_run(stall: int, flag: str):
     """``run`` for harvest: inputs are (index, tensor); at input ``stall`` it says so and hangs."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ import torch
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
+from ..context import StoreKey
 from ..errors import StoreError
 from ..hooks import Cache
 from ..session import attach
@@ -279,10 +280,27 @@ class Harvest:
     def __init__(self, root: Path, shards: list[Shard], sites: list[str], n_items: int) -> None:
         self.root, self.shards, self.sites, self.n_items = root, shards, sites, n_items
 
-    def tokens(self, site: str | None = None, *, shards: Sequence[Shard] | None = None) -> ShardStream:
+    def tokens(
+        self,
+        site: str | None = None,
+        *,
+        shards: Sequence[Shard] | None = None,
+        branch: str | None | bool = False,
+        steps: Iterable[int] | None = None,
+    ) -> ShardStream:
         """The tensors of ``site`` (default: the only site) in ``shards`` (default: all), shard by
-        shard; iterable again for another pass."""
-        return ShardStream(self.resolve_site(site), list(self.shards if shards is None else shards))
+        shard; iterable again for another pass. ``branch`` / ``steps`` keep one CFG branch and
+        some steps (``branch=False``: any), as :func:`~interventions.sae_train.iter_tokens` does."""
+        chosen = list(self.shards if shards is None else shards)
+        return ShardStream(self.resolve_site(site), chosen, branch, None if steps is None else set(steps))
+
+    def entries(self, site: str | None = None) -> Iterator[tuple[Shard, StoreKey, torch.Tensor]]:
+        """Every tensor of ``site`` with its shard (whose ``items`` say which inputs it holds) and
+        its key (site, step, branch[, invocation]); a key's parts follow the shard's items in order."""
+        site = self.resolve_site(site)
+        for shard in self.shards:
+            for key, tensor in read_entries(shard.path, site):
+                yield shard, key, tensor
 
     def split(self, rank: int, world_size: int, skip: int = 0) -> list[Shard]:
         """The shards that rank ``rank`` of ``world_size`` reads: every ``world_size``-th one of
@@ -314,29 +332,39 @@ class Harvest:
 
 
 class ShardStream:
-    """The tensors of one site in some shards, each checked against its CRC-32 when read."""
+    """The tensors of one site in some shards (optionally one branch, some steps), each checked
+    against its CRC-32 when read."""
 
-    def __init__(self, site: str, shards: list[Shard]) -> None:
-        self.site, self.shards = site, shards
+    def __init__(
+        self, site: str, shards: list[Shard], branch: str | None | bool = False, steps: set[int] | None = None
+    ) -> None:
+        self.site, self.shards, self.branch, self.steps = site, shards, branch, steps
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         for shard in self.shards:
-            yield from read_site(shard.path, self.site)
+            for key, tensor in read_entries(shard.path, self.site):
+                if (self.branch is False or key[2] == self.branch) and (self.steps is None or key[1] in self.steps):
+                    yield tensor
 
 
-def read_site(path: Path, site: str) -> Iterator[torch.Tensor]:
-    """The tensors of ``site`` in one shard, in key order (each key's parts in the order added)."""
+def _order(entry: tuple[tuple[StoreKey, int], str]) -> tuple[int, str, int, int]:
+    """Steps in numeric order, then branch, invocation and part."""
+    (key, part), _ = entry
+    return (-1 if key[1] is None else key[1], str(key[2]), key[3] if len(key) == 4 else 0, part)
+
+
+def read_entries(path: Path, site: str) -> Iterator[tuple[StoreKey, torch.Tensor]]:
+    """``(key, tensor)`` of every tensor of ``site`` in one shard, by step, branch and invocation,
+    each key's parts in the order added; each tensor is checked against its CRC-32."""
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
-        named = sorted(
-            ((key, name) for name in f.keys() if (key := _key_of(name)) is not None and key[0][0] == site),
-            key=lambda entry: (json.dumps(entry[0][0]), entry[0][1]),
-        )
-        for _, name in named:
+        decoded = [(_key_of(name), name) for name in f.keys()]
+        named = sorted(((found, name) for found, name in decoded if found and found[0][0] == site), key=_order)
+        for (key, _), name in named:
             tensor = f.get_tensor(name)
             if name in meta and meta[name] != _crc(tensor):
                 raise StoreError(f"{path} is damaged: {name} fails its checksum; restore the shard from a copy")
-            yield tensor
+            yield key, tensor
 
 
 def open_harvest(root: str | os.PathLike[str], *, complete: bool = True) -> Harvest:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -244,6 +245,8 @@ def train_sae_distributed(
     *,
     site: str | None = None,
     layout: str | None = None,
+    branch: str | None | bool = False,
+    steps: Iterable[int] | None = None,
     config: TrainConfig | None = None,
     eval_shards: int = 1,
     checkpoint_dir: str | os.PathLike[str] | None = None,
@@ -254,6 +257,7 @@ def train_sae_distributed(
     """Train an SAE on a harvest with every process of the job (``torchrun --nproc-per-node N``;
     one process without it). ``config.batch_size`` is per rank: a step sees ``N`` times as many tokens.
 
+    ``branch`` / ``steps`` keep one CFG branch and some denoising steps (``branch=False``: any).
     The first ``eval_shards`` shards are held out on every rank (they set ``b_dec`` and the loss
     scale, and the report's FVU); rank ``r`` trains on every ``N``-th of the others from ``r``.
     With ``checkpoint_dir``, a checkpoint is written every ``checkpoint_every`` steps and at the
@@ -273,7 +277,8 @@ def train_sae_distributed(
     source = harvest if isinstance(harvest, Harvest) else open_harvest(harvest)
     site = source.resolve_site(site)
     sync = sync or DDPSync(checkpoint_dir, every=checkpoint_every)
-    sync.settings = sync.settings or _settings(cfg, site, eval_shards)
+    steps = None if steps is None else sorted(steps)
+    sync.settings = sync.settings or _settings(cfg, site, eval_shards, branch, steps)
     rank, world = sync.rank, sync.world_size
     if world > 1 and cfg.epochs is not None:
         raise ValueError(
@@ -285,16 +290,32 @@ def train_sae_distributed(
             f"{source.root} has {len(source.shards)} shards: {eval_shards} held out for evaluation leave "
             f"{max(len(source.shards) - eval_shards, 0)} for {world} ranks; harvest with a smaller items_per_shard"
         )
-    held = torch.cat([to_tokens(t, layout) for t in source.tokens(site, shards=source.shards[:eval_shards])])
+    held_parts = source.tokens(site, shards=source.shards[:eval_shards], branch=branch, steps=steps)
+    held = [to_tokens(t, layout) for t in held_parts]
+    if not held:
+        raise HarvestError(
+            f"the {eval_shards} held-out shard(s) hold no activations of {site!r} (branch {branch!r}, steps {steps})"
+        )
     if rank != 0:
         cfg = TrainConfig(**{**asdict(cfg), "progress": False})
-    info = info or SAEInfo(site=site, layout=layout)
+    window = "all" if branch is False else str(branch)
+    info = info or SAEInfo(site=site, layout=layout, branch=window, steps=steps)
     return train_sae(
-        source.tokens(site, shards=mine), d_sae, kind, k, layout=layout, config=cfg, info=info, held_out=held, sync=sync
+        source.tokens(site, shards=mine, branch=branch, steps=steps),
+        d_sae,
+        kind,
+        k,
+        layout=layout,
+        config=cfg,
+        info=info,
+        held_out=torch.cat(held),
+        sync=sync,
     )
 
 
-def _settings(cfg: TrainConfig, site: str, eval_shards: int) -> dict[str, Any]:
+def _settings(
+    cfg: TrainConfig, site: str, eval_shards: int, branch: str | None | bool, steps: list[int] | None
+) -> dict[str, Any]:
     """What a checkpoint must agree with to be resumed (JSON-safe)."""
     kept = {k: v for k, v in asdict(cfg).items() if k not in ("progress", "device", "dtype")}
-    return {**kept, "site": site, "eval_shards": eval_shards}
+    return {**kept, "site": site, "eval_shards": eval_shards, "branch": branch, "steps": steps}
