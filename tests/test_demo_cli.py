@@ -34,6 +34,8 @@ def test_bad_input_is_one_line_and_exit_code_2(capsys, tmp_path):
     assert "with --world shapes or --world all" in _refused(capsys, "--model", str(tmp_path), "--world", "tones")
     (tmp_path / "file").write_text("")
     assert "is a file" in _refused(capsys, "--out", str(tmp_path / "file"))
+    assert "no model_index.json" in _refused(capsys, "--model", str(tmp_path))
+    (tmp_path / "model_index.json").write_text("{}")
     assert "--judge" in _refused(capsys, "--model", str(tmp_path), "--judge", str(tmp_path / "no-clip"))
     assert not (tmp_path / "interventions-demo").exists()
 

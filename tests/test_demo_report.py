@@ -6,16 +6,20 @@ Needs Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them) 
 where a missing browser fails it.
 """
 
+import contextlib
 import io
 import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from interventions.cli import main
+
+torch.set_num_threads(1)
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = (
@@ -33,11 +37,14 @@ FLAGS = (
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> Path:
+    """``interventions demo --quick --out DIR`` through the console entry point's function (in this
+    process: the libraries are imported once; tests/test_demo_cli.py runs the command itself)."""
     out = tmp_path_factory.mktemp("demo") / "report"
-    cmd = [sys.executable, "-m", "interventions.cli", "demo", "--quick", "--out", str(out), "--no-progress"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert Path(done.stdout.strip().splitlines()[-1]) == out.resolve()  # it prints the report folder
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["demo", "--quick", "--out", str(out), "--no-progress"])
+    assert code == 0
+    assert Path(printed.getvalue().strip().splitlines()[-1]) == out.resolve()  # it prints the report folder
     return out
 
 

@@ -83,6 +83,13 @@ def check(args: argparse.Namespace) -> None:
         from .worlds import is_shapes_folder
 
         if not is_shapes_folder(args.model):
+            if (
+                Path(args.model).expanduser().is_dir()
+                and not (Path(args.model).expanduser() / "model_index.json").is_file()
+            ):
+                raise DemoError(
+                    f"--model {args.model!r} has no model_index.json: it is not a diffusers pipeline folder"
+                )
             _local_or_hub(args.judge, "--judge")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -122,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             results["images"] = image_world(task, size, folder, report, progress)
         if shapes:
             with timer("SAeUron unlearning"):
-                results["saeuron"] = unlearn_style(size, folder, report, args.model)
+                results["saeuron"] = unlearn_style(size, folder, report, args.model, progress=progress)
         else:
             report.section("3. Unlearn a style with SAeUron").text(
                 "Skipped: the shipped SAEs are for the shapes world. SAeUron's own SAEs for SD 1.5 (fine-tuned on "

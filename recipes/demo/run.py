@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from .media import save_grid, save_heatmap, save_wav
 from .report import Report, Section
@@ -157,7 +158,13 @@ def _subset(prompts: Any, n: int) -> Any:
 
 
 def unlearn_style(
-    size: Size, folder: Path, report: Report, source: Any = None, remove: Sequence[str] = ("stripes",), seed: int = 1000
+    size: Size,
+    folder: Path,
+    report: Report,
+    source: Any = None,
+    remove: Sequence[str] = ("stripes",),
+    seed: int = 1000,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """SAeUron with the shipped style SAE: before/after grid and UA / IRA / CRA on held-out noise."""
     from recipes.saeuron import SAeUron, canonical
@@ -167,12 +174,12 @@ def unlearn_style(
     prompts = _subset(canonical(), size.saeuron_prompts)
     percentile, multiplier = DEFAULTS["style"]
     remove = tuple(remove)
-    before = model.generate(prompts, seed)
+    methods = {"none": "none", "SAeUron": "saeuron", "negative prompt": "negative_prompt"}
     runs = {
-        "none": before,
-        "SAeUron": model.generate(prompts, seed, "saeuron", remove, percentile, multiplier),
-        "negative prompt": model.generate(prompts, seed, "negative_prompt", remove),
+        name: model.generate(prompts, seed, method, remove, percentile, multiplier)
+        for name, method in tqdm(methods.items(), desc="SAeUron runs", disable=not progress)
     }
+    before = runs["none"]
     rows = []
     for method, images in runs.items():
         m = model.metrics(images, prompts, remove, reference=before if method != "none" else None)
