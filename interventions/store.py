@@ -86,13 +86,17 @@ def _moved(tensor: torch.Tensor, device: torch.device | None) -> torch.Tensor:
 
 
 class _Rows:
-    """Some rows of a stored batch, sliced when first read (slicing at every fire is the costly part
-    of caching a batched CFG call)."""
+    """A stored batch whose CFG branches are read as row blocks, each sliced when first read
+    (slicing at every fire is the costly part of caching a batched CFG call): one record, held
+    under each branch's key."""
 
-    __slots__ = ("tensor", "rows")
+    __slots__ = ("tensor", "segments")
 
-    def __init__(self, tensor: torch.Tensor, rows: slice) -> None:
-        self.tensor, self.rows = tensor, rows
+    def __init__(self, tensor: torch.Tensor, segments: Sequence[tuple[str | None, slice]]) -> None:
+        self.tensor, self.segments = tensor, segments
+
+    def of(self, branch: str | None) -> torch.Tensor:
+        return self.tensor[next(rows for name, rows in self.segments if name == branch)]
 
 
 def _concat(key: StoreKey, parts: list[torch.Tensor]) -> torch.Tensor:
@@ -153,10 +157,10 @@ class MemoryStore:
     def put_rows(self, key: StoreKey, tensor: torch.Tensor, segments: Sequence[tuple[str | None, slice]]) -> None:
         """Store each CFG branch's rows of one batched tensor under ``key`` with that branch
         (the rows are sliced when first read: one copy, no split at every fire)."""
-        tensor = _moved(tensor, self.device)
-        data = self._data
-        for branch, rows in segments:
-            data[with_branch(key, branch)] = _Rows(tensor, rows)
+        batch = _Rows(_moved(tensor, self.device), segments)
+        data, site, step, later = self._data, key[0], key[1], key[3:]
+        for branch, _ in segments:
+            data[(site, step, branch, *later)] = batch  # type: ignore[index]  # with_branch, inlined
 
     def get(self, key: StoreKey) -> torch.Tensor:
         value = self._resolved(key)
@@ -175,7 +179,7 @@ class MemoryStore:
             key = normal_key(key)
             value = self._data[key]
         if type(value) is _Rows:
-            value = self._data[key] = value.tensor[value.rows]
+            value = self._data[key] = value.of(key[2])
         return value  # type: ignore[return-value]
 
     def __contains__(self, key: object) -> bool:
