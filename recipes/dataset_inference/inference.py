@@ -97,9 +97,12 @@ def p_value_curve(
     seed: int = 0,
     scorer: str = "logistic",
     progress: bool = True,
+    heldout_n: int | None = None,
 ) -> list[dict[str, float]]:
     """For each ``n``: ``resamples`` draws of ``n`` suspect and ``n`` held-out rows (without
-    replacement), the p-value of each -> ``{n, mean_p, median_p, frac_p_le_0.01}``."""
+    replacement), the p-value of each -> ``{n, mean_p, median_p, frac_p_le_0.01}``.
+    ``heldout_n``: draw this many held-out rows instead of ``n`` (held-out data is cheap: a larger
+    held-out set lowers the p-value for the same number of suspect samples)."""
     from tqdm.auto import tqdm
 
     g = torch.Generator().manual_seed(seed)
@@ -107,7 +110,7 @@ def p_value_curve(
     for n in tqdm(list(ns), desc="p-value vs n", disable=not progress):
         ps = torch.tensor(
             [
-                dataset_inference(_subsample(suspect, n, g), _subsample(heldout, n, g), g, scorer)
+                dataset_inference(_subsample(suspect, n, g), _subsample(heldout, heldout_n or n, g), g, scorer)
                 for _ in range(resamples)
             ],
             dtype=torch.float64,
@@ -115,6 +118,7 @@ def p_value_curve(
         out.append(
             {
                 "n": int(n),
+                "heldout_n": int(heldout_n or n),
                 "mean_p": float(ps.mean()),
                 "median_p": float(ps.median()),
                 "frac_p_le_0.01": float((ps <= 0.01).double().mean()),
@@ -129,14 +133,20 @@ def smallest_n(curve: Sequence[dict[str, float]], alpha: float = 0.01) -> int | 
 
 
 def null_p_values(
-    null_pool: Tensor, heldout: Tensor, n: int, resamples: int = 500, seed: int = 0, scorer: str = "logistic"
+    null_pool: Tensor,
+    heldout: Tensor,
+    n: int,
+    resamples: int = 500,
+    seed: int = 0,
+    scorer: str = "logistic",
+    heldout_n: int | None = None,
 ) -> Tensor:
     """p-values of ``resamples`` non-member suspect sets of size ``n`` (drawn from ``null_pool``)
-    against held-out sets of size ``n``: uniform if the test is calibrated."""
+    against held-out sets of size ``heldout_n`` (default ``n``): uniform if the test is calibrated."""
     g = torch.Generator().manual_seed(seed)
     return torch.tensor(
         [
-            dataset_inference(_subsample(null_pool, n, g), _subsample(heldout, n, g), g, scorer)
+            dataset_inference(_subsample(null_pool, n, g), _subsample(heldout, heldout_n or n, g), g, scorer)
             for _ in range(resamples)
         ],
         dtype=torch.float64,

@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-cfg", action="store_true", help="skip the conditional-minus-unconditional features")
     ap.add_argument("--ns", type=int, nargs="+", default=[10, 20, 50, 100, 200, 500])
     ap.add_argument("--resamples", type=int, default=200, help="resamples per n of the p-value curve")
+    ap.add_argument(
+        "--heldout-n", type=int, default=0, help="held-out samples per draw (default 0: as many as suspect samples)"
+    )
     ap.add_argument("--null-n", type=int, default=100)
     ap.add_argument("--null-resamples", type=int, default=500)
     ap.add_argument("--scorer", default="logistic", choices=list(di.SCORERS))
@@ -105,11 +108,14 @@ def run(
     null_resamples: int,
     scorer: str = "logistic",
     progress: bool = True,
+    heldout_n: int | None = None,
 ) -> dict[str, Any]:
     """Everything the module doc lists, per seed, as a JSON-ready dict."""
     from scipy.stats import kstest
 
-    largest = min(len(suspect), len(heldout))
+    if heldout_n is not None and heldout_n > len(heldout):
+        raise ValueError(f"--heldout-n {heldout_n} is more than the {len(heldout)} held-out samples")
+    largest = len(suspect) if heldout_n else min(len(suspect), len(heldout))
     ns = [n for n in ns if 4 <= n <= largest]
     if not ns:
         raise ValueError(f"no n in --ns fits the sets (between 4 and {largest}); pass smaller --ns")
@@ -119,7 +125,7 @@ def run(
         fs = compute_features(target, suspect, cfg, progress)
         fh = compute_features(target, heldout, cfg, progress)
         res: dict[str, Any] = {"feature_means": {"suspect": _summary_of(fs, "s"), "heldout": _summary_of(fh, "h")}}
-        curve = di.p_value_curve(fs.values, fh.values, ns, resamples, seed, scorer, progress)
+        curve = di.p_value_curve(fs.values, fh.values, ns, resamples, seed, scorer, progress, heldout_n)
         res["p_curve"] = curve
         res["smallest_n_mean_p_le_0.01"] = di.smallest_n(curve)
         if nonmembers is not None:
@@ -127,7 +133,7 @@ def run(
             res["feature_means"]["nonmembers"] = _summary_of(fn, "n")
             res["per_sample"] = di.per_sample_attacks(fs.names, fs.values, fn.values, fh.values, seed=seed)
             n0 = min(null_n, len(nonmembers), len(heldout))
-            p = di.null_p_values(fn.values, fh.values, n0, null_resamples, seed, scorer)
+            p = di.null_p_values(fn.values, fh.values, n0, null_resamples, seed, scorer, heldout_n)
             res["null"] = {
                 "n": n0,
                 "resamples": null_resamples,
@@ -185,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         args.null_n,
         args.null_resamples,
         args.scorer,
+        heldout_n=args.heldout_n or None,
     )
     name = args.name or ("tones" if target.name == "tones" else Path(args.model).name.replace("/", "_"))
     result = {
