@@ -39,12 +39,15 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--k", type=int, default=32)
     t.add_argument("--site", help="the site to train on (default: the harvest's only site)")
     t.add_argument("--layout", help="the site's activation layout (BCHW, BCT, ...; default: tokens on the last axis)")
-    t.add_argument("--steps", type=int, default=2000)
+    t.add_argument("--branch", help="train on one CFG branch only (cond / uncond; default: all rows)")
+    t.add_argument("--only-steps", type=int, nargs="+", help="train on these denoising steps only (default: all)")
+    t.add_argument("--steps", type=int, default=2000, help="training steps")
     t.add_argument("--batch-size", type=int, default=1024, help="tokens per rank and step")
     t.add_argument("--lr", type=float)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--eval-shards", type=int, default=1, help="shards held out for b_dec and the report")
     t.add_argument("--checkpoint-dir", help="write checkpoints here and resume from the latest")
+    t.add_argument("--bf16-gradients", action="store_true", help="all-reduce gradients in bfloat16 (half the bytes)")
     t.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (0: the end only)")
     return parser
 
@@ -77,10 +80,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.k,
             site=args.site,
             layout=args.layout,
+            branch=False if args.branch is None else args.branch,
+            steps=args.only_steps,
             config=cfg,
             eval_shards=args.eval_shards,
             checkpoint_dir=args.checkpoint_dir,
             checkpoint_every=args.checkpoint_every,
+            bf16_gradients=args.bf16_gradients,
         )
         if rank == 0:
             sae.save(args.out, report=report)
