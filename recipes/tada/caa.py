@@ -7,10 +7,13 @@ norm restored, ``h <- (h + a v) |h| / |h + a v|``, or removed by projection,
 The vectors are :class:`interventions.SteeringVector` artifacts: ``vector.save(folder)`` writes
 them with their card fields, ``interventions hub push`` publishes the folder.
 
->>> from recipes.worlds.tones_model import load_model
->>> v = caa_vectors(load_model(), "vocals", ("instrumental", "vocals"), layers=[2], n=4, steps=3)
->>> v.sites, v.steps("transformer_blocks.2.attn2")
-(['transformer_blocks.2.attn2'], [0, 1, 2])
+Example (``tests/test_tada.py`` runs it)::
+
+    from recipes.worlds.tones_model import load_model
+    v = caa_vectors(load_model(), "vocals", ("instrumental", "vocals"), layers=[2], n=4, steps=3)
+    v.sites, v.steps("transformer_blocks.2.attn2")  # (['transformer_blocks.2.attn2'], [0, 1, 2])
+    with v.attach(model.transformer, scale=2.0, restore_norm=True, cfg=("uncond", "cond")):
+        reps = sample(model, ["a slow pure tune instrumental"], seed=0)
 """
 
 from __future__ import annotations
@@ -169,6 +172,13 @@ def caa_curve(
 ) -> SteeringCurve:
     """:func:`steering_curve` of a CAA vector: added with the norm restored (``scale`` = strength)
     or removed by projection (``strength``), on the ``branch`` rows (``"cond"`` or ``"all"``)."""
+    fitted = vector.extra.get("sampling_steps")
+    steps = kw.get("steps", 20)
+    if fitted is not None and fitted != steps:
+        raise ValueError(
+            f"the vector was fitted on {fitted} sampling steps (one direction per step) but is applied with {steps}: "
+            "sample with the same step count, or fit the vector again"
+        )
     when = When(branch=branch)
 
     def hooks_at(s: float) -> dict[str, Any]:

@@ -12,8 +12,10 @@ The view is two forward pre-hooks per block, installed by :func:`install_split_v
 model loads (before any ``interventions`` session, so a session's hooks on
 ``transformer_blocks.i.attn2:input.encoder_hidden_states`` see the sliced conditioning).
 
->>> mask_factor("a fast sine melody in a major key with vocals", "vocals")
-'a fast sine melody in a major key mask'
+Example::
+
+    mask_factor("a fast sine melody in a major key with vocals", "vocals")
+    # 'a fast sine melody in a major key mask'
 """
 
 from __future__ import annotations

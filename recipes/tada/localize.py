@@ -12,10 +12,11 @@ The zero-ablation variant zeroes one layer's cross-attention output on the condi
 (``Ablate("zero", when=When(branch="cond"))``) in the clean run and reports the share of samples
 that still follow the prompt's value.
 
->>> from recipes.tada.ground_truth import load_ground_truth
->>> loc = localize(load_ground_truth(), "timbre", ("sawtooth", "sine"), n=4, steps=4, windows=False, ablation=False)
->>> loc.ranking()[0]  # the block that alone sees timbre
-2
+Example (``tests/test_tada.py`` runs it)::
+
+    from recipes.tada.ground_truth import load_ground_truth
+    loc = localize(load_ground_truth(), "timbre", ("sawtooth", "sine"), n=4, steps=4, windows=False, ablation=False)
+    loc.ranking()[0]  # 2: the block that alone sees timbre
 """
 
 from __future__ import annotations

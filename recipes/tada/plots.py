@@ -34,7 +34,8 @@ def plot_localisation(locs: Sequence[Any], path: str | Path, title: str) -> Path
         for (r, c), v in np.ndenumerate(rec):
             ax.text(c, r, f"{v:.2f}", ha="center", va="center", color="w" if v < 0.6 else "k", fontsize=8)
         ax.set_xticks(range(len(loc.patching.steps)), [f"steps {s}" for s in loc.patching.steps], fontsize=7)
-        ax.set_yticks(range(rec.shape[0]), [f"block {i}" for i in range(rec.shape[0])])
+        labels = getattr(loc, "row_labels", None) or [f"block {i}" for i in range(rec.shape[0])]
+        ax.set_yticks(range(rec.shape[0]), labels, fontsize=7)
         ax.set_title(f"seed {loc.seed}: gap restored", fontsize=9)
         ax2 = axes[1, j]
         if loc.ablation:

@@ -5,12 +5,15 @@ prompts with and without the target value, and two edits through ``SAEEdit`` (er
 ``x + dec(z') - dec(z)``): ``"add"`` raises the step's top features by ``m`` (adds ``m`` times
 their decoder rows), ``"scale"`` multiplies them by ``gamma`` (``gamma = 0`` removes the concept).
 
->>> from recipes.worlds.tones_model import load_model
->>> model = load_model()
->>> sae, report = train_layer_sae(model, 2, n=4, steps=3, train_steps=20)
->>> scores = feature_scores(model, sae, 2, "vocals", ("instrumental", "vocals"), n=4, steps=3)
->>> scores["tfidf"].shape == (3, sae.d_sae)
-True
+Example (``tests/test_tada.py`` runs it)::
+
+    from recipes.worlds.tones_model import load_model
+    model = load_model()
+    sae, report = train_layer_sae(model, 2, n=4, steps=3, train_steps=20)
+    scores = feature_scores(model, sae, 2, "vocals", ("instrumental", "vocals"), n=4, steps=3)
+    feats = top_features_by_step(scores["tfidf"], 3)  # 3 features per step
+    with attach(model.transformer, sae_hooks(sae, 2, feats, 4.0), cfg=("uncond", "cond")):
+        reps = sample(model, ["a slow pure tune instrumental"], seed=0, steps=3)
 """
 
 from __future__ import annotations

@@ -6,9 +6,12 @@ A model is anything :func:`recipes.worlds.tones_model.generate` samples (a ``Ton
 model with its own ``encode_prompts`` (the ground-truth split view). The DiT's CFG rows are
 ``[uncond, cond]``: :data:`CFG` is what ``interventions.attach`` is told.
 
->>> pairs = prompt_pairs("tempo", ("slow", "fast"), n=2, seed=0)
->>> [p.clean.split() == p.swapped.split() for p in pairs]
-[False, False]
+Example::
+
+    pairs = prompt_pairs("tempo", ("slow", "fast"), n=2, seed=0)
+    pairs[0].clean, pairs[0].swapped  # the same prompt, "slow" / "leisurely" vs "fast" / "quick"
+    reps = sample(model, [p.clean for p in pairs], seed=0)
+    judge(reps)["tempo"]  # tensor([0, 0]) when the model follows the prompts
 """
 
 from __future__ import annotations

@@ -1,0 +1,133 @@
+"""TADA recipe (recipes/tada): localisation against a known ground truth, CAA and SAE steering on
+the shipped tones model, the CLI. Tiny settings with fixed seeds (a few prompts, 3-4 DDIM steps)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from interventions import attach
+from recipes.tada.caa import caa_curve, caa_vectors, restrict
+from recipes.tada.ground_truth import load_ground_truth, mask_factor
+from recipes.tada.localize import localize, step_windows
+from recipes.tada.run import load_model, main, pick_layers
+from recipes.tada.sae_steer import feature_scores, sae_hooks, top_features_by_step, train_layer_sae
+from recipes.tada.tones import CFG, prompt_pairs, sample, value_index
+
+
+@pytest.fixture(scope="module")
+def tones():
+    torch.set_num_threads(1)
+    from recipes.worlds.tones_model import load_model as load_tones
+
+    return load_tones()
+
+
+def test_masking_hides_which_value_the_prompt_names():
+    for pair in prompt_pairs("vocals", ("vocals", "instrumental"), n=6, seed=3):
+        assert pair.clean != pair.swapped
+        assert mask_factor(pair.clean, "vocals") == mask_factor(pair.swapped, "vocals")
+    assert mask_factor("sad buzzy tune leisurely with singing", "timbre") == "sad mask tune leisurely with singing"
+    with pytest.raises(ValueError, match="unknown factor 'colour'"):
+        mask_factor("a red tune", "colour")
+
+
+def test_sweep_ranks_first_the_only_block_that_sees_timbre():
+    """Acceptance: in the shipped ground-truth model only block 2 reads the timbre word."""
+    torch.set_num_threads(1)
+    gt = load_ground_truth()
+    assert (gt.factor, gt.visible_block) == ("timbre", 2)
+    loc = localize(
+        gt, "timbre", ("sawtooth", "sine"), n=4, steps=4, seed=5, prompt_seed=11, windows=False, ablation=False
+    )
+    assert loc.clean_rate >= 0.75 and loc.swapped_rate <= 0.25  # the model follows its timbre word
+    rec = loc.recovered()[:, 0]
+    assert loc.ranking()[0] == 2
+    assert rec[2] > 0.7, rec
+    assert all(abs(float(rec[i])) < 0.05 for i in (0, 1, 3)), rec
+
+
+def test_localisation_on_the_shipped_model_puts_vocals_in_block_2(tones):
+    loc = localize(tones, "vocals", ("vocals", "instrumental"), n=4, steps=4, seed=0, prompt_seed=100, windows=False)
+    assert loc.ranking()[0] == 2
+    assert float(loc.recovered()[2, 0]) > 0.5
+    assert float(loc.patched_rate[2, 0]) >= 0.75 and float(loc.patched_rate[[0, 1, 3], 0].max()) == 0.0
+    assert len(loc.ablation) == 4 and loc.ablation_baseline == loc.clean_rate == 1.0
+    assert pick_layers([loc]) == [2]
+    json.dumps(loc.to_json())
+
+
+def test_caa_vectors_are_unit_per_step_and_steer_held_out_prompts(tones, tmp_path):
+    v = caa_vectors(tones, "vocals", ("instrumental", "vocals"), [1, 2], n=4, steps=5, templates=(0, 1))
+    assert v.sites == ["transformer_blocks.1.attn2", "transformer_blocks.2.attn2"]
+    assert v.steps("transformer_blocks.2.attn2") == [0, 1, 2, 3, 4] and v.branch == "cond"
+    norms = torch.stack([d.norm() for d in v.directions.values()])
+    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
+    v.save(tmp_path / "v")
+    from interventions.steering import SteeringVector
+
+    back = SteeringVector.load(tmp_path / "v")
+    assert back.extra["factor"] == "vocals" and torch.equal(
+        back.directions[("transformer_blocks.2.attn2", 3)], v.directions[("transformer_blocks.2.attn2", 3)]
+    )
+    only2 = restrict(v, [2])
+    assert only2.sites == ["transformer_blocks.2.attn2"]
+    curve = caa_curve(tones, only2, [0.0, 4.0], n=4, steps=5, seed=0, prompt_seed=300, templates=(2,))
+    assert curve.target == [0.0, 1.0]  # no strength: still instrumental; strength 4: all sing
+    assert curve.kept == [1.0, 1.0]  # timbre, tempo and mood as in the unsteered samples
+    with pytest.raises(ValueError, match="fitted on 5 sampling steps"):
+        caa_curve(tones, only2, [1.0], n=2, steps=8)
+    with pytest.raises(ValueError, match="no direction at layers"):
+        restrict(v, [3])
+
+
+def test_sae_features_and_error_preserving_edits(tones):
+    sae, report = train_layer_sae(tones, 2, n=4, steps=3, train_steps=30, expansion=2, k=8)
+    assert report.fvu < 0.5
+    scores = feature_scores(tones, sae, 2, "vocals", ("instrumental", "vocals"), n=4, steps=3)
+    assert set(scores) == {"tfidf", "diff_of_means", "cohens_d"}
+    assert all(s.shape == (3, sae.d_sae) for s in scores.values())
+    feats = top_features_by_step(scores["tfidf"], 2)
+    prompts = ["a slow pure tune instrumental", "sad hollow tune quick instrumental"]
+    plain = sample(tones, prompts, 0, steps=3)
+    for mode, identity in (("add", 0.0), ("scale", 1.0)):  # no edit -> exactly the unsteered run
+        with attach(tones.transformer, sae_hooks(sae, 2, feats, identity, mode=mode), cfg=CFG):
+            assert torch.allclose(sample(tones, prompts, 0, steps=3), plain, atol=1e-5)
+    with attach(tones.transformer, sae_hooks(sae, 2, feats, 8.0), cfg=CFG):
+        assert not torch.allclose(sample(tones, prompts, 0, steps=3), plain, atol=1e-3)
+    with pytest.raises(ValueError, match="'add' or 'scale'"):
+        sae_hooks(sae, 2, feats, 1.0, mode="clamp")
+
+
+def test_cli_localisation_writes_table_and_heat_map(tmp_path):
+    argv = ["--world", "tones", "--concept", "vocals", "--seeds", "0", "--n", "2", "--steps", "3"]
+    assert main([*argv, "--no-steer", "--out", str(tmp_path)]) == 0
+    out = json.loads((tmp_path / "tada_tones_vocals.json").read_text())
+    assert out["localisation"][0]["columns"] == ["all", "0", "1", "2"]
+    assert len(out["localisation"][0]["recovered"]) == 4
+    assert (tmp_path / "tada_tones_vocals_localisation.png").stat().st_size > 1000
+
+
+def test_bad_inputs_say_what_to_do():
+    with pytest.raises(ValueError, match="its values are slow, fast"):
+        value_index("tempo", "medium")
+    with pytest.raises(FileNotFoundError, match="not 'tones', 'ground-truth'"):
+        load_model("/nonexistent/folder")
+    assert [list(w) for w in step_windows(7)] == [[0, 1], [2, 3, 4], [5, 6]]
+
+
+def test_shapes_localisation_runs_through_the_pipeline():
+    torch.set_num_threads(1)
+    from recipes.tada.shapes import localize_shapes, shapes_pairs
+    from recipes.worlds.shapes_model import load_evaluators, load_pipeline
+
+    pipe = load_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    loc = localize_shapes(pipe, load_evaluators(), "colour", ("red", "blue"), n=2, steps=3)
+    assert loc.row_labels == ["down1.0", "up0.0", "up0.1", "mid0"]  # the tiny UNet's cross-attention layers
+    assert (loc.clean_rate, loc.swapped_rate) == (1.0, 0.0)
+    assert loc.recovered().shape == (4, 1) and sorted(loc.ranking()) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="its values are red, green, blue, yellow"):
+        shapes_pairs("colour", ("red", "purple"), 2, 0)
