@@ -2,6 +2,8 @@
 rank hands to the collectives per step (measured by a DDP communication hook), and the scaling
 that those bytes imply on N GPUs.
 
+Configurations: 1 process; 2 processes; 2 processes all-reducing bfloat16 gradients.
+
 ``python -m benchmarks.distributed_bench [--quick]`` writes ``results/distributed{,_quick}.{json,md}``.
 
 Data: the synthetic sparse mixture of ``benchmarks.sae_training`` (512 directions in 64 dims, 8
@@ -51,7 +53,7 @@ def make_harvest(root: Path, items: int) -> None:
     harvest(model, list(train.split(BATCH)), "0", root, items_per_shard=4, progress=False)
 
 
-def _rank(rank: int, world: int, port: int, root: str, steps: int, out: str) -> None:
+def _rank(rank: int, world: int, port: int, root: str, steps: int, out: str, bf16: bool) -> None:
     """One rank: train, and record the wall time at every step and the bytes of the last one."""
     import torch
     import torch.distributed as dist
@@ -91,7 +93,7 @@ def _rank(rank: int, world: int, port: int, root: str, steps: int, out: str) -> 
             super().step_done(state, sae, opt)
             self.times.append((time.perf_counter(), time.process_time(), self.in_comm))
 
-    sync = Timed()
+    sync = Timed(bf16_gradients=bf16)
     cfg = TrainConfig(
         steps=steps, batch_size=BATCH, lr=2e-3, shuffle_tokens=4 * BATCH, dead_tokens=100_000, progress=False
     )
@@ -111,14 +113,14 @@ def _rank(rank: int, world: int, port: int, root: str, steps: int, out: str) -> 
         dist.destroy_process_group()
 
 
-def run_once(world: int, root: Path, steps: int) -> dict[str, Any]:
+def run_once(world: int, root: Path, steps: int, bf16: bool = False) -> dict[str, Any]:
     import torch.multiprocessing as mp
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = Path(tempfile.mkdtemp()) / "result.json"
-    mp.start_processes(_rank, args=(world, port, str(root), steps, str(out)), nprocs=world, start_method="spawn")
+    mp.start_processes(_rank, args=(world, port, str(root), steps, str(out), bf16), nprocs=world, start_method="spawn")
     ranks = [json.loads(Path(f"{out}.{r}").read_text()) for r in range(world)]
     n, tokens = ranks[0]["steps_timed"], ranks[0]["steps_timed"] * BATCH * world
     wall = max(r["wall_s"] for r in ranks)
@@ -133,19 +135,21 @@ def run_once(world: int, root: Path, steps: int) -> dict[str, Any]:
     }
 
 
-def gradient_bytes(d_in: int, d_sae: int) -> int:
-    """float32 gradients of W_enc, W_dec, b_enc and b_dec: what DDP all-reduces every step."""
-    return 4 * (2 * d_in * d_sae + d_sae + d_in)
+def gradient_bytes(d_in: int, d_sae: int, width: int = 4) -> int:
+    """The gradients of W_enc, W_dec, b_enc and b_dec (float32: 4 bytes, bf16: 2): what DDP
+    all-reduces every step."""
+    return width * (2 * d_in * d_sae + d_sae + d_in)
 
 
-def projection(bytes_per_step: int, batch: int, flops_per_s: float, bus_bytes_per_s: float, n: int) -> dict[str, float]:
+def projection(
+    d_in: int, d_sae: int, batch: int, flops_per_s: float, bus_bytes_per_s: float, n: int, width: int = 4
+) -> dict[str, float]:
     """Expected step time and efficiency on ``n`` GPUs with a ring all-reduce: compute ~8 d_in d_sae
     FLOPs per token (the encoder, its gradient, and the two dense decoder products of the TopK
     step), communication 2 (n-1)/n times the bytes over the bus bandwidth, not overlapped (the TopK
     step's gradients are all ready at its end)."""
-    d_in_d_sae = bytes_per_step / 8  # the two matrices dominate: 8 bytes per (d_in, d_sae) pair
-    compute = 8 * d_in_d_sae * batch / flops_per_s
-    comm = 2 * (n - 1) / n * bytes_per_step / bus_bytes_per_s
+    compute = 8 * d_in * d_sae * batch / flops_per_s
+    comm = 2 * (n - 1) / n * gradient_bytes(d_in, d_sae, width) / bus_bytes_per_s
     return {"compute_ms": 1000 * compute, "comm_ms": 1000 * comm, "efficiency": compute / (compute + comm)}
 
 
@@ -160,10 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp()) / "harvest"
     make_harvest(root, plan["items"])
     load = [os.getloadavg()[0]]
-    runs: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
+    configs = {"1": (1, False), "2": (2, False), "2, bf16 gradients": (2, True)}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in configs}
     for _ in range(plan["rounds"]):
-        for world in (1, 2):
-            runs[world].append(run_once(world, root, plan["steps"]))
+        for name, (world, bf16) in configs.items():
+            runs[name].append(run_once(world, root, plan["steps"], bf16))
             load.append(os.getloadavg()[0])
     summary = {
         world: {
@@ -177,15 +182,16 @@ def main(argv: list[str] | None = None) -> int:
         }
         for world, rs in runs.items()
     }
-    measured = summary[2]["bytes_per_step"]
+    measured = summary["2"]["bytes_per_step"]
     gpu = []
     for d_in, d_sae in ((2048, 32768), (4096, 65536)):
         b = gradient_bytes(d_in, d_sae)
         for batch in (4096, 16384):
             for name, bw in (("NVLink, 200 GB/s bus", 200e9), ("100 Gb/s network, 10 GB/s", 10e9)):
                 row = {"d_in": d_in, "d_sae": d_sae, "batch_per_gpu": batch, "link": name, "bytes": b}
-                p8 = projection(b, batch, 4e14, bw, 8)
-                gpu.append({**row, **{k: round(v, 3) for k, v in p8.items()}})
+                p8 = projection(d_in, d_sae, batch, 4e14, bw, 8)
+                half = projection(d_in, d_sae, batch, 4e14, bw, 8, width=2)["efficiency"]
+                gpu.append({**row, **{k: round(v, 3) for k, v in p8.items()}, "efficiency_bf16": round(half, 3)})
     result = {
         "date": dt.datetime.now().isoformat(timespec="seconds"),
         "torch": torch.__version__,
@@ -207,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def markdown(r: dict[str, Any]) -> str:
     m, c = r["measured"], r["config"]
-    one, two = m[1] if 1 in m else m["1"], m[2] if 2 in m else m["2"]
+    one, two = m["1"], m["2"]
     lines = [
         f"Distributed SAE training, {r['date']}, torch {r['torch']}, {r['machine']}, gloo on CPU, 1 thread per process; "
         f"load average (1 min) during the runs: {r['load_average_1min']}.",
@@ -221,7 +227,7 @@ def markdown(r: dict[str, Any]) -> str:
         *(
             f"| {n} | {x['tokens_per_s']:,.0f} | {x['tokens_per_cpu_s']:,.0f} | {x['step_ms']:.1f} | "
             f"{x['comm_ms_per_step']:.1f} | {x['bytes_per_step']:,} | {x['all_tokens_per_s']} |"
-            for n, x in ((1, one), (2, two))
+            for n, x in m.items()
         ),
         "",
         "tokens/s (CPU) divides all ranks' tokens by the CPU time of the busiest process: the rate with a core "
@@ -232,7 +238,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"{two['tokens_per_cpu_s'] / one['tokens_per_cpu_s']:.2f}x (CPU). Per step a rank sends "
         f"{two['bytes_per_step']:,} bytes: {r['gradient_bytes_formula']:,} of float32 gradients (DDP's buckets, "
         f"4 (2 d_in d_sae + d_sae + d_in)) and {r['statistics_bytes']:,} of statistics (fired latents, tokens, loss; "
-        "the residual's sums while latents are dead). The gradient bytes do not depend on the batch or on N.",
+        "the residual's sums while latents are dead). The gradient bytes do not depend on the batch or on N; "
+        f"with bf16 gradients (DDP's bf16_compress_hook) a rank sends {m['2, bf16 gradients']['bytes_per_step']:,}.",
         "",
         "Expected on 8 GPUs (not measured here: no GPU on this machine). A ring all-reduce moves 2 (N-1)/N times "
         "the bytes per rank; the TopK step is ~8 d_in d_sae FLOPs per token, taken at 400 TFLOP/s (bf16), and its "
@@ -240,13 +247,14 @@ def markdown(r: dict[str, Any]) -> str:
         "Efficiency = compute / (compute + communication) = 1 / (1 + 2 (N-1)/N F / (bandwidth x batch)): "
         "independent of the SAE's size, set by the batch per GPU.",
         "",
-        "| d_in | d_sae | batch per GPU | link | gradient bytes | compute (ms) | all-reduce (ms) | efficiency |",
-        "|---|---|---|---|---|---|---|---|",
+        "| d_in | d_sae | batch per GPU | link | gradient bytes | compute (ms) | all-reduce (ms) | efficiency "
+        "| efficiency, bf16 gradients |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for g in r["projection_8_gpus"]:
         lines.append(
             f"| {g['d_in']} | {g['d_sae']} | {g['batch_per_gpu']} | {g['link']} | {g['bytes'] / 1e9:.2f} GB | "
-            f"{g['compute_ms']:.1f} | {g['comm_ms']:.1f} | {g['efficiency']:.0%} |"
+            f"{g['compute_ms']:.1f} | {g['comm_ms']:.1f} | {g['efficiency']:.0%} | {g['efficiency_bf16']:.0%} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -86,7 +86,6 @@ class DDPSync:
         self.bytes_per_step = 0
         self._step_bytes = 0
         self._ddp: nn.Module | None = None
-        self._steps = 0
 
     # -- TrainSync -------------------------------------------------------------------------------
     def start(self, sae: SAE, opt: torch.optim.Optimizer) -> TrainState | None:
