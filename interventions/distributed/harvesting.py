@@ -116,6 +116,8 @@ def harvest(
     todo = [i for i in mine if i not in manifest.complete]
     report = HarvestReport(Path(root), rank, world_size, len(mine), len(mine) - len(todo), 0)
     if not todo:
+        if not mine:  # fewer inputs than processes: the manifest says this rank is done
+            manifest.write()
         return report
     store = DiskStore(folder, buffer_bytes=_NO_FLUSH)
     cache = Cache(store, on_repeat="append")
