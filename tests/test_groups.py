@@ -14,7 +14,7 @@ import torch
 
 from interventions import Cache, attach
 from interventions.adapters import detect
-from interventions.sites import Site
+from interventions.sites import Site, SiteNotFoundError
 from tests import sat_support, tiny_models
 
 Run = Callable[[], object]
@@ -491,3 +491,51 @@ def test_stable_audio_tools_dit_groups():
         sat_support.generate(model, steps=2, cfg_scale=3.0, seed=0)
     assert min(session.fired.values()) == 2
     assert {tuple(cache.get(s, 0, "cond").shape) for s in session.fired} == {(1, 17, 64)}
+
+
+def _wan22_call(pipe):
+    pipe(
+        "a red circle",
+        negative_prompt="blue",
+        height=16,
+        width=16,
+        num_frames=1,
+        num_inference_steps=4,
+        guidance_scale=3.0,
+        guidance_scale_2=2.0,
+        output_type="pt",
+        generator=torch.Generator().manual_seed(0),
+        max_sequence_length=16,
+    )
+
+
+def test_groups_span_every_expert_of_a_two_denoiser_pipeline():
+    # Wan 2.2 runs `transformer` above its boundary and `transformer_2` below: a group naming only the
+    # first expert's layers would leave the last steps unhooked without a word
+    pipe = tiny_models.wan22_pipeline()
+    cache = Cache()
+    with attach(pipe, {"@cross_attn": cache}):
+        _wan22_call(pipe)
+    steps = {}
+    for site, step, _ in cache.keys():
+        steps.setdefault(site, set()).add(step)
+    assert steps == {
+        "transformer.blocks.0.attn2": {0, 1, 2},
+        "transformer.blocks.1.attn2": {0, 1, 2},
+        "transformer_2.blocks.0.attn2": {3},
+        "transformer_2.blocks.1.attn2": {3},
+    }
+    only_second = Cache()
+    with attach(pipe, {"@transformer_2.cross_attn": only_second}):
+        _wan22_call(pipe)
+    assert {k[0] for k in only_second.keys()} == {"transformer_2.blocks.0.attn2", "transformer_2.blocks.1.attn2"}
+
+
+def test_a_controlnet_has_its_own_groups_and_the_plain_ones_stay_the_unets():
+    pipe = tiny_models.controlnet_pipeline()
+    groups = detect(pipe).groups()
+    assert all(s.startswith("unet.") for s in groups["cross_attn"])
+    assert groups["cross_attn"] == groups["unet.cross_attn"]
+    assert groups["controlnet.cross_attn"] and all(s.startswith("controlnet.") for s in groups["controlnet.cross_attn"])
+    with pytest.raises(SiteNotFoundError, match="controlnet.cross_attn"):
+        attach(pipe, {"@controlnet.crossattn": Cache()})

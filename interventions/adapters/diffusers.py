@@ -120,31 +120,26 @@ class DiffusersModelAdapter(Adapter):
         """The denoiser's groups: ``attn`` / ``self_attn`` / ``cross_attn`` from diffusers attention
         modules (joint MMDiT attention counts as self-attention), ``mlp`` from its
         ``FeedForward`` modules of the image stream, ``blocks`` from its block lists; each the site
-        of the module's hidden-state output (see :mod:`interventions.groups`)."""
-        den = self._prefix()
-        comp = self.components().get(den)
-        if comp is None:
-            return {}
-        attn, cross, mlp = [], [], []
-        for path, m in walk(comp, den):
-            kinds = class_names(m)
-            if kinds & _ATTENTION_CLASSES:
-                attn.append(hidden_site(path, m))
-                if getattr(m, "is_cross_attention", False) is True:
-                    cross.append(attn[-1])
-            elif "FeedForward" in kinds and not leaf(path).endswith("_context"):
-                mlp.append(hidden_site(path, m))
-        blocks = []
-        for name in _BLOCK_LISTS:
-            child = comp._modules.get(name)
-            members = list(child.named_children()) if isinstance(child, nn.ModuleList) else [("", child)]
-            blocks += [hidden_site(self._join(self._join(den, name), i), b) for i, b in members if b is not None]
-        self_attn = [p for p in attn if p not in cross]
-        return nonempty({"attn": attn, "cross_attn": cross, "self_attn": self_attn, "mlp": mlp, "blocks": blocks})
+        of the module's hidden-state output (see :mod:`interventions.groups`).
 
-    @staticmethod
-    def _join(prefix: str, name: str) -> str:
-        return f"{prefix}.{name}" if prefix and name else prefix or name
+        In a pipeline with several denoisers, the plain groups span every denoiser of the main
+        one's class, in the pipeline's order (Wan 2.2's ``transformer`` and ``transformer_2``
+        take turns over the steps: ``@cross_attn`` means both experts' layers, not the first
+        expert's alone), and each denoiser also has its own groups under its name
+        (``@transformer_2.cross_attn``, ``@controlnet.cross_attn``)."""
+        comps = self.components()
+        main = self._prefix()
+        if main not in comps:
+            return {}
+        dens = [d for d in self.denoisers() if d in comps] if main else [main]
+        own = {d: _denoiser_groups(comps[d], d) for d in dens}
+        plain: dict[str, list[str]] = {}
+        for d in dens:
+            if type(comps[d]) is type(comps[main]):
+                for name, sites in own[d].items():
+                    plain.setdefault(name, []).extend(sites)
+        qualified = {f"{d}.{name}": sites for d in dens if len(dens) > 1 for name, sites in own[d].items()}
+        return nonempty(plain | qualified)
 
 
 class DiffusersModuleAdapter(DiffusersModelAdapter):
@@ -221,6 +216,30 @@ class DiffusersPipelineAdapter(DiffusersModelAdapter):
             if callable(getattr(scheduler, "step", None)):
                 undo.append(wrap_attribute(scheduler, "step", before(state.scheduler_stepped)))
         return undo
+
+
+def _denoiser_groups(comp: nn.Module, prefix: str) -> dict[str, list[str]]:
+    """One denoiser's groups (see :meth:`DiffusersModelAdapter.groups`), its paths under ``prefix``."""
+    attn, cross, mlp = [], [], []
+    for path, m in walk(comp, prefix):
+        kinds = class_names(m)
+        if kinds & _ATTENTION_CLASSES:
+            attn.append(hidden_site(path, m))
+            if getattr(m, "is_cross_attention", False) is True:
+                cross.append(attn[-1])
+        elif "FeedForward" in kinds and not leaf(path).endswith("_context"):
+            mlp.append(hidden_site(path, m))
+    blocks = []
+    for name in _BLOCK_LISTS:
+        child = comp._modules.get(name)
+        members = list(child.named_children()) if isinstance(child, nn.ModuleList) else [("", child)]
+        blocks += [hidden_site(_join(_join(prefix, name), i), b) for i, b in members if b is not None]
+    self_attn = [p for p in attn if p not in cross]
+    return {"attn": attn, "cross_attn": cross, "self_attn": self_attn, "mlp": mlp, "blocks": blocks}
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix and name else prefix or name
 
 
 def _entry_points(model: nn.Module) -> tuple[str, ...]:
