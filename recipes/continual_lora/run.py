@@ -1,0 +1,145 @@
+"""``interventions run continual_lora``: teach personalization tasks one after another with LoRA.
+
+On the shapes world's tiny ``StableDiffusionPipeline``, every method (naive, merge_and_init,
+ortho_init, magmax) learns the same task sequence on every seed; after each task its adapter is
+saved in diffusers' LoRA format, loaded back with ``pipe.load_lora_weights`` and scored on every
+task's prompt. It prints the table of final average and forgetting per seed and writes::
+
+    <out>/metrics.json                   every score matrix, base scores, losses' tails, the summary
+    <out>/continual_lora_matrices.png    seed-mean score matrix per method
+    <out>/adapters/<method>/seed<s>/task<t>/pytorch_lora_weights.safetensors
+    <out>/hub/<method>/                  last adapter of the first seed with its card (push-ready)
+
+    interventions run continual_lora --out runs/continual_lora               # 4 tasks, 3 seeds
+    interventions run continual_lora --quick --out /tmp/cl                   # 2 tasks, 1 seed, tiny
+    interventions run continual_lora --out runs/cl --push-to me/shapes-cl    # also push each method
+
+With ``--push-to PREFIX`` each method's card folder goes to the Hub repo ``PREFIX-<method>``.
+
+The same protocol on a real checkpoint is the authors' script (SDXL, DreamBooth LoRA rank 64, one
+run per task, each starting from the previous task's output; not run here)::
+
+    accelerate launch lora/train_dreambooth_lora_sdxl.py \\
+      --pretrained_model_name_or_path=stabilityai/stable-diffusion-xl-base-1.0 \\
+      --pretrained_vae_model_name_or_path=madebyollin/sdxl-vae-fp16-fix \\
+      --instance_data_dir=data/objects/<task> --instance_prompt="a photo of sks dog" \\
+      --rank=64 --resolution=1024 --train_batch_size=1 --learning_rate=1e-5 --max_train_steps=850 \\
+      --lr_scheduler=constant --gradient_checkpointing --use_8bit_adam --seed=0 \\
+      --experiment_name=ortho_init --lora_path=<previous task's output_dir> --output_dir=out/<task>
+
+(``--experiment_name`` one of naive_cl, merge_and_init, ortho_init, mag_max_light; the output's
+``pytorch_lora_weights.safetensors`` loads with ``StableDiffusionXLPipeline.load_lora_weights``.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from .methods import METHODS, Evaluation, Sequence, run_sequence
+from .report import plot_matrices, summarise, table
+from .tasks import make_tasks
+from .train import Training
+
+__all__ = ["parser", "main"]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="interventions run continual_lora", description=__doc__.split("\n\n")[0])
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--tasks", type=int, default=4, help="how many of the 4 subjects to teach, in order (2-4)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=100, help="training steps per task")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--rank", type=int, default=4)
+    p.add_argument("--instances", type=int, default=16, help="renders of each subject to train on")
+    p.add_argument("--samples", type=int, default=24, help="generated images per task per evaluation")
+    p.add_argument("--eval-steps", type=int, default=10, help="DDIM steps when scoring")
+    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--model", default=None, help="shapes checkpoint folder (default: the shipped one)")
+    p.add_argument("--out", default=None, help="folder for metrics, the PNG, adapters and card folders")
+    p.add_argument("--push-to", default=None, help="Hub repo prefix: push <out>/hub/<method> to PREFIX-<method>")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--quick", action="store_true", help="2 tasks, 1 seed, 30 steps, 8 samples (a smoke run)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _check(args: argparse.Namespace) -> None:
+    if args.push_to and not args.out:
+        raise SystemExit("--push-to needs --out (the card folders are written there first)")
+    if args.push_to and args.push_to.count("/") != 1:
+        raise SystemExit(f"--push-to must look like 'owner/prefix', got {args.push_to!r}")
+    if args.samples < 1 or args.eval_steps < 1:
+        raise SystemExit("--samples and --eval-steps must be >= 1")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.quick:
+        args.tasks, args.seeds, args.steps, args.samples = 2, args.seeds[:1], 30, 8
+    _check(args)
+    torch.set_num_threads(args.threads)
+    from recipes.worlds.shapes_model import load_evaluators, load_pipeline
+
+    tasks = make_tasks(args.tasks)
+    training = Training(steps=args.steps, batch=args.batch, lr=args.lr, instances=args.instances, rank=args.rank)
+    ev = Evaluation(samples=args.samples, steps=args.eval_steps, guidance=args.guidance)
+    pipe, evaluators = load_pipeline(args.model), load_evaluators(args.model)
+    out = Path(args.out) if args.out else None
+    t0 = time.time()
+    sequences: list[Sequence] = []
+    for seed in args.seeds:
+        for method in args.methods:
+            adapters = out / "adapters" if out else None
+            sequences.append(
+                run_sequence(method, pipe, evaluators, tasks, training, ev, seed, adapters, not args.no_progress)
+            )
+    summary = summarise(sequences)
+    print(table(summary))
+    print(f"{len(sequences)} sequences in {time.time() - t0:.0f} s")
+    if out is not None:
+        _write(out, args, tasks, training, ev, sequences, summary, time.time() - t0)
+    return 0
+
+
+def _write(out, args, tasks, training, ev, sequences, summary, seconds) -> None:
+    from dataclasses import asdict
+
+    from .hub import publish_folder, push_adapter
+
+    record = {
+        "tasks": [{"prompt": t.prompt, "subject": list(t.subject)} for t in tasks],
+        "training": asdict(training),
+        "evaluation": asdict(ev),
+        "seconds": round(seconds, 1),
+        "runs": [
+            {
+                "method": s.method,
+                "seed": s.seed,
+                "scores": s.scores,
+                "base": s.base,
+                "final_average": s.final_average,
+                "forgetting": s.forgetting,
+                "final_loss": [sum(c[-20:]) / len(c[-20:]) for c in s.losses],
+            }
+            for s in sequences
+        ],
+        "summary": summary,
+    }
+    (out / "metrics.json").write_text(json.dumps(record, indent=1) + "\n")
+    plot_matrices(sequences, tasks, out / "continual_lora_matrices.png")
+    first = {}
+    for s in sequences:
+        first.setdefault(s.method, s)
+    for method, s in first.items():
+        repo = f"{args.push_to}-{method}" if args.push_to else None
+        folder = publish_folder(s, tasks, out / "hub" / method, repo_id=repo)
+        if repo:
+            push_adapter(folder, repo)
+            print(f"pushed {folder} to {repo}")
