@@ -6,6 +6,7 @@ GPT-2's activations; the resume test SIGKILLs a harvesting process part-way and 
 
 from __future__ import annotations
 
+import contextlib
 import doctest
 import hashlib
 import importlib
@@ -70,10 +71,13 @@ def test_docstring_examples(module):
     assert result.attempted > 0 and result.failed == 0
 
 
-def test_items_split_by_rank_cover_every_input_once():
+def test_items_split_by_rank_cover_every_input_once(tmp_path):
     shares = [items_of_rank(11, r, 3) for r in range(3)]
     assert sorted(i for s in shares for i in s) == list(range(11))
     assert [len(s) for s in shares] == [4, 4, 3]
+    for rank in range(3):  # fewer inputs than processes: the idle rank still completes the harvest
+        harvest(_plain_model(), _plain_inputs(2), "0", tmp_path, rank=rank, world_size=3, progress=False)
+    assert [s.items for s in open_harvest(tmp_path).shards] == [(0,), (1,)]
 
 
 # -- DDP over two gloo processes equals one process ----------------------------------------------
@@ -97,6 +101,13 @@ def _ddp_rank(rank: int, world: int, port: int, root: str, out: str, cfg: dict) 
             save_file(weights, f"{out}/{name}{rank}.safetensors")
             info = {"tokens_seen": report.tokens_seen, "fvu": report.fvu, "dead": report.dead_fraction}
             Path(f"{out}/{name}{rank}.json").write_text(json.dumps({**info, "bytes": sync.bytes_per_step}))
+        # killed after step 12 (checkpoints at 5 and 10), then run again: resumes from step 10
+        with contextlib.suppress(KeyboardInterrupt):
+            train_sae_distributed(root, d_sae=64, k=4, config=TrainConfig(**cfg), sync=_Crash(Path(out) / "crash", 12))
+        sae, _ = train_sae_distributed(
+            root, d_sae=64, k=4, config=TrainConfig(**cfg), checkpoint_dir=Path(out) / "crash"
+        )
+        save_file({n: p.detach().contiguous() for n, p in sae.named_parameters()}, f"{out}/resumed{rank}.safetensors")
     finally:
         dist.destroy_process_group()
 
@@ -122,7 +133,8 @@ def test_ddp_on_two_gloo_processes_equals_one_process(gpt2_harvest, tmp_path):
     them two by two, so its batch i is the union of the ranks' batches i). The weights agree to
     float rounding (tolerance 1e-5; measured ~1e-7), the replicas are bit-identical, and the
     dead-latent counters (a latent is dead after one silent step here, so AuxK trains) count both
-    ranks' tokens. With bfloat16 gradients, half the bytes and the same run to that rounding."""
+    ranks' tokens. With bfloat16 gradients, half the bytes and the same run to that rounding. A
+    run killed after step 12 and started again resumes from its step-10 checkpoint, bit for bit."""
     steps = 24  # three passes over the 8 training shards
     base = dict(steps=steps, lr=3e-3, warmup_steps=2, seed=0, dead_tokens=64, progress=False)
     out = tmp_path / "ddp"
@@ -134,8 +146,10 @@ def test_ddp_on_two_gloo_processes_equals_one_process(gpt2_harvest, tmp_path):
         start_method="spawn",
     )
     ranks = [load_file(str(out / f"exact{r}.safetensors")) for r in range(2)]
+    resumed = load_file(str(out / "resumed0.safetensors"))  # killed at step 12, resumed from step 10
     for name in ranks[0]:
         assert torch.equal(ranks[0][name], ranks[1][name]), name  # replicas in step, bit for bit
+        assert torch.equal(resumed[name], ranks[0][name]), name
     single_cfg = TrainConfig(**base, batch_size=64, shuffle_tokens=64)
     single, report = train_sae_distributed(gpt2_harvest, d_sae=64, k=4, config=single_cfg)
     diff = max(float((ranks[0][n] - p.detach()).abs().max()) for n, p in single.named_parameters())
