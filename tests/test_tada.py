@@ -131,3 +131,27 @@ def test_shapes_localisation_runs_through_the_pipeline():
     assert loc.recovered().shape == (4, 1) and sorted(loc.ranking()) == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="its values are red, green, blue, yellow"):
         shapes_pairs("colour", ("red", "purple"), 2, 0)
+
+
+def test_a_stable_audio_pipeline_runs_the_same_code_path():
+    """Stable Audio Open's path (recipes.tada.pipeline) on a tiny StableAudioPipeline with a rule-based judge."""
+    torch.set_num_threads(1)
+    from recipes.tada.pipeline import PipelineModel
+    from tests.tiny_models import stable_audio_pipeline
+
+    def level(audio, sampling_rate):  # quiet / loud by RMS around the tiny model's typical level
+        rms = audio.pow(2).mean((1, 2)).sqrt()
+        return {"level": torch.stack([-rms, rms - 0.05], -1)}
+
+    pipe = stable_audio_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    model = PipelineModel(pipe, ["a {value} piano piece", "{value} drums"], {"level": ("quiet", "loud")}, level)
+    loc = localize(model, "level", ("loud", "quiet"), n=2, steps=2, windows=False, ablation=False)
+    assert loc.patching.sites == tuple(f"transformer_blocks.{i}.attn2:input.encoder_hidden_states" for i in range(2))
+    json.dumps(loc.to_json())
+    v = caa_vectors(model, "level", ("quiet", "loud"), [0, 1], n=2, steps=2)
+    assert v.steps("transformer_blocks.1.attn2") == [0, 1]
+    curve = caa_curve(model, v, [0.0, 50.0], n=2, steps=2)
+    assert curve.kept[0] == 1.0  # strength 0 reproduces the unsteered samples
+    with pytest.raises(ValueError, match="needs a {value} slot"):
+        PipelineModel(pipe, ["a piano piece"], {"level": ("quiet", "loud")}, level)

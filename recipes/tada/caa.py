@@ -52,7 +52,7 @@ def caa_vectors(
     word, sampled from the same latents (``seed``)."""
     if not layers:
         raise ValueError("caa_vectors needs at least one layer (e.g. the localisation's top layer)")
-    pairs = prompt_pairs(factor, (values[1], values[0]), n, prompt_seed, templates)
+    pairs = prompt_pairs(factor, (values[1], values[0]), n, prompt_seed, templates, model)
     sites = [cross_attn_output(i) for i in layers]
     stores = []
     for prompts in ([p.clean for p in pairs], [p.swapped for p in pairs]):
@@ -142,20 +142,21 @@ def steering_curve(
     target is ``values[1]``; ``mode="remove"``: prompts name ``values[1]`` and the target is any
     other value. ``branch`` only labels the curve (the hooks carry their own ``When``)."""
     neg, pos = values
-    pos_i = value_index(factor, pos)
+    pos_i = value_index(factor, pos, model)
     start = neg if mode == "add" else pos
-    pairs = prompt_pairs(factor, (start, pos if mode == "add" else neg), n, prompt_seed, templates)
+    pairs = prompt_pairs(factor, (start, pos if mode == "add" else neg), n, prompt_seed, templates, model)
     prompts = [p.clean for p in pairs]
-    base = judge(sample(model, prompts, seed, steps=steps, guidance=guidance), seed)
+    base = judge(sample(model, prompts, seed, steps=steps, guidance=guidance), seed, model)
     others = [k for k in base if k != factor]
     curve = SteeringCurve(label or f"{mode} {branch}", mode, branch, [float(s) for s in strengths])
     for s in strengths:
         with attach(model.transformer, hooks_at(s), cfg=CFG):
-            pred = judge(sample(model, prompts, seed, steps=steps, guidance=guidance), seed)
+            pred = judge(sample(model, prompts, seed, steps=steps, guidance=guidance), seed, model)
         hit = pred[factor] == pos_i if mode == "add" else pred[factor] != pos_i
         same = {k: pred[k] == base[k] for k in others}
         curve.target.append(float(hit.float().mean()))
-        curve.kept.append(float(torch.stack(list(same.values())).all(0).float().mean()))
+        kept = torch.stack(list(same.values())).all(0) if same else torch.ones_like(hit)
+        curve.kept.append(float(kept.float().mean()))
         curve.kept_each.append({k: float(v.float().mean()) for k, v in same.items()})
     return curve
 

@@ -70,7 +70,10 @@ class Localisation:
     ablation_baseline: float = float("nan")
 
     def recovered(self) -> torch.Tensor:
-        """Share of the clean-minus-swapped gap of the reading each cell restores (layers x columns)."""
+        """Share of the clean-minus-swapped gap of the reading each cell restores (layers x columns);
+        NaN where the clean and swapped runs read the same (the model ignores the swapped word)."""
+        if self.patching.source_value == self.patching.baseline:
+            return torch.full_like(self.patching.values, float("nan"))
         return self.patching.normalized()
 
     def ranking(self) -> list[int]:
@@ -115,17 +118,17 @@ def localize(
 ) -> Localisation:
     """Localise ``factor`` in ``model`` (a tones model) with ``n`` pairs ``values[0] -> values[1]``
     (prompts from ``prompt_seed``, latents from ``seed``), every layer; see the module docstring."""
-    pairs = prompt_pairs(factor, values, n, prompt_seed)
-    clean_value = value_index(factor, values[0])
+    pairs = prompt_pairs(factor, values, n, prompt_seed, model=model)
+    clean_value = value_index(factor, values[0], model)
     clean, swapped = [p.clean for p in pairs], [p.swapped for p in pairs]
 
     def reads_clean(reps: torch.Tensor) -> float:
-        return float((judge(reps, seed)[factor] == clean_value).float().mean())
+        return float((judge(reps, seed, model)[factor] == clean_value).float().mean())
 
     rates: list[float] = []  # the sweep scores source, target, then the cells row by row
 
     def reading(reps: torch.Tensor) -> float:
-        preds, m = read(reps, factor, seed)
+        preds, m = read(reps, factor, seed, model)
         rates.append(float((preds[factor] == clean_value).float().mean()))
         return float(m.mean())
 

@@ -20,17 +20,21 @@ features scored by TF-IDF per step, steering by adding to / scaling the top feat
 (``..._vectors/``: ``SteeringVector`` folders with their card; ``interventions hub push`` them).
 
 ``--model``: ``tones`` (shipped), ``ground-truth`` (the shipped model in which only one block sees
-timbre), or a folder of either. A real checkpoint runs the same functions: the sites are
-``transformer_blocks.<i>.attn2`` of diffusers' ``StableAudioDiTModel``, which Stable Audio Open's
-``StableAudioPipeline.transformer`` is (``stabilityai/stable-audio-open-1.0``, 24 blocks, CFG rows
-``[uncond, cond]`` as here); its ``sample``/``judge`` are the pipeline call and an audio-text
-judge (CLAP), which need the weights and are not run here.
+timbre), a folder of either, or a ``StableAudioPipeline`` (Stable Audio Open), which runs the same
+functions through :class:`recipes.tada.pipeline.PipelineModel` (prompt templates ``--prompt``,
+concepts ``--values`` and ``--keep``, a CLAP judge ``--judge``; not run here, no weights)::
+
+    interventions run tada --model stabilityai/stable-audio-open-1.0 --device cuda --concept tempo \\
+        --values slow fast --prompt "a {value} piano piece" --prompt "{value} jazz with drums" \\
+        --prompt "a {value} guitar song" --keep "instrument=piano,guitar,drums" --steps 100 \\
+        --guidance 7 --n 32 --seconds 10 --strengths 2 5 10 20 50 100 --sae-steps 5000
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -53,10 +57,13 @@ DEFAULT_VALUES = {
     "vocals": ("instrumental", "vocals"),
 }
 FIT_TEMPLATES, HELD_OUT_TEMPLATES = (0, 1), (2,)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def load_model(name: str) -> Any:
-    """``tones`` / ``ground-truth`` / a folder (a ground-truth folder holds ground_truth.json)."""
+def load_model(name: str, args: argparse.Namespace | None = None) -> Any:
+    """``tones`` / ``ground-truth`` / a tones folder (a ground-truth folder holds ground_truth.json) /
+    a ``StableAudioPipeline`` (folder with model_index.json, or Hub id: safetensors only) wrapped
+    as a :class:`~recipes.tada.pipeline.PipelineModel` with ``--prompt``, ``--keep`` and ``--judge``."""
     from recipes.worlds import tones_model
 
     from .ground_truth import load_ground_truth
@@ -66,15 +73,28 @@ def load_model(name: str) -> Any:
     if name == "ground-truth":
         return load_ground_truth()
     folder = Path(name)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"--model {name!r}: not 'tones', 'ground-truth' or a checkpoint folder")
-    return load_ground_truth(folder) if (folder / "ground_truth.json").exists() else tones_model.load_model(folder)
+    if folder.is_dir() and not (folder / "model_index.json").exists():
+        return load_ground_truth(folder) if (folder / "ground_truth.json").exists() else tones_model.load_model(folder)
+    if not folder.is_dir() and not _HUB_ID.match(name):
+        raise FileNotFoundError(f"--model {name!r}: not 'tones', 'ground-truth', a checkpoint folder or a Hub id")
+    if args is None or not args.prompt or not args.values:
+        raise SystemExit("a pipeline --model needs --values FROM TO and at least one --prompt with a {value} slot")
+    from diffusers import StableAudioPipeline
+
+    from .pipeline import ClapJudge, PipelineModel
+
+    concepts = {args.concept: tuple(args.values)}
+    for spec in args.keep or []:
+        key, _, vals = spec.partition("=")
+        concepts[key] = tuple(v.strip() for v in vals.split(",") if v.strip())
+    pipe = StableAudioPipeline.from_pretrained(name, use_safetensors=True).to(args.device)
+    return PipelineModel(pipe, args.prompt, concepts, ClapJudge(concepts, args.judge), seconds=args.seconds)
 
 
 def pick_layers(locs: list[Localisation], share: float = 0.5) -> list[int]:
     """Blocks whose every-step restored share (mean over seeds) is at least ``share`` of the best
     block's; the best block alone when none restores anything."""
-    mean = torch.stack([loc.recovered()[:, 0] for loc in locs]).mean(0)
+    mean = torch.stack([loc.recovered()[:, 0] for loc in locs]).nan_to_num(0.0).mean(0)
     best = float(mean.max())
     if best <= 0.05:
         return [int(mean.argmax())]
@@ -97,7 +117,13 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--sae-strengths", type=float, nargs="+", default=[0.5, 1, 2, 4, 8])
     ap.add_argument("--sae-gammas", type=float, nargs="+", default=[0, -1, -2, -4])
     ap.add_argument("--sae-top", type=int, default=3, help="features per step")
+    ap.add_argument("--sae-steps", type=int, default=600, help="SAE training steps")
     ap.add_argument("--no-steer", action="store_true", help="localisation only")
+    ap.add_argument("--prompt", action="append", help="pipeline models: a prompt template with {value} (repeat)")
+    ap.add_argument("--keep", action="append", help="pipeline models: another concept the judge scores, name=v1,v2")
+    ap.add_argument("--judge", default="laion/clap-htsat-unfused", help="pipeline models: the CLAP checkpoint")
+    ap.add_argument("--seconds", type=float, default=None, help="pipeline models: audio length")
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-sae", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("tada_out"))
@@ -107,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
 def run_tones(args: argparse.Namespace) -> dict[str, Any]:
     """The tones part of the CLI (localise, CAA, SAE); returns what the JSON holds."""
     model_name = args.model or "tones"
-    model = load_model(model_name)
+    model = load_model(model_name, args)
     concept = args.concept
     neg, pos = tuple(args.values) if args.values else DEFAULT_VALUES.get(concept, (None, None))
     if neg is None:
@@ -128,6 +154,7 @@ def run_tones(args: argparse.Namespace) -> dict[str, Any]:
     out["seconds_localisation"] = round(time.time() - t0, 1)
     print(f"[tada] {concept}: ranking per seed {[loc.ranking() for loc in locs]}; steering blocks {layers}")
     if args.no_steer:
+        out["cpu_seconds_total"] = round(time.process_time(), 1)
         return out
     n_layers = len(model.transformer.transformer_blocks)
     fit = {"n": args.n, "seed": 1000, "prompt_seed": 200, "templates": FIT_TEMPLATES, **common}
@@ -161,6 +188,7 @@ def run_tones(args: argparse.Namespace) -> dict[str, Any]:
     if not args.no_sae:
         out["sae"] = _sae_part(model, args, concept, (neg, pos), layers[0], common)
     out["seconds_total"] = round(time.time() - t0, 1)
+    out["cpu_seconds_total"] = round(time.process_time(), 1)  # this process's CPU time (the machine is shared)
     return out
 
 
@@ -182,7 +210,9 @@ def _save_vectors(folder: Path, vectors: dict[str, Any], concept: str) -> None:
 
 
 def _sae_part(model: Any, args: argparse.Namespace, concept: str, values: tuple[str, str], layer: int, common) -> dict:
-    sae, report = train_layer_sae(model, layer, n=4 * args.n, templates=FIT_TEMPLATES, **common, progress=True)
+    sae, report = train_layer_sae(
+        model, layer, n=4 * args.n, templates=FIT_TEMPLATES, train_steps=args.sae_steps, **common, progress=True
+    )
     fit = {"n": args.n, "seed": 1000, "prompt_seed": 200, "templates": FIT_TEMPLATES, **common}
     scores = feature_scores(model, sae, layer, concept, values, **fit)
     feats = top_features_by_step(scores["tfidf"], args.sae_top)

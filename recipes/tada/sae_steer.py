@@ -71,11 +71,14 @@ def train_layer_sae(
     output over every step of ``n`` random prompts (every factor random, ``templates`` only)."""
     from recipes.worlds import tones as world
 
-    g = torch.Generator().manual_seed(prompt_seed)
-    f = world.sample_factors(n, g)
-    tmpl = torch.tensor(list(templates))[torch.randint(len(templates), (n,), generator=g)].tolist()
-    syn = torch.randint(2, (n, len(world.FACTORS)), generator=g).tolist()
-    prompts = [world.make_prompt({k: int(f[k][i]) for k in world.FACTORS}, tmpl[i], syn[i]) for i in range(n)]
+    if hasattr(model, "random_prompts"):
+        prompts = model.random_prompts(n, prompt_seed)
+    else:
+        g = torch.Generator().manual_seed(prompt_seed)
+        f = world.sample_factors(n, g)
+        tmpl = torch.tensor(list(templates))[torch.randint(len(templates), (n,), generator=g)].tolist()
+        syn = torch.randint(2, (n, len(world.FACTORS)), generator=g).tolist()
+        prompts = [world.make_prompt({k: int(f[k][i]) for k in world.FACTORS}, tmpl[i], syn[i]) for i in range(n)]
     acts = layer_activations(model, layer, prompts, seed, steps=steps, guidance=guidance)
     tokens = torch.cat([a.reshape(-1, a.shape[-1]) for a in acts.values()])
     width = tokens.shape[-1]
@@ -102,7 +105,7 @@ def feature_scores(
     """Per-step feature scores ``{name: [steps, d_sae]}`` for ``values[1]`` (positive prompts)
     against ``values[0]`` (the same prompts with the factor's word swapped): each example's
     latents averaged over its tokens, then TF-IDF, difference of means and Cohen's d."""
-    pairs = prompt_pairs(factor, (values[1], values[0]), n, prompt_seed, templates)
+    pairs = prompt_pairs(factor, (values[1], values[0]), n, prompt_seed, templates, model)
     pos = layer_activations(model, layer, [p.clean for p in pairs], seed, steps=steps, guidance=guidance)
     neg = layer_activations(model, layer, [p.swapped for p in pairs], seed, steps=steps, guidance=guidance)
     out: dict[str, list[torch.Tensor]] = {name: [] for name in SCORES}

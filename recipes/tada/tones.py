@@ -50,8 +50,11 @@ class PromptPair:
     factors: dict[str, int]
 
 
-def value_index(factor: str, value: str | int) -> int:
-    """A factor value's index (``"fast"`` -> 1 for tempo); refuses unknown values by name."""
+def value_index(factor: str, value: str | int, model: Any = None) -> int:
+    """A factor value's index (``"fast"`` -> 1 for tempo); refuses unknown values by name. A
+    model with its own concepts (:class:`recipes.tada.pipeline.PipelineModel`) answers itself."""
+    if hasattr(model, "value_index"):
+        return model.value_index(factor, value)
     if factor not in world.FACTORS:
         raise ValueError(f"unknown factor {factor!r}; the tones factors are {', '.join(world.FACTORS)}")
     values = world.FACTORS[factor]
@@ -68,10 +71,13 @@ def prompt_pairs(
     n: int,
     seed: int,
     templates: Sequence[int] = (0, 1, 2),
+    model: Any = None,
 ) -> list[PromptPair]:
     """``n`` pairs: a random prompt (templates ``templates``, random synonyms, other factors
     random) with ``factor = values[0]`` and the same prompt with ``values[1]`` (same synonym slot).
-    Disjoint seeds or templates give held-out prompts."""
+    Disjoint seeds or templates give held-out prompts. A model with its own prompts answers itself."""
+    if hasattr(model, "prompt_pairs"):
+        return model.prompt_pairs(factor, values, n, seed, templates)
     a, b = value_index(factor, values[0]), value_index(factor, values[1])
     g = torch.Generator().manual_seed(seed)
     f = world.sample_factors(n, g)
@@ -100,7 +106,10 @@ def _encode(model: Any, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]
 @torch.no_grad()
 def sample(model: Any, prompts: Sequence[str], seed: int, *, steps: int = 20, guidance: float = 3.0) -> torch.Tensor:
     """DDIM samples (B x 53 x 16) for ``prompts`` from the latents of ``seed``, CFG rows
-    ``[uncond, cond]`` in one batch (as :func:`recipes.worlds.tones_model.generate`)."""
+    ``[uncond, cond]`` in one batch (as :func:`recipes.worlds.tones_model.generate`); a model
+    with its own sampler (a pipeline) samples itself."""
+    if hasattr(model, "sample_prompts"):
+        return model.sample_prompts(list(prompts), seed, steps=steps, guidance=guidance)
     prompts = list(prompts)
     n = len(prompts)
     states, pooled = _encode(model, prompts)
@@ -116,8 +125,10 @@ def sample(model: Any, prompts: Sequence[str], seed: int, *, steps: int = 20, gu
     return x
 
 
-def judge(reps: torch.Tensor, seed: int = 0) -> dict[str, torch.Tensor]:
+def judge(reps: torch.Tensor, seed: int = 0, model: Any = None) -> dict[str, torch.Tensor]:
     """The world's probes on the synthesised waveforms: a value index per factor and sample."""
+    if hasattr(model, "read"):
+        return model.read(reps, None)[0]
     return read(reps, "timbre", seed)[0]
 
 
@@ -131,9 +142,13 @@ def _mood_margin(reps: torch.Tensor, root_midi: torch.Tensor) -> torch.Tensor:
     return (n3 - n4) / (n3 + n4).clamp_min(1e-6)
 
 
-def read(reps: torch.Tensor, factor: str, seed: int = 0) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def read(
+    reps: torch.Tensor, factor: str, seed: int = 0, model: Any = None
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """The probes' value per factor and sample (:func:`judge`) and a continuous reading of
-    ``factor`` (:func:`measure`), from one synthesis."""
+    ``factor`` (:func:`measure`), from one synthesis; a model with its own judge reads itself."""
+    if hasattr(model, "read"):
+        return model.read(reps, factor)
     value_index(factor, 0)
     audio = world.synthesize(reps, torch.Generator().manual_seed(seed + 7919))
     d = world.probes(audio, details=True)
