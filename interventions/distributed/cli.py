@@ -22,7 +22,10 @@ from ..errors import StoreError
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m interventions.distributed", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m interventions.distributed",
+        description="Harvest activations and train SAEs on every process of a torchrun / accelerate launch job.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     h = sub.add_parser("harvest", help="cache sites for this rank's share of the inputs (resumes a killed run)")
     h.add_argument("root")
