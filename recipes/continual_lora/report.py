@@ -14,7 +14,19 @@ from typing import Any
 from .methods import Sequence
 from .tasks import Task
 
-__all__ = ["summarise", "table", "plot_matrices"]
+__all__ = ["summarise", "table", "plot_matrices", "load_runs"]
+
+
+def load_runs(metrics_json: str | os.PathLike[str]) -> list[Sequence]:
+    """The sequences a run recorded in its ``metrics.json`` (to merge seeds run in separate processes)."""
+    import json
+    from pathlib import Path
+
+    record = json.loads(Path(metrics_json).read_text())
+    runs = record.get("runs") if isinstance(record, dict) else None
+    if not isinstance(runs, list):
+        raise ValueError(f"{metrics_json}: expected a metrics.json of interventions run continual_lora ('runs': [...])")
+    return [Sequence(r["method"], r["seed"], r["scores"], r["base"]) for r in runs]
 
 
 def summarise(sequences: list[Sequence]) -> dict[str, dict[str, Any]]:

@@ -13,6 +13,7 @@ task's prompt. It prints the table of final average and forgetting per seed and 
     interventions run continual_lora --out runs/continual_lora               # 4 tasks, 3 seeds
     interventions run continual_lora --quick --out /tmp/cl                   # 2 tasks, 1 seed, tiny
     interventions run continual_lora --out runs/cl --push-to me/shapes-cl    # also push each method
+    interventions run continual_lora --merge runs/s0/metrics.json runs/s1/metrics.json --out runs/all
 
 With ``--push-to PREFIX`` each method's card folder goes to the Hub repo ``PREFIX-<method>``.
 
@@ -54,8 +55,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", type=int, default=4, help="how many of the 4 subjects to teach, in order (2-4)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=100, help="training steps per task")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--rank", type=int, default=4)
     p.add_argument("--instances", type=int, default=16, help="renders of each subject to train on")
     p.add_argument("--samples", type=int, default=24, help="generated images per task per evaluation")
@@ -67,6 +68,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="2 tasks, 1 seed, 30 steps, 8 samples (a smoke run)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--merge", nargs="+", default=None, metavar="METRICS_JSON", help="combine runs (e.g. one seed each) into --out"
+    )
     return p
 
 
@@ -84,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.tasks, args.seeds, args.steps, args.samples = 2, args.seeds[:1], 30, 8
     _check(args)
+    if args.merge:
+        return _merge(args.merge, args.out)
     torch.set_num_threads(args.threads)
     from recipes.worlds.shapes_model import load_evaluators, load_pipeline
 
@@ -105,6 +111,26 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(sequences)} sequences in {time.time() - t0:.0f} s")
     if out is not None:
         _write(out, args, tasks, training, ev, sequences, summary, time.time() - t0)
+    return 0
+
+
+def _merge(paths: list[str], out: str | None) -> int:
+    """Print and (with ``out``) write the summary and matrices of several runs' metrics.json."""
+    from .report import load_runs
+    from .tasks import Task
+
+    sequences = [s for p in paths for s in load_runs(p)]
+    record = json.loads(Path(paths[0]).read_text())
+    tasks = tuple(Task(t["prompt"].split()[-1], *t["subject"]) for t in record["tasks"])
+    summary = summarise(sequences)
+    print(table(summary))
+    if out is not None:
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        runs = [r for p in paths for r in json.loads(Path(p).read_text())["runs"]]
+        merged = {**record, "runs": runs, "summary": summary, "merged_from": paths}
+        (folder / "metrics.json").write_text(json.dumps(merged, indent=1) + "\n")
+        plot_matrices(sequences, tasks, folder / "continual_lora_matrices.png")
     return 0
 
 

@@ -1,0 +1,221 @@
+"""Continual LoRA personalization recipe: factor algebra, the paper's metrics, diffusers' LoRA
+format round trip (bit-identical samples), a tiny pinned continual run, Hub publishing, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from huggingface_hub import constants
+
+from recipes.continual_lora import adapters as lora
+from recipes.continual_lora.metrics import final_average, forgetting
+from recipes.continual_lora.tasks import TASKS, Task, make_tasks
+from tests.hub_server import HubServer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from recipes.worlds.shapes_model import load_pipeline
+
+    return load_pipeline()
+
+
+@pytest.fixture(scope="module")
+def evaluators():
+    from recipes.worlds.shapes_model import load_evaluators
+
+    return load_evaluators()
+
+
+def _random_factors(unet, rank: int, seed: int) -> lora.Factors:
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, m in unet.named_modules():
+        if name.endswith(lora.TARGETS) and isinstance(m, torch.nn.Linear):
+            out[name] = (
+                0.3 * torch.randn(rank, m.in_features, generator=g),
+                0.3 * torch.randn(m.out_features, rank, generator=g),
+            )
+    return out
+
+
+def _images(pipe, prompts, seed=7):
+    with torch.no_grad():
+        return pipe(
+            prompts,
+            num_inference_steps=3,
+            guidance_scale=3.0,
+            output_type="pt",
+            generator=torch.Generator().manual_seed(seed),
+        ).images
+
+
+# ----------------------------------------------------------------------------------- algebra, metrics
+
+
+def test_metrics_follow_the_authors_formulas():
+    S = torch.tensor([[0.9, 0.4, 0.1], [0.2, 0.8, 0.6], [0.0, 0.1, 0.7]])
+    assert final_average(S) == pytest.approx((0.1 + 0.6 + 0.7) / 3)
+    assert forgetting(S) == pytest.approx(((0.9 - 0.1) + (0.8 - 0.6) + 0.0) / 3)
+    with pytest.raises(ValueError, match="square"):
+        forgetting(torch.zeros(2, 3))
+
+
+def test_factor_algebra():
+    g = torch.Generator().manual_seed(0)
+    a = {"m": (torch.randn(4, 6, generator=g), torch.randn(5, 4, generator=g))}
+    b = {"m": (torch.randn(4, 6, generator=g), torch.randn(5, 4, generator=g))}
+    both = lora.concat([a, b])
+    assert both["m"][0].shape == (8, 6)
+    torch.testing.assert_close(lora.updates(both)["m"], lora.updates(a)["m"] + lora.updates(b)["m"])
+    summed = lora.factor_sum(a, b)["m"]
+    torch.testing.assert_close(summed[1] @ summed[0], (a["m"][1] + b["m"][1]) @ (a["m"][0] + b["m"][0]))
+    # ortho_init: every column of the new A is a unit vector orthogonal to the old column
+    new_A = lora.orthogonal_columns(a["m"][0])
+    assert new_A.shape == a["m"][0].shape
+    torch.testing.assert_close((new_A * a["m"][0]).sum(0), torch.zeros(6), atol=1e-5, rtol=0)
+    torch.testing.assert_close(new_A.norm(dim=0), torch.ones(6))
+    # MagMax keeps the larger magnitude per element
+    merged = lora.max_abs({"m": torch.tensor([1.0, -3.0, 0.5])}, {"m": torch.tensor([-2.0, 1.0, 0.5])})
+    assert merged["m"].tolist() == [-2.0, -3.0, 0.5]
+    # a dense update as an exact full-rank LoRA, or its best rank-1 approximation
+    d = {"m": torch.randn(5, 6, generator=g)}
+    torch.testing.assert_close(lora.updates(lora.to_factors(d))["m"], d["m"], atol=1e-5, rtol=0)
+    assert lora.to_factors(d, rank=1)["m"][0].shape == (1, 6)
+
+
+def test_tasks_refuse_unknown_words_and_lengths():
+    assert [t.prompt for t in make_tasks(2)] == ["a disk", "a box"]
+    with pytest.raises(ValueError, match="not a shapes-world word"):
+        Task("sks", "circle", "red", "solid")
+    with pytest.raises(ValueError, match="unknown colour"):
+        Task("disk", "circle", "purple", "solid")
+    with pytest.raises(ValueError, match="2 to 4 tasks"):
+        make_tasks(5)
+
+
+# ------------------------------------------------------------------------- diffusers' format round trip
+
+
+@pytest.mark.parametrize("rank", [4, 64])
+def test_saved_adapter_loads_with_diffusers_and_gives_identical_samples(pipe, tmp_path, rank):
+    """peft adapter in memory -> save_lora_weights -> a fresh pipeline's load_lora_weights: the
+    same images bit for bit (rank 64: MagMax's full-rank adapters)."""
+    import copy
+
+    from recipes.worlds.shapes_model import load_pipeline
+
+    prompts = ["a disk", "a box"]
+    base = _images(pipe, prompts)
+    trained = copy.deepcopy(pipe)
+    factors = _random_factors(trained.unet, rank, seed=rank)
+    lora.attach(trained.unet, rank, init=factors)
+    assert set(lora.read_factors(trained.unet)) == set(factors)
+    in_memory = _images(trained, prompts)
+    assert not torch.equal(in_memory, base)  # the adapter does change the samples
+
+    folder = lora.save_adapter(factors, tmp_path / "adapter")
+    assert [p.name for p in folder.iterdir()] == ["pytorch_lora_weights.safetensors"]
+    fresh = load_pipeline()
+    fresh.load_lora_weights(str(folder))
+    assert torch.equal(_images(fresh, prompts), in_memory)
+    fresh.unload_lora_weights()
+    assert torch.equal(_images(fresh, prompts), base)
+
+
+# ------------------------------------------------------------------------------- a tiny pinned run
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(pipe, evaluators, tmp_path_factory):
+    from recipes.continual_lora.methods import Evaluation, run_sequence
+    from recipes.continual_lora.train import Training
+
+    out = tmp_path_factory.mktemp("runs")
+    training = Training(steps=40, batch=8, lr=5e-3, instances=8)
+    ev = Evaluation(samples=8, steps=5)
+    tasks = TASKS[:2]
+    return (
+        tasks,
+        out,
+        {
+            m: run_sequence(m, pipe, evaluators, tasks, training, ev, seed=0, out=out, progress=False)
+            for m in ("naive", "ortho_init")
+        },
+    )
+
+
+def test_tiny_continual_run_learns_then_naive_forgets(tiny_runs):
+    tasks, out, runs = tiny_runs
+    naive, ortho = runs["naive"], runs["ortho_init"]
+    for run in runs.values():
+        assert len(run.scores) == 2 and all(0.0 <= s <= 1.0 for row in run.scores for s in row)
+        assert len(run.adapters) == 2
+        assert all(
+            (out / run.method / "seed0" / f"task{t}" / "pytorch_lora_weights.safetensors").is_file() for t in (0, 1)
+        )
+    # pinned numbers of this seed (40 steps a task): each subject is learnt from near zero ...
+    assert naive.base == pytest.approx([0.125, 0.0])
+    assert naive.scores[0][0] >= 0.75 and naive.scores[1][1] >= 0.75
+    # ... and the naive adapter forgets the first when it learns the second, ortho_init less
+    assert naive.forgetting >= 0.3
+    assert ortho.forgetting < naive.forgetting
+
+
+def test_publish_push_pull_and_load(tiny_runs, pipe, tmp_path, monkeypatch):
+    from recipes.continual_lora.hub import RECORD, WEIGHTS, publish_folder, pull_adapter, push_adapter
+    from recipes.continual_lora.methods import Evaluation, evaluate_adapter
+
+    tasks, _, runs = tiny_runs
+    run = runs["ortho_init"]
+    folder = publish_folder(run, tasks, tmp_path / "card", repo_id="org/shapes-cl-ortho")
+    assert {p.name for p in folder.iterdir()} == {WEIGHTS, RECORD, "README.md"}
+    card = (folder / "README.md").read_text()
+    assert "ortho_init" in card and "library_name: interventions" in card and "load_lora_weights" in card
+    assert json.loads((folder / RECORD).read_text())["scores"] == run.scores
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf_home" / "hub"))
+    with HubServer() as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setattr(constants, "ENDPOINT", server.url)
+        push_adapter(folder, "org/shapes-cl-ortho", tag="v1")
+        back = pull_adapter("org/shapes-cl-ortho", revision="v1", cache_dir=tmp_path / "cache")
+    assert (back / WEIGHTS).read_bytes() == (folder / WEIGHTS).read_bytes()
+    # the pulled adapter scores exactly as the run scored its last model
+    ev = Evaluation(samples=8, steps=5)
+    from recipes.worlds.shapes_model import load_evaluators
+
+    assert evaluate_adapter(pipe, back, load_evaluators(), tasks, ev) == [row[-1] for row in run.scores]
+    with pytest.raises(FileNotFoundError, match="publish_folder"):
+        push_adapter(tmp_path / "nothing", "org/x")
+
+
+def test_cli_quick_run(tmp_path, capsys):
+    from interventions import cli
+
+    argv = ["--quick", "--steps", "3", "--samples", "2", "--eval-steps", "2", "--methods", "merge_and_init", "magmax"]
+    assert cli.main(["run", "continual_lora", *argv, "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    table = capsys.readouterr().out
+    assert "| merge_and_init | 0 |" in table and "| magmax | 0 |" in table
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert [r["method"] for r in record["runs"]] == ["merge_and_init", "magmax"]
+    assert (tmp_path / "run" / "continual_lora_matrices.png").stat().st_size > 1000
+    assert (tmp_path / "run" / "hub" / "magmax" / "README.md").is_file()
+    # merge_and_init keeps both task adapters side by side: rank 4 + 4
+    from safetensors import safe_open
+
+    weights = tmp_path / "run" / "adapters" / "merge_and_init" / "seed0" / "task1" / "pytorch_lora_weights.safetensors"
+    with safe_open(str(weights), "pt") as f:
+        ranks = {f.get_slice(k).get_shape()[0] for k in f.keys() if "lora_A" in k or "lora.down" in k}
+    assert ranks == {8}
+    with pytest.raises(SystemExit):
+        cli.main(["run", "continual_lora", "--push-to", "org/x"])
