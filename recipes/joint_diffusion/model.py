@@ -1,0 +1,132 @@
+"""The joint diffusion classifier shared by Mediffusion and JDCL: one diffusers ``UNet2DModel``
+that denoises, plus a classifier head on its encoder.
+
+The head reads the output feature map of every down block of the UNet run on the *clean* image
+(timestep 0), global-average-pools each, concatenates them and maps them through an MLP to class
+logits (Mediffusion, arXiv 2411.09434; JDCL, arXiv 2411.08224). The feature maps are read with the
+core's hooks (:func:`interventions.attach` on ``down_blocks.*:output.0``, ``stop=True`` so that the
+mid block and decoder are skipped), never by editing diffusers' forward. The hook is a
+:class:`interventions.Lambda` that keeps the autograd graph: :class:`interventions.Cache` detaches
+what it records, and a joint model needs the cross-entropy gradient in the encoder (and the
+counterfactual guidance needs it in the input). ``tests/test_joint_diffusion.py`` checks that both
+read the same tensors.
+
+The model is its own Hub artifact (``hub_cards.ModelHubMixin``: ``config.json`` + ``model.safetensors``
++ card), see :mod:`recipes.joint_diffusion.hub`.
+
+>>> import torch
+>>> model = JointDiffusion(num_classes=2, widths=(8, 16), hidden=16)
+>>> x = torch.zeros(3, 3, 16, 16)
+>>> model.classify(x).shape
+torch.Size([3, 2])
+>>> model.denoise(x, torch.tensor([5, 5, 5])).shape
+torch.Size([3, 3, 16, 16])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from hub_cards import ModelHubMixin
+from interventions import Lambda, attach
+
+__all__ = ["JointDiffusion", "FEATURE_SITE"]
+
+#: The site pattern of every down block's output feature map (diffusers returns (hidden, skips)).
+FEATURE_SITE = "down_blocks.{}:output.0"
+
+
+class JointDiffusion(
+    nn.Module,
+    ModelHubMixin,
+    tags=["diffusion", "classifier", "joint-diffusion", "unet2d"],
+):
+    """A tiny ``UNet2DModel`` (eps-prediction) plus an MLP head on its pooled encoder features.
+
+    ``widths``: channels of the down blocks (one block per entry, plain ``DownBlock2D``);
+    ``hidden``/``dropout``: the head's MLP; ``train_timesteps``: length of the linear beta schedule.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 2,
+        image_size: int = 16,
+        channels: int = 3,
+        widths: Sequence[int] = (16, 32),
+        layers_per_block: int = 1,
+        hidden: int = 64,
+        dropout: float = 0.3,
+        train_timesteps: int = 1000,
+    ):
+        super().__init__()
+        from diffusers import UNet2DModel
+
+        widths = [int(w) for w in widths]
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        if not widths or any(w < 1 or w % 4 for w in widths):
+            raise ValueError(f"widths must be non-empty multiples of 4 (GroupNorm of 4 groups), got {widths}")
+        if image_size % 2 ** (len(widths) - 1):
+            raise ValueError(
+                f"image_size {image_size} must be divisible by 2**(len(widths)-1) = {2 ** (len(widths) - 1)}"
+            )
+        self.num_classes = num_classes
+        self.train_timesteps = train_timesteps
+        self.unet = UNet2DModel(
+            sample_size=image_size,
+            in_channels=channels,
+            out_channels=channels,
+            block_out_channels=tuple(widths),
+            layers_per_block=layers_per_block,
+            down_block_types=("DownBlock2D",) * len(widths),
+            up_block_types=("UpBlock2D",) * len(widths),
+            norm_num_groups=4,
+        )
+        self.head = nn.Sequential(
+            nn.Linear(sum(widths), hidden), nn.SiLU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes)
+        )
+        betas = torch.linspace(1e-4, 0.02, train_timesteps)
+        self.register_buffer("alphas_cumprod", torch.cumprod(1 - betas, 0), persistent=False)
+
+    def features(self, x: Tensor) -> Tensor:
+        """``B x sum(widths)``: the pooled feature map of every down block for clean images ``x``.
+
+        Runs the UNet at timestep 0 under :func:`interventions.attach` with ``stop=True``: the
+        forward ends once the last down block has fired.
+        """
+        maps: dict[int, Tensor] = {}
+
+        def keep(i: int) -> Lambda:
+            return Lambda(lambda h, ctx: maps.__setitem__(i, h))
+
+        sites = {FEATURE_SITE.format(i): keep(i) for i in range(len(self.unet.down_blocks))}
+        t = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        with attach(self.unet, sites, stop=True, on_unfired="error"):
+            self.unet(x, t)
+        return torch.cat([maps[i].mean(dim=(2, 3)) for i in range(len(maps))], dim=1)
+
+    def classify(self, x: Tensor) -> Tensor:
+        """Class logits ``B x num_classes`` of clean images ``x`` in ``[-1, 1]``."""
+        return self.head(self.features(x))
+
+    def denoise(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """The UNet's noise prediction for noisy images ``x_t`` at integer timesteps ``t``."""
+        return self.unet(x_t, t).sample
+
+    def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """``sqrt(abar_t) x0 + sqrt(1 - abar_t) noise`` (the forward process)."""
+        abar = self.alphas_cumprod.to(x0.device)[t].view(-1, 1, 1, 1)
+        return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+
+    def denoising_loss(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Mean eps-prediction MSE at uniformly drawn timesteps (the diffusion half of the loss)."""
+        t = torch.randint(self.train_timesteps, (x0.shape[0],), generator=generator).to(x0.device)
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        return F.mse_loss(self.denoise(self.add_noise(x0, noise, t), t), noise)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classify(x)

@@ -1,0 +1,99 @@
+"""The joint diffusion classifier: hooks read the down blocks, the classifier trains the encoder,
+the Hub folder round-trips bit-identically, bad folders are refused."""
+
+import json
+
+import pytest
+import torch
+
+from interventions import Cache, attach
+from recipes.joint_diffusion.hub import load_joint, save_joint
+from recipes.joint_diffusion.model import FEATURE_SITE, JointDiffusion
+from recipes.joint_diffusion.train import TrainConfig, strong_augment, train_joint, weak_augment
+
+torch.set_num_threads(1)
+
+
+def tiny(seed=0, **kw):
+    torch.manual_seed(seed)
+    return JointDiffusion(widths=(8, 16), hidden=16, **kw).eval()
+
+
+def test_features_are_the_pooled_down_block_maps_that_cache_records():
+    model = tiny()
+    x = torch.rand(4, 3, 16, 16) * 2 - 1
+    cache = Cache()
+    sites = {FEATURE_SITE.format(i): cache for i in range(2)}
+    with attach(model.unet, sites):
+        model.unet(x, torch.zeros(4, dtype=torch.long))
+    expected = torch.cat([cache.get(FEATURE_SITE.format(i)).mean(dim=(2, 3)) for i in range(2)], dim=1)
+    assert torch.equal(model.features(x).detach(), expected)
+    assert model.features(x).shape == (4, 8 + 16)
+
+
+def test_cross_entropy_trains_the_encoder_and_skips_the_decoder():
+    model = tiny()
+    x = torch.rand(4, 3, 16, 16) * 2 - 1
+    torch.nn.functional.cross_entropy(model.classify(x), torch.tensor([0, 1, 0, 1])).backward()
+    assert model.unet.down_blocks[0].resnets[0].conv1.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.unet.up_blocks.parameters())  # stop=True: decoder never ran
+    assert all(p.grad is None for p in model.unet.mid_block.parameters())
+
+
+def test_classify_leaves_no_hook_behind():
+    model = tiny()
+    x = torch.rand(2, 3, 16, 16)
+    before = model.denoise(x, torch.tensor([3, 3]))
+    model.classify(x)
+    assert torch.equal(model.denoise(x, torch.tensor([3, 3])), before)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_hub_folder_round_trips_bit_identically(tmp_path):
+    model = tiny()
+    model.head[0].weight.data += 0.5  # not the initialisation: the weights really come from the file
+    folder = save_joint(model, tmp_path / "m", metrics={"test_accuracy": 0.75}, recipe="jdcl")
+    back = load_joint(folder)
+    for (name, a), (_, b) in zip(model.state_dict().items(), back.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    x = torch.rand(3, 3, 16, 16)
+    assert torch.equal(model.classify(x), back.classify(x))
+    card = (folder / "README.md").read_text()
+    assert "2411.08224" in card and "0.75" in card
+    assert json.loads((folder / "config.json").read_text())["widths"] == [8, 16]
+
+
+def test_bad_folders_are_refused(tmp_path):
+    folder = save_joint(tiny(), tmp_path / "m")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "depth": 3}))
+    with pytest.raises(Exception, match="unknown arguments"):
+        load_joint(folder)
+    (folder / "config.json").write_text(json.dumps({**config, "widths": [8, 32]}))
+    with pytest.raises(Exception, match="config"):
+        load_joint(folder)
+    with pytest.raises(FileNotFoundError, match="no joint model folder"):
+        load_joint(tmp_path / "missing")
+    with pytest.raises(ValueError, match="multiples of 4"):
+        JointDiffusion(widths=(6,))
+
+
+def test_augmentations_keep_shape_and_are_seeded():
+    x = torch.rand(5, 3, 16, 16) * 2 - 1
+    a = strong_augment(x, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and torch.equal(a, strong_augment(x, torch.Generator().manual_seed(1)))
+    assert not torch.equal(weak_augment(x, torch.Generator().manual_seed(2)), x)
+
+
+def test_training_modes_reduce_their_losses_and_bad_input_is_refused():
+    torch.manual_seed(0)
+    x = torch.rand(16, 3, 16, 16) * 2 - 1
+    y = (x[:, 0].mean(dim=(1, 2)) > x[:, 2].mean(dim=(1, 2))).long()
+    model = tiny()
+    config = TrainConfig(steps=21, batch_size=8, lr=3e-3)
+    history = train_joint(model, x, y, unlabelled=x, mode="joint", config=config)
+    assert history[-1]["diffusion"] < history[0]["diffusion"]
+    with pytest.raises(ValueError, match="needs unlabelled"):
+        train_joint(model, x, y, mode="fixmatch")
+    with pytest.raises(ValueError, match="unknown mode"):
+        train_joint(model, x, y, mode="mixmatch")
