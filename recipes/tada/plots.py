@@ -33,9 +33,10 @@ def plot_localisation(locs: Sequence[Any], path: str | Path, title: str) -> Path
         im = ax.imshow(rec, vmin=-0.1, vmax=1.0, cmap="viridis", aspect="auto")
         for (r, c), v in np.ndenumerate(rec):
             ax.text(c, r, f"{v:.2f}", ha="center", va="center", color="w" if v < 0.6 else "k", fontsize=8)
-        ax.set_xticks(range(len(loc.patching.steps)), [f"steps {s}" for s in loc.patching.steps], fontsize=7)
+        ax.set_xticks(range(len(loc.patching.steps)), list(loc.patching.steps), fontsize=7)
+        ax.set_xlabel("steps patched", fontsize=7)
         labels = getattr(loc, "row_labels", None) or [f"block {i}" for i in range(rec.shape[0])]
-        ax.set_yticks(range(rec.shape[0]), labels, fontsize=7)
+        ax.set_yticks(range(rec.shape[0]), labels if j == 0 else [""] * len(labels), fontsize=7)
         ax.set_title(f"seed {loc.seed}: gap restored", fontsize=9)
         ax2 = axes[1, j]
         if loc.ablation:
