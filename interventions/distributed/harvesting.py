@@ -80,7 +80,7 @@ def harvest(
     rank: int | None = None,
     world_size: int | None = None,
     layouts: dict[str, str] | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> HarvestReport:
     """Cache ``sites`` of ``model`` for this rank's share of ``inputs`` into ``root``, resuming
     what an earlier (killed) run of the same harvest left.
@@ -90,7 +90,8 @@ def harvest(
     step, branch) do not depend on which items a rank ran before. ``items_per_shard`` items are
     buffered in memory, then written as one shard. A resume must pass the same inputs in the same
     order: their count and the sites are checked, their contents cannot be. ``rank`` / ``world_size`` default to torch.distributed's (or the
-    ``RANK`` / ``WORLD_SIZE`` that torchrun sets; one process without them).
+    ``RANK`` / ``WORLD_SIZE`` that torchrun sets; one process without them). ``progress``: a
+    progress bar (default: on rank 0 only).
 
     >>> import tempfile
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU())
@@ -123,7 +124,12 @@ def harvest(
     cache = Cache(store, on_repeat="append")
     hooks = {pattern: cache for pattern in patterns}
     call = run or (lambda m, item: m(item))
-    bar = tqdm(total=len(mine), initial=report.done_before, desc=f"harvest rank {rank}", disable=not progress)
+    bar = tqdm(
+        total=len(mine),
+        initial=report.done_before,
+        desc=f"harvest rank {rank}",
+        disable=not (rank == 0 if progress is None else progress),
+    )
     try:
         for start in range(0, len(todo), items_per_shard):
             batch = todo[start : start + items_per_shard]
