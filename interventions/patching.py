@@ -10,6 +10,7 @@ a row may patch several sites together (TADA patches one cross-attention layer's
 
 >>> import torch
 >>> from interventions.patching import patching_sweep
+>>> _ = torch.manual_seed(0)  # an unlucky draw could make both runs' outputs equal (all ReLUs off)
 >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
 >>> clean, corrupt = torch.ones(1, 3), torch.zeros(1, 3)
 >>> table = patching_sweep(model, ["0", "2"], clean, corrupt, metric=lambda y: y.sum(), progress=False)
