@@ -21,6 +21,14 @@ and ``elrond_<model>.png``.
 ``--model`` is ``shapes`` (the shipped checkpoint), a folder or a Hub id of a Stable Diffusion
 1.x/2.x pipeline (loaded with ``use_safetensors=True``). SDXL pipelines (DMD2 included) need the
 UNet's ``added_cond_kwargs`` in the regeneration loop and are refused for now.
+
+``--student [FOLDER]`` runs the few-step student experiment instead (shapes only; default the
+shipped student, :mod:`recipes.elrond.student`): for each ``--prompt`` (default "a striped circle"
+and "a circle") the top PCA directions of the teacher's gradients (first ``--seeds``), then teacher,
+student and randomly steered student on each ``--steer-seeds`` (:mod:`recipes.elrond.collapse`).
+Writes ``elrond_student.json``, ``elrond_student.png`` and ``elrond_student_samples.png``::
+
+    interventions run elrond --student --seeds 0 --steer-seeds 101 102 103 --threads 1
 """
 
 from __future__ import annotations
@@ -58,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", type=Path, default=Path("runs/elrond"))
+    ap.add_argument(
+        "--student", nargs="?", const="shipped", help="run the few-step student experiment (a folder; default shipped)"
+    )
     return ap
 
 
@@ -88,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.student is not None:
+        return _run_student(args)
     prompts = args.prompt or (LADDER if args.model == "shapes" else None)
     if not prompts:
         raise SystemExit("interventions run elrond: --prompt is required with a --model other than shapes")
@@ -120,6 +133,44 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / f"elrond_{name}.json").write_text(json.dumps(result, indent=1) + "\n")
     plot(result, args.out / f"elrond_{name}.png")
     print(f"wrote {args.out / f'elrond_{name}.json'} ({result['seconds']} s)")
+    return 0
+
+
+def _run_student(args: argparse.Namespace) -> int:
+    from recipes.worlds.shapes_model import load_evaluators, load_pipeline
+
+    from .collapse import student_experiment
+    from .gradients import Setting, concept_position
+    from .student import load_student
+    from .student_plots import plot_samples, plot_student
+
+    if args.model != "shapes":
+        raise SystemExit("interventions run elrond: --student is the shapes model's student; drop --model")
+    if args.n < 2 or args.n_steer < 2:
+        raise SystemExit("interventions run elrond: --n and --n-steer must be at least 2")
+    try:
+        student = load_student(None if args.student == "shipped" else args.student)
+    except FileNotFoundError as e:
+        raise SystemExit(f"interventions run elrond: --student: {e}") from None
+    pipe = load_pipeline(device=args.device)
+    prompts = args.prompt or ["a striped circle", "a circle"]
+    for p in prompts:
+        try:
+            concept_position(pipe.tokenizer, p)
+        except ValueError as e:
+            raise SystemExit(f"interventions run elrond: {e}") from None
+    setting = Setting(args.sample_steps, args.regen_steps, args.guidance, args.batch)
+    args.out.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    result, images = student_experiment(
+        pipe, student, load_evaluators(), prompts, args.seeds[0], args.n, args.steer_seeds, args.strength,
+        args.n_steer, args.out / "grads", setting,
+    )  # fmt: skip
+    result["seconds"] = round(time.time() - start, 1)
+    (args.out / "elrond_student.json").write_text(json.dumps(result, indent=1) + "\n")
+    plot_student(result, args.out / "elrond_student.png")
+    plot_samples(images, args.out / "elrond_student_samples.png")
+    print(f"wrote {args.out / 'elrond_student.json'} ({result['seconds']} s)")
     return 0
 
 
