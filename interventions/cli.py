@@ -42,6 +42,10 @@ RECIPES: dict[str, tuple[str, str]] = {
     "dataset_inference": ("recipes.dataset_inference.run:main", "membership and dataset inference (arXiv 2512.09654)"),
     "tada": ("recipes.tada.run:main", "TADA: localise and steer concepts in audio diffusion (arXiv 2602.11910)"),
     "continual_lora": ("recipes.continual_lora.run:main", "continual LoRA personalization (arXiv 2410.04891)"),
+    "mediffusion": (
+        "recipes.mediffusion.run:main",
+        "Mediffusion: semi-supervised joint diffusion classifier, counterfactuals (arXiv 2411.09434)",
+    ),
 }
 
 

@@ -1,0 +1,98 @@
+"""Mediffusion at tiny scale: the two-class task and its class region, guided counterfactuals,
+the overlap score, a seeded end-to-end run, the CLI's refusals."""
+
+import json
+
+import pytest
+import torch
+
+from interventions.cli import main as cli_main
+from recipes.joint_diffusion.model import JointDiffusion
+from recipes.mediffusion.counterfactual import counterfactual, explanation_map, top_overlap
+from recipes.mediffusion.data import two_class_shapes
+from recipes.mediffusion.run import EVALUATORS, MediffusionConfig, run_mediffusion
+
+torch.set_num_threads(1)
+
+
+def test_task_region_is_where_the_counterpart_differs_and_the_evaluator_agrees():
+    from recipes.worlds.shapes_eval import load_evaluators
+
+    task = two_class_shapes(64, ("circle", "square"), torch.Generator().manual_seed(0))
+    changed = (task.images != task.counterparts).any(dim=1)
+    assert torch.equal(changed, task.region)
+    assert 0.02 < task.region.float().mean() < 0.1  # circle vs square differ in the corners
+    shape = load_evaluators(EVALUATORS)["shape"]
+    with torch.no_grad():
+        assert torch.equal(shape(task.images).argmax(-1), task.shape_index(task.labels))
+        assert torch.equal(shape(task.counterparts).argmax(-1), task.shape_index(1 - task.labels))
+    with pytest.raises(ValueError, match="two different shapes"):
+        two_class_shapes(4, ("circle", "circle"))
+
+
+def test_top_overlap_counts_top_pixels_inside_the_region():
+    maps = torch.zeros(2, 4, 4)
+    region = torch.zeros(2, 4, 4, dtype=torch.bool)
+    region[:, 0, :2] = True
+    maps[0, 0, :2] = 1.0  # the two largest pixels are the region: 1
+    maps[1, 3, :2] = 1.0  # both outside: 0
+    assert top_overlap(maps, region) == 0.5
+    with pytest.raises(ValueError, match="same shape"):
+        top_overlap(maps, region[:, :2])
+
+
+def test_guidance_moves_the_classifier_towards_the_target():
+    torch.manual_seed(0)
+    model = JointDiffusion(widths=(8, 16), hidden=16).eval()
+    with torch.no_grad():
+        model.head[-1].weight.mul_(50)  # an untrained head is flat; a sharp one gives guidance a gradient
+    task = two_class_shapes(8, generator=torch.Generator().manual_seed(3))
+    target = 1 - task.labels
+
+    def target_prob(scale):
+        g = torch.Generator().manual_seed(0)
+        cf = counterfactual(model, task.images, target, t0=100, steps=3, scale=scale, generator=g)
+        with torch.no_grad():
+            return model.classify(cf).softmax(-1).gather(1, target[:, None]).mean().item(), cf
+
+    p0, control = target_prob(0.0)
+    p1, guided = target_prob(300.0)
+    assert p0 < 0.6 and p1 > p0 + 0.2, (p0, p1)
+    assert explanation_map(control, guided).sum() > 0
+    with pytest.raises(ValueError, match="t0 must lie"):
+        counterfactual(model, task.images, target, t0=5000)
+    with pytest.raises(ValueError, match="one class per image"):
+        counterfactual(model, task.images, target[:3], t0=100)
+
+
+def test_tiny_run_writes_every_result_and_the_hub_folder(tmp_path):
+    config = MediffusionConfig(
+        seeds=(0,),
+        modes=("supervised", "fixmatch"),
+        steps=12,
+        n_train=100,
+        labelled_fraction=0.2,
+        n_test=60,
+        counterfactuals=2,
+        cf_steps=2,
+        t0=40,
+        scales=(0.0, 100.0),
+    )
+    result = run_mediffusion(config, out=tmp_path, progress=False)
+    assert [(r["mode"], r["labelled"]) for r in result["runs"]] == [("supervised", 20), ("fixmatch", 20)]
+    assert all(0 <= r["test_accuracy"] <= 1 for r in result["runs"])
+    assert "mask_rate" in result["runs"][1]["history"][-1]
+    saved = json.loads((tmp_path / "mediffusion.json").read_text())
+    assert saved["summary"] == result["summary"]
+    scores = result["counterfactuals"][0]
+    assert scores["scale_100"]["chance_overlap"] == pytest.approx(scores["scale_0"]["chance_overlap"])
+    assert "top_overlap_vs_unguided" in scores["scale_100"]
+    assert (tmp_path / "mediffusion.png").is_file() and (tmp_path / "model" / "model.safetensors").is_file()
+
+
+def test_cli_refuses_bad_arguments(capsys):
+    with pytest.raises(SystemExit) as error:
+        cli_main(["run", "mediffusion", "--steps", "0"])
+    assert error.value.code == 2 and "--steps must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli_main(["run", "mediffusion", "--labelled", "1.5", "--modes", "supervised", "--seeds", "0"])
