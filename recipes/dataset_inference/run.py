@@ -20,7 +20,8 @@ per-sample attacks (if ``--nonmembers`` is given, treating the suspect set as me
 meaningful when the truth is known); the p-value against ``n`` (``--ns``, ``--resamples`` draws
 each) and the smallest ``n`` whose mean p-value is <= 0.01; and, with ``--nonmembers``, the
 p-values of ``--null-resamples`` non-member suspect sets of size ``--null-n`` (their rate below
-0.05 should be about 5%). Writes ``dataset_inference_<name>.json`` and ``.png`` to ``--out``.
+0.05 should be about 5%). Writes ``dataset_inference_<name>.json``, ``.png`` and the feature
+matrices (``_features.safetensors``) to ``--out``.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--suspect", type=Path, help="suspect set folder (default: the tones model's members)")
     ap.add_argument("--heldout", type=Path, help="held-out set folder, i.i.d. with the suspect's distribution")
     ap.add_argument("--nonmembers", type=Path, help="known non-members: per-sample attacks and the null check")
-    ap.add_argument("--n-members", type=int, default=1000, help="tones default sets: member clips used")
+    ap.add_argument("--n-members", type=int, default=0, help="tones default sets: member clips used (0: all)")
     ap.add_argument("--n-heldout", type=int, default=1000, help="tones default sets: held-out clips")
     ap.add_argument("--n-nonmembers", type=int, default=1000, help="tones default sets: non-member clips")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -109,8 +110,10 @@ def run(
     scorer: str = "logistic",
     progress: bool = True,
     heldout_n: int | None = None,
+    matrices: dict[int, dict[str, torch.Tensor]] | None = None,
 ) -> dict[str, Any]:
-    """Everything the module doc lists, per seed, as a JSON-ready dict."""
+    """Everything the module doc lists, per seed, as a JSON-ready dict; the feature matrices go
+    to ``matrices`` (seed -> set name -> ``N x F``) when given."""
     from scipy.stats import kstest
 
     if heldout_n is not None and heldout_n > len(heldout):
@@ -120,6 +123,7 @@ def run(
     if not ns:
         raise ValueError(f"no n in --ns fits the sets (between 4 and {largest}); pass smaller --ns")
     out: dict[str, Any] = {"seeds": {}}
+    matrices = {} if matrices is None else matrices
     for seed in seeds:
         cfg = FeatureConfig(**{**vars(config), "noise_seed": seed})
         fs = compute_features(target, suspect, cfg, progress)
@@ -144,6 +148,9 @@ def run(
             }
         out["seeds"][str(seed)] = res
         out["feature_names"] = fs.names
+        matrices[seed] = {"suspect": fs.values, "heldout": fh.values} | (
+            {"nonmembers": fn.values} if nonmembers else {}
+        )
     return out
 
 
@@ -154,8 +161,9 @@ def _sets(args: argparse.Namespace) -> tuple[SampleSet, SampleSet, SampleSet | N
         if args.model != "tones-members":
             raise SystemExit("--suspect and --heldout are required for a model other than tones-members")
         info = json.loads((TONES_MEMBERS_DIR / "members.json").read_text())
+        count = int(info["members"])
         folders = write_catalogue_sets(
-            args.out / "sets", args.n_members, args.n_heldout, args.n_nonmembers, int(info["members"])
+            args.out / "sets", args.n_members or count, args.n_heldout, args.n_nonmembers, count
         )
         return load_set(folders["members"]), load_set(folders["heldout"]), load_set(folders["nonmembers"])
     if args.suspect is None or args.heldout is None:
@@ -179,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg=not args.no_cfg,
         batch_size=args.batch_size,
     )
+    matrices: dict[int, dict[str, torch.Tensor]] = {}
     result = run(
         target,
         suspect,
@@ -192,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         args.null_resamples,
         args.scorer,
         heldout_n=args.heldout_n or None,
+        matrices=matrices,
     )
     name = args.name or ("tones" if target.name == "tones" else Path(args.model).name.replace("/", "_"))
     result = {
@@ -206,6 +216,13 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"dataset_inference_{name}.json"
     path.write_text(json.dumps(result, indent=1) + "\n")
+    from safetensors.torch import save_file
+
+    save_file(
+        {f"seed{s}.{k}": v.float().contiguous() for s, sets in matrices.items() for k, v in sets.items()},
+        str(args.out / f"dataset_inference_{name}_features.safetensors"),
+        metadata={"feature_names": json.dumps(result["feature_names"])},
+    )
     if nonmembers is not None:
         from .plots import plot_run
 

@@ -85,9 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         info = {
             "command": command,
             "init": args.init or "recipes/worlds/checkpoints/tones (the shipped tones model)",
+            **{k: v for k, v in vars(args).items() if k not in ("out", "snapshots", "init", "steps")},
+            "planned_steps": args.steps,
             "steps": step,
             "seconds": round(seconds, 1),
-            **{k: v for k, v in vars(args).items() if k not in ("out", "snapshots", "init")},
             "history": history,
         }
         tm.save_model(ema_model, folder, extra=info)
