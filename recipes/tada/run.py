@@ -168,7 +168,7 @@ def run_tones(args: argparse.Namespace) -> dict[str, Any]:
     vec_loc = restrict(vec_all, layers)
     folder = args.out / f"{tag}_vectors"
     _save_vectors(folder, {"localised": vec_loc, "all_layers": vec_all}, concept)
-    out["vectors"] = str(folder)
+    out["vectors"] = folder.name
     per_seed = []
     for s in args.seeds:
         held = {"n": args.n, "seed": s, "prompt_seed": 300 + s, "templates": HELD_OUT_TEMPLATES, **common}
