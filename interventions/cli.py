@@ -46,6 +46,7 @@ RECIPES: dict[str, tuple[str, str]] = {
         "recipes.mediffusion.run:main",
         "Mediffusion: semi-supervised joint diffusion classifier, counterfactuals (arXiv 2411.09434)",
     ),
+    "jdcl": ("recipes.jdcl.run:main", "JDCL: continual learning with joint diffusion models (arXiv 2411.08224)"),
 }
 
 

@@ -49,6 +49,8 @@ MODULES = [
     "recipes.gan.hub",
     "recipes.gan.models",
     "recipes.gan.trainer",
+    "recipes.jdcl.continual",
+    "recipes.jdcl.run",
     "recipes.joint_diffusion.hub",
     "recipes.joint_diffusion.model",
     "recipes.joint_diffusion.train",

@@ -1,0 +1,141 @@
+"""JDCL's two stages and its baselines on class-incremental tasks of the shapes world.
+
+Per task ``k`` (JDCL, arXiv 2411.08224): (a) a *local* joint model trained on task ``k``'s data
+alone; (b) a *global* model, started from the previous global one and trained on generated replay
+only: unconditional DDIM samples of the previous global model (kept when its own classifier calls
+them an old class) and of the local model (kept when it calls them a new class), with the
+denoising loss, diffusion distillation ``MSE(eps_student, eps_teacher)`` and classifier
+distillation ``CE(student, softmax(teacher))``, the teacher being the previous global model for
+old-class samples and the local model for new-class ones. Baselines: naive fine-tuning of the
+previous model on the new task's data, generative replay without distillation (the same replay,
+its labels and the denoising loss only) and joint training on every task's data (upper bound).
+
+>>> import torch
+>>> model = JointDiffusion(num_classes=4, widths=(8, 16), hidden=16).eval()
+>>> images, labels = generate(model, 6, steps=2, generator=torch.Generator().manual_seed(0))
+>>> images.shape, labels.shape
+(torch.Size([6, 3, 16, 16]), torch.Size([6]))
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from recipes.joint_diffusion.model import JointDiffusion
+from recipes.joint_diffusion.train import TrainConfig, train_joint, weak_augment
+
+__all__ = ["DistillConfig", "generate", "keep_classes", "train_global", "fine_tune", "fresh_model"]
+
+
+@dataclass
+class DistillConfig:
+    """Weights of the global stage's losses (``diffusion_kd``/``classifier_kd`` 0: no distillation)."""
+
+    steps: int = 400
+    batch_size: int = 32
+    lr: float = 2e-3
+    denoising: float = 0.1
+    diffusion_kd: float = 1.0
+    classifier_kd: float = 1.0
+    labels: float = 1.0
+    seed: int = 0
+
+
+def fresh_model(num_classes: int, widths: tuple[int, ...], hidden: int, seed: int) -> JointDiffusion:
+    torch.manual_seed(seed)
+    return JointDiffusion(num_classes=num_classes, widths=widths, hidden=hidden)
+
+
+@torch.no_grad()
+def generate(
+    model: JointDiffusion, n: int, steps: int = 25, batch_size: int = 256, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """``n`` unconditional DDIM samples (eta 0, ``steps`` steps) and the model's own class for each."""
+    from diffusers import DDIMScheduler
+
+    model.eval()
+    scheduler = DDIMScheduler(
+        num_train_timesteps=model.train_timesteps,
+        beta_start=1e-4,
+        beta_end=0.02,
+        beta_schedule="linear",
+        clip_sample=True,
+    )
+    scheduler.set_timesteps(steps)
+    size = model.unet.config.sample_size
+    channels = model.unet.config.in_channels
+    images, labels = [], []
+    for start in range(0, n, batch_size):
+        b = min(batch_size, n - start)
+        x = torch.randn((b, channels, size, size), generator=generator)
+        for t in scheduler.timesteps:
+            eps = model.denoise(x, torch.full((b,), int(t), dtype=torch.long))
+            x = scheduler.step(eps, t, x).prev_sample
+        x = x.clamp(-1, 1)
+        images.append(x)
+        labels.append(model.classify(x).argmax(-1))
+    return torch.cat(images), torch.cat(labels)
+
+
+def keep_classes(images: Tensor, labels: Tensor, classes: list[int]) -> tuple[Tensor, Tensor]:
+    """The samples whose label is one of ``classes`` (a generator's mismatches are dropped)."""
+    keep = torch.isin(labels, torch.tensor(classes))
+    return images[keep], labels[keep]
+
+
+def fine_tune(model: JointDiffusion, images: Tensor, labels: Tensor, config: TrainConfig) -> JointDiffusion:
+    """A copy of ``model`` trained jointly (denoising + cross-entropy) on ``images`` (naive fine-tuning)."""
+    student = copy.deepcopy(model)
+    train_joint(student, images, labels, unlabelled=images, mode="joint", config=config)
+    return student
+
+
+def train_global(
+    previous: JointDiffusion,
+    local: JointDiffusion,
+    replay: Tensor,
+    labels: Tensor,
+    old_classes: list[int],
+    config: DistillConfig,
+) -> JointDiffusion:
+    """The new global model: a copy of ``previous`` trained on ``replay`` (labels from the generators)
+    with the denoising loss, label cross-entropy and, unless their weights are 0, diffusion and
+    classifier distillation from ``previous`` (old classes) and ``local`` (new classes)."""
+    if replay.shape[0] != labels.shape[0] or replay.shape[0] == 0:
+        raise ValueError(
+            f"replay needs one label per sample and at least one sample, got {replay.shape[0]}, {labels.shape[0]}"
+        )
+    student = copy.deepcopy(previous).train()
+    previous.eval()
+    local.eval()
+    g = torch.Generator().manual_seed(config.seed)
+    opt = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.steps)
+    old = torch.isin(labels, torch.tensor(old_classes))
+    distil = config.diffusion_kd > 0 or config.classifier_kd > 0
+    for _ in range(config.steps):
+        idx = torch.randint(replay.shape[0], (min(config.batch_size, replay.shape[0]),), generator=g)
+        x0, y, from_old = replay[idx], labels[idx], old[idx].view(-1, 1, 1, 1)
+        t = torch.randint(student.train_timesteps, (x0.shape[0],), generator=g)
+        noise = torch.randn(x0.shape, generator=g)
+        x_t = student.add_noise(x0, noise, t)
+        eps = student.denoise(x_t, t)
+        x_aug = weak_augment(x0, g)
+        logits = student.classify(x_aug)
+        loss = config.denoising * F.mse_loss(eps, noise) + config.labels * F.cross_entropy(logits, y)
+        if distil:
+            with torch.no_grad():
+                eps_teacher = torch.where(from_old, previous.denoise(x_t, t), local.denoise(x_t, t))
+                soft = torch.where(from_old.view(-1, 1), previous.classify(x_aug), local.classify(x_aug)).softmax(-1)
+            loss = loss + config.diffusion_kd * F.mse_loss(eps, eps_teacher)
+            loss = loss + config.classifier_kd * F.cross_entropy(logits, soft)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    return student.eval()

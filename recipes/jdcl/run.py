@@ -1,0 +1,149 @@
+"""``interventions run jdcl``: two class-incremental tasks of the shapes world (task 1: circle vs
+square, task 2: triangle vs cross; one 4-way classifier), JDCL against naive fine-tuning,
+generative replay without distillation and joint training on both tasks.
+
+Reports per seed the accuracy matrix ``A[i][j]`` (accuracy on task ``j``'s test images after
+training on task ``i``, all four classes allowed), the average accuracy after the last task and
+the forgetting of task 1 (``A[0][0] - A[1][0]``).
+
+>>> config = JDCLConfig(seeds=(0,), n_train=16, n_test=8, steps=1, global_steps=1, n_generated=4, sample_steps=2)
+>>> result = run_jdcl(config, progress=False)
+>>> sorted(result["runs"][0]["methods"])
+['jdcl', 'joint', 'naive', 'replay']
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from recipes.joint_diffusion.model import JointDiffusion
+from recipes.joint_diffusion.train import TrainConfig, accuracy, train_joint
+from recipes.mediffusion.data import two_class_shapes
+
+from .continual import DistillConfig, fine_tune, fresh_model, generate, keep_classes, train_global
+
+__all__ = ["JDCLConfig", "TASKS", "run_jdcl", "main"]
+
+TASKS = (("circle", "square"), ("triangle", "cross"))
+
+
+@dataclass
+class JDCLConfig:
+    seeds: tuple[int, ...] = (0, 1)
+    n_train: int = 1000  # per task
+    n_test: int = 400  # per task
+    steps: int = 400  # local models, naive fine-tuning, joint training
+    global_steps: int = 400
+    n_generated: int = 400  # samples drawn from each generator
+    sample_steps: int = 25
+    widths: tuple[int, ...] = (8, 16)
+    hidden: int = 32
+    diffusion_weight: float = 0.1
+
+
+def _tasks(config: JDCLConfig, seed: int):
+    out = []
+    for k, classes in enumerate(TASKS):
+        train = two_class_shapes(config.n_train, classes, torch.Generator().manual_seed(100 * seed + k))
+        test = two_class_shapes(config.n_test, classes, torch.Generator().manual_seed(10_000 + k))
+        out.append(((train.images, train.labels + 2 * k), (test.images, test.labels + 2 * k)))
+    return out
+
+
+def _row(model: JointDiffusion, tasks) -> list[float]:
+    return [accuracy(model, x, y) for _, (x, y) in tasks]
+
+
+def _local(x: torch.Tensor, y: torch.Tensor, config: JDCLConfig, train: TrainConfig, seed: int) -> JointDiffusion:
+    """A fresh 4-way joint model trained (denoising + cross-entropy) on ``x``, ``y`` alone."""
+    model = fresh_model(4, config.widths, config.hidden, seed)
+    train_joint(model, x, y, unlabelled=x, mode="joint", config=train)
+    return model
+
+
+def run_jdcl(config: JDCLConfig, out: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Every method per seed; ``jdcl.json`` written under ``out`` after every seed."""
+    result: dict[str, Any] = {"config": asdict(config), "runs": []}
+    for seed in config.seeds:
+        t = time.process_time()
+        tasks = _tasks(config, seed)
+        (x1, y1), (x2, y2) = tasks[0][0], tasks[1][0]
+        train = TrainConfig(steps=config.steps, diffusion_weight=config.diffusion_weight, seed=seed)
+
+        local1 = _local(x1, y1, config, train, seed)
+        first = _row(local1, tasks)  # after task 1, every continual method holds this model
+        local2 = _local(x2, y2, config, train, seed + 17)
+        g = torch.Generator().manual_seed(seed)
+        old_x, old_y = keep_classes(*generate(local1, config.n_generated, config.sample_steps, generator=g), [0, 1])
+        new_x, new_y = keep_classes(*generate(local2, config.n_generated, config.sample_steps, generator=g), [2, 3])
+        replay, labels = torch.cat([old_x, new_x]), torch.cat([old_y, new_y])
+        distill = DistillConfig(steps=config.global_steps, denoising=config.diffusion_weight, seed=seed)
+        no_kd = DistillConfig(**{**asdict(distill), "diffusion_kd": 0.0, "classifier_kd": 0.0})
+        finals = {
+            "naive": fine_tune(local1, x2, y2, train),
+            "replay": train_global(local1, local2, replay, labels, [0, 1], no_kd),
+            "jdcl": train_global(local1, local2, replay, labels, [0, 1], distill),
+        }
+        joint = _local(torch.cat([x1, x2]), torch.cat([y1, y2]), config, train, seed + 34)
+        methods = {}
+        for name, model in finals.items():
+            matrix = [first, _row(model, tasks)]
+            methods[name] = {
+                "matrix": matrix,
+                "average": statistics.fmean(matrix[-1]),
+                "forgetting": matrix[0][0] - matrix[1][0],
+            }
+        final_joint = _row(joint, tasks)
+        methods["joint"] = {"matrix": [final_joint], "average": statistics.fmean(final_joint), "forgetting": None}
+        run = {
+            "seed": seed,
+            "methods": methods,
+            "replay_kept": {"old": len(old_y), "new": len(new_y), "drawn_each": config.n_generated},
+            "local_task2": _row(local2, tasks),
+            "cpu_s": time.process_time() - t,
+        }
+        result["runs"].append(run)
+        if progress:
+            print(json.dumps({k: (v["average"], v["forgetting"]) for k, v in methods.items()}))
+        if out:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            (Path(out) / "jdcl.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="interventions run jdcl", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--n-train", type=int, default=1000, help="training images per task")
+    parser.add_argument("--n-test", type=int, default=400, help="test images per task")
+    parser.add_argument("--steps", type=int, default=400, help="steps of local, naive and joint training")
+    parser.add_argument("--global-steps", type=int, default=400)
+    parser.add_argument("--n-generated", type=int, default=400, help="replay samples drawn from each generator")
+    parser.add_argument("--sample-steps", type=int, default=25, help="DDIM steps of the replay sampler")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", help="folder for jdcl.json")
+    args = parser.parse_args(argv)
+    for name in ("n_train", "n_test", "steps", "global_steps", "n_generated", "sample_steps", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    torch.set_num_threads(args.threads)
+    config = JDCLConfig(
+        seeds=tuple(args.seeds),
+        n_train=args.n_train,
+        n_test=args.n_test,
+        steps=args.steps,
+        global_steps=args.global_steps,
+        n_generated=args.n_generated,
+        sample_steps=args.sample_steps,
+    )
+    result = run_jdcl(config, out=args.out)
+    print(json.dumps([{k: v["matrix"] for k, v in r["methods"].items()} for r in result["runs"]], indent=1))
+    return 0

@@ -1,0 +1,64 @@
+"""JDCL at tiny scale: replay filtering, distillation pulls the student to its teacher, the
+accuracy matrix and forgetting bookkeeping, CLI refusals."""
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from interventions.cli import main as cli_main
+from recipes.jdcl.continual import DistillConfig, fresh_model, generate, keep_classes, train_global
+from recipes.jdcl.run import JDCLConfig, run_jdcl
+
+torch.set_num_threads(1)
+
+
+def test_keep_classes_drops_the_generators_mismatches():
+    x = torch.arange(5.0).view(5, 1, 1, 1)
+    kept, labels = keep_classes(x, torch.tensor([0, 2, 1, 3, 0]), [0, 1])
+    assert kept.flatten().tolist() == [0.0, 2.0, 4.0] and labels.tolist() == [0, 1, 0]
+
+
+def test_generate_is_seeded_and_labels_are_the_models_own():
+    model = fresh_model(4, (8, 16), 16, seed=0).eval()
+    a, la = generate(model, 5, steps=2, generator=torch.Generator().manual_seed(1))
+    b, lb = generate(model, 5, steps=2, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and torch.equal(la, lb)
+    assert torch.equal(la, model.classify(a).argmax(-1)) and a.abs().max() <= 1
+
+
+def test_diffusion_distillation_pulls_the_student_to_the_teacher():
+    previous = fresh_model(4, (8, 16), 16, seed=0).eval()
+    local = fresh_model(4, (8, 16), 16, seed=1).eval()
+    replay = torch.rand(16, 3, 16, 16) * 2 - 1
+    labels = torch.full((16,), 2)  # all new-class samples: the local model teaches
+    x_t, t = replay + 0.3 * torch.randn(16, 3, 16, 16), torch.full((16,), 200)
+
+    def gap(model):
+        with torch.no_grad():
+            return F.mse_loss(model.denoise(x_t, t), local.denoise(x_t, t)).item()
+
+    only_kd = DistillConfig(steps=15, batch_size=16, lr=3e-3, denoising=0.0, labels=0.0, classifier_kd=0.0)
+    student = train_global(previous, local, replay, labels, [0, 1], only_kd)
+    assert gap(student) < 0.5 * gap(previous), (gap(previous), gap(student))
+    with pytest.raises(ValueError, match="at least one sample"):
+        train_global(previous, local, replay[:0], labels[:0], [0, 1], only_kd)
+
+
+def test_tiny_run_reports_the_accuracy_matrix_and_forgetting(tmp_path):
+    config = JDCLConfig(seeds=(0,), n_train=16, n_test=12, steps=2, global_steps=2, n_generated=8, sample_steps=2)
+    run = run_jdcl(config, out=tmp_path, progress=False)["runs"][0]
+    methods = run["methods"]
+    assert methods["naive"]["matrix"][0] == methods["jdcl"]["matrix"][0] == methods["replay"]["matrix"][0]
+    for name in ("naive", "replay", "jdcl"):
+        m = methods[name]["matrix"]
+        assert methods[name]["forgetting"] == pytest.approx(m[0][0] - m[1][0])
+        assert methods[name]["average"] == pytest.approx(sum(m[1]) / 2)
+    assert len(methods["joint"]["matrix"]) == 1 and methods["joint"]["forgetting"] is None
+    assert run["replay_kept"]["old"] + run["replay_kept"]["new"] <= 16
+    assert (tmp_path / "jdcl.json").is_file()
+
+
+def test_cli_refuses_bad_arguments(capsys):
+    with pytest.raises(SystemExit) as error:
+        cli_main(["run", "jdcl", "--global-steps", "0"])
+    assert error.value.code == 2 and "--global-steps must be >= 1" in capsys.readouterr().err
