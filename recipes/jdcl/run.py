@@ -38,12 +38,12 @@ TASKS = (("circle", "square"), ("triangle", "cross"))
 @dataclass
 class JDCLConfig:
     seeds: tuple[int, ...] = (0, 1)
-    n_train: int = 1000  # per task
-    n_test: int = 400  # per task
-    steps: int = 400  # local models, naive fine-tuning, joint training
-    global_steps: int = 400
-    n_generated: int = 400  # samples drawn from each generator
-    sample_steps: int = 25
+    n_train: int = 400  # per task
+    n_test: int = 300  # per task
+    steps: int = 150  # local models, naive fine-tuning, joint training
+    global_steps: int = 150
+    n_generated: int = 200  # samples drawn from each generator
+    sample_steps: int = 20
     widths: tuple[int, ...] = (8, 16)
     hidden: int = 32
     diffusion_weight: float = 0.1
@@ -122,12 +122,12 @@ def run_jdcl(config: JDCLConfig, out: str | Path | None = None, progress: bool =
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="interventions run jdcl", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--n-train", type=int, default=1000, help="training images per task")
-    parser.add_argument("--n-test", type=int, default=400, help="test images per task")
-    parser.add_argument("--steps", type=int, default=400, help="steps of local, naive and joint training")
-    parser.add_argument("--global-steps", type=int, default=400)
-    parser.add_argument("--n-generated", type=int, default=400, help="replay samples drawn from each generator")
-    parser.add_argument("--sample-steps", type=int, default=25, help="DDIM steps of the replay sampler")
+    parser.add_argument("--n-train", type=int, default=400, help="training images per task")
+    parser.add_argument("--n-test", type=int, default=300, help="test images per task")
+    parser.add_argument("--steps", type=int, default=150, help="steps of local, naive and joint training")
+    parser.add_argument("--global-steps", type=int, default=150)
+    parser.add_argument("--n-generated", type=int, default=200, help="replay samples drawn from each generator")
+    parser.add_argument("--sample-steps", type=int, default=20, help="DDIM steps of the replay sampler")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", help="folder for jdcl.json")
     args = parser.parse_args(argv)

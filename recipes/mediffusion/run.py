@@ -39,7 +39,7 @@ EVALUATORS = Path(__file__).resolve().parents[1] / "worlds" / "checkpoints" / "s
 @dataclass
 class MediffusionConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
-    modes: tuple[str, ...] = MODES
+    modes: tuple[str, ...] = ("supervised", "fixmatch")
     classes: tuple[str, str] = ("circle", "square")
     n_train: int = 2000
     labelled_fraction: float = 0.05
@@ -50,9 +50,9 @@ class MediffusionConfig:
     hidden: int = 32
     diffusion_weight: float = 0.1
     counterfactuals: int = 0  # images explained per seed (0: none)
-    t0: int = 300
-    cf_steps: int = 30
-    scales: tuple[float, ...] = (0.0, 100.0)
+    t0: int = 150
+    cf_steps: int = 20
+    scales: tuple[float, ...] = (0.0, 300.0, 1000.0)
 
 
 def _split(config: MediffusionConfig, seed: int):
@@ -216,7 +216,7 @@ def _plot(figure: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="interventions run mediffusion", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--modes", nargs="+", default=["supervised", "fixmatch"], choices=MODES)
     parser.add_argument("--classes", nargs=2, default=["circle", "square"], help="two shapes of the shapes world")
     parser.add_argument("--n-train", type=int, default=2000)
     parser.add_argument("--labelled", type=float, default=0.05, help="fraction of training images with labels")
@@ -224,10 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--diffusion-weight", type=float, default=0.1, help="weight of the denoising loss")
-    parser.add_argument("--counterfactuals", type=int, default=64, help="test images explained per seed (0: none)")
-    parser.add_argument("--t0", type=int, default=300, help="noise level the counterfactual starts from")
-    parser.add_argument("--cf-steps", type=int, default=30)
-    parser.add_argument("--scales", type=float, nargs="+", default=[0.0, 100.0], help="guidance scales (0: control)")
+    parser.add_argument("--counterfactuals", type=int, default=32, help="test images explained per seed (0: none)")
+    parser.add_argument("--t0", type=int, default=150, help="noise level the counterfactual starts from")
+    parser.add_argument("--cf-steps", type=int, default=20)
+    parser.add_argument(
+        "--scales", type=float, nargs="+", default=[0.0, 300.0, 1000.0], help="guidance scales (0: control)"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", help="folder for mediffusion.json, mediffusion.png and model/")
     args = parser.parse_args(argv)
