@@ -163,6 +163,9 @@ def run_sequence(
             result.adapters.append(str(folder))
             for i, s in enumerate(evaluate_adapter(pipe, folder, evaluators, tasks, ev)):
                 result.scores[i][t] = s
+            if progress:
+                column = " ".join(f"{row[t]:.2f}" for row in result.scores)
+                tqdm.write(f"{method} seed {seed} after {task.identifier}: {column} (loss {result.losses[-1][-1]:.4f})")
         if out is None:
             result.adapters = []
     return result

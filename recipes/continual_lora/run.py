@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -66,7 +67,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="folder for metrics, the PNG, adapters and card folders")
     p.add_argument("--push-to", default=None, help="Hub repo prefix: push <out>/hub/<method> to PREFIX-<method>")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--quick", action="store_true", help="2 tasks, 1 seed, 30 steps, 8 samples (a smoke run)")
+    p.add_argument(
+        "--quick", action="store_true", help="defaults for a smoke run: 2 tasks, seed 0, 30 steps, 8 samples"
+    )
     p.add_argument("--no-progress", action="store_true")
     p.add_argument(
         "--merge", nargs="+", default=None, metavar="METRICS_JSON", help="combine runs (e.g. one seed each) into --out"
@@ -84,9 +87,11 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    if args.quick:
-        args.tasks, args.seeds, args.steps, args.samples = 2, args.seeds[:1], 30, 8
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = parser()
+    if "--quick" in argv:  # smaller defaults; flags given explicitly still win
+        p.set_defaults(tasks=2, seeds=[0], steps=30, samples=8)
+    args = p.parse_args(argv)
     _check(args)
     if args.merge:
         return _merge(args.merge, args.out)
