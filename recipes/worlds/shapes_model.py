@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from . import shapes as world
+from .saving import drop_source_paths
 from .text import load_text_encoder, text_encoder_config
 
 __all__ = [
@@ -216,6 +217,7 @@ def save_pipeline(pipe, path) -> None:
     pipe.tokenizer.save_pretrained(path / "tokenizer")
     pipe.scheduler.save_pretrained(path / "scheduler")
     pipe.vae.save_pretrained(path / "vae", safe_serialization=True)
+    drop_source_paths(path)
     import diffusers
 
     index = {

@@ -47,6 +47,7 @@ from pathlib import Path
 import torch
 
 from . import tones as world
+from .saving import drop_source_paths
 from .text import load_text_encoder, text_encoder_config
 
 __all__ = [
@@ -256,6 +257,7 @@ def save_model(model: TonesModel, path, extra: dict | None = None) -> None:
     model.text_encoder.save_pretrained(path / "text_encoder", safe_serialization=True)
     model.tokenizer.save_pretrained(path / "tokenizer")
     model.scheduler.save_pretrained(path / "scheduler")
+    drop_source_paths(path)
     (path / "sampling.json").write_text(
         json.dumps(
             {
