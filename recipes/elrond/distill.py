@@ -16,7 +16,7 @@ Prompts: half full paraphrased prompts of the world, half "a" followed by a rand
 style, a colour and a shape word ("a striped circle", "a circle", "a"): the partial prompts that
 ELROND steers.
 
-    nice -n 10 python -m recipes.elrond.distill --pool 1024 --steps 600 --seed 0 \\
+    nice -n 10 python -m recipes.elrond.distill --pool 512 --steps 300 --save-every 25 --seed 0 \\
         --out recipes/elrond/checkpoints/student
 
 The student is saved (float16 safetensors + config.json + training.json) every ``--save-every``
@@ -37,14 +37,14 @@ from torch import Tensor
 
 from .student import STUDENT_TIMESTEPS, alphas_cumprod, ddim_jump, previous_alpha, teacher_trajectory
 
-__all__ = ["training_prompts", "make_pool", "distillation_loss", "main"]
+__all__ = ["training_prompts", "make_pool", "distillation_loss", "jump_target", "main"]
 
 
 def training_prompts(n: int, generator: torch.Generator) -> list[str]:
     """Half full paraphrased prompts, half "a" + a random subset of (style, colour, shape) words.
 
     >>> training_prompts(4, torch.Generator().manual_seed(0))
-    ['a striped circle', 'a spotted plus', 'a', 'golden triangle chequered']
+    ['a checkered cross', 'a striped green', 'a solid cross', 'a solid']
     """
     from recipes.worlds import shapes as world
 
@@ -92,13 +92,17 @@ def distillation_loss(unet: Any, pool: dict[str, Any], rows: Tensor, segment: Te
     t = torch.tensor(STUDENT_TIMESTEPS)[segment]
     a_t = alphas[t].view(-1, 1, 1, 1)
     a_prev = torch.stack([previous_alpha(int(s), alphas) for s in t]).view(-1, 1, 1, 1)
-    # the x0 whose DDIM jump from x_t lands on the teacher's point (Salimans & Ho, Algorithm 2)
-    ratio = ((1 - a_prev) / (1 - a_t)).sqrt()
-    x0_target = (target - ratio * x_t) / (a_prev.sqrt() - ratio * a_t.sqrt())
     eps = unet(x_t, t, encoder_hidden_states=pool["cond"][rows]).sample
     x0, _ = ddim_jump(x_t, eps, a_t, a_prev)
     weight = (a_t / (1 - a_t)).clamp_min(1.0)
-    return (weight * (x0 - x0_target) ** 2).mean()
+    return (weight * (x0 - jump_target(x_t, target, a_t, a_prev)) ** 2).mean()
+
+
+def jump_target(x_t: Tensor, landing: Tensor, a_t: Tensor, a_prev: Tensor) -> Tensor:
+    """The ``x0`` whose one DDIM jump from ``x_t`` (at ``a_t``) lands on ``landing`` (at ``a_prev``):
+    the distillation target of Salimans & Ho, Algorithm 2."""
+    ratio = ((1 - a_prev) / (1 - a_t)).sqrt()
+    return (landing - ratio * x_t) / (a_prev.sqrt() - ratio * a_t.sqrt())
 
 
 def _save(unet: Any, out: Path, info: dict[str, Any]) -> None:
@@ -110,8 +114,8 @@ def _save(unet: Any, out: Path, info: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m recipes.elrond.distill", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--pool", type=int, default=1024, help="teacher trajectories")
-    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--pool", type=int, default=512, help="teacher trajectories")
+    ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-4, help="AdamW, cosine decay to 0 after 20 warm-up steps")
     ap.add_argument("--seed", type=int, default=0)
