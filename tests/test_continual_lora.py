@@ -188,6 +188,8 @@ def test_publish_push_pull_and_load(tiny_runs, pipe, tmp_path, monkeypatch):
     with HubServer() as server:
         monkeypatch.setenv("HF_ENDPOINT", server.url)
         monkeypatch.setattr(constants, "ENDPOINT", server.url)
+        template = server.url + "/{repo_id}/resolve/{revision}/{filename}"
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
         push_adapter(folder, "org/shapes-cl-ortho", tag="v1")
         back = pull_adapter("org/shapes-cl-ortho", revision="v1", cache_dir=tmp_path / "cache")
     assert (back / WEIGHTS).read_bytes() == (folder / WEIGHTS).read_bytes()
