@@ -10,7 +10,7 @@ from interventions.cli import main as cli_main
 from recipes.joint_diffusion.model import JointDiffusion
 from recipes.mediffusion.counterfactual import counterfactual, explanation_map, top_overlap
 from recipes.mediffusion.data import two_class_shapes
-from recipes.mediffusion.run import EVALUATORS, MediffusionConfig, run_mediffusion
+from recipes.mediffusion.run import EVALUATORS, MediffusionConfig, explain_saved, run_mediffusion
 
 torch.set_num_threads(1)
 
@@ -88,6 +88,10 @@ def test_tiny_run_writes_every_result_and_the_hub_folder(tmp_path):
     assert scores["scale_100"]["chance_overlap"] == pytest.approx(scores["scale_0"]["chance_overlap"])
     assert "top_overlap_vs_unguided" in scores["scale_100"]
     assert (tmp_path / "mediffusion.png").is_file() and (tmp_path / "model" / "model.safetensors").is_file()
+    again = explain_saved(tmp_path / "model", config, seed=0)  # the saved model explains the same
+    assert {k: v for k, v in again.items() if k.startswith("scale_")} == {
+        k: v for k, v in scores.items() if k.startswith("scale_")
+    }
 
 
 def test_cli_refuses_bad_arguments(capsys):

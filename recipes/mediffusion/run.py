@@ -30,7 +30,7 @@ from recipes.joint_diffusion.train import MODES, TrainConfig, accuracy, train_jo
 from .counterfactual import counterfactual, explanation_map, top_overlap
 from .data import two_class_shapes
 
-__all__ = ["MediffusionConfig", "run_mediffusion", "main", "EVALUATORS"]
+__all__ = ["MediffusionConfig", "run_mediffusion", "explain_saved", "main", "EVALUATORS"]
 
 #: The shapes world's shipped evaluator CNNs (recipes/worlds/checkpoints/shapes/evaluators).
 EVALUATORS = Path(__file__).resolve().parents[1] / "worlds" / "checkpoints" / "shapes" / "evaluators"
@@ -52,7 +52,7 @@ class MediffusionConfig:
     counterfactuals: int = 0  # images explained per seed (0: none)
     t0: int = 150
     cf_steps: int = 20
-    scales: tuple[float, ...] = (0.0, 300.0, 1000.0)
+    scales: tuple[float, ...] = (0.0, 3.0, 10.0, 30.0)
 
 
 def _split(config: MediffusionConfig, seed: int):
@@ -171,6 +171,20 @@ def run_mediffusion(config: MediffusionConfig, out: str | Path | None = None, pr
     return result
 
 
+def explain_saved(folder: str | Path, config: MediffusionConfig, seed: int) -> dict[str, Any]:
+    """Counterfactual scores of a saved model (a ``model/`` folder of :func:`run_mediffusion`) on
+    the test images of ``seed``, for ``config``'s scales, ``t0`` and steps: the same numbers as
+    the training run gives for those settings, without training again."""
+    from recipes.joint_diffusion.hub import load_joint
+    from recipes.worlds.shapes_eval import load_evaluators
+
+    if not config.counterfactuals:
+        raise ValueError("counterfactuals must be >= 1 to explain a saved model")
+    _, test, _, _ = _split(config, seed)
+    scores, _ = _explain(load_joint(folder), test, config, seed, load_evaluators(EVALUATORS)["shape"])
+    return {"seed": seed, "model": str(folder), **scores}
+
+
 def _summarise(result: dict[str, Any]) -> dict[str, Any]:
     summary = {}
     for mode in {r["mode"] for r in result["runs"]}:
@@ -228,10 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--t0", type=int, default=150, help="noise level the counterfactual starts from")
     parser.add_argument("--cf-steps", type=int, default=20)
     parser.add_argument(
-        "--scales", type=float, nargs="+", default=[0.0, 300.0, 1000.0], help="guidance scales (0: control)"
+        "--scales", type=float, nargs="+", default=[0.0, 3.0, 10.0, 30.0], help="guidance scales (0: control)"
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", help="folder for mediffusion.json, mediffusion.png and model/")
+    parser.add_argument("--explain", metavar="MODEL", help="only score counterfactuals of this saved model (one seed)")
     args = parser.parse_args(argv)
     for name in ("n_train", "n_test", "steps", "batch_size", "threads", "cf_steps"):
         if getattr(args, name) < 1:
@@ -253,6 +268,11 @@ def main(argv: list[str] | None = None) -> int:
         scales=tuple(args.scales),
     )
     try:
+        if args.explain:
+            if len(config.seeds) != 1:
+                parser.error("--explain scores one model: give the one seed it was trained with (--seeds N)")
+            print(json.dumps(explain_saved(args.explain, config, config.seeds[0]), indent=1))
+            return 0
         result = run_mediffusion(config, out=args.out)
     except ValueError as error:
         parser.error(str(error))
