@@ -21,7 +21,7 @@ from recipes.elrond.student import (
     teacher_trajectory,
 )
 
-DIRECTIONS = "recipes/results/elrond_directions_a_striped_circle.safetensors"
+DIRECTIONS = "recipes/results/elrond_directions_a_circle.safetensors"
 
 
 @pytest.fixture(scope="module")
@@ -75,17 +75,21 @@ def test_mean_pairwise_distance_is_zero_for_copies_and_scales():
 
 
 def test_shipped_student_collapses_and_random_steering_brings_diversity_back(pipe, evaluators):
-    """16 samples of "a striped circle", held-out seed 101, the 4 top PCs shipped by the ELROND run
-    at strengths U[4, 8] (the CLI's defaults). Measured: see the ELROND section of recipes/results."""
+    """32 samples of "a circle", held-out seed 101, the 4 top PCs shipped by the ELROND run at
+    strengths U[4, 8] (the CLI's defaults). Measured: feature distance 7.07 (teacher) / 6.89
+    (student) / 7.69 (steered), pixel 0.620 / 0.591, colour entropy 1.44 / 1.31 / 1.67 bits,
+    agreement 1.00 / 1.00 / 1.00. ("a striped circle" at this size drops agreement by 6 points.)"""
     student = load_student()
     dirs = load_file(DIRECTIONS)["pca"][:4]
-    out, images = student_diversity(pipe, student, evaluators, "a striped circle", dirs, 4.0, 8.0, 16, 101, Setting())
+    out, images = student_diversity(pipe, student, evaluators, "a circle", dirs, 4.0, 8.0, 32, 101, Setting())
     teacher, plain, steered = out["teacher"], out["student"], out["student_steered"]
-    assert plain["feature_distance"] < teacher["feature_distance"]
-    assert steered["feature_distance"] > plain["feature_distance"]
-    assert steered["entropy_bits"]["colour"] > plain["entropy_bits"]["colour"]
-    assert steered["agreement"] >= plain["agreement"] - 0.07
-    assert describe(evaluators, images["student"], "a striped circle") == plain  # deterministic
+    for key in ("feature_distance", "pixel_distance"):
+        assert plain[key] < teacher[key], key
+    assert plain["entropy_bits"]["colour"] < teacher["entropy_bits"]["colour"]
+    assert steered["feature_distance"] > plain["feature_distance"] + 0.5
+    assert steered["entropy_bits"]["colour"] > plain["entropy_bits"]["colour"] + 0.2
+    assert steered["agreement"] >= plain["agreement"] - 0.05
+    assert describe(evaluators, images["student"], "a circle") == plain  # the numbers are the images'
 
 
 def test_student_samples_are_deterministic_for_the_noise(pipe):
