@@ -55,6 +55,41 @@ def test_select_follows_the_published_procedure():
     assert all(11 in f.tolist() and len(set(f.tolist())) == len(f) for f in both.features)
 
 
+def test_the_gate_edits_only_images_that_show_the_concept():
+    gated = Unlearning(
+        ("x", "y"),
+        [torch.tensor([0, 1])],
+        [torch.tensor([-1.0, -1.0])],
+        [torch.tensor([0.0, 0.0])],
+        gates=[torch.tensor([1.0, 5.0])],
+        groups=[torch.tensor([0, 1])],
+        tokens=2,
+    )
+    image_x = [[2.0, 1.0, 3.0], [2.0, 1.0, 3.0]]  # x's feature 0 averages 2 >= 1; y's feature 1 averages 1 < 5
+    image_y = [[0.5, 6.0, 3.0], [0.0, 6.0, 3.0]]  # x: 0.25 < 1; y: 6 >= 5
+    out = gated(torch.tensor(image_x + image_y), SimpleNamespace(step=0, site="s"))
+    assert out.tolist() == [[-2.0, 1.0, 3.0], [-2.0, 1.0, 3.0], [0.5, -6.0, 3.0], [0.0, -6.0, 3.0]]
+    with pytest.raises(ValueError, match="not whole images of 2 tokens"):
+        gated(torch.ones(3, 3), SimpleNamespace(step=0, site="s"))
+    with pytest.raises(ValueError, match="gates, groups and tokens together"):
+        Unlearning(("x",), [], [], [], gates=[])
+
+
+def test_select_sets_each_gate_from_its_concepts_own_prompts():
+    gen = torch.Generator().manual_seed(1)
+    lat = {c: torch.rand(4, 3, 50, generator=gen) for c in ("a", "b", "c")}
+    lat["b"][:, :, 11] += 3.0
+    lat["a"][:, :, 7] += 3.0
+    u = select(lat, ("b", "a"), 98.0, -1.0, gate=0.5, tokens=64)
+    assert [f.tolist() for f in u.features] == [[11, 7]] * 3 and [g.tolist() for g in u.groups] == [[0, 1]] * 3
+    torch.testing.assert_close(
+        torch.stack(u.gates), 0.5 * torch.stack([lat["b"][:, :, 11], lat["a"][:, :, 7]], -1).mean(0)
+    )
+    assert select(lat, ("b",), 98.0, -1.0).gates is None  # no gate: the paper's edit
+    with pytest.raises(ValueError, match="tokens per image"):
+        select(lat, ("b",), 98.0, -1.0, gate=0.5)
+
+
 def test_no_selected_feature_is_bit_identical_and_the_error_term_sign_matters(model):
     sae, _ = model.saes["style"]
     steps = model.sampling.steps
@@ -134,6 +169,7 @@ def test_cli_refuses_before_loading(capsys):
         (["--seeds", "100"], "selected the features"),
         (["--kind", "texture"], "invalid choice"),
         (["--kind", "colour"], "no SAE for colour"),
+        (["--gate", "-1"], "--gate must be >= 0"),
         (["--model", "/no/such/checkpoint"], "neither a folder nor a Hub id"),
     ]:
         with pytest.raises(SystemExit):
@@ -141,12 +177,17 @@ def test_cli_refuses_before_loading(capsys):
         assert words in capsys.readouterr().err
 
 
-# Measured on the 16 red canonical prompts (SMALL), held-out seed 1000, 10 DDIM steps, the run's defaults
-# (recipes/results/README.md has the full evaluation): pinned with a margin of one image per group.
+# Measured on the 16 red canonical prompts (SMALL), held-out seed 1000, 10 DDIM steps, the shipped DEFAULTS
+# (shapes gated at 0.5, styles ungated; recipes/results/README.md has the full evaluation), and for square
+# the paper's ungated edit (gate 0): pinned with a margin of one image per group.
 PINNED = {
     ("triangle",): {
         "saeuron": {"UA": 4 / 4, "IRA": 12 / 12, "CRA": 16 / 16},
         "block_ablation": {"UA": 4 / 4, "IRA": 6 / 12, "CRA": 10 / 16},
+    },
+    ("square",): {
+        "saeuron": {"UA": 3 / 4, "IRA": 12 / 12, "CRA": 10 / 16},
+        "ungated": {"UA": 3 / 4, "IRA": 6 / 12, "CRA": 7 / 16},
     },
     ("checker",): {
         "saeuron": {"UA": 4 / 4, "IRA": 7 / 12, "CRA": 10 / 16},
@@ -157,16 +198,21 @@ PINNED = {
 
 @pytest.mark.parametrize("remove", list(PINNED))
 def test_unlearning_at_a_held_out_seed_is_pinned(model, remove):
-    from recipes.saeuron.run import DEFAULTS
-
-    kind = cs.kind_of(remove[0])
-    got = {
-        "saeuron": model.metrics(model.generate(SMALL, 1000, "saeuron", remove, *DEFAULTS[kind]), SMALL, remove),
-        "block_ablation": model.metrics(model.generate(SMALL, 1000, "block_ablation", remove), SMALL, remove),
+    runs = {
+        "saeuron": lambda: model.generate(SMALL, 1000, "saeuron", remove),
+        "ungated": lambda: model.generate(SMALL, 1000, "saeuron", remove, gate=0.0),
+        "block_ablation": lambda: model.generate(SMALL, 1000, "block_ablation", remove),
     }
+    got = {method: model.metrics(runs[method](), SMALL, remove) for method in PINNED[remove]}
     for method, pinned in PINNED[remove].items():
         for metric, value in pinned.items():
             counts = got[method]
             n = {"UA": counts["n_target"], "IRA": counts["n_kept"]}.get(metric, counts["n_target"] + counts["n_kept"])
             assert abs(got[method][metric] - value) <= 1.0 / n + 1e-6, (method, metric, got[method])
-    assert got["saeuron"]["IRA"] > got["block_ablation"]["IRA"]  # selective where the whole block is not
+    other = "ungated" if "ungated" in got else "block_ablation"
+    assert got["saeuron"]["IRA"] > got[other]["IRA"]  # selective where the whole block (or the ungated edit) is not
+
+
+def test_a_negative_gate_is_refused(model):
+    with pytest.raises(ValueError, match="gate must be >= 0"):
+        model.unlearning(("circle",), gate=-0.5)

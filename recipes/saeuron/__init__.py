@@ -8,7 +8,9 @@ The paper's procedure on the tiny shapes ``StableDiffusionPipeline``:
 2. score features per step by the normalised difference of each concept's mean latent against the
    others and keep those above a percentile (:func:`interventions.scores.normalized_difference_by_step`);
 3. unlearn by scaling the selected features on the tokens where they fire above their mean, per step,
-   on both CFG branches, inside ``SAEEdit`` (error term kept): :mod:`.unlearn`;
+   on both CFG branches, inside ``SAEEdit`` (error term kept): :mod:`.unlearn`; for shapes the
+   shipped default adds a presence gate (an image is edited only while its selected features add up
+   to half the concept's mean), which the paper does not have (``gate=0`` is the paper's edit);
 4. score UA / IRA / CRA with the world's evaluators, and a feature distance, against a negative
    prompt and whole-block ablation on the same prompts and seeds: :mod:`.evaluate`, :mod:`.run`.
 
@@ -18,11 +20,12 @@ SAEs published in sparsify's layout (the authors' ``bcywinski/SAeUron``) load wi
 """
 
 from .concepts import PromptSet, canonical, paraphrase
-from .recipe import CHECKPOINT, METHODS, SAeUron, Statistics
+from .recipe import CHECKPOINT, DEFAULTS, METHODS, SAeUron, Statistics
 from .unlearn import Unlearning, select
 
 __all__ = [
     "CHECKPOINT",
+    "DEFAULTS",
     "METHODS",
     "PromptSet",
     "SAeUron",

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from interventions import MemoryStore, ShapeMismatchError
+from interventions.layout import to_tokens
 from interventions.sae import SAE
 from recipes.worlds import shapes as world
 
@@ -26,10 +27,12 @@ from .sampling import Sampling, cache_cond, generate
 from .train import STATISTICS
 from .unlearn import Unlearning, block_ablation, concept_means, edit_hooks, negative_prompt, select
 
-__all__ = ["CHECKPOINT", "METHODS", "Statistics", "SAeUron"]
+__all__ = ["CHECKPOINT", "DEFAULTS", "METHODS", "Statistics", "SAeUron"]
 
 CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "shapes"
 METHODS = ("none", "saeuron", "negative_prompt", "block_ablation")
+#: (percentile, multiplier, gate) per kind, chosen on the selection seeds 100 and 101 (recipes/results/README.md)
+DEFAULTS: dict[str, tuple[float, float, float]] = {"style": (99.8, -1.0, 0.0), "shape": (99.0, -1.0, 0.5)}
 
 
 @dataclass
@@ -81,6 +84,7 @@ class SAeUron:
         for kind in saes:
             cs.check_kind(kind)
         self.pipe, self.evaluators, self.saes = pipe, evaluators, saes
+        self.tokens: dict[str, int] = {}  # tokens per image at each kind's site
         first = next(iter(saes.values()))[1]
         self.sampling = sampling or Sampling(steps=first.steps, guidance=first.guidance)
         for kind, (sae, stats) in saes.items():
@@ -92,7 +96,7 @@ class SAeUron:
                 raise ValueError(
                     f"{kind}: statistics were collected over {stats.steps} steps, sampling asks {self.sampling.steps}"
                 )
-            self._check_site(sae)
+            self.tokens[kind] = self._check_site(sae)
 
     @classmethod
     def shipped(
@@ -111,13 +115,16 @@ class SAeUron:
             shapes.model, shapes.evaluators, {k: (SAE.load(folder / k), Statistics.load(folder / k)) for k in kinds}
         )
 
-    def _check_site(self, sae: SAE) -> None:
-        """One one-step call: the site exists and has the SAE's width (before any long run)."""
+    def _check_site(self, sae: SAE) -> int:
+        """One one-step call: the site exists and has the SAE's width (before any long run); returns
+        the site's tokens per image."""
         store = MemoryStore()
         cache_cond(self.pipe, sae.info.site, ("a",), 0, Sampling(steps=1, guidance=self.sampling.guidance), store)
-        width = store.get(store.keys()[0]).shape[1]
+        x = store.get(store.keys()[0])
+        width = x.shape[1]
         if width != sae.d_in:
             raise ShapeMismatchError(f"site {sae.info.site!r} has {width} channels, the SAE expects {sae.d_in}")
+        return to_tokens(x, sae.info.layout).shape[0] // x.shape[0]
 
     def _for(self, remove: tuple[str, ...]) -> tuple[str, SAE, Statistics]:
         kind = cs.check_concepts(remove)
@@ -125,9 +132,24 @@ class SAeUron:
             raise KeyError(f"no SAE for {kind!r} concepts; SAEs for: {', '.join(self.saes)}")
         return (kind, *self.saes[kind])
 
-    def unlearning(self, remove: tuple[str, ...], percentile: float, multiplier: float) -> Unlearning:
+    def unlearning(
+        self,
+        remove: tuple[str, ...],
+        percentile: float | None = None,
+        multiplier: float | None = None,
+        gate: float | None = None,
+    ) -> Unlearning:
+        """The per-step edit removing ``remove``; ``None`` takes the kind's :data:`DEFAULTS` and a
+        ``gate`` of 0 edits every image (the paper's procedure)."""
         kind, _, stats = self._for(remove)
-        return select(concept_means(stats.latents, stats.labels[kind], kind), remove, percentile, multiplier)
+        default = DEFAULTS[kind]
+        pct = default[0] if percentile is None else percentile
+        mult = default[1] if multiplier is None else multiplier
+        g = default[2] if gate is None else gate
+        if g < 0:
+            raise ValueError(f"gate must be >= 0 (0: no gate), got {g}")
+        by_concept = concept_means(stats.latents, stats.labels[kind], kind)
+        return select(by_concept, remove, pct, mult, g or None, self.tokens[kind])
 
     def generate(
         self,
@@ -135,16 +157,18 @@ class SAeUron:
         seed: int,
         method: str = "none",
         remove: tuple[str, ...] = (),
-        percentile: float = 99.5,
-        multiplier: float = -1.0,
+        percentile: float | None = None,
+        multiplier: float | None = None,
+        gate: float | None = None,
     ) -> torch.Tensor:
         """Images in ``[-1, 1]`` with ``method`` removing ``remove`` (``"none"``: the plain model;
-        ``"block_ablation"`` ablates the block of the removed kind's SAE)."""
+        ``"block_ablation"`` ablates the block of the removed kind's SAE). SAeUron's settings left
+        ``None`` are the kind's :data:`DEFAULTS`."""
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
         hooks, negative = None, None
         if method == "saeuron":
-            hooks = edit_hooks(self._for(remove)[1], self.unlearning(remove, percentile, multiplier))
+            hooks = edit_hooks(self._for(remove)[1], self.unlearning(remove, percentile, multiplier, gate))
         elif method == "negative_prompt":
             cs.check_concepts(remove)
             negative = negative_prompt(remove)

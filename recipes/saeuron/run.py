@@ -30,13 +30,11 @@ from tqdm.auto import tqdm
 from recipes.worlds import shapes as world
 
 from . import concepts as cs
-from .recipe import CHECKPOINT, SAeUron
+from .recipe import CHECKPOINT, DEFAULTS, SAeUron
 from .train import SELECTION_SEEDS
 
 __all__ = ["DEFAULTS", "removals", "evaluate", "summarise", "save_grid", "main"]
 
-#: chosen on the selection seeds (100, 101) with the sweep in recipes/results/README.md
-DEFAULTS = {"style": (99.8, -1.0), "shape": (99.0, -1.0)}
 MULTI = {"style": [("stripes", "dots"), ("solid", "checker")], "shape": [("circle", "square"), ("triangle", "cross")]}
 
 
@@ -55,7 +53,7 @@ def evaluate(
     model: SAeUron,
     seeds: list[int],
     todo: list[tuple[str, ...]],
-    settings: dict[str, tuple[float, float]],
+    settings: dict[str, tuple[float, float, float]],
     paraphrases: bool = True,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
@@ -78,10 +76,9 @@ def evaluate(
             bar.update(1 + len(ablated))
             for remove in removes:
                 kind = cs.kind_of(remove[0])
-                pct, mult = settings[kind]
                 runs = {
                     "none": reference,
-                    "saeuron": model.generate(prompts, seed, "saeuron", remove, pct, mult),
+                    "saeuron": model.generate(prompts, seed, "saeuron", remove, *settings[kind]),
                     "negative_prompt": model.generate(prompts, seed, "negative_prompt", remove),
                 }
                 if ablate:
@@ -121,7 +118,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def save_grid(
-    model: SAeUron, remove: tuple[str, ...], seed: int, settings: tuple[float, float], path: str | Path
+    model: SAeUron, remove: tuple[str, ...], seed: int, settings: tuple[float, float, float], path: str | Path
 ) -> None:
     """A PNG: the 16 canonical prompts of one colour (rows: shapes, columns: styles) for the plain
     model and each method removing ``remove``."""
@@ -176,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[1000, 1001, 1002], help="held-out seeds")
     p.add_argument("--percentile", type=float, help="override the kind's default feature percentile")
     p.add_argument("--multiplier", type=float, help="override the kind's default multiplier (gamma)")
+    p.add_argument("--gate", type=float, help="override the kind's default presence gate (0: none, the paper)")
     p.add_argument("--quick", action="store_true", help="single removals on canonical prompts only")
     p.add_argument("--sae", default=str(CHECKPOINT), help="folder with the SAE and latents.safetensors")
     p.add_argument("--model", help="shapes checkpoint folder or Hub id (default: shipped)")
@@ -193,10 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     missing = sorted({cs.kind_of(r[0]) for r in todo} - {k for k in world.FACTORS if (Path(args.sae) / k).is_dir()})
     if missing:
         p.error(f"no SAE for {', '.join(missing)} in {args.sae} (one subfolder per kind)")
-    settings = {
-        k: (v[0] if args.percentile is None else args.percentile, v[1] if args.multiplier is None else args.multiplier)
-        for k, v in DEFAULTS.items()
-    }
+    if args.gate is not None and args.gate < 0:
+        p.error(f"--gate must be >= 0 (0: no gate), got {args.gate}")
+    overrides = (args.percentile, args.multiplier, args.gate)
+    settings = {k: tuple(d if o is None else o for d, o in zip(v, overrides, strict=True)) for k, v in DEFAULTS.items()}
     torch.set_num_threads(args.threads)
     t0 = time.time()
     if args.model and not Path(args.model).is_dir() and args.model.count("/") != 1:

@@ -7,6 +7,12 @@ over all concepts of the kind, ``z_f <- z_f * mu_{c,f,t} * multiplier`` (the pub
 edit runs inside :class:`~interventions.SAEEdit` on both CFG branches, so the error term is kept as
 ``x + dec(z') - dec(z)`` (the published code adds ``dec(z) - x``: the sign flipped).
 
+An optional *presence gate* (not in the paper) edits an image only while it shows the concept: at
+step ``t`` a row's score is the sum over the concept's selected features of their token-mean
+latents, and the row is edited only if that score reaches ``gate`` times the concept prompts' mean
+score on the selection seeds. With four concepts per kind (the paper has fifty styles), the
+selected features also fire on the other concepts' images; the gate keeps those images unedited.
+
 Baselines on the same prompts and seeds: :func:`negative_prompt` (the concept's word as the
 pipeline's negative prompt) and :func:`block_ablation` (the whole block's output replaced by its
 per-step mean over the selection prompts, both branches).
@@ -33,12 +39,24 @@ __all__ = ["Unlearning", "select", "edit_hooks", "negative_prompt", "block_ablat
 class Unlearning:
     """Per step ``t``: the features to scale, their factors ``mu_{c,f,t} * multiplier`` and the
     thresholds (mean over concepts) above which a token's latent is scaled. Called as an
-    ``SAEEdit`` edit on ``[tokens, d_sae]`` latents."""
+    ``SAEEdit`` edit on ``[tokens, d_sae]`` latents.
+
+    With ``gates`` (per step, one score threshold per removed concept), ``groups`` (per step, the
+    index of the concept each feature was selected for) and ``tokens`` (tokens per image), a
+    concept's features are scaled only in images whose score for it reaches its gate."""
 
     concepts: tuple[str, ...]
     features: list[Tensor]
     factors: list[Tensor]
     thresholds: list[Tensor]
+    gates: list[Tensor] | None = None
+    groups: list[Tensor] | None = None
+    tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        gated = (self.gates is not None, self.groups is not None, self.tokens is not None)
+        if any(gated) and not all(gated):
+            raise ValueError("a gated Unlearning needs gates, groups and tokens together")
 
     def __call__(self, z: Tensor, ctx: Context) -> Tensor:
         step = ctx.step
@@ -52,9 +70,23 @@ class Unlearning:
             return z
         picked = z[:, ids]
         fires = picked > self.thresholds[step].to(z)
+        if self.gates is not None:
+            fires = fires & self._present(picked, step)
         z = z.clone()
         z[:, ids] = torch.where(fires, picked * self.factors[step].to(z), picked)
         return z
+
+    def _present(self, picked: Tensor, step: int) -> Tensor:
+        """``[tokens, n_features]``: whether each token's image passes the gate of the feature's concept."""
+        assert self.gates is not None and self.groups is not None and self.tokens is not None
+        if picked.shape[0] % self.tokens:
+            raise ValueError(f"{picked.shape[0]} tokens are not whole images of {self.tokens} tokens")
+        groups = self.groups[step].to(picked.device)
+        per_image = picked.view(-1, self.tokens, picked.shape[1]).mean(1)  # [images, n_features]
+        scores = torch.zeros(per_image.shape[0], len(self.concepts), dtype=picked.dtype, device=picked.device)
+        scores.index_add_(1, groups, per_image)
+        passed = scores >= self.gates[step].to(scores)  # [images, concepts]
+        return passed[:, groups].repeat_interleave(self.tokens, 0)
 
 
 def concept_means(latents: Tensor, labels: Tensor, kind: str) -> dict[str, Tensor]:
@@ -63,29 +95,45 @@ def concept_means(latents: Tensor, labels: Tensor, kind: str) -> dict[str, Tenso
 
 
 def select(
-    by_concept: Mapping[str, Tensor], concepts: tuple[str, ...], percentile: float, multiplier: float
+    by_concept: Mapping[str, Tensor],
+    concepts: tuple[str, ...],
+    percentile: float,
+    multiplier: float,
+    gate: float | None = None,
+    tokens: int | None = None,
 ) -> Unlearning:
     """The per-step edit that removes ``concepts`` (all keys of ``by_concept``: one kind's
-    concepts, each ``[n_prompts, steps, d_sae]``), as SAeUron selects and scales features."""
+    concepts, each ``[n_prompts, steps, d_sae]``), as SAeUron selects and scales features; with
+    ``gate`` (and ``tokens`` per image) only in images whose score for a concept reaches ``gate``
+    times that concept's mean score over its own prompts."""
+    if gate is not None and (tokens is None or tokens < 1):
+        raise ValueError("a gate needs the number of tokens per image (tokens=H*W of the site)")
     missing = [c for c in concepts if c not in by_concept]
     if missing:
         raise KeyError(f"no latent statistics for {missing}; statistics exist for {sorted(by_concept)}")
     scores = normalized_difference_by_step(by_concept)
     mean_over_concepts = torch.stack([t.float().mean(0) for t in by_concept.values()]).mean(0)  # [steps, d]
     steps = mean_over_concepts.shape[0]
-    features, factors, thresholds = [], [], []
+    features, factors, thresholds, groups, gates = [], [], [], [], []
     for t in range(steps):
-        ids_t, fac_t = [], []
-        for c in concepts:
+        ids_t, fac_t, group_t, gate_t = [], [], [], []
+        for i, c in enumerate(concepts):
             ids = above_percentile_by_step(scores[c][t : t + 1], percentile)[0]
+            own = by_concept[c][:, t, ids].float()
             ids_t.append(ids)
-            fac_t.append(by_concept[c][:, t, ids].float().mean(0) * multiplier)
-        ids, fac = torch.cat(ids_t), torch.cat(fac_t)
+            fac_t.append(own.mean(0) * multiplier)
+            group_t.append(torch.full_like(ids, i))
+            gate_t.append(own.sum(1).mean() * (gate or 0.0))
+        ids, fac, group = torch.cat(ids_t), torch.cat(fac_t), torch.cat(group_t)
         first = _first_occurrences(ids)  # a feature chosen for two concepts is scaled once
         features.append(ids[first])
         factors.append(fac[first])
         thresholds.append(mean_over_concepts[t, ids[first]])
-    return Unlearning(tuple(concepts), features, factors, thresholds)
+        groups.append(group[first])
+        gates.append(torch.stack(gate_t))
+    if gate is None:
+        return Unlearning(tuple(concepts), features, factors, thresholds)
+    return Unlearning(tuple(concepts), features, factors, thresholds, gates, groups, tokens)
 
 
 def _first_occurrences(ids: Tensor) -> Tensor:
