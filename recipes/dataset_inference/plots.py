@@ -34,7 +34,7 @@ def plot_run(
     ax.axhline(0.01, color="k", ls="--", lw=0.8, label="p = 0.01")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("suspect samples n (and n held-out)")
+    ax.set_xlabel("suspect samples n")
     ax.set_ylabel("p-value (one-sided Welch)")
     ax.set_title("member suspect set")
     ax.legend(fontsize=7)
