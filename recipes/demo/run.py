@@ -170,16 +170,15 @@ def unlearn_style(
     progress: bool = True,
 ) -> dict[str, Any]:
     """SAeUron with the shipped style SAE: before/after grid and UA / IRA / CRA on held-out noise."""
-    from recipes.saeuron import SAeUron, canonical
-    from recipes.saeuron.run import DEFAULTS
+    from recipes.saeuron import DEFAULTS, SAeUron, canonical
 
     model = SAeUron.shipped(source)
     prompts = _subset(canonical(), size.saeuron_prompts)
-    percentile, multiplier = DEFAULTS["style"]
+    percentile, multiplier, gate = DEFAULTS["style"]
     remove = tuple(remove)
     methods = {"none": "none", "SAeUron": "saeuron", "negative prompt": "negative_prompt"}
     runs = {
-        name: model.generate(prompts, seed, method, remove, percentile, multiplier)
+        name: model.generate(prompts, seed, method, remove, percentile, multiplier, gate)
         for name, method in tqdm(methods.items(), desc="SAeUron runs", disable=not progress)
     }
     before = runs["none"]
