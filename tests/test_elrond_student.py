@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from recipes.elrond.cli import main
-from recipes.elrond.collapse import describe, mean_pairwise_distance, student_diversity
+from recipes.elrond.collapse import mean_pairwise_distance, student_diversity
 from recipes.elrond.distill import jump_target
 from recipes.elrond.distill import main as distill
 from recipes.elrond.gradients import Setting, embed, sample
@@ -78,7 +78,8 @@ def test_shipped_student_collapses_and_random_steering_brings_diversity_back(pip
     """32 samples of "a circle", held-out seed 101, the 4 top PCs shipped by the ELROND run at
     strengths U[4, 8] (the CLI's defaults). Measured: feature distance 7.07 (teacher) / 6.89
     (student) / 7.69 (steered), pixel 0.620 / 0.591, colour entropy 1.44 / 1.31 / 1.67 bits,
-    agreement 1.00 / 1.00 / 1.00. ("a striped circle" at this size drops agreement by 6 points.)"""
+    agreement 1.00 / 1.00 / 1.00, student-to-teacher distance from the same noise 0.21. ("a striped
+    circle" at this size drops agreement by 6 points.)"""
     student = load_student()
     dirs = load_file(DIRECTIONS)["pca"][:4]
     out, images = student_diversity(pipe, student, evaluators, "a circle", dirs, 4.0, 8.0, 32, 101, Setting())
@@ -89,7 +90,9 @@ def test_shipped_student_collapses_and_random_steering_brings_diversity_back(pip
     assert steered["feature_distance"] > plain["feature_distance"] + 0.5
     assert steered["entropy_bits"]["colour"] > plain["entropy_bits"]["colour"] + 0.2
     assert steered["agreement"] >= plain["agreement"] - 0.05
-    assert describe(evaluators, images["student"], "a circle") == plain  # the numbers are the images'
+    # distilled, not just collapsed: from the same noise the student draws the teacher's image
+    paired = (images["student"] - images["teacher"]).flatten(1).norm(dim=1).mean() / 768**0.5
+    assert float(paired) < 0.5 * teacher["pixel_distance"]
 
 
 def test_student_samples_are_deterministic_for_the_noise(pipe):
