@@ -3,7 +3,7 @@
 Method: guided progressive distillation (Meng et al., "On Distillation of Guided Diffusion
 Models", CVPR 2023, arXiv 2210.03142, stage 1 folds classifier-free guidance into the student;
 Salimans & Ho, "Progressive Distillation for Fast Sampling of Diffusion Models", ICLR 2022,
-arXiv 2202.00512, for the step-matching loss), in one round of halving by 5 instead of repeated
+arXiv 2202.00512, for the step-matching loss), in one round that divides the steps by 5 instead of repeated
 halvings (the teacher's 10 steps into the student's 2, as Luhman & Luhman, arXiv 2101.02388,
 match a whole trajectory at once). The student starts from the teacher's UNet and sees only the
 prompt's embedding; for each of its two DDIM jumps (901 -> 401, 401 -> 0,
