@@ -88,6 +88,21 @@ def test_factor_algebra():
     assert lora.to_factors(d, rank=1)["m"][0].shape == (1, 6)
 
 
+def test_new_adapters_start_from_what_each_method_says():
+    from recipes.continual_lora.methods import _init
+
+    g = torch.Generator().manual_seed(1)
+    two = {"m": (torch.randn(8, 6, generator=g), torch.randn(5, 8, generator=g))}  # two rank-4 tasks side by side
+    A, B = _init("ortho_init_product", two, 4)["m"]
+    assert A.shape == (4, 6) and torch.equal(B, torch.zeros(5, 4))
+    summed = two["m"][0][:4] + two["m"][0][4:]
+    torch.testing.assert_close((A * summed).sum(0), torch.zeros(6), atol=1e-5, rtol=0)
+    one = {"m": (summed, torch.ones(5, 4))}
+    assert torch.equal(_init("ortho_init", one, 4)["m"][0], lora.orthogonal_columns(summed))
+    assert _init("naive", one, 4) is one
+    assert _init("merge_and_init", one, 4) is None and _init("magmax", one, 4) is None
+
+
 def test_tasks_refuse_unknown_words_and_lengths():
     assert [t.prompt for t in make_tasks(2)] == ["a disk", "a box"]
     with pytest.raises(ValueError, match="not a shapes-world word"):

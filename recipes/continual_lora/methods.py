@@ -9,6 +9,9 @@ After task ``t`` every method holds one adapter (``state``) that is saved in dif
 - ``ortho_init``: the previous state is fused, the new adapter's ``A`` starts orthogonal to it
   column by column (:func:`~.adapters.orthogonal_columns`, ``B = 0``); the state is the factor
   sum ``(A_prev + A_new, B_prev + B_new)`` as the authors save it.
+- ``ortho_init_product``: the same init (against the previous tasks' summed ``A``), kept as the
+  exact product sum ``sum_i B_i @ A_i`` (adapters side by side, rank ``r * t``), the
+  alternative the paper also names.
 - ``magmax``: trained on top of the merged model, then the task vectors ``B @ A`` are merged by
   elementwise max magnitude (:func:`~.adapters.max_abs`); the state is that dense merge as an
   exact full-rank LoRA (:func:`~.adapters.to_factors`).
@@ -32,7 +35,7 @@ from .train import Training, encode, train_task
 
 __all__ = ["METHODS", "Evaluation", "Sequence", "evaluate_adapter", "run_sequence"]
 
-METHODS = ("naive", "merge_and_init", "ortho_init", "magmax")
+METHODS = ("naive", "merge_and_init", "ortho_init", "ortho_init_product", "magmax")
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,11 @@ def _init(method: str, state: lora.Factors | None, rank: int) -> lora.Factors | 
         return None  # peft's gaussian A, zero B
     if method == "naive":
         return state
-    return {name: (lora.orthogonal_columns(A), torch.zeros_like(B)) for name, (A, B) in state.items()}
+    # ortho_init: A's columns orthogonal to those of the previous tasks' summed A (rank-r blocks)
+    return {
+        name: (lora.orthogonal_columns(A.view(-1, rank, A.shape[1]).sum(0)), torch.zeros(B.shape[0], rank))
+        for name, (A, B) in state.items()
+    }
 
 
 def run_sequence(
@@ -149,7 +156,7 @@ def run_sequence(
             del unet
             if method == "naive":
                 state = new
-            elif method == "merge_and_init":
+            elif method in ("merge_and_init", "ortho_init_product"):
                 state = new if state is None else lora.concat([state, new])
                 fused = lora.updates(state)
             elif method == "ortho_init":
