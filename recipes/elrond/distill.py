@@ -35,6 +35,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from recipes.worlds.saving import drop_source_paths
+
 from .student import STUDENT_TIMESTEPS, alphas_cumprod, ddim_jump, previous_alpha, teacher_trajectory
 
 __all__ = ["training_prompts", "make_pool", "distillation_loss", "jump_target", "main"]
@@ -109,6 +111,7 @@ def _save(unet: Any, out: Path, info: dict[str, Any]) -> None:
     half = type(unet).from_config(unet.config).to(torch.float16)
     half.load_state_dict({k: v.to(torch.float16) for k, v in unet.state_dict().items()})
     half.save_pretrained(out, safe_serialization=True)
+    drop_source_paths(out)
     (out / "training.json").write_text(json.dumps(info, indent=1) + "\n")
 
 
