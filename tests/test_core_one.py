@@ -30,7 +30,7 @@ from interventions import (
 from interventions.errors import SelectorError
 from interventions.sites import SiteError, SiteNotFoundError
 
-from .tiny_models import controlnet_pipeline, gpt2_lm, sd_pipeline, wan22_pipeline
+from .tiny_models import controlnet_pipeline, gpt2_lm, run_wan22, sd_pipeline, wan22_pipeline
 
 
 def _sd_call(pipe, prompt="a red circle", **kw):
@@ -60,19 +60,7 @@ def test_wan22_second_transformer_is_stepped_and_both_branches_kept():
     cache = Cache()
     sites = {"transformer.blocks.0": cache, "transformer_2.blocks.0": cache}
     with attach(pipe, sites):
-        pipe(
-            "a red circle",
-            negative_prompt="blue",
-            height=16,
-            width=16,
-            num_frames=1,
-            num_inference_steps=4,
-            guidance_scale=3.0,
-            guidance_scale_2=2.0,
-            output_type="pt",
-            generator=torch.Generator().manual_seed(0),
-            max_sequence_length=16,
-        )
+        run_wan22(pipe)
     steps = {site: sorted({(k[1], k[2]) for k in cache.keys() if k[0] == site}) for site in sites}
     assert steps["transformer.blocks.0"] == [(s, b) for s in range(3) for b in ("cond", "uncond")]
     assert steps["transformer_2.blocks.0"] == [(3, "cond"), (3, "uncond")]  # below the boundary

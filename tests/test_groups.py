@@ -493,29 +493,13 @@ def test_stable_audio_tools_dit_groups():
     assert {tuple(cache.get(s, 0, "cond").shape) for s in session.fired} == {(1, 17, 64)}
 
 
-def _wan22_call(pipe):
-    pipe(
-        "a red circle",
-        negative_prompt="blue",
-        height=16,
-        width=16,
-        num_frames=1,
-        num_inference_steps=4,
-        guidance_scale=3.0,
-        guidance_scale_2=2.0,
-        output_type="pt",
-        generator=torch.Generator().manual_seed(0),
-        max_sequence_length=16,
-    )
-
-
 def test_groups_span_every_expert_of_a_two_denoiser_pipeline():
     # Wan 2.2 runs `transformer` above its boundary and `transformer_2` below: a group naming only the
     # first expert's layers would leave the last steps unhooked without a word
     pipe = tiny_models.wan22_pipeline()
     cache = Cache()
     with attach(pipe, {"@cross_attn": cache}):
-        _wan22_call(pipe)
+        tiny_models.run_wan22(pipe)
     steps = {}
     for site, step, _ in cache.keys():
         steps.setdefault(site, set()).add(step)
@@ -527,7 +511,7 @@ def test_groups_span_every_expert_of_a_two_denoiser_pipeline():
     }
     only_second = Cache()
     with attach(pipe, {"@transformer_2.cross_attn": only_second}):
-        _wan22_call(pipe)
+        tiny_models.run_wan22(pipe)
     assert {k[0] for k in only_second.keys()} == {"transformer_2.blocks.0.attn2", "transformer_2.blocks.1.attn2"}
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "sd_unet",
     "controlnet_pipeline",
     "wan22_pipeline",
+    "run_wan22",
     "wan_transformer",
     "stable_audio_pipeline",
     "sd3_pipeline",
@@ -606,6 +607,24 @@ def wan22_pipeline(seed: int = 0):
             boundary_ratio=0.5,
         )
     return _finish(pipe)
+
+
+def run_wan22(pipe, steps: int = 4):
+    """One call of :func:`wan22_pipeline`'s pipeline: ``steps`` steps, the first ``steps - 1`` by
+    ``transformer`` (above the boundary), the last by ``transformer_2``; two CFG passes each."""
+    return pipe(
+        "a red circle",
+        negative_prompt="blue",
+        height=16,
+        width=16,
+        num_frames=1,
+        num_inference_steps=steps,
+        guidance_scale=3.0,
+        guidance_scale_2=2.0,
+        output_type="pt",
+        generator=torch.Generator().manual_seed(0),
+        max_sequence_length=16,
+    )
 
 
 def controlnet_pipeline(seed: int = 0):
