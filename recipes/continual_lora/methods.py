@@ -42,7 +42,7 @@ METHODS = ("naive", "merge_and_init", "ortho_init", "ortho_init_product", "magma
 class Evaluation:
     """Samples per task, DDIM steps, guidance and the noise seed shared by every scored model."""
 
-    samples: int = 32
+    samples: int = 16
     steps: int = 10
     guidance: float = 3.0
     seed: int = 1234

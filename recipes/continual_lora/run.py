@@ -55,12 +55,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--tasks", type=int, default=4, help="how many of the 4 subjects to teach, in order (2-4)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=100, help="training steps per task")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--steps", type=int, default=60, help="training steps per task")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=4e-3)
     p.add_argument("--rank", type=int, default=4)
     p.add_argument("--instances", type=int, default=16, help="renders of each subject to train on")
-    p.add_argument("--samples", type=int, default=24, help="generated images per task per evaluation")
+    p.add_argument("--samples", type=int, default=16, help="generated images per task per evaluation")
     p.add_argument("--eval-steps", type=int, default=10, help="DDIM steps when scoring")
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--model", default=None, help="shapes checkpoint folder (default: the shipped one)")
@@ -133,7 +133,8 @@ def _merge(paths: list[str], out: str | None) -> int:
         folder = Path(out)
         folder.mkdir(parents=True, exist_ok=True)
         runs = [r for p in paths for r in json.loads(Path(p).read_text())["runs"]]
-        merged = {**record, "runs": runs, "summary": summary, "merged_from": paths}
+        seconds = [json.loads(Path(p).read_text()).get("seconds") for p in paths]
+        merged = {**record, "seconds": seconds, "runs": runs, "summary": summary, "merged_from": paths}
         (folder / "metrics.json").write_text(json.dumps(merged, indent=1) + "\n")
         plot_matrices(sequences, tasks, folder / "continual_lora_matrices.png")
     return 0

@@ -19,9 +19,9 @@ __all__ = ["Training", "encode", "train_task"]
 class Training:
     """Per-task settings: steps, batch, AdamW learning rate, instance renders, LoRA rank."""
 
-    steps: int = 200
-    batch: int = 16
-    lr: float = 2e-3
+    steps: int = 60
+    batch: int = 8
+    lr: float = 4e-3
     instances: int = 16
     rank: int = 4
 
