@@ -237,3 +237,24 @@ def test_cli_quick_run(tmp_path, capsys):
     assert ranks == {8}
     with pytest.raises(SystemExit):
         cli.main(["run", "continual_lora", "--push-to", "org/x"])
+
+
+def test_card_folder_goes_through_interventions_hub_push_and_pull(pipe, tmp_path, monkeypatch):
+    from interventions import cli
+    from recipes.continual_lora.hub import WEIGHTS, publish_folder
+    from recipes.continual_lora.methods import Sequence
+
+    saved = lora.save_adapter(_random_factors(pipe.unet, 4, seed=3), tmp_path / "adapter")
+    seq = Sequence("naive", 0, [[0.5, 0.0], [0.0, 1.0]], [0.0, 0.0], adapters=[str(saved)])
+    folder = publish_folder(seq, TASKS[:2], tmp_path / "card")
+    assert "Final average 0.500, forgetting 0.250" in (folder / "README.md").read_text()
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with HubServer() as server:
+        assert cli.main(["hub", "push", str(folder), "org/shapes-cl", "--endpoint", server.url]) == 0
+        back = tmp_path / "back"
+        assert cli.main(["hub", "pull", "org/shapes-cl", "--endpoint", server.url, "--local-dir", str(back)]) == 0
+    assert (back / WEIGHTS).read_bytes() == (saved / WEIGHTS).read_bytes()
