@@ -49,9 +49,10 @@ def attach(unet, rank: int, init: Factors | None = None, seed: int = 0) -> list[
 
     if rank < 1:
         raise ValueError(f"LoRA rank must be >= 1, got {rank}")
-    torch.manual_seed(seed)
     cfg = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=list(TARGETS))
-    unet.add_adapter(cfg, adapter_name=ADAPTER)
+    with torch.random.fork_rng(devices=[]):  # seeded A, without touching the caller's global generator
+        torch.manual_seed(seed)
+        unet.add_adapter(cfg, adapter_name=ADAPTER)
     if init is not None:
         write_factors(unet, init)
     return [p for n, p in unet.named_parameters() if ".lora_" in n]
