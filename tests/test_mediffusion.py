@@ -9,7 +9,7 @@ import torch
 from interventions.cli import main as cli_main
 from recipes.joint_diffusion.model import JointDiffusion
 from recipes.mediffusion.counterfactual import counterfactual, explanation_map, top_overlap
-from recipes.mediffusion.data import two_class_shapes
+from recipes.mediffusion.data import foreground, two_class_shapes
 from recipes.mediffusion.run import EVALUATORS, MediffusionConfig, explain_saved, run_mediffusion
 
 torch.set_num_threads(1)
@@ -19,15 +19,17 @@ def test_task_region_is_where_the_counterpart_differs_and_the_evaluator_agrees()
     from recipes.worlds.shapes_eval import load_evaluators
 
     task = two_class_shapes(64, ("circle", "square"), torch.Generator().manual_seed(0))
-    changed = (task.images != task.counterparts).any(dim=1)
-    assert torch.equal(changed, task.region)
+    assert torch.equal(foreground(task.images) ^ foreground(task.counterparts), task.region)
     assert 0.02 < task.region.float().mean() < 0.1  # circle vs square differ in the corners
     shape = load_evaluators(EVALUATORS)["shape"]
     with torch.no_grad():
-        assert torch.equal(shape(task.images).argmax(-1), task.shape_index(task.labels))
-        assert torch.equal(shape(task.counterparts).argmax(-1), task.shape_index(1 - task.labels))
+        assert torch.equal(shape(task.images).argmax(-1), task.class_index(task.labels))
+        assert torch.equal(shape(task.counterparts).argmax(-1), task.class_index(1 - task.labels))
     with pytest.raises(ValueError, match="two different shapes"):
         two_class_shapes(4, ("circle", "circle"))
+    colours = two_class_shapes(16, ("red", "blue"), torch.Generator().manual_seed(0), factor="colour")
+    assert torch.equal(colours.region, foreground(colours.images))  # recolouring changes the whole shape
+    assert colours.class_index(colours.labels).tolist() == [[0, 2][i] for i in colours.labels.tolist()]
 
 
 def test_top_overlap_counts_top_pixels_inside_the_region():

@@ -1,6 +1,7 @@
-"""``interventions run jdcl``: two class-incremental tasks of the shapes world (task 1: circle vs
-square, task 2: triangle vs cross; one 4-way classifier), JDCL against naive fine-tuning,
-generative replay without distillation and joint training on both tasks.
+"""``interventions run jdcl``: two class-incremental tasks of the shapes world (``--split colour``:
+red vs green, then blue vs yellow; ``--split shape``: circle vs square, then triangle vs cross; one
+4-way classifier), JDCL against naive fine-tuning, generative replay without distillation and
+joint training on both tasks.
 
 Reports per seed the accuracy matrix ``A[i][j]`` (accuracy on task ``j``'s test images after
 training on task ``i``, all four classes allowed), the average accuracy after the last task and
@@ -32,12 +33,17 @@ from .continual import DistillConfig, fine_tune, fresh_model, generate, keep_cla
 
 __all__ = ["JDCLConfig", "TASKS", "run_jdcl", "main"]
 
-TASKS = (("circle", "square"), ("triangle", "cross"))
+#: Two class-incremental tasks per split: the classes are values of that factor of the shapes world.
+TASKS = {
+    "shape": (("circle", "square"), ("triangle", "cross")),
+    "colour": (("red", "green"), ("blue", "yellow")),
+}
 
 
 @dataclass
 class JDCLConfig:
     seeds: tuple[int, ...] = (0, 1)
+    split: str = "colour"
     n_train: int = 400  # per task
     n_test: int = 300  # per task
     steps: int = 150  # local models, naive fine-tuning, joint training
@@ -50,10 +56,13 @@ class JDCLConfig:
 
 
 def _tasks(config: JDCLConfig, seed: int):
+    if config.split not in TASKS:
+        raise ValueError(f"split must be one of {sorted(TASKS)}, got {config.split!r}")
     out = []
-    for k, classes in enumerate(TASKS):
-        train = two_class_shapes(config.n_train, classes, torch.Generator().manual_seed(100 * seed + k))
-        test = two_class_shapes(config.n_test, classes, torch.Generator().manual_seed(10_000 + k))
+    for k, classes in enumerate(TASKS[config.split]):
+        g = torch.Generator().manual_seed(100 * seed + k)
+        train = two_class_shapes(config.n_train, classes, g, factor=config.split)
+        test = two_class_shapes(config.n_test, classes, torch.Generator().manual_seed(10_000 + k), factor=config.split)
         out.append(((train.images, train.labels + 2 * k), (test.images, test.labels + 2 * k)))
     return out
 
@@ -122,6 +131,7 @@ def run_jdcl(config: JDCLConfig, out: str | Path | None = None, progress: bool =
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="interventions run jdcl", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--split", choices=sorted(TASKS), default="colour", help="tasks split by colour or by shape")
     parser.add_argument("--n-train", type=int, default=400, help="training images per task")
     parser.add_argument("--n-test", type=int, default=300, help="test images per task")
     parser.add_argument("--steps", type=int, default=150, help="steps of local, naive and joint training")
@@ -137,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     config = JDCLConfig(
         seeds=tuple(args.seeds),
+        split=args.split,
         n_train=args.n_train,
         n_test=args.n_test,
         steps=args.steps,

@@ -87,8 +87,8 @@ def _explain(model: JointDiffusion, test, config: MediffusionConfig, seed: int, 
         maps = explanation_map(x, cf)
         control = cf if s == 0 else control
         out[f"scale_{s:g}"] = {
-            "evaluator_target_rate": (said == test.shape_index(target)).float().mean().item(),
-            "evaluator_source_rate": (said == test.shape_index(y)).float().mean().item(),
+            "evaluator_target_rate": (said == test.class_index(target)).float().mean().item(),
+            "evaluator_source_rate": (said == test.class_index(y)).float().mean().item(),
             "model_target_rate": (own == target).float().mean().item(),
             "top_overlap": top_overlap(maps, test.region[:n]),
             "chance_overlap": chance,
