@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--global-steps", type=int, default=150)
     parser.add_argument("--n-generated", type=int, default=200, help="replay samples drawn from each generator")
     parser.add_argument("--sample-steps", type=int, default=20, help="DDIM steps of the replay sampler")
+    parser.add_argument("--diffusion-weight", type=float, default=0.1, help="weight of the denoising loss")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", help="folder for jdcl.json")
     args = parser.parse_args(argv)
@@ -154,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         global_steps=args.global_steps,
         n_generated=args.n_generated,
         sample_steps=args.sample_steps,
+        diffusion_weight=args.diffusion_weight,
     )
     result = run_jdcl(config, out=args.out)
     print(json.dumps([{k: v["matrix"] for k, v in r["methods"].items()} for r in result["runs"]], indent=1))
