@@ -1,7 +1,7 @@
 """``interventions run continual_lora``: teach personalization tasks one after another with LoRA.
 
 On the shapes world's tiny ``StableDiffusionPipeline``, every method (naive, merge_and_init,
-ortho_init, magmax) learns the same task sequence on every seed; after each task its adapter is
+ortho_init, ortho_init_product, magmax) learns the same task sequence on every seed; after each task its adapter is
 saved in diffusers' LoRA format, loaded back with ``pipe.load_lora_weights`` and scored on every
 task's prompt. It prints the table of final average and forgetting per seed and writes::
 
@@ -10,7 +10,7 @@ task's prompt. It prints the table of final average and forgetting per seed and 
     <out>/adapters/<method>/seed<s>/task<t>/pytorch_lora_weights.safetensors
     <out>/hub/<method>/                  last adapter of the first seed with its card (push-ready)
 
-    interventions run continual_lora --out runs/continual_lora               # 4 tasks, 3 seeds
+    interventions run continual_lora --out runs/continual_lora               # 4 tasks, 3 seeds: ~12 CPU-min
     interventions run continual_lora --quick --out /tmp/cl                   # 2 tasks, 1 seed, tiny
     interventions run continual_lora --out runs/cl --push-to me/shapes-cl    # also push each method
     interventions run continual_lora --merge runs/s0/metrics.json runs/s1/metrics.json --out runs/all
