@@ -154,6 +154,9 @@ class Cache:
 
     ``clone=True`` copies the tensor so that a later in-place op in the model (an inplace ReLU)
     cannot change what was recorded; ``clone=False`` saves a copy when that cannot happen.
+    ``detach=False`` records the tensor with its autograd graph, for a loss computed from it
+    afterwards (a classifier head on a denoiser's features, a guidance gradient): the store then
+    keeps the graph alive as long as it holds the tensor. A :class:`DiskStore` always detaches.
 
     A second call of the model (another prompt through the pipeline) records under the same keys.
     ``on_repeat`` says what then happens: ``"append"`` keeps every call (``store.get`` concatenates
@@ -175,6 +178,7 @@ class Cache:
     clone: bool = True
     when: When | None = None
     on_repeat: Literal["warn", "replace", "append"] = "warn"
+    detach: bool = True
     _warned: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -183,7 +187,7 @@ class Cache:
 
     def __call__(self, x: Tensor, ctx: Context) -> None:
         # one frame per fire: this runs for every cached site at every call
-        t = x.detach()
+        t = x.detach() if self.detach else x
         if self.clone:
             t = t.clone()
         key, store = ctx.key, self.store
@@ -196,7 +200,7 @@ class Cache:
 
     def whole_batch(self, x: Tensor, ctx: Context, segments: Sequence[tuple[str | None, slice]]) -> None:
         """Store each CFG branch's rows of a batched call under its own key, copying once."""
-        t = x.detach()
+        t = x.detach() if self.detach else x
         if self.clone:
             t = t.clone()
         key = ctx.key

@@ -405,3 +405,20 @@ def test_patch_masks_and_interpolation():
         warnings.simplefilter("error")
         with attach(model, {"": Patch(lambda a, c: a + 5)}):
             assert model(x).eq(5).all()
+
+
+def test_cache_without_detach_keeps_the_graph_for_a_loss_computed_afterwards():
+    # a classifier head on a denoiser's features trains the encoder through what the cache holds
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    x = torch.randn(5, 3)
+    kept, detached = Cache(detach=False), Cache()
+    with attach(model, {"1": [kept, detached]}):
+        model(x)
+    feature = kept.get("1", step=0)
+    assert feature.requires_grad and not detached.get("1", step=0).requires_grad
+    (grad_w,) = torch.autograd.grad(feature.square().sum(), model[0].weight)
+    h = model[0](x)
+    (expected,) = torch.autograd.grad(torch.tanh(h).square().sum(), model[0].weight)
+    assert torch.allclose(grad_w, expected)
+    assert torch.equal(feature, detached.get("1", step=0))

@@ -6,10 +6,8 @@ The head reads the output feature map of every down block of the UNet run on the
 logits (Mediffusion, arXiv 2411.09434; JDCL, arXiv 2411.08224). The feature maps are read with the
 core's hooks (:func:`interventions.attach` on ``down_blocks.*:output.0``, ``stop=True`` so that the
 mid block and decoder are skipped), never by editing diffusers' forward. The hook is a
-:class:`interventions.Lambda` that keeps the autograd graph: :class:`interventions.Cache` detaches
-what it records, and a joint model needs the cross-entropy gradient in the encoder (and the
-counterfactual guidance needs it in the input). ``tests/test_joint_diffusion.py`` checks that both
-read the same tensors.
+``Cache(detach=False)``: a joint model needs the cross-entropy gradient in the encoder (and the
+counterfactual guidance needs it in the input), so the recorded maps keep their graph.
 
 The model is its own Hub artifact (``hub_cards.ModelHubMixin``: ``config.json`` + ``model.safetensors``
 + card), see :mod:`recipes.joint_diffusion.hub`.
@@ -32,7 +30,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from hub_cards import ModelHubMixin
-from interventions import Lambda, attach
+from interventions import Cache, attach
 
 __all__ = ["JointDiffusion", "FEATURE_SITE"]
 
@@ -98,16 +96,12 @@ class JointDiffusion(
         Runs the UNet at timestep 0 under :func:`interventions.attach` with ``stop=True``: the
         forward ends once the last down block has fired.
         """
-        maps: dict[int, Tensor] = {}
-
-        def keep(i: int) -> Lambda:
-            return Lambda(lambda h, ctx: maps.__setitem__(i, h))
-
-        sites = {FEATURE_SITE.format(i): keep(i) for i in range(len(self.unet.down_blocks))}
+        maps = Cache(clone=False, detach=False)
+        sites = [FEATURE_SITE.format(i) for i in range(len(self.unet.down_blocks))]
         t = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        with attach(self.unet, sites, stop=True, on_unfired="error"):
+        with attach(self.unet, dict.fromkeys(sites, maps), stop=True, on_unfired="error"):
             self.unet(x, t)
-        return torch.cat([maps[i].mean(dim=(2, 3)) for i in range(len(maps))], dim=1)
+        return torch.cat([maps.get(site, step=0).mean(dim=(2, 3)) for site in sites], dim=1)
 
     def classify(self, x: Tensor) -> Tensor:
         """Class logits ``B x num_classes`` of clean images ``x`` in ``[-1, 1]``."""
