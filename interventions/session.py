@@ -62,7 +62,6 @@ class _Entry:
     whole: bool = False  # every hook acts on each row alike (or caches): no CFG split needed
     epoch: int = -1  # the state's epoch at the last firing (for the invocation index)
     applied: list[bool] = field(default_factory=list)  # per hook with a When: did it ever apply
-    fn: Callable[..., Any] | None = None  # the torch hook registered on ``module``
 
 
 def _hook_failed(e: _Entry, h: Hook | None, ctx: Context, exc: Exception) -> HookError:
@@ -176,7 +175,6 @@ class Session:
         entries = list(by_site.values())
         for entry in entries:
             entry.whole = all(when is None and _acts_rowwise(h) for h, when, _ in entry.hooks)
-            entry.fn = self._torch_hook(entry)
         return entries
 
     def _entry(self, site: Site, name: str, module: nn.Module, layouts: dict[str, str]) -> _Entry:
@@ -242,12 +240,14 @@ class Session:
             for comp in self._counted:
                 self._track_calls(comp)
             handles = self._handles
+            # each hook is made here, not kept on its entry: a closure held by the session would tie
+            # the session into a reference cycle that only the garbage collector frees (measured:
+            # +15% on entering a session)
             for e in self.entries:
-                assert e.fn is not None  # made when the session resolved its sites
                 if e.site.direction == "output":
-                    handles.append(e.module.register_forward_hook(e.fn))
+                    handles.append(e.module.register_forward_hook(self._torch_hook(e)))
                 else:
-                    handles.append(e.module.register_forward_pre_hook(e.fn, with_kwargs=True))
+                    handles.append(e.module.register_forward_pre_hook(self._torch_hook(e), with_kwargs=True))
             for module in self._denoiser_modules:  # registered last: they run after this session's output hooks
                 self._handles.append(module.register_forward_hook(self._exit_denoiser, always_call=True))
             self._active = True
@@ -318,7 +318,7 @@ class Session:
 
     # -- firing --------------------------------------------------------------------------------
     def _torch_hook(self, e: _Entry) -> Callable[..., Any]:
-        """The function registered on the site's module (made once: re-entering reuses it)."""
+        """The function registered on the site's module."""
         fn = self._output_hook(e) if e.site.direction == "output" else self._input_hook(e)
         return self._stopping(e, fn) if self.stop else fn
 
