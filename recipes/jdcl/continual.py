@@ -56,16 +56,8 @@ def generate(
     model: JointDiffusion, n: int, steps: int = 25, batch_size: int = 256, generator: torch.Generator | None = None
 ) -> tuple[Tensor, Tensor]:
     """``n`` unconditional DDIM samples (eta 0, ``steps`` steps) and the model's own class for each."""
-    from diffusers import DDIMScheduler
-
     model.eval()
-    scheduler = DDIMScheduler(
-        num_train_timesteps=model.train_timesteps,
-        beta_start=1e-4,
-        beta_end=0.02,
-        beta_schedule="linear",
-        clip_sample=True,
-    )
+    scheduler = model.ddim_scheduler()
     scheduler.set_timesteps(steps)
     size = model.unet.config.sample_size
     channels = model.unet.config.in_channels

@@ -24,6 +24,7 @@ torch.Size([3, 3, 16, 16])
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +37,7 @@ __all__ = ["JointDiffusion", "FEATURE_SITE"]
 
 #: The site pattern of every down block's output feature map (diffusers returns (hidden, skips)).
 FEATURE_SITE = "down_blocks.{}:output.0"
+BETA_START, BETA_END = 1e-4, 0.02  # the linear noise schedule's ends (DDPM's)
 
 
 class JointDiffusion(
@@ -87,8 +89,21 @@ class JointDiffusion(
         self.head = nn.Sequential(
             nn.Linear(sum(widths), hidden), nn.SiLU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes)
         )
-        betas = torch.linspace(1e-4, 0.02, train_timesteps)
+        betas = torch.linspace(BETA_START, BETA_END, train_timesteps)
         self.register_buffer("alphas_cumprod", torch.cumprod(1 - betas, 0), persistent=False)
+
+    def ddim_scheduler(self) -> Any:
+        """A diffusers ``DDIMScheduler`` on this model's noise schedule (samples clipped to [-1, 1])."""
+        from diffusers import DDIMScheduler
+
+        return DDIMScheduler(
+            num_train_timesteps=self.train_timesteps,
+            beta_start=BETA_START,
+            beta_end=BETA_END,
+            beta_schedule="linear",
+            clip_sample=True,
+            set_alpha_to_one=True,
+        )
 
     def features(self, x: Tensor) -> Tensor:
         """``B x sum(widths)``: the pooled feature map of every down block for clean images ``x``.

@@ -41,22 +41,13 @@ def counterfactual(
 ) -> Tensor:
     """Images pushed towards class ``target`` by noising to ``t0`` and guided DDIM denoising in
     ``steps`` steps (``scale`` = s; 0 gives the unguided reconstruction, the control)."""
-    from diffusers import DDIMScheduler
-
     if not 0 < t0 < model.train_timesteps:
         raise ValueError(f"t0 must lie in (0, {model.train_timesteps}), got {t0}")
     if steps < 1 or steps > t0:
         raise ValueError(f"steps must lie in [1, t0={t0}], got {steps}")
     if target.shape != (images.shape[0],):
         raise ValueError(f"target needs one class per image: {tuple(target.shape)} vs {images.shape[0]}")
-    scheduler = DDIMScheduler(
-        num_train_timesteps=model.train_timesteps,
-        beta_start=1e-4,
-        beta_end=0.02,
-        beta_schedule="linear",
-        clip_sample=True,
-        set_alpha_to_one=True,
-    )
+    scheduler = model.ddim_scheduler()
     # timesteps t0, t0 - t0/steps, ..., spaced so that exactly `steps` of them lie at or below t0
     scheduler.set_timesteps(round(model.train_timesteps * steps / t0))
     timesteps = [int(t) for t in scheduler.timesteps if t <= t0][:steps]
