@@ -23,7 +23,7 @@ from torch import Tensor
 
 from interventions.subspace import pca
 
-from .experiment import entropy_bits, gradients, predict_factors
+from .experiment import _slug, entropy_bits, gradients, predict_factors, prompt_agreement
 from .gradients import Setting, concept_position, embed, sample
 from .steer import add_at_token, random_steering
 from .student import student_sample
@@ -45,16 +45,12 @@ def evaluator_features(evaluators: dict[str, Any], images: Tensor) -> Tensor:
 
 def describe(evaluators: dict[str, Any], images: Tensor, prompt: str) -> dict[str, Any]:
     """Entropy per factor, pixel and feature pairwise distance, and prompt agreement of a sample set."""
-    from recipes.worlds.shapes import parse_prompt
-
-    named = {f: v for f, v in parse_prompt(prompt).items() if v is not None}
     pred = predict_factors(evaluators, images)
-    agree = torch.stack([pred[f] == v for f, v in named.items()]).all(0).float().mean() if named else torch.ones(())
     return {
         "entropy_bits": {f: round(entropy_bits(v), 4) for f, v in pred.items()},
         "pixel_distance": round(mean_pairwise_distance(images.clamp(-1, 1)), 4),
         "feature_distance": round(mean_pairwise_distance(evaluator_features(evaluators, images)), 4),
-        "agreement": round(float(agree), 4),
+        "agreement": round(prompt_agreement(pred, prompt), 4),
     }
 
 
@@ -114,9 +110,7 @@ def student_experiment(
     }
     shown = {}
     for prompt in prompts:
-        grads = gradients(
-            pipe, prompt, n, grad_seed, Path(folder) / "_".join(prompt.split()) / f"seed{grad_seed}", setting
-        )
+        grads = gradients(pipe, prompt, n, grad_seed, Path(folder) / _slug(prompt) / f"seed{grad_seed}", setting)
         pcs, ratios = pca(grads)
         dirs = pcs[: max(1, min(top, len(pcs)))]
         entry: dict[str, Any] = {"pca_explained": [round(float(r), 4) for r in ratios], "seeds": {}}

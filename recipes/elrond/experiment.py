@@ -113,6 +113,17 @@ def entropy_bits(labels: Tensor, classes: int = 4) -> float:
     return max(0.0, float(-(p[p > 0] * p[p > 0].log2()).sum()))
 
 
+def prompt_agreement(pred: dict[str, Tensor], prompt: str) -> float:
+    """The fraction of samples whose every factor the prompt names is predicted right (1 when it
+    names none)."""
+    from recipes.worlds.shapes import parse_prompt
+
+    named = {f: v for f, v in parse_prompt(prompt).items() if v is not None}
+    if not named:
+        return 1.0
+    return float(torch.stack([pred[f] == v for f, v in named.items()]).all(0).float().mean())
+
+
 def diversity(
     pipe: Any,
     evaluators: dict[str, Any],
@@ -127,9 +138,6 @@ def diversity(
     """Unsteered samples against samples each steered by a random direction of ``directions``
     (random sign) at a strength ``~ U[low, high]``: entropy of every factor (bits), mean pairwise
     pixel distance, and agreement with the prompted factors."""
-    from recipes.worlds.shapes import parse_prompt
-
-    named = {f: v for f, v in parse_prompt(prompt).items() if v is not None}
     picked, strengths = random_steering(n, directions, low, high, torch.Generator().manual_seed(seed))
     out = {}
     for name, s in (("unsteered", torch.zeros(n)), ("random_steering", strengths)):
@@ -139,9 +147,7 @@ def diversity(
         out[name] = {
             "entropy_bits": {f: round(entropy_bits(v), 4) for f, v in pred.items()},
             "pairwise_distance": round(float(torch.pdist(flat).mean() / math.sqrt(flat.shape[1])), 4),
-            "agreement": round(float(torch.stack([pred[f] == v for f, v in named.items()]).all(0).float().mean()), 4)
-            if named
-            else 1.0,
+            "agreement": round(prompt_agreement(pred, prompt), 4),
         }
     return out
 
