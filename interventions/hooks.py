@@ -31,7 +31,7 @@ from .context import Context, When
 from .errors import InterventionError, ShapeMismatchError
 from .heads import head_mask
 from .layout import along_features, feature_dim, from_tokens, to_tokens, token_mask
-from .store import MemoryStore, Store, StoreKey, store_key, with_branch
+from .store import DiskStore, MemoryStore, Store, StoreKey, store_key, with_branch
 
 Tensor = torch.Tensor
 
@@ -156,7 +156,7 @@ class Cache:
     cannot change what was recorded; ``clone=False`` saves a copy when that cannot happen.
     ``detach=False`` records the tensor with its autograd graph, for a loss computed from it
     afterwards (a classifier head on a denoiser's features, a guidance gradient): the store then
-    keeps the graph alive as long as it holds the tensor. A :class:`DiskStore` always detaches.
+    keeps the graph alive as long as it holds the tensor (a :class:`DiskStore` cannot: refused).
 
     A second call of the model (another prompt through the pipeline) records under the same keys.
     ``on_repeat`` says what then happens: ``"append"`` keeps every call (``store.get`` concatenates
@@ -184,6 +184,11 @@ class Cache:
     def __post_init__(self) -> None:
         if self.on_repeat not in ("warn", "replace", "append"):
             raise ValueError(f"Cache on_repeat must be 'warn', 'replace' or 'append', got {self.on_repeat!r}")
+        if not self.detach and isinstance(self.store, DiskStore):
+            raise ValueError(
+                "Cache(detach=False) keeps the autograd graph of what it records, but a DiskStore writes tensors "
+                "to files without it; use a MemoryStore (the default) to keep the graph"
+            )
 
     def __call__(self, x: Tensor, ctx: Context) -> None:
         # one frame per fire: this runs for every cached site at every call

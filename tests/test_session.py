@@ -422,3 +422,11 @@ def test_cache_without_detach_keeps_the_graph_for_a_loss_computed_afterwards():
     (expected,) = torch.autograd.grad(torch.tanh(h).square().sum(), model[0].weight)
     assert torch.allclose(grad_w, expected)
     assert torch.equal(feature, detached.get("1", step=0))
+
+
+def test_cache_without_detach_refuses_a_disk_store(tmp_path):
+    # a DiskStore writes plain tensors: the graph the user asked to keep would be dropped without a word
+    from interventions import DiskStore
+
+    with pytest.raises(ValueError, match="MemoryStore"):
+        Cache(store=DiskStore(tmp_path / "acts"), detach=False)
