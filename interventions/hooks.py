@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import torch
 from jaxtyping import Float
@@ -44,9 +44,12 @@ class Hook(Protocol):
     - ``rowwise``: true if the hook treats every row alike and reads no branch, so that it may get
       a whole batched CFG call at once (no split and re-join);
     - ``whole_batch(x, ctx, segments)``: the entry used instead of ``__call__`` for such a call,
-      with the row blocks of each branch (``Cache`` stores each branch's rows under its own key).
+      with the row blocks of each branch (``Cache`` stores each branch's rows under its own key);
+    - ``result_fits``: true if the hook's result has the shape, dtype and device of ``x`` by
+      construction (it checked what it combines ``x`` with), so the engine skips its own check.
 
-    The result must keep the shape, dtype and device of ``x``.
+    The result must keep the shape, dtype and device of ``x``: the engine checks it (naming the
+    site and both shapes) unless the hook declares ``result_fits``.
     """
 
     def __call__(self, x: Tensor, ctx: Context) -> Tensor | None: ...
@@ -326,6 +329,7 @@ class AddVector:
     A vector that requires grad gets its gradient: with grad enabled it is prepared anew on each
     call (a memoised one would belong to an earlier graph, or to none)."""
 
+    result_fits: ClassVar[bool] = True  # the prepared vector and mask were checked against x
     vector: Float[Tensor, "..."]
     scale: float = 1.0
     unit: bool = False

@@ -40,6 +40,7 @@ from .groups import with_suffix
 from .hooks import Hook
 from .layout import check_layout
 from .sites import Site, SiteError, SiteNotFoundError, resolve
+from .torch_hooks import HookSet
 from .tree import ModuleTree
 from .values import get as _get
 from .values import not_a_tensor
@@ -54,7 +55,7 @@ class _Entry:
     site: Site
     name: str
     module: nn.Module
-    hooks: list[tuple[Hook, When | None, int]]  # (hook, its When, its slot in ``applied``)
+    hooks: list[tuple[Hook, When | None, int, bool]]  # (hook, its When, its slot in ``applied``, result_fits)
     ctx: Context
     layout_fixed: bool
     params: list[str] = field(default_factory=list)
@@ -62,6 +63,7 @@ class _Entry:
     whole: bool = False  # every hook acts on each row alike (or caches): no CFG split needed
     epoch: int = -1  # the state's epoch at the last firing (for the invocation index)
     applied: list[bool] = field(default_factory=list)  # per hook with a When: did it ever apply
+    only: Hook | None = None  # the site's one hook, when it has one and no When: the fast path
 
 
 def _hook_failed(e: _Entry, h: Hook | None, ctx: Context, exc: Exception) -> HookError:
@@ -129,7 +131,7 @@ class Session:
         self.adapter = adapter if adapter is not None else _adapters.detect(target, cfg=cfg)
         self.on_unfired = on_unfired
         self.state = RunState()
-        self._handles: list[Any] = []
+        self._hooks = HookSet()
         self._undo: list[Undo] = []
         self._active = False
         self._thread: int | None = None
@@ -139,8 +141,6 @@ class Session:
         self.entries = self._resolve(hooks, _checked_layouts(layouts))
         # the components whose calls are counted (not denoisers: their steps are)
         self._counted = [c for c in dict.fromkeys(e.ctx.component for e in self.entries) if c not in self._denoisers]
-        for e in self.entries:
-            self.tree.get(e.site.module)  # for a site found in the path table (a glob): check its chain too
         _refuse_compiled(self.tree.compiled)
         self._register()
 
@@ -161,20 +161,24 @@ class Session:
                     f"attach(model, hooks): a site is a string such as 'blocks.0' or 'unet.mid_block', got "
                     f"{type(pattern).__name__} {pattern!r}"
                 )
-            hook_list = _hook_list(pattern, spec)
+            hook_list, rowwise = _hook_list(pattern, spec)
             for site, module in self._expand(pattern):
-                name = str(site)
+                name = site.name
                 entry = by_site.get(name)
                 if entry is None:
                     entry = by_site[name] = self._entry(site, name, module, layouts)
+                    entry.whole = rowwise
+                else:
+                    entry.whole = entry.whole and rowwise
                 for h, when in hook_list:
                     if when is not None and when.needs_steps and not entry.ctx.stepped:
                         raise self._no_steps(entry, h, when)
-                    entry.hooks.append((h, when, len(entry.applied)))
+                    entry.hooks.append((h, when, len(entry.applied), getattr(h, "result_fits", False)))
                     entry.applied.append(when is None)
         entries = list(by_site.values())
         for entry in entries:
-            entry.whole = all(when is None and _acts_rowwise(h) for h, when, _ in entry.hooks)
+            if len(entry.hooks) == 1 and entry.hooks[0][1] is None:
+                entry.only = entry.hooks[0][0]
         return entries
 
     def _entry(self, site: Site, name: str, module: nn.Module, layouts: dict[str, str]) -> _Entry:
@@ -229,27 +233,30 @@ class Session:
             if module is not None:
                 return [(site, module)]
         table = self.tree.paths()
-        return [(s, table[s.module]) for s in resolve(site, list(table))]
+        found = resolve(site, list(table))
+        for s in found:
+            self.tree.get(s.module)  # a site found in the path table: check its chain for torch.compile
+        return [(s, table[s.module]) for s in found]
 
     def _register(self) -> None:
         try:
             self._undo += self.adapter.install(self.state)
             for den, module in zip(self._denoisers, self._denoiser_modules, strict=True):
                 enter = self._denoiser_entry(den)
-                self._handles.append(module.register_forward_pre_hook(enter, with_kwargs=True, prepend=True))
+                self._hooks.forward_pre(module, enter, with_kwargs=True, prepend=True)
             for comp in self._counted:
                 self._track_calls(comp)
-            handles = self._handles
+            hooks = self._hooks
             # each hook is made here, not kept on its entry: a closure held by the session would tie
             # the session into a reference cycle that only the garbage collector frees (measured:
             # +15% on entering a session)
             for e in self.entries:
                 if e.site.direction == "output":
-                    handles.append(e.module.register_forward_hook(self._torch_hook(e)))
+                    hooks.forward(e.module, self._torch_hook(e))
                 else:
-                    handles.append(e.module.register_forward_pre_hook(self._torch_hook(e), with_kwargs=True))
+                    hooks.forward_pre(e.module, self._torch_hook(e), with_kwargs=True)
             for module in self._denoiser_modules:  # registered last: they run after this session's output hooks
-                self._handles.append(module.register_forward_hook(self._exit_denoiser, always_call=True))
+                hooks.forward(module, self._exit_denoiser, always_call=True)
             self._active = True
         except BaseException:
             self.remove()
@@ -282,7 +289,7 @@ class Session:
                 self._own_thread()
                 state.begin_call(component)
 
-            self._handles.append(module.register_forward_pre_hook(begin, prepend=True))
+            self._hooks.forward_pre(module, begin, prepend=True)
             return
         depth = [0]
 
@@ -324,6 +331,8 @@ class Session:
 
     def _output_hook(self, e: _Entry) -> Any:
         key, run = e.site.key, self._run
+        if not key and e.only is not None and not e.ctx.stepped:
+            return self._one_hook(e)
         if not key:  # the common case: the module's output is the tensor
 
             def plain(module: nn.Module, args: Any, output: Any) -> Any:
@@ -334,6 +343,34 @@ class Session:
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
             new = run(e, _get(output, key, e.name, module))
             return None if new is None else _put(output, key, new, e.name, module)
+
+        return hook
+
+    def _one_hook(self, e: _Entry) -> Any:
+        """The output hook of a site outside any denoiser with one hook and no When (a cache or a
+        steering vector on a language model): ``_run`` and ``_apply`` fused into one frame, since
+        this runs at every fire. Anything else (a branch forced by ``session.branch``, the first
+        fire, which fixes the layout, a non-tensor output) takes the general path."""
+        ctx, state, h, fits, run = e.ctx, self.state, e.only, e.hooks[0][3], self._run
+
+        def hook(module: nn.Module, args: Any, x: Any) -> Any:
+            if state.forced or not e.layout_fixed or not isinstance(x, torch.Tensor):
+                return run(e, x)
+            e.fired += 1
+            if e.epoch != state.epoch:
+                e.epoch, ctx.invocation = state.epoch, 0
+            else:
+                ctx.invocation += 1
+            ctx.branch = None
+            try:
+                out = h(x, ctx)  # type: ignore[misc]
+            except InterventionError:
+                raise
+            except Exception as exc:
+                raise _hook_failed(e, h, ctx, exc) from exc
+            if out is None or fits or _fits(out, x):
+                return out
+            raise _wrong_output(e, h, x, out)  # type: ignore[arg-type]
 
         return hook
 
@@ -417,7 +454,7 @@ class Session:
         ``whole_batch`` entry (a Cache: each branch's rows under its own key, one copy) gets the
         rows' labels with it."""
         changed = False
-        for h, _, _ in e.hooks:
+        for h, _, _, _ in e.hooks:
             whole = getattr(h, "whole_batch", None)
             if whole is not None:
                 whole(x, ctx, segments)
@@ -433,7 +470,7 @@ class Session:
         selector: tuple[Any, ...] | None = None
         h: Hook | None = None
         try:
-            for h, when, slot in e.hooks:
+            for h, when, slot, fits in e.hooks:
                 if when is not None:
                     if selector is None:
                         selector = (ctx.step, ctx.timestep, ctx.branch, ctx.call, ctx.invocation)
@@ -445,7 +482,7 @@ class Session:
                 out = h(x, ctx)
                 if out is not None:
                     # _fits, inlined
-                    if not (
+                    if not fits and not (
                         isinstance(out, torch.Tensor)
                         and out.shape == x.shape
                         and out.dtype is x.dtype
@@ -498,8 +535,7 @@ class Session:
     # -- removal -------------------------------------------------------------------------------
     def remove(self) -> None:
         """Remove every hook and wrapper this session added. Safe to call twice."""
-        while self._handles:
-            self._handles.pop().remove()
+        self._hooks.remove()
         while self._undo:
             self._undo.pop()()
         self._active = False
@@ -514,7 +550,7 @@ class Session:
             f"{_name(h)} at {e.name!r} ({when!r}, {e.fired} firings)"
             for e in self.entries
             if e.fired
-            for h, when, slot in e.hooks
+            for h, when, slot, _ in e.hooks
             if not e.applied[slot]
         ]
         parts = []
@@ -536,14 +572,30 @@ class Session:
     def __enter__(self) -> Session:
         if not self._active:  # entered again after its block ended: attach the same hooks again
             # (its sites stay resolved: re-entering costs about what registering raw hooks does)
+            self._check_unchanged()
             self.state.__init__()  # type: ignore[misc]  # in place: every context reads this object
             self._thread = None
             for e in self.entries:
                 e.fired, e.epoch = 0, -1
                 if not all(e.applied):
-                    e.applied = [when is None for _, when, _ in e.hooks]
+                    e.applied = [when is None for _, when, _, _ in e.hooks]
             self._register()
         return self
+
+    def _check_unchanged(self) -> None:
+        """Refuse to re-enter a session whose sites no longer hold the modules it resolved (a
+        module replaced since, e.g. by a LoRA wrapper that calls the old one inside): hooks on the
+        old modules would miss the change, or never fire."""
+        tree = ModuleTree(self.adapter.components())
+        for e in self.entries:
+            if tree.get(e.site.module) is not e.module:
+                raise InterventionError(
+                    f"site {e.name!r} holds a different module than when this session was built (the model was "
+                    "changed since, e.g. a layer replaced or wrapped): its hooks would act on the old module. "
+                    "Attach again: attach(model, hooks)"
+                )
+        _refuse_compiled(tree.compiled)
+        self.tree = tree
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
         self.remove()
@@ -597,14 +649,18 @@ def attach(
 
 
 # -- helpers -----------------------------------------------------------------------------------
-def _hook_list(pattern: str, spec: Any) -> list[tuple[Hook, When | None]]:
-    """The hooks given for one pattern, each with its ``When`` (a plain function has none)."""
+def _hook_list(pattern: str, spec: Any) -> tuple[list[tuple[Hook, When | None]], bool]:
+    """The hooks given for one pattern, each with its ``When`` (a plain function has none), and
+    whether all of them act on every row alike (no CFG split needed)."""
     out = []
+    rowwise = True
     for h in spec if isinstance(spec, (list, tuple)) else (spec,):
         if not callable(h):
             raise TypeError(f"site {pattern!r}: {h!r} is not a hook (a callable hook(x, ctx))")
-        out.append((h, as_when(getattr(h, "when", None))))
-    return out
+        when = as_when(getattr(h, "when", None))
+        out.append((h, when))
+        rowwise = rowwise and when is None and _acts_rowwise(h)
+    return out, rowwise
 
 
 def _acts_rowwise(h: Any) -> bool:

@@ -82,6 +82,11 @@ class Site:
         return f"{self.module}:{self.direction}{suffix}"
 
     @functools.cached_property
+    def name(self) -> str:
+        """``str(site)``, computed once (read for every site on every attach)."""
+        return str(self)
+
+    @functools.cached_property
     def is_glob(self) -> bool:  # cached: read for every site on every attach
         return bool(_GLOB_CHARS.search(self.module))
 

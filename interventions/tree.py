@@ -9,7 +9,11 @@ since the last session is seen.
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
+
+_MISSING: Any = object()
 
 
 class ModuleTree:
@@ -32,12 +36,15 @@ class ModuleTree:
         """The module at ``path``, or None: one step down from its parent's path (looked up
         the same way), so each path is walked once per tree."""
         found = self._found
-        if path in found:
-            return found[path]
+        module = found.get(path, _MISSING)
+        if module is not _MISSING:
+            return module
         parent_path, dot, name = path.rpartition(".")
         module = None
         if dot or self._single:  # a top-level path of a pipeline is a component: in ``found`` or absent
-            parent = self.get(parent_path)
+            parent = found.get(parent_path, _MISSING)
+            if parent is _MISSING:
+                parent = self.get(parent_path)
             module = None if parent is None else parent._modules.get(name)
             if module is not None and _is_compiled(module):
                 self.compiled.add(path)

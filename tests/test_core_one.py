@@ -27,7 +27,7 @@ from interventions import (
     When,
     attach,
 )
-from interventions.errors import SelectorError
+from interventions.errors import HookError, SelectorError, ShapeMismatchError
 from interventions.sites import SiteError, SiteNotFoundError
 
 from .tiny_models import controlnet_pipeline, gpt2_lm, run_wan22, sd_pipeline, wan22_pipeline
@@ -162,6 +162,55 @@ def test_reentered_session_attaches_again():
         model(torch.ones(1, 2))
         assert session.fired == {"0": 1}
     assert cache.get("0", 0).shape[0] == 2 and not model[0]._forward_hooks
+
+
+def test_reentering_a_session_whose_module_was_replaced_is_refused():
+    # a LoRA-style wrapper calls the old module inside: hooks kept on it would still fire, on the
+    # output without the wrapper's change
+    model = nn.Sequential(nn.Linear(2, 2))
+    session = attach(model, {"0": Cache(on_repeat="append")})
+    with session:
+        model(torch.ones(1, 2))
+
+    class Wrapped(nn.Module):
+        def __init__(self, base: nn.Module) -> None:
+            super().__init__()
+            self.base = base
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.base(x) + 1
+
+    model[0] = Wrapped(model[0])
+    with pytest.raises(InterventionError, match="different module.*attach\\(model, hooks\\)"), session:
+        pass
+    assert not model[0]._forward_hooks and not model[0].base._forward_hooks
+
+
+def test_a_wrong_result_on_a_later_fire_names_the_site():
+    # the first fire takes the general path, later ones the fused one-hook path: both check
+    model = nn.Sequential(nn.Linear(2, 2))
+    calls = []
+
+    def shrinks_later(x: torch.Tensor, ctx: object) -> torch.Tensor:
+        calls.append(1)
+        return x if len(calls) == 1 else x[:, :1]
+
+    def fails_later(x: torch.Tensor, ctx: object) -> None:
+        if len(calls) > 2:
+            raise RuntimeError("boom")
+        calls.append(1)
+
+    with (
+        pytest.raises(ShapeMismatchError, match="site '0'.*\\(1, 1\\).*\\(1, 2\\)"),
+        attach(model, {"0": shrinks_later}),
+    ):
+        model(torch.ones(1, 2))
+        model(torch.ones(1, 2))
+    calls.clear()
+    with pytest.raises(HookError, match="fails_later at site '0'.*boom"), attach(model, {"0": fails_later}):
+        for _ in range(4):
+            model(torch.ones(1, 2))
+    assert not model[0]._forward_hooks
 
 
 # -- 6. torch.compile ------------------------------------------------------------------------------
