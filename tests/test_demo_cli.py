@@ -92,3 +92,37 @@ def test_model_runs_the_same_steps_on_a_stable_diffusion_folder(checkpoints, tmp
     assert "saeuron" not in m and "tones" not in m
     page = (out / "index.html").read_text()
     assert "Skipped: the shipped SAEs are for the shapes world" in page and page.count("<img") == 2
+
+
+def test_a_hub_id_is_checked_before_any_model_loads(monkeypatch, tmp_path):
+    """Against the local Hub test server: an id the Hub does not have is refused, one it has
+    passes; offline, an id that was never downloaded is refused with how to get it."""
+    from huggingface_hub import HfApi, constants
+
+    from recipes.demo.cli import DemoError, check, parser
+    from tests.hub_server import HubServer
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf_home" / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    args = parser().parse_args
+    with HubServer() as server:
+        monkeypatch.setattr(constants, "ENDPOINT", server.url)
+        monkeypatch.setattr(
+            constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}"
+        )
+        api = HfApi(endpoint=server.url, token="hf_test_token")
+        api.create_repo("org/tiny-sd")
+        api.upload_file(path_or_fileobj=b"{}", path_in_repo="model_index.json", repo_id="org/tiny-sd")
+        api.create_repo("org/tiny-clip")
+        api.upload_file(path_or_fileobj=b"{}", path_in_repo="config.json", repo_id="org/tiny-clip")
+        check(args(["--model", "org/tiny-sd", "--judge", "org/tiny-clip", "--out", str(tmp_path / "r")]))
+        with pytest.raises(DemoError, match="'org/no-such-sd' is not a model on the Hub with a model_index.json"):
+            check(args(["--model", "org/no-such-sd"]))
+        with pytest.raises(DemoError, match="--judge 'org/no-such-clip' is not a model on the Hub with a config.json"):
+            check(args(["--model", "org/tiny-sd", "--judge", "org/no-such-clip"]))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(DemoError, match="not in the local Hugging Face cache and HF_HUB_OFFLINE is set.*hf download"):
+        check(args(["--model", "org/tiny-sd"]))
+    assert not (tmp_path / "r").exists()

@@ -6,8 +6,8 @@
     interventions demo --quick --out /tmp/r  # a much smaller run (what the tests use)
     interventions demo --world shapes --model stable-diffusion-v1-5/stable-diffusion-v1-5   # a real SD 1.5, on a GPU
 
-Every argument is checked (an unknown world, a ``--model`` folder that does not exist, a
-``--model`` with the tones world only) before any model loads: one line on stderr, exit code 2.
+Every argument is checked (an unknown world, a ``--model`` folder or Hub id that does not exist,
+a ``--model`` with the tones world only) before any model loads: one line on stderr, exit code 2.
 """
 
 from __future__ import annotations
@@ -55,7 +55,10 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _local_or_hub(value: str, flag: str) -> None:
+def _local_or_hub(value: str, flag: str, marker: str) -> None:
+    """An existing folder, or a Hub id of a model that has ``marker`` (its config file) in the
+    local Hugging Face cache or on the Hub: a mistyped id fails here, not minutes later inside
+    diffusers."""
     path = Path(value).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -70,6 +73,36 @@ def _local_or_hub(value: str, flag: str) -> None:
             f"{flag} {value!r} does not exist: give an existing local folder or a Hub id such as "
             "'stable-diffusion-v1-5/stable-diffusion-v1-5'"
         )
+    _on_hub(value, flag, marker)
+
+
+def _on_hub(repo_id: str, flag: str, marker: str) -> None:
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError
+
+    if isinstance(try_to_load_from_cache(repo_id, marker), str):
+        return  # downloaded before: runs offline
+    if constants.HF_HUB_OFFLINE:
+        raise DemoError(
+            f"{flag} {repo_id!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: download it "
+            f"first (hf download {repo_id}) or give a local folder"
+        )
+    try:
+        found = HfApi().file_exists(repo_id, marker)
+    except GatedRepoError:
+        raise DemoError(
+            f"{flag} {repo_id!r} is gated: accept its license on huggingface.co and log in (hf auth login)"
+        ) from None
+    except Exception as e:  # no network, a proxy, a server error: the download would fail the same way
+        raise DemoError(
+            f"{flag} {repo_id!r} could not be checked on the Hub ({type(e).__name__}: {e}); download it first "
+            "or give a local folder"
+        ) from None
+    if not found:
+        raise DemoError(
+            f"{flag} {repo_id!r} is not a model on the Hub with a {marker} (a typo, or a private repo: log in with "
+            "hf auth login); give a Hub id such as 'stable-diffusion-v1-5/stable-diffusion-v1-5' or a local folder"
+        )
 
 
 def check(args: argparse.Namespace) -> None:
@@ -79,7 +112,7 @@ def check(args: argparse.Namespace) -> None:
     if args.model is not None:
         if args.world == "tones":
             raise DemoError("--model replaces the image model; use it with --world shapes or --world all")
-        _local_or_hub(args.model, "--model")
+        _local_or_hub(args.model, "--model", "model_index.json")
         from .worlds import is_shapes_folder
 
         if not is_shapes_folder(args.model):
@@ -90,7 +123,7 @@ def check(args: argparse.Namespace) -> None:
                 raise DemoError(
                     f"--model {args.model!r} has no model_index.json: it is not a diffusers pipeline folder"
                 )
-            _local_or_hub(args.judge, "--judge")
+            _local_or_hub(args.judge, "--judge", "config.json")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise DemoError(f"--out {args.out!r} is a file; give a folder (it is created if missing)")
