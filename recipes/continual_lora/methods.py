@@ -15,6 +15,10 @@ After task ``t`` every method holds one adapter (``state``) that is saved in dif
 - ``magmax``: trained on top of the merged model, then the task vectors ``B @ A`` are merged by
   elementwise max magnitude (:func:`~.adapters.max_abs`); the state is that dense merge as an
   exact full-rank LoRA (:func:`~.adapters.to_factors`).
+
+With DreamBooth prior preservation (``Training.prior_weight > 0``) every method trains each task
+with the same class images: ``training.class_images`` samples of the task's class prompt drawn by
+the frozen base pipeline (:func:`class_images`) once per task and seed.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from .metrics import final_average, forgetting
 from .tasks import Task, accuracy, instance_images
 from .train import Training, encode, train_task
 
-__all__ = ["METHODS", "Evaluation", "Sequence", "evaluate_adapter", "run_sequence"]
+__all__ = ["METHODS", "Evaluation", "Sequence", "class_images", "evaluate_adapter", "run_sequence"]
 
 METHODS = ("naive", "merge_and_init", "ortho_init", "ortho_init_product", "magmax")
 
@@ -79,6 +83,12 @@ def sample(pipe, prompts: list[str], ev: Evaluation) -> torch.Tensor:
             generator=torch.Generator().manual_seed(ev.seed),
         ).images
     return out * 2 - 1
+
+
+def class_images(pipe, task: Task, n: int, ev: Evaluation, seed: int) -> torch.Tensor:
+    """DreamBooth's class images: ``n`` samples of ``task.class_prompt`` from ``pipe`` (the frozen
+    base model), with the evaluation sampler and the noise of ``seed``."""
+    return sample(pipe, [task.class_prompt] * n, Evaluation(samples=n, steps=ev.steps, guidance=ev.guidance, seed=seed))
 
 
 def _scores(pipe, evaluators, tasks: tuple[Task, ...], ev: Evaluation) -> list[float]:
@@ -139,6 +149,12 @@ def run_sequence(
                 lora.fuse(unet, fused)
             params = lora.attach(unet, training.rank, _init(method, state, training.rank), seed=seed * 1000 + t)
             images = instance_images(task, training.instances, seed=seed * 1000 + t)
+            prior = None
+            if training.prior_weight > 0:  # before any adapter is loaded: pipe is the frozen base
+                prior = (
+                    encode(pipe, task.class_prompt),
+                    class_images(pipe, task, training.class_images, ev, seed=10_000 + seed * 1000 + t),
+                )
             result.losses.append(
                 train_task(
                     unet,
@@ -150,6 +166,7 @@ def run_sequence(
                     seed * 1000 + t,
                     f"{method} {task.identifier}",
                     progress,
+                    prior,
                 )
             )
             new = lora.read_factors(unet)

@@ -60,6 +60,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=4e-3)
     p.add_argument("--rank", type=int, default=4)
     p.add_argument("--instances", type=int, default=16, help="renders of each subject to train on")
+    p.add_argument(
+        "--prior-weight",
+        type=float,
+        default=0.0,
+        help="DreamBooth prior preservation: weight of the class-image loss (0: off)",
+    )
+    p.add_argument("--class-images", type=int, default=32, help="class images per task (frozen base, class prompt)")
     p.add_argument("--samples", type=int, default=16, help="generated images per task per evaluation")
     p.add_argument("--eval-steps", type=int, default=10, help="DDIM steps when scoring")
     p.add_argument("--guidance", type=float, default=3.0)
@@ -99,7 +106,15 @@ def main(argv: list[str] | None = None) -> int:
     from recipes.worlds.shapes_model import load_evaluators, load_pipeline
 
     tasks = make_tasks(args.tasks)
-    training = Training(steps=args.steps, batch=args.batch, lr=args.lr, instances=args.instances, rank=args.rank)
+    training = Training(
+        steps=args.steps,
+        batch=args.batch,
+        lr=args.lr,
+        instances=args.instances,
+        rank=args.rank,
+        prior_weight=args.prior_weight,
+        class_images=args.class_images,
+    )
     ev = Evaluation(samples=args.samples, steps=args.eval_steps, guidance=args.guidance)
     pipe, evaluators = load_pipeline(args.model), load_evaluators(args.model)
     out = Path(args.out) if args.out else None

@@ -5,10 +5,11 @@ DreamBooth reuses "sks": a shape's synonym (``disk``, ``box``, ...), which the b
 that shape in any colour and texture. Task ``t`` teaches ``"a <identifier>"`` to mean one subject,
 a fixed (shape, colour, style), from a few instance renders (random position and size). A sample
 is right when the evaluators see all three factors of the subject; the base model scores ~1/16.
+DreamBooth's class prompt is the shape's own word (``"a circle"`` for ``"a disk"``).
 
 >>> task = TASKS[0]
->>> task.prompt, task.subject
-('a disk', ('circle', 'red', 'stripes'))
+>>> task.prompt, task.class_prompt, task.subject
+('a disk', 'a circle', ('circle', 'red', 'stripes'))
 >>> instance_images(task, 4, seed=0).shape
 torch.Size([4, 3, 16, 16])
 """
@@ -45,6 +46,11 @@ class Task:
     @property
     def prompt(self) -> str:
         return f"a {self.identifier}"
+
+    @property
+    def class_prompt(self) -> str:
+        """DreamBooth's class prompt: the subject's class (its shape) without the identifier."""
+        return f"a {self.shape}"
 
     @property
     def subject(self) -> tuple[str, str, str]:
