@@ -145,7 +145,7 @@ def test_a_stable_audio_pipeline_runs_the_same_code_path():
 
     pipe = stable_audio_pipeline()
     pipe.set_progress_bar_config(disable=True)
-    model = PipelineModel(pipe, ["a {value} piano piece", "{value} drums"], {"level": ("quiet", "loud")}, level)
+    model = PipelineModel(["a {value} piano piece", "{value} drums"], {"level": ("quiet", "loud")}, level, pipe)
     loc = localize(model, "level", ("loud", "quiet"), n=2, steps=2, windows=False, ablation=False)
     assert loc.patching.sites == tuple(f"transformer_blocks.{i}.attn2:input.encoder_hidden_states" for i in range(2))
     json.dumps(loc.to_json())
@@ -154,4 +154,24 @@ def test_a_stable_audio_pipeline_runs_the_same_code_path():
     curve = caa_curve(model, v, [0.0, 50.0], n=2, steps=2)
     assert curve.kept[0] == 1.0  # strength 0 reproduces the unsteered samples
     with pytest.raises(ValueError, match="needs a {value} slot"):
-        PipelineModel(pipe, ["a piano piece"], {"level": ("quiet", "loud")}, level)
+        PipelineModel(["a piano piece"], {"level": ("quiet", "loud")}, level, pipe)
+
+
+def test_shapes_caa_runs_the_same_functions_on_the_unet():
+    """CAA on the shapes pipeline (ShapesModel): vectors at the UNet's attn2 outputs, curves judged by
+    the evaluator CNNs; strength 0 is the unsteered run, a strong push at the mid block draws circles."""
+    torch.set_num_threads(1)
+    from recipes.tada.shapes import ShapesModel
+    from recipes.worlds.shapes_model import load_evaluators, load_pipeline
+
+    pipe = load_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    model = ShapesModel(pipe, load_evaluators())
+    assert model.cross_attn_output(3) == "unet.mid_block.attentions.0.transformer_blocks.0.attn2"
+    v = caa_vectors(model, "shape", ("square", "circle"), [3], n=4, steps=4, templates=(0, 1))
+    assert v.steps(model.cross_attn_output(3)) == [0, 1, 2, 3]
+    curve = caa_curve(model, v, [0.0, 8.0], n=4, steps=4, seed=0, prompt_seed=300, templates=(2,))
+    assert (curve.target[0], curve.kept[0]) == (0.0, 1.0)  # square prompts, unsteered: no circle, all kept
+    assert (curve.target[1], curve.kept[1]) == (1.0, 1.0)  # 4 of 4 drawn as circles, colour and style kept
+    with pytest.raises(ValueError, match="its values are circle, square, triangle, cross"):
+        model.value_index("shape", "star")

@@ -28,7 +28,7 @@ from interventions import Cache, When, attach
 from interventions.steering import SteeringVector
 
 from .localize import cross_attn_output
-from .tones import CFG, judge, prompt_pairs, sample, value_index
+from .tones import cfg_layout, judge, prompt_pairs, sample, value_index
 
 __all__ = ["caa_vectors", "caa_curve", "restrict", "SteeringCurve", "steering_curve"]
 
@@ -53,11 +53,11 @@ def caa_vectors(
     if not layers:
         raise ValueError("caa_vectors needs at least one layer (e.g. the localisation's top layer)")
     pairs = prompt_pairs(factor, (values[1], values[0]), n, prompt_seed, templates, model)
-    sites = [cross_attn_output(i) for i in layers]
+    sites = [cross_attn_output(i, model) for i in layers]
     stores = []
     for prompts in ([p.clean for p in pairs], [p.swapped for p in pairs]):
         cache = Cache(when=When(branch="cond"), on_repeat="replace")
-        with attach(model.transformer, dict.fromkeys(sites, cache), cfg=CFG):
+        with attach(model.transformer, dict.fromkeys(sites, cache), cfg=cfg_layout(model)):
             sample(model, prompts, seed, steps=steps, guidance=guidance)
         stores.append(cache.store)
     return SteeringVector.contrastive(
@@ -150,7 +150,7 @@ def steering_curve(
     others = [k for k in base if k != factor]
     curve = SteeringCurve(label or f"{mode} {branch}", mode, branch, [float(s) for s in strengths])
     for s in strengths:
-        with attach(model.transformer, hooks_at(s), cfg=CFG):
+        with attach(model.transformer, hooks_at(s), cfg=cfg_layout(model)):
             pred = judge(sample(model, prompts, seed, steps=steps, guidance=guidance), seed, model)
         hit = pred[factor] == pos_i if mode == "add" else pred[factor] != pos_i
         same = {k: pred[k] == base[k] for k in others}
@@ -193,9 +193,10 @@ def caa_curve(
     )
 
 
-def restrict(vector: SteeringVector, layers: Sequence[int]) -> SteeringVector:
-    """The same vector keeping only the directions of ``layers``."""
-    sites = {cross_attn_output(i) for i in layers}
+def restrict(vector: SteeringVector, layers: Sequence[int], model: Any = None) -> SteeringVector:
+    """The same vector keeping only the directions of ``layers`` (``model`` names the sites where
+    they are not the tones DiT's)."""
+    sites = {cross_attn_output(i, model) for i in layers}
     keep = {k: v for k, v in vector.directions.items() if (k if isinstance(k, str) else k[0]) in sites}
     if not keep:
         raise ValueError(f"the vector has no direction at layers {list(layers)} (it has {vector.sites})")

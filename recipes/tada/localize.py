@@ -29,18 +29,23 @@ import torch
 from interventions import Ablate, When, attach
 from interventions.patching import PatchingTable, patching_sweep
 
-from .tones import CFG, block_count, judge, prompt_pairs, read, sample, value_index
+from .tones import block_count, cfg_layout, judge, prompt_pairs, read, sample, value_index
 
 __all__ = ["Localisation", "localize", "cross_attn_inputs", "cross_attn_output", "step_windows"]
 
 
-def cross_attn_inputs(layer: int) -> str:
-    """The conditioning input of block ``layer``'s cross-attention (what TADA patches)."""
+def cross_attn_inputs(layer: int, model: Any = None) -> str:
+    """The conditioning input of block ``layer``'s cross-attention (what TADA patches); a model
+    whose modules have other names (stable-audio-tools, a UNet) names its own."""
+    if hasattr(model, "cross_attn_inputs"):
+        return model.cross_attn_inputs(layer)
     return f"transformer_blocks.{layer}.attn2:input.encoder_hidden_states"
 
 
-def cross_attn_output(layer: int) -> str:
+def cross_attn_output(layer: int, model: Any = None) -> str:
     """Block ``layer``'s cross-attention output, before the residual add (where CAA steers)."""
+    if hasattr(model, "cross_attn_output"):
+        return model.cross_attn_output(layer)
     return f"transformer_blocks.{layer}.attn2"
 
 
@@ -136,20 +141,21 @@ def localize(
     columns: list[Any] = [None] + (list(step_windows(steps)) if windows else [])
     table = patching_sweep(
         model.transformer,
-        [[cross_attn_inputs(i)] for i in range(layers)],
+        [[cross_attn_inputs(i, model)] for i in range(layers)],
         lambda: sample(model, clean, seed, steps=steps, guidance=guidance),
         lambda: sample(model, swapped, seed, steps=steps, guidance=guidance),
         reading,
         steps=columns,
         branch="cond",
         progress=progress,
-        cfg=CFG,
+        cfg=cfg_layout(model),
     )
     cells = torch.tensor(rates[2:]).view(layers, len(columns))
     loc = Localisation(factor, values, seed, prompt_seed, n, table, cells, rates[0], rates[1])
     if ablation:
         loc.ablation_baseline = loc.clean_rate
         for i in range(layers):
-            with attach(model.transformer, {cross_attn_output(i): Ablate("zero", when=When(branch="cond"))}, cfg=CFG):
+            zero = {cross_attn_output(i, model): Ablate("zero", when=When(branch="cond"))}
+            with attach(model.transformer, zero, cfg=cfg_layout(model)):
                 loc.ablation.append(reads_clean(sample(model, clean, seed, steps=steps, guidance=guidance)))
     return loc

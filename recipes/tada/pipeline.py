@@ -27,30 +27,30 @@ import torch
 
 from .tones import PromptPair
 
-__all__ = ["PipelineModel", "ClapJudge"]
+__all__ = ["TemplateModel", "PipelineModel", "ClapJudge"]
 
 #: a judge: (waveforms [B, channels, samples], sampling rate) -> {concept: scores [B, n_values]}
 Judge = Callable[[torch.Tensor, int], dict[str, torch.Tensor]]
 
 
 @dataclass
-class PipelineModel:
-    """A ``StableAudioPipeline`` with prompt templates (``{value}`` = the steered concept's word),
-    the concepts the judge scores (``{name: values}``; the steered one first) and the judge."""
+class TemplateModel:
+    """What a real text-to-audio model shares with the tones world in TADA, whatever samples it:
+    prompt templates (``{value}`` = the steered concept's word), the concepts the judge scores
+    (``{name: values}``; the steered one first) and the judge. Subclasses sample
+    (:meth:`sample_prompts`) and name the sampling rate."""
 
-    pipe: Any
     templates: Sequence[str]
     concepts: dict[str, tuple[str, ...]]
     judge: Judge
-    seconds: float | None = None
 
     def __post_init__(self) -> None:
         if not self.templates or any("{value}" not in t for t in self.templates):
             raise ValueError("every prompt template needs a {value} slot, e.g. 'a {value} piano piece'")
 
     @property
-    def transformer(self) -> torch.nn.Module:
-        return self.pipe.transformer
+    def sampling_rate(self) -> int:
+        raise NotImplementedError
 
     def value_index(self, factor: str, value: str | int) -> int:
         values = self.concepts.get(factor)
@@ -87,6 +87,30 @@ class PipelineModel:
             for _ in range(n)
         ]
 
+    def read(self, audio: torch.Tensor, factor: str | None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The judge's value per concept and, for ``factor``, the score margin last minus first value."""
+        scores = self.judge(audio.float().cpu(), self.sampling_rate)
+        preds = {k: s.argmax(-1) for k, s in scores.items()}
+        margin = scores[factor][:, -1] - scores[factor][:, 0] if factor else torch.zeros(len(audio))
+        return preds, margin
+
+
+@dataclass
+class PipelineModel(TemplateModel):
+    """A diffusers ``StableAudioPipeline`` as a TADA model (its ``StableAudioDiTModel`` is hooked,
+    CFG rows ``[uncond, cond]``, the tones DiT's site names)."""
+
+    pipe: Any
+    seconds: float | None = None
+
+    @property
+    def transformer(self) -> torch.nn.Module:
+        return self.pipe.transformer
+
+    @property
+    def sampling_rate(self) -> int:
+        return int(self.pipe.vae.sampling_rate)
+
     @torch.no_grad()
     def sample_prompts(self, prompts: list[str], seed: int, *, steps: int, guidance: float) -> torch.Tensor:
         kw: dict[str, Any] = {"num_inference_steps": steps, "guidance_scale": guidance, "output_type": "pt"}
@@ -94,13 +118,6 @@ class PipelineModel:
             kw["audio_end_in_s"] = self.seconds
         device = self.pipe.transformer.device
         return self.pipe(prompts, generator=torch.Generator(device).manual_seed(seed), **kw).audios
-
-    def read(self, audio: torch.Tensor, factor: str | None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """The judge's value per concept and, for ``factor``, the score margin last minus first value."""
-        scores = self.judge(audio.float().cpu(), int(self.pipe.vae.sampling_rate))
-        preds = {k: s.argmax(-1) for k, s in scores.items()}
-        margin = scores[factor][:, -1] - scores[factor][:, 0] if factor else torch.zeros(len(audio))
-        return preds, margin
 
 
 @dataclass

@@ -28,6 +28,15 @@ concepts ``--values`` and ``--keep``, a CLAP judge ``--judge``; not run here, no
         --values slow fast --prompt "a {value} piano piece" --prompt "{value} jazz with drums" \\
         --prompt "a {value} guitar song" --keep "instrument=piano,guitar,drums" --steps 100 \\
         --guidance 7 --n 32 --seconds 10 --strengths 2 5 10 20 50 100 --sae-steps 5000
+
+or, with ``--backend stable-audio-tools`` (or a folder holding ``model_config.json`` and
+``model.safetensors``), stable-audio-tools' own model of the same checkpoint through
+:class:`recipes.tada.sat.SatModel` (the DiT's ``cross_attn`` layers, its own sampler)::
+
+    interventions run tada --model stabilityai/stable-audio-open-1.0 --backend stable-audio-tools \\
+        --device cuda --concept tempo --values slow fast --prompt "a {value} piano piece" \\
+        --prompt "{value} jazz with drums" --prompt "a {value} guitar song" \\
+        --keep "instrument=piano,guitar,drums" --steps 100 --guidance 7 --n 32 --seconds 10
 """
 
 from __future__ import annotations
@@ -46,8 +55,9 @@ from .caa import caa_curve, caa_vectors, restrict, steering_curve
 from .localize import Localisation, localize
 from .plots import plot_localisation, plot_tradeoff
 from .sae_steer import feature_scores, sae_hooks, top_features_by_step, train_layer_sae
+from .tones import block_count
 
-__all__ = ["main", "DEFAULT_VALUES", "load_model", "pick_layers", "run_tones"]
+__all__ = ["main", "DEFAULT_VALUES", "load_model", "pick_layers", "run_caa", "run_tones"]
 
 #: (negative / swapped, positive / clean) value of each tones factor
 DEFAULT_VALUES = {
@@ -57,13 +67,16 @@ DEFAULT_VALUES = {
     "vocals": ("instrumental", "vocals"),
 }
 FIT_TEMPLATES, HELD_OUT_TEMPLATES = (0, 1), (2,)
+TONES_CHECKPOINT = "recipes/worlds/checkpoints/tones"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def load_model(name: str, args: argparse.Namespace | None = None) -> Any:
     """``tones`` / ``ground-truth`` / a tones folder (a ground-truth folder holds ground_truth.json) /
     a ``StableAudioPipeline`` (folder with model_index.json, or Hub id: safetensors only) wrapped
-    as a :class:`~recipes.tada.pipeline.PipelineModel` with ``--prompt``, ``--keep`` and ``--judge``."""
+    as a :class:`~recipes.tada.pipeline.PipelineModel`, or a stable-audio-tools model (folder with
+    model_config.json, or Hub id with ``--backend stable-audio-tools``) wrapped as a
+    :class:`~recipes.tada.sat.SatModel`; both with ``--prompt``, ``--keep`` and ``--judge``."""
     from recipes.worlds import tones_model
 
     from .ground_truth import load_ground_truth
@@ -73,22 +86,29 @@ def load_model(name: str, args: argparse.Namespace | None = None) -> Any:
     if name == "ground-truth":
         return load_ground_truth()
     folder = Path(name)
-    if folder.is_dir() and not (folder / "model_index.json").exists():
+    sat = (folder / "model_config.json").exists() or (args is not None and args.backend == "stable-audio-tools")
+    if folder.is_dir() and not sat and not (folder / "model_index.json").exists():
         return load_ground_truth(folder) if (folder / "ground_truth.json").exists() else tones_model.load_model(folder)
     if not folder.is_dir() and not _HUB_ID.match(name):
         raise FileNotFoundError(f"--model {name!r}: not 'tones', 'ground-truth', a checkpoint folder or a Hub id")
     if args is None or not args.prompt or not args.values:
         raise SystemExit("a pipeline --model needs --values FROM TO and at least one --prompt with a {value} slot")
-    from diffusers import StableAudioPipeline
-
     from .pipeline import ClapJudge, PipelineModel
 
     concepts = {args.concept: tuple(args.values)}
     for spec in args.keep or []:
         key, _, vals = spec.partition("=")
         concepts[key] = tuple(v.strip() for v in vals.split(",") if v.strip())
+    judge = ClapJudge(concepts, args.judge)
+    if sat:
+        from .sat import SatModel, load_sat_model
+
+        module, config = load_sat_model(name, args.device)
+        return SatModel(args.prompt, concepts, judge, module, config["sample_size"], seconds=args.seconds)
+    from diffusers import StableAudioPipeline
+
     pipe = StableAudioPipeline.from_pretrained(name, use_safetensors=True).to(args.device)
-    return PipelineModel(pipe, args.prompt, concepts, ClapJudge(concepts, args.judge), seconds=args.seconds)
+    return PipelineModel(args.prompt, concepts, judge, pipe, seconds=args.seconds)
 
 
 def pick_layers(locs: list[Localisation], share: float = 0.5) -> list[int]:
@@ -117,14 +137,25 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--sae-strengths", type=float, nargs="+", default=[0.5, 1, 2, 4, 8])
     ap.add_argument("--sae-gammas", type=float, nargs="+", default=[0, -1, -2, -4])
     ap.add_argument("--sae-top", type=int, default=3, help="features per step")
+    ap.add_argument(
+        "--sae-score", default="tfidf", choices=["tfidf", "diff_of_means", "cohens_d"], help="how features are ranked"
+    )
     ap.add_argument("--sae-steps", type=int, default=600, help="SAE training steps")
     ap.add_argument("--no-steer", action="store_true", help="localisation only")
     ap.add_argument("--prompt", action="append", help="pipeline models: a prompt template with {value} (repeat)")
     ap.add_argument("--keep", action="append", help="pipeline models: another concept the judge scores, name=v1,v2")
     ap.add_argument("--judge", default="laion/clap-htsat-unfused", help="pipeline models: the CLAP checkpoint")
     ap.add_argument("--seconds", type=float, default=None, help="pipeline models: audio length")
+    ap.add_argument(
+        "--backend",
+        choices=["diffusers", "stable-audio-tools"],
+        default="diffusers",
+        help="a Hub --model's format: a diffusers StableAudioPipeline or stable-audio-tools' model_config.json + "
+        "model.safetensors (a folder is recognised by its files)",
+    )
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--no-sae", action="store_true")
+    ap.add_argument("--no-sae", action="store_true", help="skip the SAE part")
+    ap.add_argument("--no-caa", action="store_true", help="skip the CAA part (localisation and SAE only)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("tada_out"))
     return ap
@@ -156,18 +187,39 @@ def run_tones(args: argparse.Namespace) -> dict[str, Any]:
     if args.no_steer:
         out["cpu_seconds_total"] = round(time.process_time(), 1)
         return out
-    n_layers = len(model.transformer.transformer_blocks)
+    if not args.no_caa:
+        base = {"tones": TONES_CHECKPOINT, "ground-truth": "recipes/worlds/checkpoints/tones_tada_ground_truth"}
+        out.update(run_caa(model, args, tag, concept, (neg, pos), layers, common, base.get(model_name, model_name)))
+    out["seconds_caa"] = round(time.time() - t0 - out["seconds_localisation"], 1)
+    if not args.no_sae:
+        out["sae"] = _sae_part(model, args, concept, (neg, pos), layers[0], common)
+    out["seconds_total"] = round(time.time() - t0, 1)
+    out["cpu_seconds_total"] = round(time.process_time(), 1)  # this process's CPU time (the machine is shared)
+    return out
+
+
+def run_caa(
+    model: Any,
+    args: argparse.Namespace,
+    tag: str,
+    concept: str,
+    values: tuple[str, str],
+    layers: list[int],
+    common: dict[str, Any],
+    base_model: str,
+) -> dict[str, Any]:
+    """The CAA part of the CLI on any TADA model: vectors at every layer fitted on templates 0-1
+    (saved with their card under ``<out>/<tag>_vectors``), then per held-out seed the curves of
+    the localised layers and of all layers, cond pass and both passes, and projection removal;
+    a trade-off plot per seed. Returns ``{"vectors": folder name, "caa": per seed}``."""
+    neg, pos = values
+    out: dict[str, Any] = {}
+    n_layers = block_count(model)
     fit = {"n": args.n, "seed": 1000, "prompt_seed": 200, "templates": FIT_TEMPLATES, **common}
-    base = {
-        "tones": "recipes/worlds/checkpoints/tones",
-        "ground-truth": "recipes/worlds/checkpoints/tones_tada_ground_truth",
-    }
-    vec_all = caa_vectors(
-        model, concept, (neg, pos), list(range(n_layers)), **fit, base_model=base.get(model_name, model_name)
-    )
-    vec_loc = restrict(vec_all, layers)
+    vec_all = caa_vectors(model, concept, (neg, pos), list(range(n_layers)), **fit, base_model=base_model)
+    vec_loc = restrict(vec_all, layers, model)
     folder = args.out / f"{tag}_vectors"
-    _save_vectors(folder, {"localised": vec_loc, "all_layers": vec_all}, concept)
+    _save_vectors(folder, {"localised": vec_loc, "all_layers": vec_all}, concept, args.world)
     out["vectors"] = folder.name
     per_seed = []
     for s in args.seeds:
@@ -184,15 +236,10 @@ def run_tones(args: argparse.Namespace) -> dict[str, Any]:
         per_seed.append({"seed": s, "prompt_seed": 300 + s, "curves": [c.to_json() for c in curves]})
         plot_tradeoff(curves[:4], args.out / f"{tag}_steering_seed{s}.png", f"CAA {neg} -> {pos}, held-out seed {s}")
     out["caa"] = per_seed
-    out["seconds_caa"] = round(time.time() - t0 - out["seconds_localisation"], 1)
-    if not args.no_sae:
-        out["sae"] = _sae_part(model, args, concept, (neg, pos), layers[0], common)
-    out["seconds_total"] = round(time.time() - t0, 1)
-    out["cpu_seconds_total"] = round(time.process_time(), 1)  # this process's CPU time (the machine is shared)
     return out
 
 
-def _save_vectors(folder: Path, vectors: dict[str, Any], concept: str) -> None:
+def _save_vectors(folder: Path, vectors: dict[str, Any], concept: str, world: str) -> None:
     from hub_cards import write_card
 
     for name, vec in vectors.items():
@@ -200,7 +247,7 @@ def _save_vectors(folder: Path, vectors: dict[str, Any], concept: str) -> None:
     write_card(
         folder,
         "steering_vector",
-        title=f"TADA CAA vectors: {concept} in the tones world",
+        title=f"TADA CAA vectors: {concept} in the {world} world",
         description=(
             "Per-step unit CAA directions (difference of mean cross-attention outputs of prompts with the positive "
             "and the negative value, cond rows), for the localised blocks and for every block. Apply with "
@@ -215,7 +262,7 @@ def _sae_part(model: Any, args: argparse.Namespace, concept: str, values: tuple[
     )
     fit = {"n": args.n, "seed": 1000, "prompt_seed": 200, "templates": FIT_TEMPLATES, **common}
     scores = feature_scores(model, sae, layer, concept, values, **fit)
-    feats = top_features_by_step(scores["tfidf"], args.sae_top)
+    feats = top_features_by_step(scores[args.sae_score], args.sae_top)
     agree = {
         name: float(
             sum(len(set(a) & set(b)) for a, b in zip(feats, top_features_by_step(s, args.sae_top), strict=True))
@@ -230,19 +277,19 @@ def _sae_part(model: Any, args: argparse.Namespace, concept: str, values: tuple[
             model,
             concept,
             values,
-            lambda m: sae_hooks(sae, layer, feats, m, mode="add"),
+            lambda m: sae_hooks(sae, layer, feats, m, mode="add", model=model),
             args.sae_strengths,
-            label=f"SAE add top-{args.sae_top} (block {layer})",
+            label=f"SAE add top-{args.sae_top} {args.sae_score} (block {layer})",
             **held,
         )
         scale = steering_curve(
             model,
             concept,
             values,
-            lambda g: sae_hooks(sae, layer, feats, g, mode="scale"),
+            lambda g: sae_hooks(sae, layer, feats, g, mode="scale", model=model),
             args.sae_gammas,
             mode="remove",
-            label=f"SAE scale top-{args.sae_top} (block {layer})",
+            label=f"SAE scale top-{args.sae_top} {args.sae_score} (block {layer})",
             **held,
         )
         per_seed.append({"seed": s, "curves": [add.to_json(), scale.to_json()]})
@@ -251,8 +298,9 @@ def _sae_part(model: Any, args: argparse.Namespace, concept: str, values: tuple[
         "d_sae": sae.d_sae,
         "k": sae.k,
         "train": {"fvu": report.fvu, "l0": report.l0, "dead_fraction": report.dead_fraction},
-        "features_tfidf_by_step": feats,
-        "overlap_with_tfidf_top": agree,
+        "score": args.sae_score,
+        "features_by_step": feats,
+        "overlap_with_top": agree,
         "per_seed": per_seed,
     }
 

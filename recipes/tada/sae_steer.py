@@ -30,7 +30,7 @@ from interventions.scores import cohens_d, difference_of_means, tfidf
 from interventions.steering import token_means
 
 from .localize import cross_attn_output
-from .tones import CFG, prompt_pairs, sample
+from .tones import cfg_layout, prompt_pairs, sample
 
 __all__ = ["layer_activations", "train_layer_sae", "feature_scores", "top_features_by_step", "sae_hooks"]
 
@@ -45,9 +45,9 @@ def layer_activations(
     model: Any, layer: int, prompts: list[str], seed: int, *, steps: int = 20, guidance: float = 3.0
 ) -> dict[int, torch.Tensor]:
     """Cond-row cross-attention outputs of ``layer`` per step: ``{step: [prompts, tokens, width]}``."""
-    site = cross_attn_output(layer)
+    site = cross_attn_output(layer, model)
     cache = Cache(when=When(branch="cond"), on_repeat="replace")
-    with attach(model.transformer, {site: cache}, cfg=CFG):
+    with attach(model.transformer, {site: cache}, cfg=cfg_layout(model)):
         sample(model, prompts, seed, steps=steps, guidance=guidance)
     return {step: cache.get(site, step=step, branch="cond") for step in range(steps)}
 
@@ -82,7 +82,7 @@ def train_layer_sae(
     acts = layer_activations(model, layer, prompts, seed, steps=steps, guidance=guidance)
     tokens = torch.cat([a.reshape(-1, a.shape[-1]) for a in acts.values()])
     width = tokens.shape[-1]
-    info = SAEInfo(site=cross_attn_output(layer), layout="BNC", branch="cond")
+    info = SAEInfo(site=cross_attn_output(layer, model), layout="BNC", branch="cond")
     cfg = TrainConfig(steps=train_steps, batch_size=512, lr=2e-3, seed=seed, progress=progress)
     return train_sae(tokens, expansion * width, kind="topk", k=k, config=cfg, info=info)
 
@@ -123,10 +123,18 @@ def top_features_by_step(scores: torch.Tensor, top: int) -> list[list[int]]:
 
 
 def sae_hooks(
-    sae: SAE, layer: int, features: list[list[int]], strength: float, *, mode: str = "add", branch: str = "cond"
+    sae: SAE,
+    layer: int,
+    features: list[list[int]],
+    strength: float,
+    *,
+    mode: str = "add",
+    branch: str = "cond",
+    model: Any = None,
 ) -> dict[str, Any]:
     """``{site: SAEEdit}`` that edits each step's ``features``: ``"add"`` sets ``z_f <- z_f + m``,
-    ``"scale"`` sets ``z_f <- gamma z_f`` (``strength`` is ``m`` or ``gamma``); error term kept."""
+    ``"scale"`` sets ``z_f <- gamma z_f`` (``strength`` is ``m`` or ``gamma``); error term kept.
+    ``model`` names the site where it is not the tones DiT's."""
     if mode not in ("add", "scale"):
         raise ValueError(f"SAE steering mode must be 'add' or 'scale', got {mode!r}")
     index = [torch.as_tensor(f, dtype=torch.long) for f in features]
@@ -140,4 +148,4 @@ def sae_hooks(
         z[:, f] = z[:, f] + strength if mode == "add" else z[:, f] * strength
         return z
 
-    return {cross_attn_output(layer): SAEEdit(sae, edit, when=When(branch=branch))}
+    return {cross_attn_output(layer, model): SAEEdit(sae, edit, when=When(branch=branch))}

@@ -6,6 +6,13 @@ A model is anything :func:`recipes.worlds.tones_model.generate` samples (a ``Ton
 model with its own ``encode_prompts`` (the ground-truth split view). The DiT's CFG rows are
 ``[uncond, cond]``: :data:`CFG` is what ``interventions.attach`` is told.
 
+Every TADA function also takes another model that brings its own parts (duck-typed, so the same
+code path runs on it): ``transformer`` (what ``attach`` hooks), ``cfg`` (its batched CFG layout,
+or None where the adapter knows it), ``cross_attn_inputs(i)`` / ``cross_attn_output(i)`` (site
+names), ``block_count()``, ``prompt_pairs``, ``random_prompts``, ``value_index``,
+``sample_prompts`` and ``read``: :class:`recipes.tada.pipeline.PipelineModel` (diffusers),
+:class:`recipes.tada.sat.SatModel` (stable-audio-tools), :class:`recipes.tada.shapes.ShapesModel`.
+
 Example::
 
     pairs = prompt_pairs("tempo", ("slow", "fast"), n=2, seed=0)
@@ -35,6 +42,7 @@ __all__ = [
     "measure",
     "read",
     "block_count",
+    "cfg_layout",
     "latents",
 ]
 
@@ -172,4 +180,13 @@ def measure(reps: torch.Tensor, factor: str, seed: int = 0) -> torch.Tensor:
 
 
 def block_count(model: Any) -> int:
+    """The number of cross-attention layers TADA sweeps (a model with other names counts its own)."""
+    if hasattr(model, "block_count"):
+        return model.block_count()
     return len(model.transformer.transformer_blocks)
+
+
+def cfg_layout(model: Any) -> tuple[str, ...] | None:
+    """The CFG row layout to tell ``attach``: the tones DiT's :data:`CFG` unless the model names its
+    own (None: ``attach``'s adapter knows it, as for pipelines and stable-audio-tools)."""
+    return model.cfg if hasattr(model, "cfg") else CFG
