@@ -17,7 +17,6 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -50,20 +49,37 @@ HookSpec = Hook | Callable[..., Any] | Sequence[Hook | Callable[..., Any]]
 _UNSET = object()
 
 
-@dataclass(slots=True)
 class _Entry:
-    site: Site
-    name: str
-    module: nn.Module
-    hooks: list[tuple[Hook, When | None, int, bool]]  # (hook, its When, its slot in ``applied``, result_fits)
-    ctx: Context
-    layout_fixed: bool
-    params: list[str] = field(default_factory=list)
-    fired: int = 0
-    whole: bool = False  # every hook acts on each row alike (or caches): no CFG split needed
-    epoch: int = -1  # the state's epoch at the last firing (for the invocation index)
-    applied: list[bool] = field(default_factory=list)  # per hook with a When: did it ever apply
-    only: Hook | None = None  # the site's one hook, when it has one and no When: the fast path
+    """One hooked site of a session: its module, its hooks in order, its context and counters."""
+
+    __slots__ = (
+        "site",
+        "name",
+        "module",
+        "hooks",
+        "ctx",
+        "layout_fixed",
+        "params",
+        "fired",
+        "whole",
+        "epoch",
+        "applied",
+        "only",
+    )
+
+    def __init__(self, site: Site, name: str, module: nn.Module, ctx: Context, layout_fixed: bool) -> None:
+        self.site = site
+        self.name = name
+        self.module = module
+        self.hooks: list[tuple[Hook, When | None, int, bool]] = []  # (hook, its When, its slot in applied, fits)
+        self.ctx = ctx
+        self.layout_fixed = layout_fixed
+        self.params: list[str] = []
+        self.fired = 0
+        self.whole = True  # every hook acts on each row alike (or caches): no CFG split needed
+        self.epoch = -1  # the state's epoch at the last firing (for the invocation index)
+        self.applied: list[bool] = []  # per hook: did it ever apply (a hook without a When always does)
+        self.only: Hook | None = None  # the site's one hook, when it has one and no When: the fast path
 
 
 def _hook_failed(e: _Entry, h: Hook | None, ctx: Context, exc: Exception) -> HookError:
@@ -156,25 +172,19 @@ class Session:
             raise TypeError("attach(model, hooks): hooks is a dict {site pattern: hook or [hooks]}")
         by_site: dict[str, _Entry] = {}  # by canonical name: a str hashes once, a Site at each lookup
         for pattern, spec in hooks.items():
-            if not isinstance(pattern, str):
-                raise SiteError(
-                    f"attach(model, hooks): a site is a string such as 'blocks.0' or 'unet.mid_block', got "
-                    f"{type(pattern).__name__} {pattern!r}"
-                )
-            hook_list, rowwise = _hook_list(pattern, spec)
+            hook_list = _hook_list(pattern, spec)
             for site, module in self._expand(pattern):
                 name = site.name
                 entry = by_site.get(name)
                 if entry is None:
                     entry = by_site[name] = self._entry(site, name, module, layouts)
-                    entry.whole = rowwise
-                else:
-                    entry.whole = entry.whole and rowwise
-                for h, when in hook_list:
+                hooked, applied = entry.hooks, entry.applied
+                for h, when, rowwise, fits in hook_list:
                     if when is not None and when.needs_steps and not entry.ctx.stepped:
                         raise self._no_steps(entry, h, when)
-                    entry.hooks.append((h, when, len(entry.applied), getattr(h, "result_fits", False)))
-                    entry.applied.append(when is None)
+                    hooked.append((h, when, len(applied), fits))
+                    applied.append(when is None)
+                    entry.whole = entry.whole and rowwise
         entries = list(by_site.values())
         for entry in entries:
             if len(entry.hooks) == 1 and entry.hooks[0][1] is None:
@@ -184,8 +194,8 @@ class Session:
     def _entry(self, site: Site, name: str, module: nn.Module, layouts: dict[str, str]) -> _Entry:
         layout = layouts.get(name, layouts.get(site.module, _UNSET)) if layouts else _UNSET
         component = self._unit_of(site.module)
-        ctx = Context(name, self.state, component=component, stepped=component in self._denoisers)
-        entry = _Entry(site, name, module, [], ctx, layout is not _UNSET)
+        ctx = Context(name, self.state, None, component, component in self._denoisers)
+        entry = _Entry(site, name, module, ctx, layout is not _UNSET)
         if layout is not _UNSET:
             ctx.layout = layout  # type: ignore[assignment]
         if site.direction == "input":
@@ -649,18 +659,22 @@ def attach(
 
 
 # -- helpers -----------------------------------------------------------------------------------
-def _hook_list(pattern: str, spec: Any) -> tuple[list[tuple[Hook, When | None]], bool]:
-    """The hooks given for one pattern, each with its ``When`` (a plain function has none), and
-    whether all of them act on every row alike (no CFG split needed)."""
+def _hook_list(pattern: Any, spec: Any) -> list[tuple[Hook, When | None, bool, bool]]:
+    """The hooks given for one pattern, each with its ``When`` (a plain function has none),
+    whether it acts on every row alike (no CFG split needed) and whether its result fits by
+    construction (``Hook.result_fits``)."""
+    if not isinstance(pattern, str):
+        raise SiteError(
+            f"attach(model, hooks): a site is a string such as 'blocks.0' or 'unet.mid_block', got "
+            f"{type(pattern).__name__} {pattern!r}"
+        )
     out = []
-    rowwise = True
     for h in spec if isinstance(spec, (list, tuple)) else (spec,):
         if not callable(h):
             raise TypeError(f"site {pattern!r}: {h!r} is not a hook (a callable hook(x, ctx))")
         when = as_when(getattr(h, "when", None))
-        out.append((h, when))
-        rowwise = rowwise and when is None and _acts_rowwise(h)
-    return out, rowwise
+        out.append((h, when, when is None and _acts_rowwise(h), getattr(h, "result_fits", False)))
+    return out
 
 
 def _acts_rowwise(h: Any) -> bool:

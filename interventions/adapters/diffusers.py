@@ -176,7 +176,13 @@ class DiffusersPipelineAdapter(DiffusersModelAdapter):
         # a plain config value such as ``requires_safety_checker`` as an attribute is deprecated)
         names = [k for k, v in target.config.items() if not k.startswith("_") and isinstance(v, (list, tuple))]
         self._comps = {k: m for k in names if isinstance(m := getattr(target, k, None), nn.Module)}
-        self._schedulers = [s for k in names if callable(getattr(s := getattr(target, k, None), "set_timesteps", None))]
+        # a scheduler is a component that is no module and whose class has set_timesteps (read on the class:
+        # a tokenizer's or a model's instance __getattr__ would run, and fail, for each missing name)
+        self._schedulers = [
+            s
+            for k in names
+            if k not in self._comps and callable(getattr(type(s := getattr(target, k, None)), "set_timesteps", None))
+        ]
         # every component run with a timestep in the denoising loop is stepped (a ControlNet, Wan's
         # transformer_2, a prior and its decoder); the main one (groups, layouts) comes first
         self._denoisers = [n for n, m in self._comps.items() if is_denoiser(m)]
