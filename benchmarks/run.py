@@ -297,9 +297,20 @@ def markdown(res: dict[str, Any]) -> str:
             "| target | raw on resolved modules | raw with get_submodule | empty session | interventions | re-entered | baukit |",
             "|---|---|---|---|---|---|---|",
         ]
+        libs = ("raw_resolved", "raw", "empty", "interventions", "reentered", "baukit")
         for t in ("unet", "pipeline", "gpt2"):
-            libs = ("raw_resolved", "raw", "empty", "interventions", "reentered", "baukit")
             row = [enter.get(f"{lib}:{t}", {}).get("us") for lib in libs]
+            lines.append(f"| {t} | " + " | ".join(_f(x, 0) for x in row) + " |")
+        lines += [
+            "",
+            "Warm: 20 calls in a row per timing (what `python -m benchmarks.enter_loop` confirms). Cold, one call per "
+            "timing after the other variants ran (caches taken), same columns:",
+            "",
+            "| target | raw on resolved modules | raw with get_submodule | empty session | interventions | re-entered | baukit |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for t in ("unet", "pipeline", "gpt2"):
+            row = [enter.get(f"{lib}:{t}", {}).get("cold_us") for lib in libs]
             lines.append(f"| {t} | " + " | ".join(_f(x, 0) for x in row) + " |")
     pf = hooks.get("per_fire")
     if pf:
