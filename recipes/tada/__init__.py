@@ -9,6 +9,9 @@ steer it there with per-step CAA vectors or SAE features.
 - :func:`train_layer_sae`, :func:`feature_scores`, :func:`sae_hooks` (:mod:`recipes.tada.sae_steer`);
 - :mod:`recipes.tada.ground_truth`: the shipped model in which only block 2 sees timbre;
 - :mod:`recipes.tada.pipeline`: Stable Audio Open (a ``StableAudioPipeline``) through the same functions;
+- :mod:`recipes.tada.sat`: a stable-audio-tools DiT (``ConditionedDiffusionModelWrapper``, Stable
+  Audio Open in the authors' format) through the same functions;
+- :class:`recipes.tada.shapes.ShapesModel`: CAA on the shapes UNet through the same functions;
 - :mod:`recipes.tada.run`: ``interventions run tada``.
 
 Example::
