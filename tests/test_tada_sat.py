@@ -47,6 +47,10 @@ def test_patching_the_only_layer_restores_the_clean_run_on_the_cond_rows():
     gap = loc.patching.source_value - loc.patching.baseline
     assert abs(gap) > 1e-4, "the clean and swapped prompts must give different samples"
     assert float(loc.recovered()[0, 0]) == pytest.approx(1.0, abs=1e-5)
+    model.cfg = ("uncond", "cond")  # the wrong layout: the uncond rows would be patched
+    wrong = localize(model, "level", ("loud", "soft"), n=3, steps=3, windows=False, ablation=False)
+    assert float(wrong.recovered()[0, 0]) == pytest.approx(0.0, abs=1e-5)
+    del model.cfg  # back to the class's None: the adapter's [cond, uncond]
     assert len(loc.ablation) == 1
     json.dumps(loc.to_json())
     a = sample(model, ["a loud piano"], 0, steps=3, guidance=3.0)
