@@ -43,6 +43,7 @@ from pathlib import Path
 import torch
 
 from .methods import METHODS, Evaluation, Sequence, run_sequence
+from .metrics import forgetting_per_task
 from .report import plot_matrices, summarise, table
 from .tasks import make_tasks
 from .train import Training
@@ -173,6 +174,7 @@ def _write(out, args, tasks, training, ev, sequences, summary, seconds) -> None:
                 "base": s.base,
                 "final_average": s.final_average,
                 "forgetting": s.forgetting,
+                "forgetting_per_task": forgetting_per_task(torch.tensor(s.scores)),
                 "final_loss": [sum(c[-20:]) / len(c[-20:]) for c in s.losses],
             }
             for s in sequences
