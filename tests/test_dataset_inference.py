@@ -108,6 +108,16 @@ def test_features_do_not_depend_on_the_batch_size(gmm):
     a = compute_features(target, samples, FeatureConfig(timesteps=(50,), batch_size=7), progress=False)
     b = compute_features(target, samples, FeatureConfig(timesteps=(50,), batch_size=20), progress=False)
     torch.testing.assert_close(a.values, b.values)
+    many = [
+        compute_features(target, samples, FeatureConfig(timesteps=(50,), batch_size=b, views=4), progress=False)
+        for b in (7, 20)
+    ]
+    torch.testing.assert_close(many[0].values, many[1].values)
+    # more views change the averaged losses only: the first view and the gradient keep their draws
+    assert not torch.allclose(many[0].column("loss@50"), a.column("loss@50"))
+    torch.testing.assert_close(many[0].column("grad@100"), a.column("grad@100"))
+    with pytest.raises(ValueError, match="views is the number of noise draws"):
+        FeatureConfig(views=0)
 
 
 def test_set_folders_round_trip_and_refuse_bad_ones(tmp_path):

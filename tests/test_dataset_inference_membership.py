@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interventions.membership import denoising_loss, per_sample_grad_norms, prediction_target
+from interventions.membership import denoising_loss, mean_denoising_loss, per_sample_grad_norms, prediction_target
 from recipes.worlds.gaussian_mixture import random_mixture
 
 torch.set_num_threads(1)
@@ -60,6 +60,38 @@ def test_bad_inputs_say_what_was_wrong():
         denoising_loss(dens["epsilon"], x0, [], abar)
     with pytest.raises(ValueError, match="unknown prediction_type"):
         prediction_target(x0, x0, abar[0], "eps")
+
+
+def test_mean_loss_averages_the_views_and_makes_a_sample_s_loss_repeatable():
+    """Two independent sets of draws agree on which samples are hard far better with 8 views than
+    with one (measured with these seeds: correlation 0.06 with one view, 0.30 with 8)."""
+    mix, dens = _mixture_denoisers()
+    x0 = mix.sample(400, torch.Generator().manual_seed(1))
+    abar = dens["epsilon"].alphas_cumprod.float()
+    noise = torch.randn(3, 2, 400, 4, generator=torch.Generator().manual_seed(4))
+    mean = mean_denoising_loss(dens["epsilon"], x0, [50, 300], abar, noise=noise)
+    each = torch.stack([denoising_loss(dens["epsilon"], x0, [50, 300], abar, noise=n) for n in noise])
+    torch.testing.assert_close(mean, each.mean(0))
+    one = mean_denoising_loss(dens["epsilon"], x0, [300], abar, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(
+        one, denoising_loss(dens["epsilon"], x0, [300], abar, generator=torch.Generator().manual_seed(5))
+    )
+
+    def repeatability(views):
+        a, b = (
+            mean_denoising_loss(
+                dens["epsilon"], x0, [300], abar, views=views, generator=torch.Generator().manual_seed(s)
+            )
+            for s in (6, 7)
+        )
+        return float(torch.corrcoef(torch.cat([a, b], 1).T)[0, 1])
+
+    r1, r8 = repeatability(1), repeatability(8)
+    assert r1 < 0.15 and r8 > 0.2, (r1, r8)
+    with pytest.raises(ValueError, match="views is the number of noise draws"):
+        mean_denoising_loss(dens["epsilon"], x0, [300], abar, views=0)
+    with pytest.raises(ValueError, match=r"expected \(views, len\(timesteps\), \*x0.shape\)"):
+        mean_denoising_loss(dens["epsilon"], x0, [50, 300], abar, noise=torch.zeros(2, 400, 4))
 
 
 def test_grad_norms_equal_per_sample_autograd_and_leave_parameters_alone():

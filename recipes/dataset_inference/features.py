@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from interventions.membership import denoising_loss, per_sample_grad_norms
+from interventions.membership import denoising_loss, mean_denoising_loss, per_sample_grad_norms
 
 from .targets import Target
 
@@ -53,13 +53,19 @@ class SampleSet:
 
 @dataclass
 class FeatureConfig:
-    """Timesteps index the model's 1000-step schedule; ``grad_timestep=None`` skips the gradient."""
+    """Timesteps index the model's 1000-step schedule; ``grad_timestep=None`` skips the gradient.
+    ``views``: noise draws per sample and timestep, the losses averaged (the gradient uses one)."""
 
     timesteps: tuple[int, ...] = (50, 100, 200, 400)
     grad_timestep: int | None = 100
     cfg: bool = True
     noise_seed: int = 0
     batch_size: int = 100
+    views: int = 1
+
+    def __post_init__(self) -> None:
+        if self.views < 1:
+            raise ValueError(f"views is the number of noise draws per sample and timestep: >= 1, got {self.views}")
 
 
 @dataclass
@@ -77,13 +83,16 @@ class Features:
 
 
 def _noise(config: FeatureConfig, shape: tuple[int, ...], start: int, count: int) -> Tensor:
-    """Noise ``K x count x ...`` for sample positions ``start..start+count``: one seeded draw per
-    position, so a sample's noise does not depend on the batch size."""
-    k = len(config.timesteps) + (config.grad_timestep is not None)
-    draws = [
-        torch.randn((k, *shape), generator=torch.Generator().manual_seed(config.noise_seed * 1_000_003 + i))
-        for i in range(start, start + count)
-    ]
+    """Noise ``D x count x ...`` for sample positions ``start..start+count`` (``D = views x timesteps``,
+    then one for the gradient): one seeded draw per position, so a sample's noise does not depend on
+    the batch size; the first view's draws are those of ``views=1``."""
+    k = len(config.timesteps) * config.views + (config.grad_timestep is not None)
+    draws = []
+    for i in range(start, start + count):
+        g = torch.Generator().manual_seed(config.noise_seed * 1_000_003 + i)
+        first = torch.randn((len(config.timesteps) + (config.grad_timestep is not None), *shape), generator=g)
+        more = torch.randn((k - len(first), *shape), generator=g)
+        draws.append(torch.cat([first[: len(config.timesteps)], more, first[len(config.timesteps) :]]))
     return torch.stack(draws, 1)
 
 
@@ -113,25 +122,26 @@ def compute_features(
         batch = samples.rows(start, start + config.batch_size)
         x0 = batch.latents.float()
         noise = _noise(config, shape, start, len(batch)).to(x0.device)
+        views = noise[: len(steps) * config.views].unflatten(0, (config.views, len(steps)))
         cols = []
         with torch.no_grad():
-            cond = denoising_loss(
+            cond = mean_denoising_loss(
                 _denoiser(target, batch.conditions),
                 x0,
                 steps,
                 target.alphas_cumprod,
                 target.prediction_type,
-                noise=noise[: len(steps)],
+                noise=views,
             )
             cols.append(cond)
             if config.cfg:
-                uncond = denoising_loss(
+                uncond = mean_denoising_loss(
                     _denoiser(target, None),
                     x0,
                     steps,
                     target.alphas_cumprod,
                     target.prediction_type,
-                    noise=noise[: len(steps)],
+                    noise=views,
                 )
                 cols.append(cond - uncond)
         if config.grad_timestep is not None:

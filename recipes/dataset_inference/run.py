@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--grad-timestep", type=int, default=100, help="-1: no gradient-norm feature")
     ap.add_argument("--grad-site", default=None, help="site of the gradient norm (default: the target's)")
     ap.add_argument("--no-cfg", action="store_true", help="skip the conditional-minus-unconditional features")
+    ap.add_argument("--views", type=int, default=1, help="noise draws per sample and timestep, losses averaged")
     ap.add_argument("--ns", type=int, nargs="+", default=[10, 20, 50, 100, 200, 500])
     ap.add_argument("--resamples", type=int, default=200, help="resamples per n of the p-value curve")
     ap.add_argument(
@@ -186,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         grad_timestep=None if args.grad_timestep < 0 else args.grad_timestep,
         cfg=not args.no_cfg,
         batch_size=args.batch_size,
+        views=args.views,
     )
     matrices: dict[int, dict[str, torch.Tensor]] = {}
     result = run(
