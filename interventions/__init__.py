@@ -29,7 +29,7 @@ from .errors import (
 )
 from .heads import eager_attention, head_sites, pattern_sites
 from .hooks import Ablate, AddVector, Cache, EditGrad, Grads, Hook, Lambda, Patch, SAEEdit
-from .membership import denoising_loss, per_sample_grad_norms
+from .membership import denoising_loss, mean_denoising_loss, per_sample_grad_norms
 from .patching import PatchingTable, patching_sweep
 from .session import Session, attach
 from .sites import Site, SiteError, SiteNotFoundError
@@ -75,6 +75,7 @@ __all__ = [
     "eager_attention",
     "harvest",
     "head_sites",
+    "mean_denoising_loss",
     "open_harvest",
     "patching_sweep",
     "pattern_sites",
