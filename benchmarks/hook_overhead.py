@@ -714,21 +714,33 @@ def bench_in_hooks(t: Target, rounds: int) -> dict[str, Any]:
 
     A pipeline call's end-to-end Δ is inside this machine's noise at the 2% level (its
     interquartile range spans ~15% of the call); the time inside the callbacks is not. Raw's clock
-    covers its body (detach, clone, append); ours covers ``Session._run`` (everything the engine
-    does per fire). Torch's dispatch to a hook is the same for both and not included.
+    covers its body (detach, clone, append); ours covers every torch hook a session adds (the
+    sites' hooks, each denoiser call's entry and exit, the call counting of the other
+    components): everything the engine does per fire and per call, but the scheduler wrappers.
+    Torch's dispatch to a hook is the same for both and not included.
     """
     from interventions import Cache, attach
-    from interventions import session as session_mod
+    from interventions.torch_hooks import HookSet
 
     spent = [0.0]
     clock = time.process_time
-    original = session_mod.Session._run
+    forward, forward_pre = HookSet.forward, HookSet.forward_pre
 
-    def timed_run(self: Any, e: Any, x: Any) -> Any:
-        c = clock()
-        out = original(self, e, x)
-        spent[0] += clock() - c
-        return out
+    def timed(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def hook(*args: Any) -> Any:
+            c = clock()
+            try:
+                return fn(*args)
+            finally:
+                spent[0] += clock() - c
+
+        return hook
+
+    def timed_forward(self: Any, module: Any, fn: Any, **kw: Any) -> None:
+        forward(self, module, timed(fn), **kw)
+
+    def timed_forward_pre(self: Any, module: Any, fn: Any, **kw: Any) -> None:
+        forward_pre(self, module, timed(fn), **kw)
 
     def raw_once() -> None:
         store: dict[str, list[torch.Tensor]] = {s: [] for s in t.sites}
@@ -748,12 +760,12 @@ def bench_in_hooks(t: Target, rounds: int) -> dict[str, Any]:
                 h.remove()
 
     def ours_once() -> None:
-        session_mod.Session._run = timed_run  # type: ignore[method-assign]
+        HookSet.forward, HookSet.forward_pre = timed_forward, timed_forward_pre  # type: ignore[method-assign]
         try:
             with attach(t.attach_to, {t.prefix + s: Cache() for s in t.sites}):
                 t.run()
         finally:
-            session_mod.Session._run = original  # type: ignore[method-assign]
+            HookSet.forward, HookSet.forward_pre = forward, forward_pre  # type: ignore[method-assign]
 
     samples: dict[str, list[float]] = {"raw": [], "interventions": []}
     for _ in range(rounds):

@@ -216,9 +216,10 @@ class Cache:
             for branch, rows in segments:
                 self.store.append(with_branch(key, branch), t[rows])
             return
-        first = with_branch(key, segments[0][0])
-        if not self._warned and self.on_repeat == "warn" and first in self.store:
-            self._warn_replaced(first)
+        if not self._warned and self.on_repeat == "warn":
+            first = with_branch(key, segments[0][0])
+            if first in self.store:
+                self._warn_replaced(first)
         self.store.put_rows(key, t, segments)
 
     def _warn_replaced(self, key: StoreKey) -> None:

@@ -341,8 +341,12 @@ class Session:
 
     def _output_hook(self, e: _Entry) -> Any:
         key, run = e.site.key, self._run
-        if not key and e.only is not None and not e.ctx.stepped:
-            return self._one_hook(e)
+        if not key and e.only is not None:
+            if not e.ctx.stepped:
+                return self._one_hook(e)
+            whole = getattr(e.only, "whole_batch", None) if e.whole else None
+            if whole is not None:
+                return self._whole_batch_hook(e, whole)
         if not key:  # the common case: the module's output is the tensor
 
             def plain(module: nn.Module, args: Any, output: Any) -> Any:
@@ -381,6 +385,34 @@ class Session:
             if out is None or fits or _fits(out, x):
                 return out
             raise _wrong_output(e, h, x, out)  # type: ignore[arg-type]
+
+        return hook
+
+    def _whole_batch_hook(self, e: _Entry, whole: Callable[..., None]) -> Any:
+        """The output hook of a denoiser site whose one hook takes a batched CFG call whole (a
+        ``Cache`` in a pipeline): ``_run`` and ``_apply_whole`` fused, as in :meth:`_one_hook`.
+        One branch's rows (sequential CFG, a forced branch), the first fire and rows that are not
+        batch-major take the general path."""
+        ctx, state, run = e.ctx, self.state, self._run
+
+        def hook(module: nn.Module, args: Any, x: Any) -> Any:
+            segments = state.segments
+            if (
+                len(segments) < 2
+                or not e.layout_fixed
+                or not isinstance(x, torch.Tensor)
+                or not x.ndim
+                or x.shape[0] != segments[-1][1].stop
+            ):
+                return run(e, x)
+            e.fired += 1
+            if e.epoch != state.epoch:
+                e.epoch, ctx.invocation = state.epoch, 0
+            else:
+                ctx.invocation += 1
+            ctx.branch = None
+            whole(x, ctx, segments)
+            return None
 
         return hook
 

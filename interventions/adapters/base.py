@@ -27,6 +27,11 @@ TIMESTEP_NAMES = ("timestep", "timesteps", "t", "sigma", "sigmas")
 
 def halves(order: Sequence[str], batch: int) -> Segments:
     """Equal contiguous row blocks, one per branch name, in the given order."""
+    return _halves(tuple(order), batch)
+
+
+@functools.lru_cache(maxsize=256)  # read at every denoiser call: a few layouts and batch sizes per run
+def _halves(order: tuple[str, ...], batch: int) -> Segments:
     n = len(order)
     if batch % n:
         raise AdapterError(f"a CFG batch of {batch} rows cannot be split into {n} equal branches {tuple(order)}")
@@ -39,6 +44,8 @@ def scalar_timestep(value: Any) -> float | None:
     if value is None:
         return None
     if isinstance(value, torch.Tensor):
+        if not value.ndim:  # the common case (a pipeline's ``t``): one item, no reshape and index
+            return float(value.item())
         if value.numel() == 0:
             return None
         return float(value.reshape(-1)[0].item())
