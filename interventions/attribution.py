@@ -30,29 +30,12 @@ from .context import Context
 from .errors import InterventionError
 from .hooks import Cache, Grads, Patch
 from .layout import feature_dim
+from .metric_runs import Inputs, run_model, scalar_metric
 from .session import attach
 from .store import MemoryStore
 
 Tensor = torch.Tensor
 Per = Literal["token", "head", "site", "element"]
-Inputs = Any  # a tensor, a tuple (positional), a dict (keywords) or a zero-argument function
-
-
-def _call(model: Any, inputs: Inputs) -> Any:
-    if callable(inputs) and not isinstance(inputs, Tensor):
-        return inputs()
-    if isinstance(inputs, Mapping):
-        return model(**inputs)
-    if isinstance(inputs, tuple):
-        return model(*inputs)
-    return model(inputs)
-
-
-def _scalar(value: Any) -> Tensor:
-    if not isinstance(value, Tensor) or value.numel() != 1:
-        got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-        raise InterventionError(f"metric(output) must return a scalar tensor (e.g. a logit difference), got {got}")
-    return value.reshape(())
 
 
 def _heads_of(n_heads: int | Mapping[str, int] | None, site: str) -> int:
@@ -111,9 +94,9 @@ def attribution_patching(
         layouts[ctx.key] = ctx.layout
 
     with torch.no_grad(), attach(model, dict.fromkeys(sites, clean_acts), **attach_kw):
-        _call(model, clean)
+        run_model(model, clean)
     with torch.enable_grad(), attach(model, {s: [corrupt_acts, grads, keep] for s in sites}, **attach_kw):
-        value = _scalar(metric(_call(model, corrupt)))
+        value = scalar_metric(metric(run_model(model, corrupt)))
         if not value.requires_grad:
             raise InterventionError("metric(output) does not depend on any hooked site: no gradient to attribute")
         torch.autograd.grad(value, live, allow_unused=True)
@@ -155,8 +138,8 @@ def activation_patching(
 
     with torch.no_grad():
         with attach(model, {s: [clean_acts, layout_of] for s in sites}, **attach_kw):
-            _call(model, clean)
-        base = _scalar(metric(_call(model, corrupt)))
+            run_model(model, clean)
+        base = scalar_metric(metric(run_model(model, corrupt)))
         out: dict[str, Tensor] = {}
         for site in sites:
             found = clean_acts.entries(site)
@@ -177,6 +160,6 @@ def activation_patching(
             scores = []
             for kw in variants:
                 with attach(model, {site: Patch(clean_acts, **kw)}, **attach_kw):
-                    scores.append(_scalar(metric(_call(model, corrupt))) - base)
+                    scores.append(scalar_metric(metric(run_model(model, corrupt))) - base)
             out[site] = torch.stack(scores).reshape(shape)
     return out

@@ -29,10 +29,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .attribution import Inputs, _call, _scalar
 from .context import When, check_branch
 from .errors import InterventionError
 from .hooks import Cache, Patch
+from .metric_runs import Inputs, run_model, scalar_metric
 from .session import attach
 from .store import Store
 
@@ -225,17 +225,17 @@ def patching_sweep(
         else:
             cache = Cache(on_repeat="replace")
             with attach(model, dict.fromkeys({s for row in rows for s in row}, cache), **attach_kw):
-                source_value = float(_scalar(torch.as_tensor(metric(_call(model, source)))))
+                source_value = float(scalar_metric(torch.as_tensor(metric(run_model(model, source)))))
         _check_source(cache, rows, windows)
         bar = tqdm(total=len(rows) * len(windows) + 1, desc="patching sweep", disable=not progress)
-        baseline = float(_scalar(torch.as_tensor(metric(_call(model, target)))))
+        baseline = float(scalar_metric(torch.as_tensor(metric(run_model(model, target)))))
         bar.update()
         values = torch.empty(len(rows), len(windows))
         for i, row in enumerate(rows):
             for j, w in enumerate(windows):
                 when = When(steps=w, branch=branch) if w is not None or branch != "all" else None
                 with attach(model, {s: Patch(cache, when=when) for s in row}, **attach_kw):
-                    values[i, j] = float(_scalar(torch.as_tensor(metric(_call(model, target)))))
+                    values[i, j] = float(scalar_metric(torch.as_tensor(metric(run_model(model, target)))))
                 bar.update()
         bar.close()
     labels = tuple(" + ".join(r) for r in rows)

@@ -30,6 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .context import StoreKey
+from .durable import publish
 from .errors import StoreError
 
 
@@ -221,7 +222,7 @@ def _tensor_name(key: StoreKey, part: int = 0) -> str:
     return json.dumps([*key, part] if part else list(key))
 
 
-def _key_of(name: str) -> tuple[StoreKey, int] | None:
+def key_of(name: str) -> tuple[StoreKey, int] | None:
     """The store key and part number a tensor name encodes, or None when it encodes none."""
     try:
         key = json.loads(name)
@@ -235,18 +236,9 @@ def _key_of(name: str) -> tuple[StoreKey, int] | None:
     return store_key(key[0], key[1], key[2], invocation), part
 
 
-def _crc(tensor: torch.Tensor) -> str:
+def crc(tensor: torch.Tensor) -> str:
     """CRC-32 of a contiguous tensor's bytes: a shard's metadata holds one per tensor."""
     return f"{zlib.crc32(tensor.reshape(-1).view(torch.uint8).numpy().data):08x}"
-
-
-def _fsync(path: Path) -> None:
-    """Push a file's (or a folder's entries') writes to the disk, so a power loss cannot undo them."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _shard_keys(path: Path) -> list[tuple[StoreKey, int]]:
@@ -260,7 +252,7 @@ def _shard_keys(path: Path) -> list[tuple[StoreKey, int]]:
         raise StoreError(
             f"{path} is named like a store shard but is not a readable safetensors file ({exc}); {fix}"
         ) from exc
-    keys = [_key_of(name) for name in names]
+    keys = [key_of(name) for name in names]
     bad = [n for n, k in zip(names, keys, strict=True) if k is None]
     if bad:
         raise StoreError(
@@ -451,12 +443,8 @@ class DiskStore:
                 tensors[name] = part.clone() if storage and storage in storages else part
                 storages.add(storage)
         try:
-            save_file(
-                tensors, str(tmp), metadata={**(metadata or {}), **{name: _crc(t) for name, t in tensors.items()}}
-            )
-            _fsync(tmp)
-            os.replace(tmp, self.path / shard)
-            _fsync(self.path)
+            save_file(tensors, str(tmp), metadata={**(metadata or {}), **{name: crc(t) for name, t in tensors.items()}})
+            publish(tmp, self.path / shard)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -532,9 +520,9 @@ class DiskStore:
                 tensor, stored = f.get_tensor(name), (f.metadata() or {}).get(name)
         except Exception as exc:  # safetensors' own error types: the file changed since it was indexed
             raise StoreError(f"{path} cannot be read for {key} part {part} ({exc}); restore it from a copy") from exc
-        if stored is not None and stored != _crc(tensor):
+        if stored is not None and stored != crc(tensor):
             raise StoreError(
-                f"{path} is damaged: {key} part {part} fails its checksum (crc32 {_crc(tensor)}, written "
+                f"{path} is damaged: {key} part {part} fails its checksum (crc32 {crc(tensor)}, written "
                 f"{stored}); restore the shard from a copy, or move it out of the folder to drop its entries"
             )
         return tensor

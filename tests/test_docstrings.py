@@ -19,6 +19,7 @@ MODULES = [
     "interventions.inversion",
     "interventions.membership",
     "interventions.patching",
+    "interventions.metric_runs",
     "interventions.sae",
     "interventions.sae_train",
     "interventions.scores",

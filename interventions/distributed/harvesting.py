@@ -29,10 +29,11 @@ from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from ..context import StoreKey
+from ..durable import publish
 from ..errors import StoreError
 from ..hooks import Cache
 from ..session import attach
-from ..store import DiskStore, _crc, _fsync, _key_of
+from ..store import DiskStore, crc, key_of
 from .ranks import rank_and_world
 
 FORMAT = "interventions.harvest/1"
@@ -238,9 +239,7 @@ class _Manifest:
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp = self.folder / f".{MANIFEST}.tmp"
         tmp.write_text(json.dumps(self.data, indent=1))
-        _fsync(tmp)
-        os.replace(tmp, self.folder / MANIFEST)
-        _fsync(self.folder)
+        publish(tmp, self.folder / MANIFEST)
 
 
 def _shard_files(folder: Path) -> list[str]:
@@ -266,7 +265,7 @@ def check_shard(path: Path, manifest: dict[str, Any]) -> tuple[list[int], list[s
     if theirs != ours:
         differ = ", ".join(f"{k} {theirs[k]!r} (this harvest: {ours[k]!r})" for k in ours if theirs[k] != ours[k])
         raise HarvestError(f"{path} is a shard of another harvest: {differ}; {fix}")
-    sites = sorted({key[0][0] for name in names if (key := _key_of(name)) is not None})
+    sites = sorted({key[0][0] for name in names if (key := key_of(name)) is not None})
     stored = manifest.get("stored_sites")
     if stored is not None and sites != stored:
         raise HarvestError(f"{path} holds activations of sites {sites}, this harvest caches {stored}; {fix}")
@@ -323,7 +322,7 @@ class Harvest:
         for shard in self.shards:
             with safe_open(str(shard.path), framework="pt") as f:
                 for name in f.keys():
-                    key = _key_of(name)
+                    key = key_of(name)
                     if key is not None and key[0][0] == site:
                         total += f.get_slice(name).get_shape()[0]
         return total
@@ -366,11 +365,11 @@ def read_entries(path: Path, site: str) -> Iterator[tuple[StoreKey, torch.Tensor
     each key's parts in the order added; each tensor is checked against its CRC-32."""
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
-        decoded = [(_key_of(name), name) for name in f.keys()]
+        decoded = [(key_of(name), name) for name in f.keys()]
         named = sorted(((found, name) for found, name in decoded if found and found[0][0] == site), key=_order)
         for (key, _), name in named:
             tensor = f.get_tensor(name)
-            if name in meta and meta[name] != _crc(tensor):
+            if name in meta and meta[name] != crc(tensor):
                 raise StoreError(f"{path} is damaged: {name} fails its checksum; restore the shard from a copy")
             yield key, tensor
 

@@ -35,10 +35,10 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from ..durable import fsync, publish
 from ..layout import to_tokens
 from ..sae import SAE, Kind, SAEInfo
 from ..sae_train import TrainConfig, TrainReport, TrainState, train_sae
-from ..store import _fsync
 from .harvesting import Harvest, HarvestError, open_harvest
 from .ranks import rank_and_world
 
@@ -181,9 +181,8 @@ class DDPSync:
         }
         (tmp / "state.json").write_text(json.dumps(meta, indent=1))
         for f in ("state.safetensors", "state.json"):
-            _fsync(tmp / f)
-        os.replace(tmp, final)
-        _fsync(self.checkpoint_dir)
+            fsync(tmp / f)
+        publish(tmp, final)
         for old in checkpoints(self.checkpoint_dir)[: -self.keep]:
             shutil.rmtree(old)
 
