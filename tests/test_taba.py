@@ -132,14 +132,21 @@ def test_metrics_on_known_geometry():
 # ---- the acceptance: the Gaussian-mixture world's exact denoiser ------------------------------
 
 
-def test_gmm_inversion_is_closer_to_the_sample_flat_spread_below_one_and_the_fix_restores_it():
-    r = measure(
+@pytest.fixture(scope="module")
+def gmm_run():
+    """Seed 0 of the Gaussian-mixture world: 64 noises, 100 DDIM steps, both conventions, K=3."""
+    torch.set_num_threads(1)
+    return measure(
         gmm_model(seed=0),
         torch.randn(64, 64, generator=torch.Generator().manual_seed(0)),
         steps=100,
         forward_steps=(3,),
         model_timesteps=("target", "source"),
     )
+
+
+def test_gmm_inversion_is_closer_to_the_sample_flat_spread_below_one_and_the_fix_restores_it(gmm_run):
+    r = gmm_run
     plain, fixed, src_fixed = r["variants"]["target_fix0"], r["variants"]["target_fix3"], r["variants"]["source_fix3"]
     d = plain["distance"]
     assert d["sample_inverted"] < d["noise_sample"]  # measured 4.44 < 7.02
@@ -152,6 +159,33 @@ def test_gmm_inversion_is_closer_to_the_sample_flat_spread_below_one_and_the_fix
     assert src_fixed["flat"]["std_flat"] == pytest.approx(0.985, abs=0.01)
     assert r["assign"] == pytest.approx({"noise_to_sample": 1.0, "sample_to_noise": 0.672}, abs=0.002)
     assert plain["assign"]["inverted_to_noise"] == 1.0 and plain["assign"]["inverted_to_sample"] == 1.0
+
+
+def test_recipe_inverts_at_the_source_level_the_one_where_the_fix_works_as_in_the_authors_code(gmm_run):
+    """Why ``recipes.taba`` defaults to ``model_timestep="source"``: the fix brings flat coordinates'
+    spread to about 1 only when each model call sees ``x`` at its own level. The authors' diffusers
+    code (luk-st/taba, ``sample_ldm.py`` / ``dit.py``: noise to ``timesteps[K]``, then step with
+    ``timesteps[K:]``) reaches that with diffusers' target-level calls; rebuilt here on the same
+    sample and fix noise, it gives the same picture as "source" (and a little above 1)."""
+    from diffusers import DDPMScheduler
+
+    model = gmm_model(seed=0)
+    assert set(measure(model, torch.randn(4, 64), steps=5)["variants"]) == {"source_fix0", "source_fix2"}
+    sample, steps, k = gmm_run["tensors"]["sample"], 100, 3
+    _, inverter = ddim_schedulers(DDPMScheduler())
+    inverter.set_timesteps(steps)
+    ts = inverter.timesteps
+    abar = inverter.alphas_cumprod[int(ts[k])]  # one level past t_K, where the loop below starts
+    x = abar.sqrt() * sample + (1 - abar).sqrt() * torch.randn(
+        sample.shape, generator=torch.Generator().manual_seed(1000)
+    )
+    for t in ts[k:]:
+        x = inverter.step(model.denoise(x, t), t, x).prev_sample
+    flat = model.flat(sample)
+    authors = flat_stats(x, flat)["std_flat"]
+    source, target = (gmm_run["variants"][f"{c}_fix3"]["flat"]["std_flat"] for c in ("source", "target"))
+    assert authors == pytest.approx(1.021, abs=0.01) and source == pytest.approx(0.985, abs=0.01)
+    assert target == pytest.approx(0.743, abs=0.01)  # diffusers' target level with a consistent fix: not restored
 
 
 def test_training_dynamics_find_where_curves_settle():
@@ -179,11 +213,15 @@ def test_shapes_pipeline_measurements(shapes_pipe):
     prompts = shapes.sample(4, torch.Generator().manual_seed(3)).prompts
     model = pipeline_model(shapes_pipe, prompts)
     assert model.shape == (3, 16, 16)
-    r = measure(model, torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(3)), steps=10)
+    noise = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    r = measure(model, noise, steps=10, model_timesteps=("target", "source"))
     plain, fixed = r["variants"]["target_fix0"], r["variants"]["target_fix2"]
     # measured (4 prompts, 10 steps): flat std 0.233 plain, 0.706 with the fix; |s - inv| 16.9 < |n - s| 37.0
     assert plain["flat"]["std_flat"] == pytest.approx(0.233, abs=0.01)
     assert fixed["flat"]["std_flat"] == pytest.approx(0.706, abs=0.01)
+    # at the source level there is no flat-region deficit to fix on this model (1.048; 0.963 with K=2)
+    assert r["variants"]["source_fix0"]["flat"]["std_flat"] == pytest.approx(1.048, abs=0.01)
+    assert r["variants"]["source_fix2"]["flat"]["std_flat"] == pytest.approx(0.963, abs=0.01)
     assert plain["distance"]["sample_inverted"] == pytest.approx(16.94, abs=0.1)
     assert plain["distance"]["noise_sample"] == pytest.approx(37.04, abs=0.1)
 
@@ -215,7 +253,7 @@ def test_unconditional_unet_pipeline():
     )
     model = pipeline_model(DDPMPipeline(unet=unet, scheduler=DDPMScheduler()))
     r = measure(model, torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0)), steps=4, forward_steps=())
-    assert model.shape == (1, 8, 8) and set(r["variants"]) == {"target_fix0"}
+    assert model.shape == (1, 8, 8) and set(r["variants"]) == {"source_fix0"}
 
 
 def test_cli_refuses_bad_input_before_work(tmp_path, capsys):
@@ -246,7 +284,8 @@ def test_cli_gmm_run_writes_results(tmp_path):
     summary = json.loads((out / "taba_gmm_summary.json").read_text())
     assert set(summary["seeds"]) == {"0", "1"}
     assert (out / "taba_gmm_seed1.png").stat().st_size > 0
-    v = summary["seeds"]["0"]["variants"]["target_fix0"]
+    assert summary["args"]["model_timesteps"] == "['source']"  # the recipe's default convention
+    v = summary["seeds"]["0"]["variants"]["source_fix0"]
     assert v["distance"]["sample_inverted"] < v["distance"]["noise_sample"]
 
 

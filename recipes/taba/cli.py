@@ -12,8 +12,10 @@
 any diffusers pipeline saved with safetensors) or a Hub id (loaded with ``use_safetensors=True``:
 repos that ship only pickled weights are refused). For each seed: ``--n`` noises, DDIM sampling
 and DDIM inversion with ``--steps`` steps, inversions plain and with the forward-noising fix
-(``--forward-steps``), with the model evaluated at each step's target level (diffusers' and the
-paper's convention) and, with ``--model-timesteps target source``, at its source level too. Then,
+(``--forward-steps``), with the model evaluated at the level each step starts from (``source``, the
+default: the paper's ADM code, and what its diffusers-based fix does in effect; on the
+Gaussian-mixture world the fix restores flat regions' spread to about 1 only this way) and, with ``--model-timesteps target source``, also at the level
+it goes to (``target``: diffusers' pipelines, the most exact round trip). Then,
 unless ``--no-dynamics``, the same noise through the training checkpoints (``--checkpoints``;
 default for ``shapes``: ``recipes/worlds/checkpoints/shapes_training/*`` and the shipped final).
 Writes ``taba_<model>_seed<S>.json`` / ``.png``, ``taba_<model>_grid_seed<S>.png``,
@@ -49,7 +51,13 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--n", type=int, default=32, help="noises per seed (one batch)")
     ap.add_argument("--steps", type=int, default=50, help="DDIM steps for sampling and inversion")
     ap.add_argument("--forward-steps", type=int, nargs="+", default=[2], help="K of the forward-noising fix")
-    ap.add_argument("--model-timesteps", nargs="+", default=["target"], choices=["target", "source"])
+    ap.add_argument(
+        "--model-timesteps",
+        nargs="+",
+        default=["source"],
+        choices=["target", "source"],
+        help="where inversion evaluates the model: source (default) and/or target level; see ddim_invert",
+    )
     ap.add_argument("--prompt", action="append", help="prompt (repeat: one per row, cycled); default '' or the world's")
     ap.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
     ap.add_argument("--flat-threshold", type=float, default=0.02, help="3x3 std below which a pixel is flat")

@@ -130,13 +130,13 @@ def measure(
     steps: int = 100,
     forward_steps: Sequence[int] = (2,),
     forward_seed: int = 1000,
-    model_timesteps: Sequence[str] = ("target",),
+    model_timesteps: Sequence[str] = ("source",),
     progress: bool = False,
 ) -> dict:
     """Sample from ``noise``, invert (plain and with each ``forward_steps`` fix, for each
-    ``model_timesteps`` convention), and measure. Returns the metrics per variant
-    (``"variants"``, named ``<convention>_fix<K>``; ``"distance"`` and ``"angle"`` repeat the first
-    one's), the model's ``info`` and the tensors (``"tensors"``: noise, sample, each inversion)."""
+    ``model_timesteps`` convention; ``"source"`` by default, see the package docstring), and
+    measure. Returns the metrics per variant (``"variants"``, named ``<convention>_fix<K>``;
+    ``"distance"`` and ``"angle"`` repeat the first one's), the model's ``info`` and the tensors (``"tensors"``: noise, sample, each inversion)."""
     sample = ddim_sample(model.denoise, noise, model.scheduler, steps, progress=progress)
     flat = model.flat(sample)
     out: dict[str, Any] = {
