@@ -6,9 +6,10 @@ the same recipe from scratch (``python -m recipes.worlds.train shapes``, seed 0,
 evaluators skipped: they do not touch the denoiser's random streams) in segments with ``--resume``,
 and after each segment writes the EMA UNet and text encoder in float16 safetensors (plus their
 ``config.json``) to ``OUT/step_NNNNN/{unet,text_encoder}/``. The first 4,000 steps of the shipped run
-used the same seed and lr, so these lie on its trajectory (up to float rounding across machines).
+used the same seed and lr, so these lie on its trajectory (up to float rounding across machines);
+later steps are refused (``CONSTANT_LR_STEPS``).
 
-Run it in the background, never in CI (about 1 s per step at one thread on the shared machine)::
+Run it in the background, never in CI (1-2.9 s per step at one thread on the shared machine)::
 
     nohup python scripts/taba_checkpoints.py --steps 50 150 400 1000 > /tmp/taba_ckpt.log 2>&1 &
 
@@ -25,6 +26,11 @@ from pathlib import Path
 import torch
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "recipes" / "worlds" / "checkpoints" / "shapes_training"
+#: The shipped run kept lr 1e-3 for this many steps, then cosine-decayed it towards 1e-4 over a
+#: 2,500-step invocation that it stopped at 5,750 (its ``training.json``). ``train --lr-final``
+#: decays over each invocation's own steps, so segments ending between 4,000 and 5,750 cannot
+#: follow that schedule: past this step the script would leave the shipped model's trajectory.
+CONSTANT_LR_STEPS = 4000
 
 
 def _write_half(module, folder: Path, weights: str) -> None:
@@ -56,6 +62,11 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true", help="continue a previous run's --work state")
     args = ap.parse_args(argv)
+    if max(args.steps) > CONSTANT_LR_STEPS:
+        ap.error(
+            f"--steps past {CONSTANT_LR_STEPS} ({max(args.steps)}): the shipped run decayed the lr from there over "
+            "one 2,500-step invocation, which segments cannot reproduce; save at most up to step 4000"
+        )
     torch.set_num_threads(1)
     done = 0
     if args.resume:

@@ -311,3 +311,16 @@ def test_default_checkpoint_series_ends_with_the_shipped_model(shapes_pipe):
         _checkpoint_models(
             Namespace(**{**vars(args), "checkpoints": [SHAPES_TRAINING_DIR / "nope"]}), shapes_pipe, None
         )
+
+
+def test_checkpoint_script_refuses_steps_off_the_shipped_trajectory(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "taba_checkpoints.py"
+    spec = importlib.util.spec_from_file_location("taba_checkpoints", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with pytest.raises(SystemExit):
+        script.main(["--steps", "4000", "5000", "--work", "/nonexistent"])
+    assert "past 4000 (5000)" in capsys.readouterr().err
