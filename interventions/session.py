@@ -81,6 +81,15 @@ class _Entry:
         self.applied: list[bool] = []  # per hook: did it ever apply (a hook without a When always does)
         self.only: Hook | None = None  # the site's one hook, when it has one and no When: the fast path
 
+    def count(self, epoch: int) -> None:
+        """Count a firing; its invocation index restarts with each call of any component (a new
+        ``epoch``) and counts the module's further runs within one."""
+        self.fired += 1
+        if self.epoch != epoch:
+            self.epoch, self.ctx.invocation = epoch, 0
+        else:
+            self.ctx.invocation += 1
+
 
 def _hook_failed(e: _Entry, h: Hook | None, ctx: Context, exc: Exception) -> HookError:
     return HookError(f"{_name(h)} at site {e.name!r} ({ctx!r}) raised {type(exc).__name__}: {exc}")
@@ -370,11 +379,7 @@ class Session:
         def hook(module: nn.Module, args: Any, x: Any) -> Any:
             if state.forced or not e.layout_fixed or not isinstance(x, torch.Tensor):
                 return run(e, x)
-            e.fired += 1
-            if e.epoch != state.epoch:
-                e.epoch, ctx.invocation = state.epoch, 0
-            else:
-                ctx.invocation += 1
+            e.count(state.epoch)
             ctx.branch = None
             try:
                 out = h(x, ctx)  # type: ignore[misc]
@@ -405,11 +410,7 @@ class Session:
                 or x.shape[0] != segments[-1][1].stop
             ):
                 return run(e, x)
-            e.fired += 1
-            if e.epoch != state.epoch:
-                e.epoch, ctx.invocation = state.epoch, 0
-            else:
-                ctx.invocation += 1
+            e.count(state.epoch)
             ctx.branch = None
             whole(x, ctx, segments)
             return None
@@ -456,12 +457,8 @@ class Session:
         """Run a site's hooks on ``x``, one branch's rows at a time; the new tensor or None."""
         if not isinstance(x, torch.Tensor):
             raise not_a_tensor(e.site, e.module, x)
-        e.fired += 1
         ctx, state = e.ctx, self.state
-        if e.epoch != state.epoch:
-            e.epoch, ctx.invocation = state.epoch, 0
-        else:
-            ctx.invocation += 1
+        e.count(state.epoch)
         if not e.layout_fixed:
             ctx.layout = self.adapter.layout(e.site.module, x.ndim)
             e.layout_fixed = True
