@@ -31,10 +31,13 @@ VENV_PY = HERE / ".venv-peers" / "bin" / "python"
 README = HERE / "README.md"
 MARK_START, MARK_END = "<!-- results:start -->", "<!-- results:end -->"
 
+# the goals of issues 12 (core 1.0) and 23 (performance)
 GOAL_PER_FIRE = 1.3
 GOAL_ENTER_FACTOR = 1.5  # x raw register + remove on modules already in hand
+GOAL_REENTER_FACTOR = 1.1  # a session entered again (its sites resolved), same floor
 GOAL_EMPTY_US = 20.0
-GOAL_PIPELINE_PCT = 2.0
+GOAL_ADDED_FACTOR = 1.5  # cache 20 sites: our added time / raw hooks' added time
+GOAL_PIPELINE_PCT = 1.0  # pipeline call, 20 cache sites: our callbacks' time above raw's, % of the call
 GOAL_PEER_FACTOR = 3.0
 GOAL_DISK_FRACTION = 0.8
 GOAL_MEMORY_FACTOR = 2.0  # "bounded": peak RSS growth at most this many budgets
@@ -194,9 +197,9 @@ def goals(res: dict[str, Any]) -> list[dict[str, Any]]:
             floor = enter.get(f"raw_resolved:{t}", {}).get("us", float("nan"))
             out.append(
                 {
-                    "goal": f"re-entering a session, 20 sites ({t}) ≤ {GOAL_ENTER_FACTOR}x raw register + remove",
-                    "measured": f"{again['us']:.0f} µs = {again['us'] / floor:.1f}x raw on resolved modules ({floor:.0f} µs)",
-                    "met": again["us"] <= GOAL_ENTER_FACTOR * floor,
+                    "goal": f"re-entering a session, 20 sites ({t}) ≤ {GOAL_REENTER_FACTOR}x raw register + remove",
+                    "measured": f"{again['us']:.0f} µs = {again['us'] / floor:.2f}x raw on resolved modules ({floor:.0f} µs)",
+                    "met": again["us"] <= GOAL_REENTER_FACTOR * floor,
                 }
             )
         empty = enter.get(f"empty:{t}")
@@ -208,23 +211,27 @@ def goals(res: dict[str, Any]) -> list[dict[str, Any]]:
                     "met": empty["us"] <= GOAL_EMPTY_US,
                 }
             )
-    pipe = hooks.get("targets", {}).get("pipeline", {})
-    v = pipe.get("variants", {}).get("interventions:cache20")
-    if v:
-        raw = pipe["variants"].get("raw:cache20", {})
-        measured = f"{v['overhead_pct']:+.1f}% (raw hooks {raw.get('overhead_pct', float('nan')):+.1f}%)"
-        inside = pipe.get("in_hooks")
-        if inside:
-            extra = inside["interventions_ms"] - inside["raw_ms"]
-            measured += (
-                f"; inside the hook callbacks: ours {inside['interventions_ms']:.2f} ms vs raw {inside['raw_ms']:.2f} ms"
-                f" per call, so ours costs {100 * extra / pipe['plain_ms']:+.1f}% of the call on top of raw's"
+    for tname, t in hooks.get("targets", {}).items():
+        v, raw = t["variants"].get("interventions:cache20"), t["variants"].get("raw:cache20")
+        if v and raw and raw["delta_ms"] > 0:
+            r = v["delta_ms"] / raw["delta_ms"]
+            out.append(
+                {
+                    "goal": f"cache 20 sites ({tname}): added time ≤ {GOAL_ADDED_FACTOR}x raw hooks' added time",
+                    "measured": f"+{v['delta_ms']:.2f} ms vs +{raw['delta_ms']:.2f} ms = {r:.2f}x",
+                    "met": r <= GOAL_ADDED_FACTOR,
+                }
             )
+    pipe = hooks.get("targets", {}).get("pipeline", {})
+    inside = pipe.get("in_hooks")
+    if inside:
+        extra = 100 * (inside["interventions_ms"] - inside["raw_ms"]) / pipe["plain_ms"]
         out.append(
             {
-                "goal": f"whole pipeline call, 20 cache sites, < {GOAL_PIPELINE_PCT:.0f}% overhead",
-                "measured": measured,
-                "met": v["overhead_pct"] < GOAL_PIPELINE_PCT,
+                "goal": f"whole pipeline call, 20 cache sites: within {GOAL_PIPELINE_PCT:.0f}% of the call above raw hooks",
+                "measured": f"inside the hook callbacks ours {inside['interventions_ms']:.2f} ms vs raw "
+                f"{inside['raw_ms']:.2f} ms per call ({pipe['plain_ms']:.1f} ms): {extra:+.1f}% of the call",
+                "met": extra <= GOAL_PIPELINE_PCT,
             }
         )
     for peer in ("nnsight", "pyvene"):
