@@ -52,7 +52,7 @@ from typing import Any
 import torch
 
 from .caa import caa_curve, caa_vectors, restrict, steering_curve
-from .localize import Localisation, localize
+from .localize import localize
 from .plots import plot_localisation, plot_tradeoff
 from .sae_steer import feature_scores, sae_hooks, top_features_by_step, train_layer_sae
 from .tones import block_count
@@ -111,9 +111,10 @@ def load_model(name: str, args: argparse.Namespace | None = None) -> Any:
     return PipelineModel(args.prompt, concepts, judge, pipe, seconds=args.seconds)
 
 
-def pick_layers(locs: list[Localisation], share: float = 0.5) -> list[int]:
+def pick_layers(locs: list[Any], share: float = 0.5) -> list[int]:
     """Blocks whose every-step restored share (mean over seeds) is at least ``share`` of the best
-    block's; the best block alone when none restores anything."""
+    block's; the best block alone when none restores anything. ``locs``: localisations of any
+    world (anything with ``recovered()``, rows = layers)."""
     mean = torch.stack([loc.recovered()[:, 0] for loc in locs]).nan_to_num(0.0).mean(0)
     best = float(mean.max())
     if best <= 0.05:

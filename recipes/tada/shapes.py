@@ -251,7 +251,7 @@ def run_shapes(args: argparse.Namespace) -> dict[str, Any]:
     model = ShapesModel(pipe, evaluators)
     if [model.cross_attn_inputs(i) for i in range(model.block_count())] != list(locs[0].patching.sites):
         raise RuntimeError("the UNet's attn2 order differs from the localisation's rows; report this as a bug")
-    layers = list(args.layers) if args.layers else pick_layers(locs)  # type: ignore[arg-type]
+    layers = list(args.layers) if args.layers else pick_layers(locs)
     out["localised_layers"] = layers
     common = {"steps": steps, "guidance": args.guidance}
     neg_pos = (values[1], values[0])
