@@ -153,6 +153,7 @@ class Session:
         self.stop = bool(stop)
         self._stop_epoch = -1
         self._fired_now: set[str] = set()  # sites fired in the current call (for stop)
+        self._target, self._cfg, self._detected = target, cfg, adapter is None
         self.adapter = adapter if adapter is not None else _adapters.detect(target, cfg=cfg)
         self.on_unfired = on_unfired
         self.state = RunState()
@@ -622,17 +623,23 @@ class Session:
         return self
 
     def _check_unchanged(self) -> None:
-        """Refuse to re-enter a session whose sites no longer hold the modules it resolved (a
-        module replaced since, e.g. by a LoRA wrapper that calls the old one inside): hooks on the
-        old modules would miss the change, or never fire."""
+        """Before entering again: the adapter read anew from the model (a scheduler swapped since
+        is the one whose steps are tracked), and every site and denoiser still the module it was
+        resolved to (a module replaced since, e.g. by a LoRA wrapper that calls the old one inside,
+        would leave hooks on the old one: they would miss the change, or never fire)."""
+        if self._detected:
+            self.adapter = _adapters.detect(self._target, cfg=self._cfg)
         tree = ModuleTree(self.adapter.components())
-        for e in self.entries:
-            if tree.get(e.site.module) is not e.module:
-                raise InterventionError(
-                    f"site {e.name!r} holds a different module than when this session was built (the model was "
-                    "changed since, e.g. a layer replaced or wrapped): its hooks would act on the old module. "
-                    "Attach again: attach(model, hooks)"
-                )
+        now = {den: tree.get(den) for den in self.adapter.denoisers()}
+        then = dict(zip(self._denoisers, self._denoiser_modules, strict=True))
+        changed = [f"denoiser {d!r}" for d in {**now, **then} if now.get(d) is not then.get(d)]
+        changed += [f"site {e.name!r}" for e in self.entries if tree.get(e.site.module) is not e.module]
+        if changed:
+            raise InterventionError(
+                f"{changed[0]} holds a different module than when this session was built (the model was changed "
+                "since, e.g. a layer replaced or wrapped): its hooks would act on the old module. Attach again: "
+                "attach(model, hooks)"
+            )
         _refuse_compiled(tree.compiled)
         self.tree = tree
 

@@ -13,7 +13,7 @@ import warnings
 import pytest
 import torch
 
-from interventions import Cache, Lambda, Patch, When, attach
+from interventions import Cache, InterventionError, Lambda, Patch, When, attach
 from interventions.adapters import DiffusersModelAdapter, DiffusersModuleAdapter, DiffusersPipelineAdapter, detect
 from interventions.context import ALL_ROWS, BRANCHES, RunState
 from interventions.testing import assert_no_hooks_left, tensor_sites
@@ -317,3 +317,35 @@ def test_branch_labels_use_the_same_names():
             with session.branch("uncnd"):
                 pass
         model(torch.ones(1, 2))
+
+
+def test_a_session_entered_again_tracks_a_scheduler_swapped_in_since(sd):
+    """Heun evaluates twice at a timestep: only its own scheduler.step tells the two apart, so a
+    session entered again must watch the scheduler the pipeline holds now, not the first one."""
+    cache = Cache(on_repeat="replace")
+    session = attach(sd, {"unet:output.0": cache})
+    with session:
+        _run(sd)
+    original = _with_scheduler(sd, "HeunDiscreteScheduler")
+    try:
+        with session:
+            _run(sd)
+        evaluations = len(sd.scheduler.timesteps)
+    finally:
+        sd.scheduler = original
+    assert evaluations == 2 * STEPS - 1
+    assert _seen(cache, "unet:output.0") >= {(s, b) for s in range(evaluations) for b in ("uncond", "cond")}
+    assert_no_hooks_left(sd)
+
+
+def test_a_session_entered_again_after_its_denoiser_was_replaced_is_refused(sd):
+    session = attach(sd, {"text_encoder": Cache()}, on_unfired="ignore")
+    with session:
+        pass
+    original, sd.unet = sd.unet, tiny_models.sd_pipeline().unet
+    try:
+        with pytest.raises(InterventionError, match="denoiser 'unet' holds a different module"), session:
+            pass
+    finally:
+        sd.unet = original
+    assert_no_hooks_left(sd)
