@@ -12,10 +12,15 @@ task's prompt. It prints the table of final average and forgetting per seed and 
 
     interventions run continual_lora --out runs/continual_lora               # 4 tasks, 3 seeds: ~12 CPU-min
     interventions run continual_lora --quick --out /tmp/cl                   # 2 tasks, 1 seed, tiny
+    interventions run continual_lora --prior-weight 0.1 --out runs/cl_prior  # DreamBooth prior preservation
     interventions run continual_lora --out runs/cl --push-to me/shapes-cl    # also push each method
     interventions run continual_lora --merge runs/s0/metrics.json runs/s1/metrics.json --out runs/all
 
 With ``--push-to PREFIX`` each method's card folder goes to the Hub repo ``PREFIX-<method>``.
+
+With ``--prior-weight W > 0`` every method trains each task with DreamBooth's prior preservation:
+``--class-images`` samples of the class prompt (``a circle`` for ``a disk``) from the frozen base
+model, their denoising loss times ``W`` added to the task's (diffusers' ``--with_prior_preservation``).
 
 The same protocol on a real checkpoint is the authors' script (SDXL, DreamBooth LoRA rank 64, one
 run per task, each starting from the previous task's output; not run here)::
@@ -127,11 +132,13 @@ def main(argv: list[str] | None = None) -> int:
             sequences.append(
                 run_sequence(method, pipe, evaluators, tasks, training, ev, seed, adapters, not args.no_progress)
             )
+            if out is not None:  # after every sequence: a stopped run keeps what it finished
+                _write_record(out, tasks, training, ev, sequences, time.time() - t0)
     summary = summarise(sequences)
     print(table(summary))
     print(f"{len(sequences)} sequences in {time.time() - t0:.0f} s")
     if out is not None:
-        _write(out, args, tasks, training, ev, sequences, summary, time.time() - t0)
+        _write(out, args, tasks, training, ev, sequences, time.time() - t0)
     return 0
 
 
@@ -156,10 +163,9 @@ def _merge(paths: list[str], out: str | None) -> int:
     return 0
 
 
-def _write(out, args, tasks, training, ev, sequences, summary, seconds) -> None:
+def _write_record(out, tasks, training, ev, sequences, seconds) -> None:
+    """``<out>/metrics.json``: settings, every finished sequence and the summary."""
     from dataclasses import asdict
-
-    from .hub import publish_folder, push_adapter
 
     record = {
         "tasks": [{"prompt": t.prompt, "subject": list(t.subject)} for t in tasks],
@@ -179,9 +185,16 @@ def _write(out, args, tasks, training, ev, sequences, summary, seconds) -> None:
             }
             for s in sequences
         ],
-        "summary": summary,
+        "summary": summarise(sequences),
     }
+    out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(record, indent=1) + "\n")
+
+
+def _write(out, args, tasks, training, ev, sequences, seconds) -> None:
+    from .hub import publish_folder, push_adapter
+
+    _write_record(out, tasks, training, ev, sequences, seconds)
     plot_matrices(sequences, tasks, out / "continual_lora_matrices.png")
     first = {}
     for s in sequences:
