@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -258,4 +259,5 @@ def run_shapes(args: argparse.Namespace) -> dict[str, Any]:
     out.update(
         run_caa(model, args, f"tada_shapes_{args.concept}", args.concept, neg_pos, layers, common, SHAPES_CHECKPOINT)
     )
+    out["cpu_seconds_total"] = round(time.process_time(), 1)  # this process's CPU time (the machine is shared)
     return out
