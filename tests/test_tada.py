@@ -175,3 +175,15 @@ def test_shapes_caa_runs_the_same_functions_on_the_unet():
     assert (curve.target[1], curve.kept[1]) == (1.0, 1.0)  # 4 of 4 drawn as circles, colour and style kept
     with pytest.raises(ValueError, match="its values are circle, square, triangle, cross"):
         model.value_index("shape", "star")
+
+
+def test_cli_shapes_localises_then_steers(tmp_path):
+    argv = ["--world", "shapes", "--concept", "shape", "--seeds", "0", "--n", "2", "--steps", "4"]
+    assert main([*argv, "--strengths", "8", "--remove-strengths", "4", "--out", str(tmp_path)]) == 0
+    out = json.loads((tmp_path / "tada_shapes_shape.json").read_text())
+    assert out["localised_layers"] == [3]  # the mid block, as in the full run
+    curves = out["caa"][0]["curves"]
+    assert [c["label"] for c in curves][:2] == ["CAA blocks [3], cond pass", "CAA blocks [3], both passes"]
+    assert [(c["target"], c["kept"]) for c in curves[:1]] == [([1.0], [1.0])]
+    assert (tmp_path / "tada_shapes_shape_vectors" / "localised").is_dir()
+    assert (tmp_path / "tada_shapes_shape_steering_seed0.png").stat().st_size > 1000
