@@ -63,17 +63,21 @@ def test_the_members_checkpoint_records_its_member_set():
     assert training["steps"] == 2000 and training["members"] == 250 and training["member_fraction"] == 0.5
 
 
-def test_the_shipped_model_fits_its_members_a_little_better():
-    """The 250 members against 500 fresh clips (loss at t = 200, 400; fixed noise). Measured with
-    these seeds: members' losses 3.2% / 5.4% below the held-out clips', a fresh set's 3.5% / 5.1%
-    above; dataset inference (sum scorer, all rows) p = 0.079 for the members, 0.92 for the fresh
-    set: with only 250 members the signal is weak (recipes/results/README.md)."""
+def test_the_sum_over_averaged_views_beats_the_fitted_scorer_on_the_shipped_model():
+    """The 250 members against 500 fresh clips; a fresh set of 250 as the non-member suspect. Loss
+    at t = 300-600 (the band where fine-tuning left the largest gap), 2 noise draws averaged per
+    clip and timestep. The sum of the min-max normalised losses (nothing fitted, every row tested)
+    against the paper's logistic scorer (fitted on one half, tested on the other), 20 splits.
+    Measured with these seeds: members' losses 4.2-6.3% below the held-out clips'; p = 0.026 with
+    the sum, mean p = 0.14 with the logistic scorer; the fresh set p = 0.89. With 250 members the
+    sum does not reach p <= 0.01 against 500 held-out clips (recipes/results/README.md: 3 noise
+    seeds, 4 views, the p-value against n and the effect size it takes)."""
     from recipes.dataset_inference import inference as di
     from recipes.dataset_inference.features import FeatureConfig, SampleSet, compute_features
     from recipes.dataset_inference.run import load_target
 
     target = load_target("tones-members", "cpu")
-    config = FeatureConfig(timesteps=(200, 400), grad_timestep=None, cfg=False, batch_size=125)
+    config = FeatureConfig(timesteps=(300, 400, 500, 600), grad_timestep=None, cfg=False, batch_size=250, views=2)
 
     def features(clips):
         return compute_features(target, SampleSet(clips.reps, clips.prompts), config, progress=False).values
@@ -82,7 +86,9 @@ def test_the_shipped_model_fits_its_members_a_little_better():
     heldout = features(catalogue.fresh(500, seed=11))
     fresh = features(catalogue.fresh(250, seed=12))
     gap = (heldout.mean(0) - members.mean(0)) / heldout.mean(0)
-    assert bool((gap > 0.025).all()), gap
-    p_members = di.dataset_inference(members, heldout, torch.Generator().manual_seed(0), scorer="sum")
-    p_fresh = di.dataset_inference(fresh, heldout, torch.Generator().manual_seed(0), scorer="sum")
-    assert p_members < 0.1 and p_fresh > 0.5, (p_members, p_fresh)
+    g = torch.Generator().manual_seed(0)
+    p_sum = di.dataset_inference(members, heldout, g, scorer="sum")
+    p_fitted = sum(di.dataset_inference(members, heldout, g, scorer="logistic") for _ in range(20)) / 20
+    p_fresh = di.dataset_inference(fresh, heldout, g, scorer="sum")
+    assert bool((gap > 0.04).all()), gap
+    assert 0.01 < p_sum < 0.05 and p_fitted > 3 * p_sum and p_fresh > 0.5, (p_sum, p_fitted, p_fresh)
