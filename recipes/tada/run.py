@@ -138,6 +138,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--sae-strengths", type=float, nargs="+", default=[0.5, 1, 2, 4, 8])
     ap.add_argument("--sae-gammas", type=float, nargs="+", default=[0, -1, -2, -4])
     ap.add_argument("--sae-top", type=int, default=3, help="features per step")
+    ap.add_argument("--sae-from-step", type=int, default=0, help="edit the SAE features from this step on only")
     ap.add_argument(
         "--sae-score", default="tfidf", choices=["tfidf", "diff_of_means", "cohens_d"], help="how features are ranked"
     )
@@ -271,6 +272,7 @@ def _sae_part(model: Any, args: argparse.Namespace, concept: str, values: tuple[
         )
         for name, s in scores.items()
     }
+    edited = [f if step >= args.sae_from_step else [] for step, f in enumerate(feats)]  # no edit before
     per_seed = []
     for s in args.seeds:
         held = {"n": args.n, "seed": s, "prompt_seed": 300 + s, "templates": HELD_OUT_TEMPLATES, **common}
@@ -278,7 +280,7 @@ def _sae_part(model: Any, args: argparse.Namespace, concept: str, values: tuple[
             model,
             concept,
             values,
-            lambda m: sae_hooks(sae, layer, feats, m, mode="add", model=model),
+            lambda m: sae_hooks(sae, layer, edited, m, mode="add", model=model),
             args.sae_strengths,
             label=f"SAE add top-{args.sae_top} {args.sae_score} (block {layer})",
             **held,
@@ -287,7 +289,7 @@ def _sae_part(model: Any, args: argparse.Namespace, concept: str, values: tuple[
             model,
             concept,
             values,
-            lambda g: sae_hooks(sae, layer, feats, g, mode="scale", model=model),
+            lambda g: sae_hooks(sae, layer, edited, g, mode="scale", model=model),
             args.sae_gammas,
             mode="remove",
             label=f"SAE scale top-{args.sae_top} {args.sae_score} (block {layer})",
@@ -300,6 +302,7 @@ def _sae_part(model: Any, args: argparse.Namespace, concept: str, values: tuple[
         "k": sae.k,
         "train": {"fvu": report.fvu, "l0": report.l0, "dead_fraction": report.dead_fraction},
         "score": args.sae_score,
+        "edited_from_step": args.sae_from_step,
         "features_by_step": feats,
         "overlap_with_top": agree,
         "per_seed": per_seed,
