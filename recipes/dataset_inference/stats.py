@@ -1,5 +1,6 @@
 """The statistics of the attacks: ROC AUC with a bootstrap confidence interval, TPR at a fixed
-FPR, a one-sided Welch t-test (scipy), and a small L2-regularised logistic regression.
+FPR, a one-sided Welch t-test (scipy), a small L2-regularised logistic regression, and the
+suspect-set size that a per-sample effect needs (:func:`expected_mean_p`, :func:`n_for_mean_p`).
 
 Written here rather than taken from scikit-learn: the project does not depend on it, and each of
 these is a few lines of torch (the AUC is the Mann-Whitney statistic, ties counted one half).
@@ -16,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["auc", "auc_ci", "tpr_at_fpr", "welch_greater", "fit_logistic"]
+__all__ = ["auc", "auc_ci", "tpr_at_fpr", "welch_greater", "fit_logistic", "expected_mean_p", "n_for_mean_p"]
 
 
 def auc(pos: Tensor, neg: Tensor) -> float:
@@ -84,3 +85,41 @@ def fit_logistic(pos: Tensor, neg: Tensor, l2: float = 1e-2, iters: int = 50) ->
     with torch.enable_grad():
         opt.step(closure)
     return w.detach(), b.detach()
+
+
+def expected_mean_p(effect: float, n: int, heldout_n: int | None = None) -> float:
+    """The one-sided test's p-value averaged over fresh suspect and held-out sets, for a per-sample
+    standardised effect ``effect`` (mean score difference / score sd) with ``n`` suspect and
+    ``heldout_n`` (default ``n``) held-out samples, every row tested.
+
+    Why: the statistic is ``z ~ N(mu, 1)`` with ``mu = effect / sqrt(1/n + 1/heldout_n)``, and the
+    mean of ``1 - Phi(z)`` is ``Phi(-mu / sqrt(2))`` (normal approximation of the Welch test). A
+    mean p <= 0.01 thus needs ``mu >= 3.29``, not the 2.33 that a median p <= 0.01 needs.
+
+    >>> round(expected_mean_p(0.2, 250, 1000), 4), round(expected_mean_p(0.0, 250), 2)
+    (0.0228, 0.5)
+    """
+    from scipy.stats import norm
+
+    if n < 2 or (heldout_n is not None and heldout_n < 2):
+        raise ValueError(f"need n >= 2 suspect and held-out samples, got {n} and {heldout_n}")
+    mu = effect / (1 / n + 1 / (heldout_n or n)) ** 0.5
+    return float(norm.cdf(-mu / 2**0.5))
+
+
+def n_for_mean_p(effect: float, alpha: float = 0.01, heldout_n: int | None = None, most: int = 10**6) -> int | None:
+    """The smallest suspect-set size whose :func:`expected_mean_p` is ``<= alpha`` (``heldout_n``
+    held-out samples, default as many as suspect ones); None if even ``most`` is not enough.
+
+    >>> n_for_mean_p(0.2, heldout_n=1000), n_for_mean_p(0.2, heldout_n=100)
+    (371, None)
+    """
+    if not 0 < alpha < 0.5:
+        raise ValueError(f"alpha must lie in (0, 0.5), got {alpha}")
+    if expected_mean_p(effect, most, heldout_n) > alpha:
+        return None
+    lo, hi = 2, most  # expected_mean_p falls with n: bisect
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if expected_mean_p(effect, mid, heldout_n) <= alpha else (mid + 1, hi)
+    return lo
