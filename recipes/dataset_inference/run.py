@@ -15,6 +15,10 @@ for Stable Audio Open, ``python -m recipes.dataset_inference.encode`` turns ``.w
 one). Without ``--suspect`` / ``--heldout`` the tones model's sets are written to
 ``OUT/sets`` (members, fresh held-out and fresh non-member clips) and used.
 
+``--views V`` averages every loss over ``V`` noise draws per sample and timestep; on the shipped
+model ``--views 4 --scorer sum`` over ``--timesteps 10 50 100 200 300 400 500 600 700 850`` is what
+reaches a mean p <= 0.01 (at n = 200 of its 250 members; ``recipes/results/README.md``).
+
 For each seed (the fixed noise of the features and the resampling): the feature matrices; the
 per-sample attacks (if ``--nonmembers`` is given, treating the suspect set as members: only
 meaningful when the truth is known); the p-value against ``n`` (``--ns``, ``--resamples`` draws
