@@ -29,7 +29,7 @@ import torch
 from interventions.patching import PatchingTable, patching_sweep
 
 from .plots import plot_localisation
-from .tones import PromptPair
+from .tones import PromptPair, index_in
 
 __all__ = ["ShapesLocalisation", "ShapesModel", "localize_shapes", "shapes_pairs", "run_shapes"]
 
@@ -91,14 +91,7 @@ class ShapesModel:
     def value_index(self, factor: str, value: str | int) -> int:
         from recipes.worlds import shapes as world
 
-        if factor not in world.FACTORS:
-            raise ValueError(f"unknown shapes factor {factor!r}; the factors are {', '.join(world.FACTORS)}")
-        values = world.FACTORS[factor]
-        if isinstance(value, int) and 0 <= value < len(values):
-            return value
-        if value not in values:
-            raise ValueError(f"{factor} has no value {value!r}; its values are {', '.join(values)}")
-        return values.index(str(value))
+        return index_in(world.FACTORS, "shapes", factor, value)
 
     def prompt_pairs(
         self, factor: str, values: tuple[str, str], n: int, seed: int, templates: Sequence[int]

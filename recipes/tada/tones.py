@@ -63,14 +63,20 @@ def value_index(factor: str, value: str | int, model: Any = None) -> int:
     model with its own concepts (:class:`recipes.tada.pipeline.PipelineModel`) answers itself."""
     if hasattr(model, "value_index"):
         return model.value_index(factor, value)
-    if factor not in world.FACTORS:
-        raise ValueError(f"unknown factor {factor!r}; the tones factors are {', '.join(world.FACTORS)}")
-    values = world.FACTORS[factor]
+    return index_in(world.FACTORS, "tones", factor, value)
+
+
+def index_in(factors: dict[str, Sequence[str]], world_name: str, factor: str, value: str | int) -> int:
+    """``value``'s index among ``factors[factor]`` (an index in range is kept); an unknown factor
+    or value is refused with the ones there are."""
+    if factor not in factors:
+        raise ValueError(f"unknown factor {factor!r}; the {world_name} factors are {', '.join(factors)}")
+    values = factors[factor]
     if isinstance(value, int) and 0 <= value < len(values):
         return value
     if value not in values:
         raise ValueError(f"{factor} has no value {value!r}; its values are {', '.join(values)}")
-    return values.index(str(value))
+    return list(values).index(str(value))
 
 
 def prompt_pairs(
