@@ -7,7 +7,7 @@ per-timestep AUC, and dataset inference at n = 100 and 250 (1,000 held-out clips
 logistic and the sum scorers for several views, timestep bands and the reference-calibrated loss
 ``log(loss_members_model / loss_reference)``.
 
-``python recipes/results/dataset_inference_levers.py OUT_DIR`` (about 14 min on one idle core;
+``python recipes/results/dataset_inference_levers.py OUT_DIR`` (812 s on one thread of the loaded 2-core machine;
 writes ``OUT_DIR/levers.safetensors``, ``{model}.{set}``: N x 12 x 8, and prints the table).
 """
 
