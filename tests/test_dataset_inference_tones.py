@@ -40,11 +40,12 @@ def test_the_cli_runs_on_the_shipped_members_model(tmp_path):
 
     args = ["--n-members", "16", "--n-heldout", "24", "--n-nonmembers", "24", "--timesteps", "200", "--grad-timestep"]
     args += ["200", "--ns", "8", "16", "--resamples", "5", "--null-n", "8", "--null-resamples", "10", "--batch-size"]
-    args += ["16", "--threads", "1", "--out", str(tmp_path)]
+    args += ["16", "--threads", "1", "--views", "2", "--out", str(tmp_path)]
     assert main(args) == 0
     result = json.loads((tmp_path / "dataset_inference_tones.json").read_text())
     assert result["sizes"] == {"suspect": 16, "heldout": 24, "nonmembers": 24}
     assert result["feature_names"] == ["loss@200", "cfg@200", "grad@200"]
+    assert result["feature_config"]["views"] == 2
     seed = result["seeds"]["0"]
     assert [row["n"] for row in seed["p_curve"]] == [8, 16]
     assert all(0 < row["mean_p"] <= 1 for row in seed["p_curve"])
