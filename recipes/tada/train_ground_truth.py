@@ -21,30 +21,24 @@ import time
 from pathlib import Path
 
 import torch
-from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from recipes.worlds import tones as world
 from recipes.worlds import tones_model as tm
+from recipes.worlds.train import tones_loss
 
 from .ground_truth import CHECKPOINT, SplitViewModel, install_split_view
 
 
 def split_view_loss(model: SplitViewModel, alphas, rope, batch_size: int, p_uncond: float, gen) -> torch.Tensor:
-    """One batch's v-prediction loss with the split-view conditioning."""
-    f = world.sample_factors(batch_size, gen)
-    x0 = world.represent(f)
-    prompts = world.make_prompts(f, gen)
-    drop = torch.rand(batch_size, generator=gen) < p_uncond
-    t = torch.randint(0, alphas.shape[0], (batch_size,), generator=gen)
-    noise = torch.randn(x0.shape, generator=gen)
-    prompts = ["" if d else p for p, d in zip(prompts, drop.tolist(), strict=True)]
-    a = alphas[t].view(-1, 1, 1)
-    x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-    target = a.sqrt() * noise - (1 - a).sqrt() * x0
-    with torch.no_grad():
-        states, pooled = model.encode_prompts(prompts)
-    return F.mse_loss(tm.denoise(model.transformer, x_t, t.float(), states, pooled, rope), target)
+    """One batch's v-prediction loss with the split-view conditioning (the world's loss; the text
+    side frozen)."""
+
+    def encode(prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            return model.encode_prompts(prompts)
+
+    return tones_loss(model.transformer, encode, alphas, rope, batch_size, p_uncond, gen)
 
 
 def main(argv: list[str] | None = None) -> None:

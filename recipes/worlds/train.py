@@ -209,8 +209,10 @@ def shapes_loss(unet, text, tokenizer, alphas, batch_size: int, p_uncond: float,
     return F.mse_loss(pred.float(), noise)
 
 
-def tones_loss(transformer, text, tokenizer, alphas, rope, batch_size: int, p_uncond: float, gen: torch.Generator):
-    """One tones batch's v-prediction loss, drawn on the CPU like :func:`shapes_loss`."""
+def tones_loss(transformer, encode, alphas, rope, batch_size: int, p_uncond: float, gen: torch.Generator):
+    """One tones batch's v-prediction loss, drawn on the CPU like :func:`shapes_loss`;
+    ``encode(prompts) -> (states, pooled)`` is the text side (TADA's ground-truth model encodes
+    its split views through it)."""
     from . import tones as world
     from . import tones_model as tm
 
@@ -227,7 +229,7 @@ def tones_loss(transformer, text, tokenizer, alphas, rope, batch_size: int, p_un
     a = alphas[t].view(-1, 1, 1)
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
     target = a.sqrt() * noise - (1 - a).sqrt() * x0  # v
-    states, pooled = tm.encode_text(text, tokenizer, prompts)
+    states, pooled = encode(prompts)
     return F.mse_loss(tm.denoise(transformer, x_t, t.float(), states, pooled, rope).float(), target)
 
 
@@ -370,7 +372,9 @@ def train_tones(args) -> None:
         return tm.TonesModel(*_on_cpu(ema_tr, ema_text), tokenizer, tm.build_scheduler())
 
     def loss():
-        return tones_loss(tr, text, tokenizer, alphas, rope, args.batch_size, args.p_uncond, gen)
+        return tones_loss(
+            tr, lambda p: tm.encode_text(text, tokenizer, p), alphas, rope, args.batch_size, args.p_uncond, gen
+        )
 
     def save(step_now, seg_seconds):
         hist = _with_segment(history, command, seg_start, step_now, seg_seconds)
