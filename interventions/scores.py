@@ -5,7 +5,9 @@ means ``[n, d_sae]`` of examples with the concept and without it; score per late
   :func:`normalized_difference_by_step` scores every concept against all the others at every
   denoising step at once, and :func:`above_percentile_by_step` selects each step's features;
 - :func:`tfidf`: TADA's ``mean_pos * log(1 + 1 / (mean_neg + eps))``;
-- :func:`difference_of_means` and :func:`cohens_d` (pooled standard deviation).
+- :func:`difference_of_means` and :func:`cohens_d` (pooled standard deviation);
+- :func:`nearest_concept`: which concept's mean latents each example is closest to (a gate that
+  edits only the examples that show a concept).
 
 >>> pos = torch.tensor([[1.0, 0.0, 2.0], [3.0, 0.0, 2.0]]); neg = torch.tensor([[0.0, 1.0, 2.0], [0.0, 1.0, 2.0]])
 >>> top_features(difference_of_means(pos, neg), 1).tolist()
@@ -96,3 +98,20 @@ def above_percentile_by_step(scores: StepScores, percentile: float) -> list[Tens
     if not 0.0 <= percentile < 100.0:
         raise ValueError(f"percentile must be in [0, 100), got {percentile}")
     return [above_percentile(row, percentile) for row in scores]
+
+
+def nearest_concept(latents: Latents, centroids: Float[Tensor, "concepts d_sae"]) -> Tensor:
+    """Per example, the index of the nearest row of ``centroids`` in Euclidean distance (concept
+    means, or labelled reference examples for a 1-nearest-neighbour): which concept an example's
+    SAE latents show, for edits that should touch only the examples showing it (the gate of
+    SAeUron's redirection in ``recipes.saeuron``).
+
+    >>> nearest_concept(torch.tensor([[0.9, 0.1], [0.2, 1.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]])).tolist()
+    [0, 1]
+    """
+    if latents.ndim != 2 or centroids.ndim != 2 or latents.shape[1] != centroids.shape[1] or len(centroids) == 0:
+        raise ValueError(
+            f"latents [n, d_sae] and centroids [concepts > 0, d_sae] with one d_sae; got {tuple(latents.shape)} and "
+            f"{tuple(centroids.shape)}"
+        )
+    return torch.cdist(latents.float(), centroids.float()).argmin(1)

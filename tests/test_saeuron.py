@@ -11,7 +11,7 @@ from interventions.sae import SAE
 from recipes.saeuron import concepts as cs
 from recipes.saeuron.recipe import SAeUron
 from recipes.saeuron.run import main as run_main
-from recipes.saeuron.unlearn import Unlearning, select
+from recipes.saeuron.unlearn import Redirect, Unlearning, redirect, select
 
 _ALL = cs.canonical()
 _ROWS = torch.nonzero(_ALL.labels["colour"] == 0).flatten()  # 16 prompts: every shape x style, red
@@ -88,6 +88,53 @@ def test_select_sets_each_gate_from_its_concepts_own_prompts():
     assert select(lat, ("b",), 98.0, -1.0).gates is None  # no gate: the paper's edit
     with pytest.raises(ValueError, match="tokens per image"):
         select(lat, ("b",), 98.0, -1.0, gate=0.5)
+
+
+def _ctx(step, branch, run=1):
+    return SimpleNamespace(step=step, branch=branch, run=run, site="s")
+
+
+def test_redirect_shifts_only_the_images_nearest_a_removed_concept():
+    by_concept = {  # [prompts, steps, d]: concept a fires feature 0, b feature 1, c feature 2
+        "a": torch.tensor([[[4.0, 0.0, 0.0]] * 2]),
+        "b": torch.tensor([[[0.0, 4.0, 0.0]] * 2]),
+        "c": torch.tensor([[[0.0, 0.0, 4.0]] * 2]),
+    }
+    by_concept["c"][..., 1] = 1.0  # c lies farther from a than b does: a is pushed toward c
+    edit = redirect(by_concept, ("a",), 0.5, tokens=2)
+    torch.testing.assert_close(edit.shifts[0, 0], torch.tensor([-2.0, 0.5, 2.0]))  # half-way from a to c
+    image_a = [[3.0, 0.0, 0.0], [5.0, 1.0, 0.0]]  # token mean [4, 0.5, 0]: nearest a
+    image_c = [[0.0, 1.0, 3.0], [1.0, 1.0, 4.0]]  # nearest c: kept as it is
+    z = torch.tensor(image_a + image_c)
+    out = edit(z, _ctx(0, "cond"))
+    assert out.tolist() == [[1.0, 0.5, 2.0], [3.0, 1.5, 2.0]] + image_c
+    # the assignment made at the run's first cond call holds for its uncond rows and later steps,
+    # even once the edited image no longer looks like a
+    assert (
+        edit(torch.tensor([[0.0, 0.0, 4.0]] * 4), _ctx(1, "uncond")).tolist()
+        == [[0.0, 0.5, 6.0]] * 2 + [[0.0, 0.0, 4.0]] * 2
+    )
+    # a new run assigns again; its uncond rows before the first cond call are not edited
+    assert torch.equal(edit(z, _ctx(0, "uncond", run=2)), z)
+    assert edit(z, _ctx(0, "cond", run=2)).tolist() == out.tolist()
+    with pytest.raises(ValueError, match="not whole images of 2 tokens"):
+        edit(torch.ones(3, 3), _ctx(0, "cond"))
+    with pytest.raises(ValueError, match="step 2 has no shift"):
+        edit(z, _ctx(2, "cond"))
+    with pytest.raises(ValueError, match="must be \\[removed=1, steps, d_sae\\]"):
+        Redirect(("a",), edit.references, edit.labels, (0,), edit.shifts[:, :1], 2)
+
+
+def test_redirect_then_scales_as_the_paper_on_the_assigned_images_only():
+    gen = torch.Generator().manual_seed(3)
+    lat = {c: torch.rand(4, 3, 50, generator=gen) for c in ("a", "b", "c")}
+    lat["b"][:, :, 11] += 3.0
+    scaling = select(lat, ("b",), 98.0, -2.0)
+    edit = redirect(lat, ("b",), 0.0, tokens=1, scaling=scaling)  # strength 0: the paper's edit, gated
+    z = torch.stack([lat["b"][0, 0], lat["a"][0, 0]])  # one image of b, one of a, one token each
+    out = edit(z, _ctx(0, "cond"))
+    assert torch.equal(out[0], scaling(z[:1], _ctx(0, "cond"))[0]) and not torch.equal(out[0], z[0])
+    assert torch.equal(out[1], z[1])
 
 
 def test_no_selected_feature_is_bit_identical_and_the_error_term_sign_matters(model):
@@ -170,6 +217,7 @@ def test_cli_refuses_before_loading(capsys):
         (["--kind", "texture"], "invalid choice"),
         (["--kind", "colour"], "no SAE for colour"),
         (["--gate", "-1"], "--gate must be >= 0"),
+        (["--strength", "-1"], "--strength must be >= 0"),
         (["--model", "/no/such/checkpoint"], "neither a folder nor a Hub id"),
     ]:
         with pytest.raises(SystemExit):
@@ -178,8 +226,10 @@ def test_cli_refuses_before_loading(capsys):
 
 
 # Measured on the 16 red canonical prompts (SMALL), held-out seed 1000, 10 DDIM steps, the shipped DEFAULTS
-# (shapes gated at 0.5, styles ungated; recipes/results/README.md has the full evaluation), and for square
-# the paper's ungated edit (gate 0): pinned with a margin of one image per group.
+# (shapes gated at 0.5; styles redirected at strength 8 by the up_blocks.0.attentions.0 SAE;
+# recipes/results/README.md has the full evaluation), for square the paper's ungated edit (gate 0), for
+# styles the paper's edit with the same SAE (percentile 99.8, gamma -1, no redirection, no gate): pinned with a
+# margin of one image per group.
 PINNED = {
     ("triangle",): {
         "saeuron": {"UA": 4 / 4, "IRA": 12 / 12, "CRA": 16 / 16},
@@ -189,9 +239,15 @@ PINNED = {
         "saeuron": {"UA": 3 / 4, "IRA": 12 / 12, "CRA": 10 / 16},
         "ungated": {"UA": 3 / 4, "IRA": 6 / 12, "CRA": 7 / 16},
     },
-    ("checker",): {
-        "saeuron": {"UA": 4 / 4, "IRA": 7 / 12, "CRA": 10 / 16},
-        "block_ablation": {"UA": 4 / 4, "IRA": 4 / 12, "CRA": 4 / 16},
+    ("stripes",): {
+        "saeuron": {"UA": 4 / 4, "IRA": 11 / 12, "CRA": 16 / 16},
+        "paper": {"UA": 0 / 4, "IRA": 11 / 12, "CRA": 15 / 16},
+        "block_ablation": {"UA": 4 / 4, "IRA": 4 / 12, "CRA": 2 / 16},
+    },
+    ("dots",): {
+        "saeuron": {"UA": 4 / 4, "IRA": 12 / 12, "CRA": 15 / 16},
+        "paper": {"UA": 1 / 4, "IRA": 12 / 12, "CRA": 16 / 16},
+        "block_ablation": {"UA": 0 / 4, "IRA": 0 / 12, "CRA": 2 / 16},
     },
 }
 
@@ -201,6 +257,7 @@ def test_unlearning_at_a_held_out_seed_is_pinned(model, remove):
     runs = {
         "saeuron": lambda: model.generate(SMALL, 1000, "saeuron", remove),
         "ungated": lambda: model.generate(SMALL, 1000, "saeuron", remove, gate=0.0),
+        "paper": lambda: model.generate(SMALL, 1000, "saeuron", remove, 99.8, -1.0, 0.0, strength=0.0),
         "block_ablation": lambda: model.generate(SMALL, 1000, "block_ablation", remove),
     }
     got = {method: model.metrics(runs[method](), SMALL, remove) for method in PINNED[remove]}
@@ -211,8 +268,12 @@ def test_unlearning_at_a_held_out_seed_is_pinned(model, remove):
             assert abs(got[method][metric] - value) <= 1.0 / n + 1e-6, (method, metric, got[method])
     other = "ungated" if "ungated" in got else "block_ablation"
     assert got["saeuron"]["IRA"] > got[other]["IRA"]  # selective where the whole block (or the ungated edit) is not
+    if "paper" in got:  # redirection removes the style the paper's scaling leaves (the network's default style)
+        assert got["saeuron"]["UA"] > got["paper"]["UA"]
 
 
-def test_a_negative_gate_is_refused(model):
+def test_a_negative_gate_or_strength_is_refused(model):
     with pytest.raises(ValueError, match="gate must be >= 0"):
         model.unlearning(("circle",), gate=-0.5)
+    with pytest.raises(ValueError, match="strength must be >= 0"):
+        model.unlearning(("stripes",), strength=-1.0)

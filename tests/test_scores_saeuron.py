@@ -6,6 +6,7 @@ import torch
 from interventions.scores import (
     above_percentile,
     above_percentile_by_step,
+    nearest_concept,
     normalized_difference,
     normalized_difference_by_step,
 )
@@ -63,3 +64,12 @@ def test_bad_inputs_are_refused_by_name():
         normalized_difference_by_step({"a": torch.rand(2, 3, 4), "b": torch.rand(2, 3, 5)})
     with pytest.raises(ValueError, match="percentile"):
         above_percentile_by_step(torch.rand(2, 4), 100.0)
+
+
+def test_nearest_concept_is_brute_force_nearest_and_refuses_mismatched_widths():
+    gen = torch.Generator().manual_seed(4)
+    latents, centroids = torch.rand(20, 8, generator=gen), torch.rand(3, 8, generator=gen)
+    brute = [min(range(3), key=lambda k: float((x - centroids[k]).norm())) for x in latents]
+    assert nearest_concept(latents, centroids).tolist() == brute
+    with pytest.raises(ValueError, match="one d_sae"):
+        nearest_concept(latents, torch.rand(3, 7))

@@ -11,6 +11,10 @@ The paper's procedure on the tiny shapes ``StableDiffusionPipeline``:
    on both CFG branches, inside ``SAEEdit`` (error term kept): :mod:`.unlearn`; for shapes the
    shipped default adds a presence gate (an image is edited only while its selected features add up
    to half the concept's mean), which the paper does not have (``gate=0`` is the paper's edit);
+   for styles the shipped default *redirects* instead (not in the paper): every image has a style
+   here, and removing a style's features leaves the network's default style, so the images whose
+   latents are nearest a removed style's prompts are shifted toward the most distant kept style's
+   mean latents (``strength=0`` is the paper's edit);
 4. score UA / IRA / CRA with the world's evaluators, and a feature distance, against a negative
    prompt and whole-block ablation on the same prompts and seeds: :mod:`.evaluate`, :mod:`.run`.
 
@@ -20,18 +24,21 @@ SAEs published in sparsify's layout (the authors' ``bcywinski/SAeUron``) load wi
 """
 
 from .concepts import PromptSet, canonical, paraphrase
-from .recipe import CHECKPOINT, DEFAULTS, METHODS, SAeUron, Statistics
-from .unlearn import Unlearning, select
+from .recipe import CHECKPOINT, DEFAULTS, METHODS, REDIRECT, SAeUron, Statistics
+from .unlearn import Redirect, Unlearning, redirect, select
 
 __all__ = [
     "CHECKPOINT",
     "DEFAULTS",
     "METHODS",
     "PromptSet",
+    "REDIRECT",
+    "Redirect",
     "SAeUron",
     "Statistics",
     "Unlearning",
     "canonical",
     "paraphrase",
+    "redirect",
     "select",
 ]

@@ -25,14 +25,17 @@ from . import concepts as cs
 from .evaluate import feature_distance, unlearning_metrics
 from .sampling import Sampling, cache_cond, generate
 from .train import STATISTICS
-from .unlearn import Unlearning, block_ablation, concept_means, edit_hooks, negative_prompt, select
+from .unlearn import Redirect, Unlearning, block_ablation, concept_means, edit_hooks, negative_prompt, redirect, select
 
-__all__ = ["CHECKPOINT", "DEFAULTS", "METHODS", "Statistics", "SAeUron"]
+__all__ = ["CHECKPOINT", "DEFAULTS", "REDIRECT", "METHODS", "Statistics", "SAeUron"]
 
 CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "shapes"
 METHODS = ("none", "saeuron", "negative_prompt", "block_ablation")
-#: (percentile, multiplier, gate) per kind, chosen on the selection seeds 100 and 101 (recipes/results/README.md)
-DEFAULTS: dict[str, tuple[float, float, float]] = {"style": (99.8, -1.0, 0.0), "shape": (99.0, -1.0, 0.5)}
+#: (percentile, multiplier, gate) per kind, chosen on the selection seeds 100 and 101 (recipes/results/README.md);
+#: styles: percentile 100 selects no feature to scale, so the style edit is the redirection alone
+DEFAULTS: dict[str, tuple[float, float, float]] = {"style": (100.0, -1.0, 0.0), "shape": (99.0, -1.0, 0.5)}
+#: redirection strength per kind (0: the paper's edit, with the presence gate above), chosen on seeds 100 and 101
+REDIRECT: dict[str, float] = {"style": 8.0, "shape": 0.0}
 
 
 @dataclass
@@ -138,17 +141,27 @@ class SAeUron:
         percentile: float | None = None,
         multiplier: float | None = None,
         gate: float | None = None,
-    ) -> Unlearning:
-        """The per-step edit removing ``remove``; ``None`` takes the kind's :data:`DEFAULTS` and a
-        ``gate`` of 0 edits every image (the paper's procedure)."""
+        strength: float | None = None,
+    ) -> Unlearning | Redirect:
+        """The per-step edit removing ``remove``; ``None`` takes the kind's :data:`DEFAULTS` and
+        :data:`REDIRECT`. A ``strength`` above 0 redirects the images nearest to a removed concept
+        (:func:`.unlearn.redirect`, then the paper's scaling on them unless ``percentile`` is 100;
+        ``gate`` unused); 0 is the
+        paper's edit, where a ``gate`` of 0 edits every image (the paper's procedure)."""
         kind, _, stats = self._for(remove)
         default = DEFAULTS[kind]
         pct = default[0] if percentile is None else percentile
         mult = default[1] if multiplier is None else multiplier
         g = default[2] if gate is None else gate
+        s = REDIRECT[kind] if strength is None else strength
         if g < 0:
             raise ValueError(f"gate must be >= 0 (0: no gate), got {g}")
+        if s < 0:
+            raise ValueError(f"strength must be >= 0 (0: the paper's edit), got {s}")
         by_concept = concept_means(stats.latents, stats.labels[kind], kind)
+        if s > 0:
+            scaling = select(by_concept, remove, pct, mult) if pct < 100 else None
+            return redirect(by_concept, remove, s, self.tokens[kind], scaling)
         return select(by_concept, remove, pct, mult, g or None, self.tokens[kind])
 
     def generate(
@@ -160,15 +173,16 @@ class SAeUron:
         percentile: float | None = None,
         multiplier: float | None = None,
         gate: float | None = None,
+        strength: float | None = None,
     ) -> torch.Tensor:
         """Images in ``[-1, 1]`` with ``method`` removing ``remove`` (``"none"``: the plain model;
         ``"block_ablation"`` ablates the block of the removed kind's SAE). SAeUron's settings left
-        ``None`` are the kind's :data:`DEFAULTS`."""
+        ``None`` are the kind's :data:`DEFAULTS` and :data:`REDIRECT`."""
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
         hooks, negative = None, None
         if method == "saeuron":
-            hooks = edit_hooks(self._for(remove)[1], self.unlearning(remove, percentile, multiplier, gate))
+            hooks = edit_hooks(self._for(remove)[1], self.unlearning(remove, percentile, multiplier, gate, strength))
         elif method == "negative_prompt":
             cs.check_concepts(remove)
             negative = negative_prompt(remove)

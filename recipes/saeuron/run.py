@@ -8,6 +8,7 @@ scores UA / IRA / CRA and the kept images' feature distance::
 
     interventions run saeuron --kind style --out runs/saeuron_style   # 3 seeds, 69 runs of 64 images
     interventions run saeuron --kind style --seeds 1000 --quick       # one seed, single removals, canonical
+    interventions run saeuron --kind style --strength 0 --percentile 99.8 --quick   # the paper's edit on styles
 
 With ``--out`` it writes ``metrics.json`` (every run's numbers, then per-seed and overall means)
 and ``grid_<concept>.png`` (the first removal of each kind, every method, first seed); it prints
@@ -30,7 +31,7 @@ from tqdm.auto import tqdm
 from recipes.worlds import shapes as world
 
 from . import concepts as cs
-from .recipe import CHECKPOINT, DEFAULTS, SAeUron
+from .recipe import CHECKPOINT, DEFAULTS, REDIRECT, SAeUron
 from .train import SELECTION_SEEDS
 
 __all__ = ["DEFAULTS", "removals", "evaluate", "summarise", "save_grid", "main"]
@@ -53,7 +54,7 @@ def evaluate(
     model: SAeUron,
     seeds: list[int],
     todo: list[tuple[str, ...]],
-    settings: dict[str, tuple[float, float, float]],
+    settings: dict[str, tuple[float, float, float, float]],
     paraphrases: bool = True,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
@@ -118,7 +119,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def save_grid(
-    model: SAeUron, remove: tuple[str, ...], seed: int, settings: tuple[float, float, float], path: str | Path
+    model: SAeUron, remove: tuple[str, ...], seed: int, settings: tuple[float, float, float, float], path: str | Path
 ) -> None:
     """A PNG: the 16 canonical prompts of one colour (rows: shapes, columns: styles) for the plain
     model and each method removing ``remove``."""
@@ -174,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--percentile", type=float, help="override the kind's default feature percentile")
     p.add_argument("--multiplier", type=float, help="override the kind's default multiplier (gamma)")
     p.add_argument("--gate", type=float, help="override the kind's default presence gate (0: none, the paper)")
+    p.add_argument(
+        "--strength", type=float, help="override the kind's default redirection strength (0: the paper's edit)"
+    )
     p.add_argument("--quick", action="store_true", help="single removals on canonical prompts only")
     p.add_argument("--sae", default=str(CHECKPOINT), help="folder with the SAE and latents.safetensors")
     p.add_argument("--model", help="shapes checkpoint folder or Hub id (default: shipped)")
@@ -193,8 +197,13 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"no SAE for {', '.join(missing)} in {args.sae} (one subfolder per kind)")
     if args.gate is not None and args.gate < 0:
         p.error(f"--gate must be >= 0 (0: no gate), got {args.gate}")
-    overrides = (args.percentile, args.multiplier, args.gate)
-    settings = {k: tuple(d if o is None else o for d, o in zip(v, overrides, strict=True)) for k, v in DEFAULTS.items()}
+    if args.strength is not None and args.strength < 0:
+        p.error(f"--strength must be >= 0 (0: the paper's edit), got {args.strength}")
+    overrides = (args.percentile, args.multiplier, args.gate, args.strength)
+    settings = {
+        k: tuple(d if o is None else o for d, o in zip((*v, REDIRECT[k]), overrides, strict=True))
+        for k, v in DEFAULTS.items()
+    }
     torch.set_num_threads(args.threads)
     t0 = time.time()
     if args.model and not Path(args.model).is_dir() and args.model.count("/") != 1:

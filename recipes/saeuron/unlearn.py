@@ -13,6 +13,15 @@ latents, and the row is edited only if that score reaches ``gate`` times the con
 score on the selection seeds. With four concepts per kind (the paper has fifty styles), the
 selected features also fire on the other concepts' images; the gate keeps those images unedited.
 
+*Redirection* (:class:`Redirect`, not in the paper; the shipped style edit): in a world where every
+image has some style, removing a style's features leaves the network's default style (stripes
+without a style word, dots without the style block), which the evaluator names as before. At the
+first cond-branch call of a run each image is assigned the concept of the selection prompt whose
+token-mean latents at that step are nearest to its own (:func:`interventions.scores.nearest_concept`
+over the prompts); the images assigned a removed concept ``c`` get, on both branches at every step,
+``z <- max(0, z + s * (mu_target,t - mu_c,t))`` toward the kept concept whose means are farthest
+from ``c``'s, then the paper's scaling; the other images are not edited.
+
 Baselines on the same prompts and seeds: :func:`negative_prompt` (the concept's word as the
 pipeline's negative prompt) and :func:`block_ablation` (the whole block's output replaced by its
 per-step mean over the selection prompts, both branches).
@@ -21,7 +30,7 @@ per-step mean over the selection prompts, both branches).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,10 +38,10 @@ from torch import Tensor
 
 from interventions import Ablate, Context, SAEEdit, When
 from interventions.sae import SAE
-from interventions.scores import above_percentile_by_step, normalized_difference_by_step
+from interventions.scores import above_percentile_by_step, nearest_concept, normalized_difference_by_step
 from recipes.worlds import shapes as world
 
-__all__ = ["Unlearning", "select", "edit_hooks", "negative_prompt", "block_ablation"]
+__all__ = ["Unlearning", "Redirect", "select", "redirect", "edit_hooks", "negative_prompt", "block_ablation"]
 
 
 @dataclass
@@ -87,6 +96,104 @@ class Unlearning:
         scores.index_add_(1, groups, per_image)
         passed = scores >= self.gates[step].to(scores)  # [images, concepts]
         return passed[:, groups].repeat_interleave(self.tokens, 0)
+
+
+@dataclass
+class Redirect:
+    """The gated redirection edit (an ``SAEEdit`` edit on ``[tokens, d_sae]`` latents).
+
+    ``references [n, steps, d_sae]``: token-mean latents of labelled prompts, ``labels [n]`` their
+    concept indices (the gate assigns an image the label of its nearest reference); ``removed``: the
+    removed concepts' indices; ``shifts [removed, steps, d_sae]``: what is added to an image
+    assigned ``removed[j]``; ``scaling``: the paper's edit, applied to those images too. Images are
+    assigned at the first cond-branch call of a run; the uncond branch edits the same images (a
+    run's uncond rows before that first cond call are not edited)."""
+
+    concepts: tuple[str, ...]
+    references: Tensor
+    labels: Tensor
+    removed: tuple[int, ...]
+    shifts: Tensor
+    tokens: int
+    scaling: Unlearning | None = None
+    _assigned: tuple[int, int, Tensor] | None = field(default=None, repr=False)  # (run, last step, per image)
+
+    def __post_init__(self) -> None:
+        if self.shifts.shape != (len(self.removed), *self.references.shape[1:]):
+            raise ValueError(
+                f"shifts {tuple(self.shifts.shape)} must be [removed={len(self.removed)}, steps, d_sae] like the "
+                f"references {tuple(self.references.shape)}"
+            )
+        if self.labels.shape != self.references.shape[:1]:
+            raise ValueError(f"one label per reference: {tuple(self.labels.shape)} for {len(self.references)}")
+
+    def __call__(self, z: Tensor, ctx: Context) -> Tensor:
+        step = ctx.step
+        if step is None or step >= self.shifts.shape[1]:
+            raise ValueError(
+                f"SAeUron redirect at {ctx.site!r}: step {step} has no shift (prepared for {self.shifts.shape[1]} steps): "
+                "run with the num_inference_steps the statistics were collected at"
+            )
+        if z.shape[0] % self.tokens:
+            raise ValueError(f"{z.shape[0]} tokens are not whole images of {self.tokens} tokens")
+        which = self._which(z, ctx, step)
+        if which is None or not bool((which >= 0).any()):
+            return z
+        out = z.clone()
+        per_token = which.repeat_interleave(self.tokens)
+        for j in range(len(self.removed)):
+            rows = per_token == j
+            if rows.any():
+                out[rows] = (z[rows] + self.shifts[j, step].to(z)).clamp_min(0)
+        if self.scaling is not None:
+            rows = per_token >= 0
+            out[rows] = self.scaling(out[rows], ctx)
+        return out
+
+    def _which(self, z: Tensor, ctx: Context, step: int) -> Tensor | None:
+        """Per image: the index into ``removed`` of its assigned concept, or -1 (kept)."""
+        run, images = ctx.run, z.shape[0] // self.tokens
+        known = self._assigned
+        if known is not None and (known[0] != run or step < known[1] or known[2].shape[0] != images):
+            known = None  # a new run (or another batch): assign again
+        if known is None and ctx.branch != "uncond":
+            mean = z.view(images, self.tokens, -1).float().mean(1)
+            nearest = self.labels.to(mean.device)[nearest_concept(mean, self.references[:, step].to(mean))]
+            which = torch.full_like(nearest, -1)
+            for j, c in enumerate(self.removed):
+                which[nearest == c] = j
+            known = (run, step, which)
+        self._assigned = None if known is None else (run, step, known[2])
+        return None if known is None else known[2]
+
+
+def redirect(
+    by_concept: Mapping[str, Tensor],
+    concepts: tuple[str, ...],
+    strength: float,
+    tokens: int,
+    scaling: Unlearning | None = None,
+) -> Redirect:
+    """The :class:`Redirect` removing ``concepts`` (all keys of ``by_concept``: one kind's concepts,
+    each ``[n_prompts, steps, d_sae]``, also the gate's references): images nearest to a removed
+    concept's prompts are shifted by ``strength`` times (mean of the farthest kept concept - that
+    concept's mean) at every step, then scaled as the paper does (``scaling``, from :func:`select`)."""
+    missing = [c for c in concepts if c not in by_concept]
+    if missing:
+        raise KeyError(f"no latent statistics for {missing}; statistics exist for {sorted(by_concept)}")
+    names = tuple(by_concept)
+    means = torch.stack([by_concept[c].float().mean(0) for c in names])  # [concepts, steps, d]
+    removed = tuple(names.index(c) for c in concepts)
+    kept = [i for i in range(len(names)) if i not in removed]
+    if not kept:
+        raise ValueError("redirecting needs at least one kept concept")
+    shifts = []
+    for i in removed:
+        far = max(kept, key=lambda k: float((means[k] - means[i]).norm(dim=-1).mean()))
+        shifts.append(strength * (means[far] - means[i]))
+    references = torch.cat([by_concept[c].float() for c in names])
+    labels = torch.cat([torch.full((len(by_concept[c]),), i) for i, c in enumerate(names)])
+    return Redirect(tuple(concepts), references, labels, removed, torch.stack(shifts), tokens, scaling)
 
 
 def concept_means(latents: Tensor, labels: Tensor, kind: str) -> dict[str, Tensor]:
@@ -146,7 +253,7 @@ def _first_occurrences(ids: Tensor) -> Tensor:
     return torch.tensor(keep, dtype=torch.long)
 
 
-def edit_hooks(sae: SAE, unlearning: Unlearning) -> dict[str, Any]:
+def edit_hooks(sae: SAE, unlearning: Unlearning | Redirect) -> dict[str, Any]:
     """The hooks of an SAeUron run: the SAE edit at the SAE's site, every step, both CFG branches."""
     return {sae.info.site: SAEEdit(sae, unlearning)}
 
