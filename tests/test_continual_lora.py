@@ -1,5 +1,6 @@
 """Continual LoRA personalization recipe: factor algebra, the paper's metrics, diffusers' LoRA
-format round trip (bit-identical samples), a tiny pinned continual run, Hub publishing, the CLI."""
+format round trip (bit-identical samples), a tiny pinned continual run, DreamBooth prior
+preservation (class images, its pinned effect), Hub publishing, the CLI."""
 
 from __future__ import annotations
 
