@@ -6,8 +6,8 @@ means ``[n, d_sae]`` of examples with the concept and without it; score per late
   denoising step at once, and :func:`above_percentile_by_step` selects each step's features;
 - :func:`tfidf`: TADA's ``mean_pos * log(1 + 1 / (mean_neg + eps))``;
 - :func:`difference_of_means` and :func:`cohens_d` (pooled standard deviation);
-- :func:`nearest_concept`: which concept's mean latents each example is closest to (a gate that
-  edits only the examples that show a concept).
+- :func:`ridge_probe` and :func:`probe_predict`: a closed-form linear classifier naming the concept
+  an example's latents show (a gate that edits only the examples that show a concept).
 
 >>> pos = torch.tensor([[1.0, 0.0, 2.0], [3.0, 0.0, 2.0]]); neg = torch.tensor([[0.0, 1.0, 2.0], [0.0, 1.0, 2.0]])
 >>> top_features(difference_of_means(pos, neg), 1).tolist()
@@ -100,18 +100,35 @@ def above_percentile_by_step(scores: StepScores, percentile: float) -> list[Tens
     return [above_percentile(row, percentile) for row in scores]
 
 
-def nearest_concept(latents: Latents, centroids: Float[Tensor, "concepts d_sae"]) -> Tensor:
-    """Per example, the index of the nearest row of ``centroids`` in Euclidean distance (concept
-    means, or labelled reference examples for a 1-nearest-neighbour): which concept an example's
-    SAE latents show, for edits that should touch only the examples showing it (the gate of
-    SAeUron's redirection in ``recipes.saeuron``).
+def ridge_probe(latents: Latents, labels: Tensor, classes: int, l2: float = 1.0) -> Float[Tensor, "d_plus_1 classes"]:
+    """A linear classifier on SAE latents, fitted in closed form: ridge regression of one-hot
+    ``labels`` on ``[latents, 1]`` (the bias column unpenalised). Which concept an example's latents
+    show, for edits that should touch only the examples showing it (the gate of SAeUron's
+    redirection in ``recipes.saeuron``); :func:`probe_predict` applies it.
 
-    >>> nearest_concept(torch.tensor([[0.9, 0.1], [0.2, 1.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]])).tolist()
+    >>> x = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.2, 0.8]]); y = torch.tensor([0, 0, 1, 1])
+    >>> probe_predict(torch.tensor([[0.8, 0.3], [0.1, 0.9]]), ridge_probe(x, y, 2, l2=0.1)).tolist()
     [0, 1]
     """
-    if latents.ndim != 2 or centroids.ndim != 2 or latents.shape[1] != centroids.shape[1] or len(centroids) == 0:
+    if latents.ndim != 2 or labels.shape != latents.shape[:1] or classes < 2:
         raise ValueError(
-            f"latents [n, d_sae] and centroids [concepts > 0, d_sae] with one d_sae; got {tuple(latents.shape)} and "
-            f"{tuple(centroids.shape)}"
+            f"latents [n, d_sae], one label per row and two or more classes; got {tuple(latents.shape)}, "
+            f"{tuple(labels.shape)} labels, {classes} classes"
         )
-    return torch.cdist(latents.float(), centroids.float()).argmin(1)
+    if l2 <= 0:
+        raise ValueError(f"l2 must be > 0, got {l2}")
+    if int(labels.min()) < 0 or int(labels.max()) >= classes:
+        raise ValueError(f"labels must lie in [0, {classes}), got {int(labels.min())}..{int(labels.max())}")
+    x = torch.cat([latents.float(), torch.ones(len(latents), 1)], 1)
+    penalty = torch.eye(x.shape[1]) * l2
+    penalty[-1, -1] = 0.0
+    y = torch.nn.functional.one_hot(labels.long(), classes).float()
+    return torch.linalg.solve(x.T @ x + penalty, x.T @ y)
+
+
+def probe_predict(latents: Latents, weights: Float[Tensor, "d_plus_1 classes"]) -> Tensor:
+    """The class :func:`ridge_probe`'s ``weights`` give each row of ``latents``."""
+    if latents.ndim != 2 or latents.shape[1] + 1 != weights.shape[0]:
+        raise ValueError(f"latents [n, {weights.shape[0] - 1}] for these weights; got {tuple(latents.shape)}")
+    x = torch.cat([latents.float(), torch.ones(len(latents), 1, device=latents.device)], 1)
+    return (x @ weights.to(x)).argmax(1)

@@ -94,7 +94,7 @@ def _ctx(step, branch, run=1):
     return SimpleNamespace(step=step, branch=branch, run=run, site="s")
 
 
-def test_redirect_shifts_only_the_images_nearest_a_removed_concept():
+def test_redirect_shifts_only_the_images_the_probe_assigns_a_removed_concept():
     by_concept = {  # [prompts, steps, d]: concept a fires feature 0, b feature 1, c feature 2
         "a": torch.tensor([[[4.0, 0.0, 0.0]] * 2]),
         "b": torch.tensor([[[0.0, 4.0, 0.0]] * 2]),
@@ -103,8 +103,8 @@ def test_redirect_shifts_only_the_images_nearest_a_removed_concept():
     by_concept["c"][..., 1] = 1.0  # c lies farther from a than b does: a is pushed toward c
     edit = redirect(by_concept, ("a",), 0.5, tokens=2)
     torch.testing.assert_close(edit.shifts[0, 0], torch.tensor([-2.0, 0.5, 2.0]))  # half-way from a to c
-    image_a = [[3.0, 0.0, 0.0], [5.0, 1.0, 0.0]]  # token mean [4, 0.5, 0]: nearest a
-    image_c = [[0.0, 1.0, 3.0], [1.0, 1.0, 4.0]]  # nearest c: kept as it is
+    image_a = [[3.0, 0.0, 0.0], [5.0, 1.0, 0.0]]  # token mean [4, 0.5, 0]: the probe says a
+    image_c = [[0.0, 1.0, 3.0], [1.0, 1.0, 4.0]]  # c: kept as it is
     z = torch.tensor(image_a + image_c)
     out = edit(z, _ctx(0, "cond"))
     assert out.tolist() == [[1.0, 0.5, 2.0], [3.0, 1.5, 2.0]] + image_c
@@ -121,8 +121,8 @@ def test_redirect_shifts_only_the_images_nearest_a_removed_concept():
         edit(torch.ones(3, 3), _ctx(0, "cond"))
     with pytest.raises(ValueError, match="step 2 has no shift"):
         edit(z, _ctx(2, "cond"))
-    with pytest.raises(ValueError, match="must be \\[removed=1, steps, d_sae\\]"):
-        Redirect(("a",), edit.references, edit.labels, (0,), edit.shifts[:, :1], 2)
+    with pytest.raises(ValueError, match="must be \\[removed=1, steps=2, d_sae=3\\]"):
+        Redirect(("a",), edit.probes, (0,), edit.shifts[:, :1], 2)
 
 
 def test_redirect_then_scales_as_the_paper_on_the_assigned_images_only():

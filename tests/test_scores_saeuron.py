@@ -6,9 +6,10 @@ import torch
 from interventions.scores import (
     above_percentile,
     above_percentile_by_step,
-    nearest_concept,
     normalized_difference,
     normalized_difference_by_step,
+    probe_predict,
+    ridge_probe,
 )
 
 
@@ -66,10 +67,22 @@ def test_bad_inputs_are_refused_by_name():
         above_percentile_by_step(torch.rand(2, 4), 100.0)
 
 
-def test_nearest_concept_is_brute_force_nearest_and_refuses_mismatched_widths():
+def test_ridge_probe_solves_the_normal_equations_and_separates_planted_concepts():
     gen = torch.Generator().manual_seed(4)
-    latents, centroids = torch.rand(20, 8, generator=gen), torch.rand(3, 8, generator=gen)
-    brute = [min(range(3), key=lambda k: float((x - centroids[k]).norm())) for x in latents]
-    assert nearest_concept(latents, centroids).tolist() == brute
-    with pytest.raises(ValueError, match="one d_sae"):
-        nearest_concept(latents, torch.rand(3, 7))
+    labels = torch.arange(30) % 3
+    latents = torch.rand(30, 8, generator=gen) * 0.5
+    latents[torch.arange(30), labels] += 2.0  # concept k fires feature k
+    w = ridge_probe(latents, labels, 3, l2=0.5)
+    x = torch.cat([latents, torch.ones(30, 1)], 1)
+    penalty = torch.diag(torch.tensor([0.5] * 8 + [0.0]))  # the bias is not penalised
+    y = torch.nn.functional.one_hot(labels, 3).float()
+    torch.testing.assert_close((x.T @ x + penalty) @ w, x.T @ y, rtol=1e-4, atol=1e-4)
+    test = torch.rand(9, 8, generator=gen) * 0.5
+    test[torch.arange(9), torch.arange(9) % 3] += 2.0
+    assert probe_predict(test, w).tolist() == (torch.arange(9) % 3).tolist()
+    with pytest.raises(ValueError, match="labels must lie in"):
+        ridge_probe(latents, labels + 1, 3)
+    with pytest.raises(ValueError, match="l2 must be > 0"):
+        ridge_probe(latents, labels, 3, l2=0.0)
+    with pytest.raises(ValueError, match="latents \\[n, 8\\]"):
+        probe_predict(torch.rand(2, 7), w)

@@ -12,9 +12,9 @@ The paper's procedure on the tiny shapes ``StableDiffusionPipeline``:
    shipped default adds a presence gate (an image is edited only while its selected features add up
    to half the concept's mean), which the paper does not have (``gate=0`` is the paper's edit);
    for styles the shipped default *redirects* instead (not in the paper): every image has a style
-   here, and removing a style's features leaves the network's default style, so the images whose
-   latents are nearest a removed style's prompts are shifted toward the most distant kept style's
-   mean latents (``strength=0`` is the paper's edit);
+   here, and removing a style's features leaves the network's default style, so the images that a
+   ridge probe on their latents assigns a removed style are shifted toward the most distant kept
+   style's mean latents (``strength=0`` is the paper's edit);
 4. score UA / IRA / CRA with the world's evaluators, and a feature distance, against a negative
    prompt and whole-block ablation on the same prompts and seeds: :mod:`.evaluate`, :mod:`.run`.
 

@@ -144,7 +144,7 @@ class SAeUron:
         strength: float | None = None,
     ) -> Unlearning | Redirect:
         """The per-step edit removing ``remove``; ``None`` takes the kind's :data:`DEFAULTS` and
-        :data:`REDIRECT`. A ``strength`` above 0 redirects the images nearest to a removed concept
+        :data:`REDIRECT`. A ``strength`` above 0 redirects the images a probe assigns a removed concept
         (:func:`.unlearn.redirect`, then the paper's scaling on them unless ``percentile`` is 100;
         ``gate`` unused); 0 is the
         paper's edit, where a ``gate`` of 0 edits every image (the paper's procedure)."""

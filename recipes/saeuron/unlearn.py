@@ -16,9 +16,9 @@ selected features also fire on the other concepts' images; the gate keeps those 
 *Redirection* (:class:`Redirect`, not in the paper; the shipped style edit): in a world where every
 image has some style, removing a style's features leaves the network's default style (stripes
 without a style word, dots without the style block), which the evaluator names as before. At the
-first cond-branch call of a run each image is assigned the concept of the selection prompt whose
-token-mean latents at that step are nearest to its own (:func:`interventions.scores.nearest_concept`
-over the prompts); the images assigned a removed concept ``c`` get, on both branches at every step,
+first cond-branch call of a run each image is assigned a concept by a ridge probe on its token-mean
+latents (:func:`interventions.scores.ridge_probe`, fitted per step on the selection prompts'
+latents); the images assigned a removed concept ``c`` get, on both branches at every step,
 ``z <- max(0, z + s * (mu_target,t - mu_c,t))`` toward the kept concept whose means are farthest
 from ``c``'s, then the paper's scaling; the other images are not edited.
 
@@ -38,7 +38,7 @@ from torch import Tensor
 
 from interventions import Ablate, Context, SAEEdit, When
 from interventions.sae import SAE
-from interventions.scores import above_percentile_by_step, nearest_concept, normalized_difference_by_step
+from interventions.scores import above_percentile_by_step, normalized_difference_by_step, probe_predict, ridge_probe
 from recipes.worlds import shapes as world
 
 __all__ = ["Unlearning", "Redirect", "select", "redirect", "edit_hooks", "negative_prompt", "block_ablation"]
@@ -102,16 +102,15 @@ class Unlearning:
 class Redirect:
     """The gated redirection edit (an ``SAEEdit`` edit on ``[tokens, d_sae]`` latents).
 
-    ``references [n, steps, d_sae]``: token-mean latents of labelled prompts, ``labels [n]`` their
-    concept indices (the gate assigns an image the label of its nearest reference); ``removed``: the
+    ``probes [steps, d_sae + 1, concepts]``: per step, the :func:`~interventions.scores.ridge_probe`
+    that assigns an image a concept from its token-mean latents; ``removed``: the
     removed concepts' indices; ``shifts [removed, steps, d_sae]``: what is added to an image
     assigned ``removed[j]``; ``scaling``: the paper's edit, applied to those images too. Images are
     assigned at the first cond-branch call of a run; the uncond branch edits the same images (a
     run's uncond rows before that first cond call are not edited)."""
 
     concepts: tuple[str, ...]
-    references: Tensor
-    labels: Tensor
+    probes: Tensor
     removed: tuple[int, ...]
     shifts: Tensor
     tokens: int
@@ -119,13 +118,12 @@ class Redirect:
     _assigned: tuple[int, int, Tensor] | None = field(default=None, repr=False)  # (run, last step, per image)
 
     def __post_init__(self) -> None:
-        if self.shifts.shape != (len(self.removed), *self.references.shape[1:]):
+        steps, width = self.probes.shape[0], self.probes.shape[1] - 1
+        if self.shifts.shape != (len(self.removed), steps, width):
             raise ValueError(
-                f"shifts {tuple(self.shifts.shape)} must be [removed={len(self.removed)}, steps, d_sae] like the "
-                f"references {tuple(self.references.shape)}"
+                f"shifts {tuple(self.shifts.shape)} must be [removed={len(self.removed)}, steps={steps}, d_sae={width}] "
+                f"like the probes {tuple(self.probes.shape)}"
             )
-        if self.labels.shape != self.references.shape[:1]:
-            raise ValueError(f"one label per reference: {tuple(self.labels.shape)} for {len(self.references)}")
 
     def __call__(self, z: Tensor, ctx: Context) -> Tensor:
         step = ctx.step
@@ -158,10 +156,10 @@ class Redirect:
             known = None  # a new run (or another batch): assign again
         if known is None and ctx.branch != "uncond":
             mean = z.view(images, self.tokens, -1).float().mean(1)
-            nearest = self.labels.to(mean.device)[nearest_concept(mean, self.references[:, step].to(mean))]
-            which = torch.full_like(nearest, -1)
+            assigned = probe_predict(mean, self.probes[step])
+            which = torch.full_like(assigned, -1)
             for j, c in enumerate(self.removed):
-                which[nearest == c] = j
+                which[assigned == c] = j
             known = (run, step, which)
         self._assigned = None if known is None else (run, step, known[2])
         return None if known is None else known[2]
@@ -173,10 +171,11 @@ def redirect(
     strength: float,
     tokens: int,
     scaling: Unlearning | None = None,
+    l2: float = 1.0,
 ) -> Redirect:
     """The :class:`Redirect` removing ``concepts`` (all keys of ``by_concept``: one kind's concepts,
-    each ``[n_prompts, steps, d_sae]``, also the gate's references): images nearest to a removed
-    concept's prompts are shifted by ``strength`` times (mean of the farthest kept concept - that
+    each ``[n_prompts, steps, d_sae]``, also what the gate's ridge probes, penalty ``l2``, are fitted
+    on): images the probe assigns a removed concept are shifted by ``strength`` times (mean of the farthest kept concept - that
     concept's mean) at every step, then scaled as the paper does (``scaling``, from :func:`select`)."""
     missing = [c for c in concepts if c not in by_concept]
     if missing:
@@ -191,9 +190,10 @@ def redirect(
     for i in removed:
         far = max(kept, key=lambda k: float((means[k] - means[i]).norm(dim=-1).mean()))
         shifts.append(strength * (means[far] - means[i]))
-    references = torch.cat([by_concept[c].float() for c in names])
+    latents = torch.cat([by_concept[c].float() for c in names])
     labels = torch.cat([torch.full((len(by_concept[c]),), i) for i, c in enumerate(names)])
-    return Redirect(tuple(concepts), references, labels, removed, torch.stack(shifts), tokens, scaling)
+    probes = torch.stack([ridge_probe(latents[:, t], labels, len(names), l2) for t in range(latents.shape[1])])
+    return Redirect(tuple(concepts), probes, removed, torch.stack(shifts), tokens, scaling)
 
 
 def concept_means(latents: Tensor, labels: Tensor, kind: str) -> dict[str, Tensor]:
