@@ -20,7 +20,8 @@ first cond-branch call of a run each image is assigned a concept by a ridge prob
 latents (:func:`interventions.scores.ridge_probe`, fitted per step on the selection prompts'
 latents); the images assigned a removed concept ``c`` get, on both branches at every step,
 ``z <- max(0, z + s * (mu_target,t - mu_c,t))`` toward the kept concept whose means are farthest
-from ``c``'s, then the paper's scaling; the other images are not edited.
+from ``c``'s, then (if given) the paper's scaling, which the shipped style default leaves out; the
+other images are not edited.
 
 Baselines on the same prompts and seeds: :func:`negative_prompt` (the concept's word as the
 pipeline's negative prompt) and :func:`block_ablation` (the whole block's output replaced by its
