@@ -170,7 +170,7 @@ def unlearn_style(
     progress: bool = True,
 ) -> dict[str, Any]:
     """SAeUron with the shipped style SAE: before/after grid and UA / IRA / CRA on held-out noise."""
-    from recipes.saeuron import DEFAULTS, SAeUron, canonical
+    from recipes.saeuron import DEFAULTS, REDIRECT, SAeUron, canonical
 
     model = SAeUron.shipped(source)
     prompts = _subset(canonical(), size.saeuron_prompts)
@@ -195,9 +195,12 @@ def unlearn_style(
     )
     sec = report.section(f"3. Unlearn a style: '{', '.join(remove)}' with SAeUron (shapes world)")
     sec.text(
-        f"The shipped style SAE ({model.saes['style'][0].info.site}) encodes that block's output; the features "
-        f"that score above the {percentile} percentile for '{', '.join(remove)}' at each step are scaled by "
-        f"{multiplier} x their mean where they fire, on both CFG branches, with the SAE's error term kept. "
+        f"The shipped style SAE ({model.saes['style'][0].info.site}) encodes that block's output. Every image here "
+        "is drawn in some style, so unlearning a style means drawing it in another: a probe on the SAE's latents at "
+        f"the first step picks the images that show '{', '.join(remove)}', and their latents are shifted toward "
+        f"the most distant kept style's mean (strength {REDIRECT['style']}), on both CFG branches, with the SAE's "
+        "error term kept; the other images are not edited (the recipe's shipped style edit, chosen on selection "
+        "seeds; the paper's feature scaling is interventions run saeuron --strength 0). "
         f"{len(prompts)} prompts, held-out noise seed {seed}. UA: prompts naming the style no longer show it; IRA: "
         "the other styles kept; CRA: shape and colour kept. The recipe's full evaluation: interventions run saeuron."
     )
