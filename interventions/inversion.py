@@ -140,7 +140,7 @@ def ddim_invert(
     ``model_timestep``: each step moves ``x`` from level ``s`` to the next level ``t``.
     ``"target"`` (the default) evaluates the model at ``t`` on ``x`` still at ``s``, as diffusers'
     pipelines do: the same model calls as sampling makes, so the round trip is the most exact
-    (relative error 0.027 in the example above, 0.055 with ``"source"``). ``"source"`` evaluates
+    (relative error 0.027 in the module example, 0.055 with ``"source"``). ``"source"`` evaluates
     it at ``s``, the level ``x`` is at (the explicit Euler step of the inversion ODE), as the
     paper's ADM code does (guided-diffusion's ``ddim_reverse_sample``). The forward-noising fix
     restores the inverted noise's spread in flat regions to about 1 only when the model sees the
