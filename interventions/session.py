@@ -630,13 +630,20 @@ class Session:
         if self._detected:
             self.adapter = _adapters.detect(self._target, cfg=self._cfg)
         tree = ModuleTree(self.adapter.components())
-        now = {den: tree.get(den) for den in self.adapter.denoisers()}
-        then = dict(zip(self._denoisers, self._denoiser_modules, strict=True))
-        changed = [f"denoiser {d!r}" for d in {**now, **then} if now.get(d) is not then.get(d)]
-        changed += [f"site {e.name!r}" for e in self.entries if tree.get(e.site.module) is not e.module]
+        get, denoisers = tree.get, list(self.adapter.denoisers())
+        if denoisers != self._denoisers:
+            changed = f"denoiser {sorted(set(denoisers) ^ set(self._denoisers) or denoisers)[0]!r}"
+        else:
+            changed = next(
+                (f"denoiser {d!r}" for d, m in zip(denoisers, self._denoiser_modules, strict=True) if get(d) is not m),
+                None,
+            )
+        changed = changed or next(
+            (f"site {e.name!r}" for e in self.entries if get(e.site.module) is not e.module), None
+        )
         if changed:
             raise InterventionError(
-                f"{changed[0]} holds a different module than when this session was built (the model was changed "
+                f"{changed} holds a different module than when this session was built (the model was changed "
                 "since, e.g. a layer replaced or wrapped): its hooks would act on the old module. Attach again: "
                 "attach(model, hooks)"
             )
