@@ -631,6 +631,7 @@ class Session:
             self.adapter = _adapters.detect(self._target, cfg=self._cfg)
         tree = ModuleTree(self.adapter.components())
         get, denoisers = tree.get, list(self.adapter.denoisers())
+        changed: str | None
         if denoisers != self._denoisers:
             changed = f"denoiser {sorted(set(denoisers) ^ set(self._denoisers) or denoisers)[0]!r}"
         else:
