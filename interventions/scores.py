@@ -119,10 +119,10 @@ def ridge_probe(latents: Latents, labels: Tensor, classes: int, l2: float = 1.0)
         raise ValueError(f"l2 must be > 0, got {l2}")
     if int(labels.min()) < 0 or int(labels.max()) >= classes:
         raise ValueError(f"labels must lie in [0, {classes}), got {int(labels.min())}..{int(labels.max())}")
-    x = torch.cat([latents.float(), torch.ones(len(latents), 1)], 1)
-    penalty = torch.eye(x.shape[1]) * l2
+    x = torch.cat([latents.float(), torch.ones(len(latents), 1, device=latents.device)], 1)
+    penalty = torch.eye(x.shape[1], device=x.device) * l2
     penalty[-1, -1] = 0.0
-    y = torch.nn.functional.one_hot(labels.long(), classes).float()
+    y = torch.nn.functional.one_hot(labels.long(), classes).float().to(x.device)
     return torch.linalg.solve(x.T @ x + penalty, x.T @ y)
 
 
