@@ -64,7 +64,6 @@ class _Entry:
         "whole",
         "epoch",
         "applied",
-        "only",
     )
 
     def __init__(self, site: Site, name: str, module: nn.Module, ctx: Context, layout_fixed: bool) -> None:
@@ -79,7 +78,6 @@ class _Entry:
         self.whole = True  # every hook acts on each row alike (or caches): no CFG split needed
         self.epoch = -1  # the state's epoch at the last firing (for the invocation index)
         self.applied: list[bool] = []  # per hook: did it ever apply (a hook without a When always does)
-        self.only: Hook | None = None  # the site's one hook, when it has one and no When: the fast path
 
     def count(self, epoch: int) -> None:
         """Count a firing; its invocation index restarts with each call of any component (a new
@@ -195,11 +193,7 @@ class Session:
                     hooked.append((h, when, len(applied), fits))
                     applied.append(when is None)
                     entry.whole = entry.whole and rowwise
-        entries = list(by_site.values())
-        for entry in entries:
-            if len(entry.hooks) == 1 and entry.hooks[0][1] is None:
-                entry.only = entry.hooks[0][0]
-        return entries
+        return list(by_site.values())
 
     def _entry(self, site: Site, name: str, module: nn.Module, layouts: dict[str, str]) -> _Entry:
         layout = layouts.get(name, layouts.get(site.module, _UNSET)) if layouts else _UNSET
@@ -351,10 +345,11 @@ class Session:
 
     def _output_hook(self, e: _Entry) -> Any:
         key, run = e.site.key, self._run
-        if not key and e.only is not None:
+        if not key and len(e.hooks) == 1 and e.hooks[0][1] is None:  # one hook, no When: a fused hook
+            h, _, _, fits = e.hooks[0]
             if not e.ctx.stepped:
-                return self._one_hook(e)
-            whole = getattr(e.only, "whole_batch", None) if e.whole else None
+                return self._one_hook(e, h, fits)
+            whole = getattr(h, "whole_batch", None) if e.whole else None
             if whole is not None:
                 return self._whole_batch_hook(e, whole)
         if not key:  # the common case: the module's output is the tensor
@@ -370,12 +365,12 @@ class Session:
 
         return hook
 
-    def _one_hook(self, e: _Entry) -> Any:
+    def _one_hook(self, e: _Entry, h: Hook, fits: bool) -> Any:
         """The output hook of a site outside any denoiser with one hook and no When (a cache or a
         steering vector on a language model): ``_run`` and ``_apply`` fused into one frame, since
         this runs at every fire. Anything else (a branch forced by ``session.branch``, the first
         fire, which fixes the layout, a non-tensor output) takes the general path."""
-        ctx, state, h, fits, run = e.ctx, self.state, e.only, e.hooks[0][3], self._run
+        ctx, state, run = e.ctx, self.state, self._run
 
         def hook(module: nn.Module, args: Any, x: Any) -> Any:
             if state.forced or not e.layout_fixed or not isinstance(x, torch.Tensor):
@@ -383,7 +378,7 @@ class Session:
             e.count(state.epoch)
             ctx.branch = None
             try:
-                out = h(x, ctx)  # type: ignore[misc]
+                out = h(x, ctx)
             except InterventionError:
                 raise
             except Exception as exc:
@@ -630,21 +625,13 @@ class Session:
         if self._detected:
             self.adapter = _adapters.detect(self._target, cfg=self._cfg)
         tree = ModuleTree(self.adapter.components())
-        get, denoisers = tree.get, list(self.adapter.denoisers())
-        changed: str | None
-        if denoisers != self._denoisers:
-            changed = f"denoiser {sorted(set(denoisers) ^ set(self._denoisers) or denoisers)[0]!r}"
-        else:
-            changed = next(
-                (f"denoiser {d!r}" for d, m in zip(denoisers, self._denoiser_modules, strict=True) if get(d) is not m),
-                None,
-            )
-        changed = changed or next(
-            (f"site {e.name!r}" for e in self.entries if get(e.site.module) is not e.module), None
-        )
+        now = {den: tree.get(den) for den in self.adapter.denoisers()}
+        then = dict(zip(self._denoisers, self._denoiser_modules, strict=True))
+        changed = [f"denoiser {d!r}" for d in [*now, *then] if now.get(d) is not then.get(d)]
+        changed += [f"site {e.name!r}" for e in self.entries if tree.get(e.site.module) is not e.module]
         if changed:
             raise InterventionError(
-                f"{changed} holds a different module than when this session was built (the model was changed "
+                f"{changed[0]} holds a different module than when this session was built (the model was changed "
                 "since, e.g. a layer replaced or wrapped): its hooks would act on the old module. Attach again: "
                 "attach(model, hooks)"
             )

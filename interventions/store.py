@@ -158,14 +158,10 @@ class MemoryStore:
     def put_rows(self, key: StoreKey, tensor: torch.Tensor, segments: Sequence[tuple[str | None, slice]]) -> None:
         """Store each CFG branch's rows of one batched tensor under ``key`` with that branch
         (the rows are sliced when first read: one copy, no split at every fire)."""
-        batch = _Rows(tensor if self.device is None else _moved(tensor, self.device), segments)
-        data, site, step = self._data, key[0], key[1]
-        if len(key) == 3:  # the common case: the first invocation
-            for branch, _ in segments:
-                data[(site, step, branch)] = batch  # with_branch, inlined
-            return
+        batch = _Rows(_moved(tensor, self.device), segments)
+        data, site, step, later = self._data, key[0], key[1], key[3:]
         for branch, _ in segments:
-            data[(site, step, branch, *key[3:])] = batch  # type: ignore[index]
+            data[(site, step, branch, *later)] = batch  # type: ignore[index]  # with_branch, inlined
 
     def get(self, key: StoreKey) -> torch.Tensor:
         value = self._resolved(key)
