@@ -43,9 +43,12 @@ import hashlib
 import json
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -618,3 +621,27 @@ class _Handler(BaseHTTPRequestHandler):
             raise HttpError(400, f"the uploaded bytes do not hash to {oid}")
         self.hub.state.lfs_objects[oid] = self.body
         return 200, {}, b""
+
+
+@contextmanager
+def local_hub(monkeypatch: Any, home: Path) -> Iterator[HubServer]:
+    """A running :class:`HubServer` that ``huggingface_hub`` talks to: a private ``HF_HOME`` under
+    ``home`` with a token, telemetry and progress bars off, online, and the client's constants
+    (read once at its import: endpoint, download URL template, cache, offline flag) pointed at it.
+    ``monkeypatch`` undoes the settings at the test's end."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HOME", str(home / "hf_home"))
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hf_home" / "hub"))
+    with HubServer() as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setattr(constants, "ENDPOINT", server.url)
+        monkeypatch.setattr(
+            constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}"
+        )
+        yield server

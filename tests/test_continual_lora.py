@@ -8,12 +8,11 @@ import json
 
 import pytest
 import torch
-from huggingface_hub import constants
 
 from recipes.continual_lora import adapters as lora
 from recipes.continual_lora.metrics import final_average, forgetting, forgetting_per_task
 from recipes.continual_lora.tasks import TASKS, Task, make_tasks
-from tests.hub_server import HubServer
+from tests.hub_server import local_hub
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -248,17 +247,7 @@ def test_publish_push_pull_and_load(tiny_runs, pipe, tmp_path, monkeypatch):
     assert "ortho_init" in card and "library_name: interventions" in card and "load_lora_weights" in card
     assert json.loads((folder / RECORD).read_text())["scores"] == run.scores
 
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
-    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf_home" / "hub"))
-    with HubServer() as server:
-        monkeypatch.setenv("HF_ENDPOINT", server.url)
-        monkeypatch.setattr(constants, "ENDPOINT", server.url)
-        template = server.url + "/{repo_id}/resolve/{revision}/{filename}"
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+    with local_hub(monkeypatch, tmp_path):
         push_adapter(folder, "org/shapes-cl-ortho", tag="v1")
         back = pull_adapter("org/shapes-cl-ortho", revision="v1", cache_dir=tmp_path / "cache")
     assert (back / WEIGHTS).read_bytes() == (folder / WEIGHTS).read_bytes()
@@ -302,12 +291,7 @@ def test_card_folder_goes_through_interventions_hub_push_and_pull(pipe, tmp_path
     seq = Sequence("naive", 0, [[0.5, 0.0], [0.0, 1.0]], [0.0, 0.0], adapters=[str(saved)])
     folder = publish_folder(seq, TASKS[:2], tmp_path / "card")
     assert "Final average 0.500, forgetting 0.250" in (folder / "README.md").read_text()
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
-    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    with HubServer() as server:
+    with local_hub(monkeypatch, tmp_path) as server:
         assert cli.main(["hub", "push", str(folder), "org/shapes-cl", "--endpoint", server.url]) == 0
         back = tmp_path / "back"
         assert cli.main(["hub", "pull", "org/shapes-cl", "--endpoint", server.url, "--local-dir", str(back)]) == 0

@@ -100,18 +100,10 @@ def test_a_hub_id_is_checked_before_any_model_loads(monkeypatch, tmp_path):
     from huggingface_hub import HfApi, constants
 
     from recipes.demo.cli import DemoError, check, parser
-    from tests.hub_server import HubServer
+    from tests.hub_server import local_hub
 
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf_home" / "hub"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     args = parser().parse_args
-    with HubServer() as server:
-        monkeypatch.setattr(constants, "ENDPOINT", server.url)
-        monkeypatch.setattr(
-            constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}"
-        )
+    with local_hub(monkeypatch, tmp_path) as server:
         api = HfApi(endpoint=server.url, token="hf_test_token")
         api.create_repo("org/tiny-sd")
         api.upload_file(path_or_fileobj=b"{}", path_in_repo="model_index.json", repo_id="org/tiny-sd")

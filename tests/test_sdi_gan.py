@@ -9,14 +9,13 @@ import json
 
 import pytest
 import torch
-from huggingface_hub import constants
 
 from recipes.gan import evaluation as ev
 from recipes.gan.data import prepare
 from recipes.gan.models import Generator
 from recipes.gan.trainer import GanConfig, GanTrainer
 from recipes.worlds.calorimeter import generate_dataset
-from tests.hub_server import HubServer
+from tests.hub_server import local_hub
 
 TINY = dict(width=2, d_width=2, aux_width=2, feature_dim=8, batch_size=4, epochs=1, lr_g=1e-3, lr_d=1e-3, lr_aux=1e-3)
 
@@ -156,19 +155,7 @@ def test_metric_helpers_by_hand():
 @pytest.fixture
 def hub(tmp_path, monkeypatch):
     """The offline Hub stand-in of tests/hub_server.py, with a private HF_HOME."""
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf_home" / "hub"))
-    with HubServer() as server:
-        monkeypatch.setenv("HF_ENDPOINT", server.url)
-        monkeypatch.setattr(constants, "ENDPOINT", server.url)
-        monkeypatch.setattr(
-            constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}"
-        )
+    with local_hub(monkeypatch, tmp_path) as server:
         yield server
 
 
