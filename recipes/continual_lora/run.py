@@ -12,6 +12,7 @@ task's prompt. It prints the table of final average and forgetting per seed and 
 
     interventions run continual_lora --out runs/continual_lora               # 4 tasks, 3 seeds: ~12 CPU-min
     interventions run continual_lora --quick --out /tmp/cl                   # 2 tasks, 1 seed, tiny
+    interventions run continual_lora --identifiers far --out runs/cl_far     # identifiers the encoder keeps apart
     interventions run continual_lora --prior-weight 0.1 --out runs/cl_prior  # DreamBooth prior preservation
     interventions run continual_lora --out runs/cl --push-to me/shapes-cl    # also push each method
     interventions run continual_lora --merge runs/s0/metrics.json runs/s1/metrics.json --out runs/all
@@ -50,7 +51,7 @@ import torch
 from .methods import METHODS, Evaluation, Sequence, run_sequence
 from .metrics import forgetting_per_task
 from .report import plot_matrices, summarise, table
-from .tasks import make_tasks
+from .tasks import DEFAULT_IDENTIFIERS, IDENTIFIER_SETS, make_tasks
 from .train import Training
 
 __all__ = ["parser", "main"]
@@ -60,6 +61,12 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="interventions run continual_lora", description=__doc__.split("\n\n")[0])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--tasks", type=int, default=4, help="how many of the 4 subjects to teach, in order (2-4)")
+    p.add_argument(
+        "--identifiers",
+        default=DEFAULT_IDENTIFIERS,
+        choices=sorted(IDENTIFIER_SETS),
+        help="identifier words of the tasks: the shapes' synonyms, or words the frozen encoder keeps apart",
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=60, help="training steps per task")
     p.add_argument("--batch", type=int, default=8)
@@ -111,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from recipes.worlds.shapes_model import load_evaluators, load_pipeline
 
-    tasks = make_tasks(args.tasks)
+    tasks = make_tasks(args.tasks, args.identifiers)
     training = Training(
         steps=args.steps,
         batch=args.batch,

@@ -1,15 +1,25 @@
 """Personalization tasks on the shapes world: bind an identifier word to one "subject".
 
-The shapes tokenizer has no unused words, so each task reuses a rare word as its identifier, as
-DreamBooth reuses "sks": a shape's synonym (``disk``, ``box``, ...), which the base model draws as
-that shape in any colour and texture. Task ``t`` teaches ``"a <identifier>"`` to mean one subject,
-a fixed (shape, colour, style), from a few instance renders (random position and size). A sample
-is right when the evaluators see all three factors of the subject; the base model scores ~1/16.
-DreamBooth's class prompt is the shape's own word (``"a circle"`` for ``"a disk"``).
+The shapes tokenizer has no unused words, so each task reuses a word of it as its identifier, as
+DreamBooth reuses "sks". Task ``t`` teaches ``"a <identifier>"`` to mean one subject, a fixed
+(shape, colour, style), from a few instance renders (random position and size). A sample is right
+when the evaluators see all three factors of the subject. DreamBooth's class prompt is the
+subject's shape word (``"a circle"``).
 
->>> task = TASKS[0]
+Two identifier sets name the same four subjects (:data:`IDENTIFIER_SETS`):
+
+- ``"synonyms"``: each shape's synonym (``disk``, ``box``, ``pyramid``, ``plus``). The frozen text
+  encoder maps each onto its class word (centred cosine 0.96-1.00), so every task writes into its
+  class word's direction.
+- ``"far"``: the words :func:`~.identifiers.choose_identifiers` picks from the encoder alone
+  (largest centred cosine to each other and to any shape word as small as possible):
+  ``in``, ``red``, ``green``, ``yellow``, given to the subjects in that order.
+
+>>> task = make_tasks(2, "synonyms")[0]
 >>> task.prompt, task.class_prompt, task.subject
 ('a disk', 'a circle', ('circle', 'red', 'stripes'))
+>>> [t.prompt for t in make_tasks(3, "far")]
+['a in', 'a red', 'a green']
 >>> instance_images(task, 4, seed=0).shape
 torch.Size([4, 3, 16, 16])
 """
@@ -23,7 +33,16 @@ import torch
 from recipes.worlds import shapes as world
 from recipes.worlds.shapes_eval import predict
 
-__all__ = ["Task", "TASKS", "make_tasks", "instance_images", "accuracy"]
+__all__ = [
+    "Task",
+    "SUBJECTS",
+    "IDENTIFIER_SETS",
+    "DEFAULT_IDENTIFIERS",
+    "TASKS",
+    "make_tasks",
+    "instance_images",
+    "accuracy",
+]
 
 
 @dataclass(frozen=True)
@@ -61,20 +80,32 @@ class Task:
         return {f: torch.full((n,), i, dtype=torch.long) for f, i in idx.items()}
 
 
-#: four subjects with different colours and textures, each named by its shape's synonym
-TASKS = (
-    Task("disk", "circle", "red", "stripes"),
-    Task("box", "square", "green", "dots"),
-    Task("pyramid", "triangle", "blue", "checker"),
-    Task("plus", "cross", "yellow", "solid"),
+#: four subjects with different colours and textures (shape, colour, style), taught in this order
+SUBJECTS = (
+    ("circle", "red", "stripes"),
+    ("square", "green", "dots"),
+    ("triangle", "blue", "checker"),
+    ("cross", "yellow", "solid"),
 )
+#: identifier words for the subjects, in order (module docstring)
+IDENTIFIER_SETS = {
+    "synonyms": ("disk", "box", "pyramid", "plus"),
+    "far": ("in", "red", "green", "yellow"),
+}
+DEFAULT_IDENTIFIERS = "synonyms"
 
 
-def make_tasks(n: int) -> tuple[Task, ...]:
-    """The first ``n`` of :data:`TASKS` (2 to 4)."""
-    if not 2 <= n <= len(TASKS):
-        raise ValueError(f"a continual sequence needs 2 to {len(TASKS)} tasks, got {n}")
-    return TASKS[:n]
+def make_tasks(n: int, identifiers: str = DEFAULT_IDENTIFIERS) -> tuple[Task, ...]:
+    """The first ``n`` subjects (2 to 4), named by the identifier set ``identifiers``."""
+    if identifiers not in IDENTIFIER_SETS:
+        raise ValueError(f"unknown identifier set {identifiers!r}; use one of {sorted(IDENTIFIER_SETS)}")
+    if not 2 <= n <= len(SUBJECTS):
+        raise ValueError(f"a continual sequence needs 2 to {len(SUBJECTS)} tasks, got {n}")
+    return tuple(Task(w, *subject) for w, subject in zip(IDENTIFIER_SETS[identifiers], SUBJECTS[:n], strict=False))
+
+
+#: all four tasks with the default identifiers
+TASKS = make_tasks(len(SUBJECTS))
 
 
 def instance_images(task: Task, n: int, seed: int) -> torch.Tensor:
