@@ -21,15 +21,29 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
 from recipes.joint_diffusion.model import JointDiffusion
-from recipes.joint_diffusion.train import TrainConfig, train_joint, weak_augment
+from recipes.joint_diffusion.train import Augment, TrainConfig, train_joint, weak_augment
 
-__all__ = ["DistillConfig", "generate", "keep_classes", "train_global", "fine_tune", "fresh_model"]
+from .mlp import JointMLP
+
+__all__ = [
+    "DistillConfig",
+    "generate",
+    "keep_classes",
+    "balanced_replay",
+    "train_global",
+    "fine_tune",
+    "fresh_model",
+]
+
+#: Either joint model: the stages only use their shared interface.
+Model = TypeVar("Model", JointDiffusion, JointMLP)
 
 
 @dataclass
@@ -53,22 +67,21 @@ def fresh_model(num_classes: int, widths: tuple[int, ...], hidden: int, seed: in
 
 @torch.no_grad()
 def generate(
-    model: JointDiffusion, n: int, steps: int = 25, batch_size: int = 256, generator: torch.Generator | None = None
+    model: Model, n: int, steps: int = 25, batch_size: int = 256, generator: torch.Generator | None = None
 ) -> tuple[Tensor, Tensor]:
     """``n`` unconditional DDIM samples (eta 0, ``steps`` steps) and the model's own class for each."""
     model.eval()
     scheduler = model.ddim_scheduler()
     scheduler.set_timesteps(steps)
-    size = model.unet.config.sample_size
-    channels = model.unet.config.in_channels
     images, labels = [], []
     for start in range(0, n, batch_size):
         b = min(batch_size, n - start)
-        x = torch.randn((b, channels, size, size), generator=generator)
+        x = torch.randn((b, *model.sample_shape), generator=generator)
         for t in scheduler.timesteps:
             eps = model.denoise(x, torch.full((b,), int(t), dtype=torch.long))
             x = scheduler.step(eps, t, x).prev_sample
-        x = x.clamp(-1, 1)
+        if scheduler.config.clip_sample:
+            x = x.clamp(-1, 1)
         images.append(x)
         labels.append(model.classify(x).argmax(-1))
     return torch.cat(images), torch.cat(labels)
@@ -80,24 +93,61 @@ def keep_classes(images: Tensor, labels: Tensor, classes: list[int]) -> tuple[Te
     return images[keep], labels[keep]
 
 
-def fine_tune(model: JointDiffusion, images: Tensor, labels: Tensor, config: TrainConfig) -> JointDiffusion:
+def balanced_replay(
+    model: Model,
+    classes: list[int],
+    per_class: int,
+    steps: int = 25,
+    batch_size: int = 256,
+    max_draws: int = 20_000,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor, dict[str, Any]]:
+    """Class-balanced replay: draw batches from ``model`` until each of ``classes`` has
+    ``per_class`` samples (by the model's own classifier) or ``max_draws`` samples were drawn.
+
+    Returns the kept samples (at most ``per_class`` of each class), their labels and what was drawn
+    (``drawn``, ``kept`` per class): a class the generator rarely produces shows as a short count
+    instead of silently vanishing from the replay.
+    """
+    if per_class < 1 or not classes:
+        raise ValueError(f"need per_class >= 1 and at least one class, got {per_class}, {classes}")
+    got: dict[int, list[Tensor]] = {c: [] for c in classes}
+    count = dict.fromkeys(classes, 0)
+    drawn = 0
+    while drawn < max_draws and min(count.values()) < per_class:
+        x, y = generate(model, min(batch_size, max_draws - drawn), steps, batch_size, generator)
+        drawn += x.shape[0]
+        for c in classes:
+            take = x[y == c][: per_class - count[c]]
+            got[c].append(take)
+            count[c] += take.shape[0]
+    images = torch.cat([torch.cat(got[c]) for c in classes])
+    labels = torch.cat([torch.full((count[c],), c, dtype=torch.long) for c in classes])
+    return images, labels, {"drawn": drawn, "kept": {str(c): count[c] for c in classes}}
+
+
+def fine_tune(
+    model: Model, images: Tensor, labels: Tensor, config: TrainConfig, augment: Augment | None = weak_augment
+) -> Model:
     """A copy of ``model`` trained jointly (denoising + cross-entropy) on ``images`` (naive fine-tuning)."""
     student = copy.deepcopy(model)
-    train_joint(student, images, labels, unlabelled=images, mode="joint", config=config)
+    train_joint(student, images, labels, unlabelled=images, mode="joint", config=config, augment=augment)
     return student
 
 
 def train_global(
-    previous: JointDiffusion,
-    local: JointDiffusion,
+    previous: Model,
+    local: Model,
     replay: Tensor,
     labels: Tensor,
     old_classes: list[int],
     config: DistillConfig,
-) -> JointDiffusion:
+    augment: Augment | None = weak_augment,
+) -> Model:
     """The new global model: a copy of ``previous`` trained on ``replay`` (labels from the generators)
     with the denoising loss, label cross-entropy and, unless their weights are 0, diffusion and
-    classifier distillation from ``previous`` (old classes) and ``local`` (new classes)."""
+    classifier distillation from ``previous`` (old classes) and ``local`` (new classes).
+    ``augment``: applied to the classifier's inputs (``None`` for vector data)."""
     if replay.shape[0] != labels.shape[0] or replay.shape[0] == 0:
         raise ValueError(
             f"replay needs one label per sample and at least one sample, got {replay.shape[0]}, {labels.shape[0]}"
@@ -112,12 +162,13 @@ def train_global(
     distil = config.diffusion_kd > 0 or config.classifier_kd > 0
     for _ in range(config.steps):
         idx = torch.randint(replay.shape[0], (min(config.batch_size, replay.shape[0]),), generator=g)
-        x0, y, from_old = replay[idx], labels[idx], old[idx].view(-1, 1, 1, 1)
+        x0, y = replay[idx], labels[idx]
+        from_old = old[idx].view(-1, *[1] * (x0.ndim - 1))
         t = torch.randint(student.train_timesteps, (x0.shape[0],), generator=g)
         noise = torch.randn(x0.shape, generator=g)
         x_t = student.add_noise(x0, noise, t)
         eps = student.denoise(x_t, t)
-        x_aug = weak_augment(x0, g)
+        x_aug = x0 if augment is None else augment(x0, g)
         logits = student.classify(x_aug)
         loss = config.denoising * F.mse_loss(eps, noise) + config.labels * F.cross_entropy(logits, y)
         if distil:

@@ -129,7 +129,19 @@ def run_jdcl(config: JDCLConfig, out: str | Path | None = None, progress: bool =
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="interventions run jdcl", description=__doc__.split("\n\n")[0])
+    world = argparse.ArgumentParser(add_help=False)
+    world.add_argument("--world", choices=("shapes", "mixture"), default="shapes")
+    chosen, rest = world.parse_known_args(argv)
+    if chosen.world == "mixture":
+        from .mixture import main as mixture_main
+
+        return mixture_main(rest)
+    parser = argparse.ArgumentParser(
+        prog="interventions run jdcl",
+        description=__doc__.split("\n\n")[0],
+        epilog="--world mixture: the Gaussian-mixture world instead (its options: --world mixture --help)",
+    )
+    parser.add_argument("--world", choices=("shapes", "mixture"), default="shapes")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--split", choices=sorted(TASKS), default="colour", help="tasks split by colour or by shape")
     parser.add_argument("--n-train", type=int, default=400, help="training images per task")

@@ -92,6 +92,12 @@ class JointDiffusion(
         betas = torch.linspace(BETA_START, BETA_END, train_timesteps)
         self.register_buffer("alphas_cumprod", torch.cumprod(1 - betas, 0), persistent=False)
 
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """``(channels, size, size)``: the shape of one sample."""
+        config = self.unet.config
+        return (config.in_channels, config.sample_size, config.sample_size)
+
     def ddim_scheduler(self) -> Any:
         """A diffusers ``DDIMScheduler`` on this model's noise schedule (samples clipped to [-1, 1])."""
         from diffusers import DDIMScheduler

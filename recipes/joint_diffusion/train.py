@@ -21,6 +21,7 @@ Gaussian noise and a 5 x 5 cutout.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +30,7 @@ from torch.nn import functional as F
 
 from .model import JointDiffusion
 
-__all__ = ["MODES", "TrainConfig", "weak_augment", "strong_augment", "train_joint", "accuracy"]
+__all__ = ["MODES", "Augment", "TrainConfig", "weak_augment", "strong_augment", "train_joint", "accuracy"]
 
 #: supervised: cross-entropy on the labelled images only; joint: + denoising loss on every image;
 #: fixmatch: joint + FixMatch on the unlabelled images.
@@ -78,9 +79,15 @@ def strong_augment(x: Tensor, generator: torch.Generator | None = None) -> Tenso
     return torch.where(box[:, None].to(x.device), torch.full_like(x, -1.0), x).clamp(-1.5, 1.5)
 
 
-def _check(x: Tensor, name: str) -> None:
-    if x.ndim != 4:
+#: An augmentation: a batch and a generator in, a batch of the same shape out.
+Augment = Callable[[Tensor, "torch.Generator | None"], Tensor]
+
+
+def _check(x: Tensor, name: str, images: bool) -> None:
+    if images and x.ndim != 4:
         raise ValueError(f"{name} must be B x C x H x W images, got shape {tuple(x.shape)}")
+    if x.ndim < 2:
+        raise ValueError(f"{name} must be a batch (B x ...), got shape {tuple(x.shape)}")
 
 
 def train_joint(
@@ -91,24 +98,30 @@ def train_joint(
     mode: str = "fixmatch",
     config: TrainConfig | None = None,
     progress: bool = False,
+    augment: Augment | None = weak_augment,
 ) -> list[dict[str, float]]:
     """Train ``model`` in place; returns the per-step losses (every 10th step and the last).
 
     ``labelled``/``labels``: the labelled images and their classes; ``unlabelled``: more images
     without labels (needed for ``joint`` and ``fixmatch``; the labelled ones are denoised too).
+    ``augment``: applied to the labelled batch (``None``: none, for data that are not images, such
+    as the Gaussian-mixture world with :class:`recipes.jdcl.mlp.JointMLP`; ``fixmatch`` needs images).
     """
     from tqdm.auto import tqdm
 
     cfg = config or TrainConfig()
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}: use one of {MODES}")
-    _check(labelled, "labelled")
+    if mode == "fixmatch" and augment is None:
+        raise ValueError("mode 'fixmatch' needs image augmentations: pass augment=weak_augment")
+    images = mode == "fixmatch" or augment is not None
+    _check(labelled, "labelled", images)
     if labels.shape != (labelled.shape[0],):
         raise ValueError(f"labels must have one class per labelled image: {tuple(labels.shape)} vs {labelled.shape[0]}")
     if mode != "supervised":
         if unlabelled is None:
             raise ValueError(f"mode {mode!r} needs unlabelled images (or use mode='supervised')")
-        _check(unlabelled, "unlabelled")
+        _check(unlabelled, "unlabelled", images)
     g = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
@@ -117,7 +130,9 @@ def train_joint(
     nb = min(cfg.batch_size, labelled.shape[0])
     for step in tqdm(range(cfg.steps), desc=mode, disable=not progress, mininterval=5):
         idx = torch.randint(labelled.shape[0], (nb,), generator=g)
-        xl, yl = weak_augment(labelled[idx], g), labels[idx]
+        xl, yl = labelled[idx], labels[idx]
+        if augment is not None:
+            xl = augment(xl, g)
         record = {"step": float(step)}
         if mode == "fixmatch":
             assert unlabelled is not None
