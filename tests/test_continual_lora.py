@@ -31,11 +31,15 @@ def evaluators():
     return load_evaluators()
 
 
-def _random_factors(unet, rank: int, seed: int) -> lora.Factors:
+def _random_factors(unet, rank: int, seed: int, targets: str = "attention") -> lora.Factors:
+    import re
+
     g = torch.Generator().manual_seed(seed)
+    pattern = lora.TARGET_SETS[targets]
     out = {}
     for name, m in unet.named_modules():
-        if name.endswith(lora.TARGETS) and isinstance(m, torch.nn.Linear):
+        chosen = re.fullmatch(pattern, name) if isinstance(pattern, str) else name.endswith(tuple(pattern))
+        if chosen and isinstance(m, torch.nn.Linear):
             out[name] = (
                 0.3 * torch.randn(rank, m.in_features, generator=g),
                 0.3 * torch.randn(m.out_features, rank, generator=g),
@@ -122,6 +126,8 @@ def test_prior_preservation_settings_are_checked(pipe):
         Training(prior_weight=-1.0)
     with pytest.raises(ValueError, match="class_images must be >= 1"):
         Training(class_images=0)
+    with pytest.raises(ValueError, match="Training.targets must be one of"):
+        Training(targets="all")
     with pytest.raises(ValueError, match="needs prior="):
         train_task(
             pipe.unet,
@@ -151,10 +157,11 @@ def test_class_images_are_the_frozen_base_models_class(pipe, evaluators):
 # ------------------------------------------------------------------------- diffusers' format round trip
 
 
-@pytest.mark.parametrize("rank", [4, 64])
-def test_saved_adapter_loads_with_diffusers_and_gives_identical_samples(pipe, tmp_path, rank):
+@pytest.mark.parametrize(("rank", "targets"), [(4, "attention"), (64, "attention"), (4, "cross_kv")])
+def test_saved_adapter_loads_with_diffusers_and_gives_identical_samples(pipe, tmp_path, rank, targets):
     """peft adapter in memory -> save_lora_weights -> a fresh pipeline's load_lora_weights: the
-    same images bit for bit (rank 64: MagMax's full-rank adapters)."""
+    same images bit for bit (rank 64: MagMax's full-rank adapters; cross_kv: 8 of the 32
+    projections)."""
     import copy
 
     from recipes.worlds.shapes_model import load_pipeline
@@ -162,8 +169,9 @@ def test_saved_adapter_loads_with_diffusers_and_gives_identical_samples(pipe, tm
     prompts = ["a disk", "a box"]
     base = _images(pipe, prompts)
     trained = copy.deepcopy(pipe)
-    factors = _random_factors(trained.unet, rank, seed=rank)
-    lora.attach(trained.unet, rank, init=factors)
+    factors = _random_factors(trained.unet, rank, seed=rank, targets=targets)
+    assert len(factors) == (8 if targets == "cross_kv" else 32)
+    lora.attach(trained.unet, rank, init=factors, targets=targets)
     assert set(lora.read_factors(trained.unet)) == set(factors)
     in_memory = _images(trained, prompts)
     assert not torch.equal(in_memory, base)  # the adapter does change the samples

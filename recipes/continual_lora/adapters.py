@@ -21,6 +21,7 @@ import torch
 
 __all__ = [
     "TARGETS",
+    "TARGET_SETS",
     "Factors",
     "attach",
     "read_factors",
@@ -38,18 +39,27 @@ __all__ = [
 
 #: the attention projections the paper adapts (to_q / to_k / to_v / to_out.0 of every attention)
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+#: what ``attach`` may adapt: the paper's projections of every attention, or only the
+#: cross-attentions' key and value maps (the only ones that read the prompt, so the only ones whose
+#: update acts on one identifier's direction and not on every image)
+TARGET_SETS: dict[str, list[str] | str] = {"attention": list(TARGETS), "cross_kv": r".*attn2\.to_(k|v)"}
 Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]
 ADAPTER = "continual"
 
 
-def attach(unet, rank: int, init: Factors | None = None, seed: int = 0) -> list[torch.nn.Parameter]:
+def attach(
+    unet, rank: int, init: Factors | None = None, seed: int = 0, targets: str = "attention"
+) -> list[torch.nn.Parameter]:
     """Add a peft LoRA adapter (rank ``rank``, alpha = rank, gaussian A, zero B) to the UNet's
-    attention projections, optionally set to ``init``; returns its trainable parameters."""
+    projections named by ``TARGET_SETS[targets]``, optionally set to ``init``; returns its
+    trainable parameters."""
     from peft import LoraConfig
 
     if rank < 1:
         raise ValueError(f"LoRA rank must be >= 1, got {rank}")
-    cfg = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=list(TARGETS))
+    if targets not in TARGET_SETS:
+        raise ValueError(f"unknown LoRA targets {targets!r}; use one of {sorted(TARGET_SETS)}")
+    cfg = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=TARGET_SETS[targets])
     with torch.random.fork_rng(devices=[]):  # seeded A, without touching the caller's global generator
         torch.manual_seed(seed)
         unet.add_adapter(cfg, adapter_name=ADAPTER)

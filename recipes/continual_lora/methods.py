@@ -147,7 +147,9 @@ def run_sequence(
             unet = copy.deepcopy(pipe.unet)
             if fused is not None:
                 lora.fuse(unet, fused)
-            params = lora.attach(unet, training.rank, _init(method, state, training.rank), seed=seed * 1000 + t)
+            params = lora.attach(
+                unet, training.rank, _init(method, state, training.rank), seed=seed * 1000 + t, targets=training.targets
+            )
             images = instance_images(task, training.instances, seed=seed * 1000 + t)
             prior = None
             if training.prior_weight > 0:  # before any adapter is loaded: pipe is the frozen base

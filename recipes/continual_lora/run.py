@@ -72,6 +72,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=4e-3)
     p.add_argument("--rank", type=int, default=4)
+    p.add_argument(
+        "--targets",
+        default="attention",
+        choices=["attention", "cross_kv"],
+        help="LoRA on to_q/to_k/to_v/to_out.0 of every attention (the paper), or on the cross-attentions' to_k/to_v only",
+    )
     p.add_argument("--instances", type=int, default=16, help="renders of each subject to train on")
     p.add_argument(
         "--prior-weight",
@@ -127,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         rank=args.rank,
         prior_weight=args.prior_weight,
         class_images=args.class_images,
+        targets=args.targets,
     )
     ev = Evaluation(samples=args.samples, steps=args.eval_steps, guidance=args.guidance)
     pipe, evaluators = load_pipeline(args.model), load_evaluators(args.model)

@@ -15,13 +15,16 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from .adapters import TARGET_SETS
+
 __all__ = ["Training", "encode", "train_task"]
 
 
 @dataclass(frozen=True)
 class Training:
-    """Per-task settings: steps, batch, AdamW learning rate, instance renders, LoRA rank, and
-    DreamBooth prior preservation (the class loss weight, 0 = off, and how many class images)."""
+    """Per-task settings: steps, batch, AdamW learning rate, instance renders, LoRA rank, DreamBooth
+    prior preservation (the class loss weight, 0 = off, and how many class images), and which
+    projections the LoRA adapts (a key of :data:`~.adapters.TARGET_SETS`)."""
 
     steps: int = 60
     batch: int = 8
@@ -30,8 +33,11 @@ class Training:
     rank: int = 4
     prior_weight: float = 0.0
     class_images: int = 32
+    targets: str = "attention"
 
     def __post_init__(self) -> None:
+        if self.targets not in TARGET_SETS:
+            raise ValueError(f"Training.targets must be one of {sorted(TARGET_SETS)}, got {self.targets!r}")
         for name in ("steps", "batch", "instances", "rank", "class_images"):
             if getattr(self, name) < 1:
                 raise ValueError(f"Training.{name} must be >= 1, got {getattr(self, name)}")
