@@ -58,6 +58,7 @@ MODULES = [
     "recipes.jdcl.mlp",
     "recipes.jdcl.run",
     "recipes.jdcl.sequence",
+    "recipes.jdcl.shapes",
     "recipes.joint_diffusion.hub",
     "recipes.joint_diffusion.model",
     "recipes.joint_diffusion.train",

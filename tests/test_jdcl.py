@@ -62,3 +62,17 @@ def test_cli_refuses_bad_arguments(capsys):
     with pytest.raises(SystemExit) as error:
         cli_main(["run", "jdcl", "--global-steps", "0"])
     assert error.value.code == 2 and "--global-steps must be >= 1" in capsys.readouterr().err
+
+
+def test_replay_judge_agrees_with_real_renders_and_flags_noise():
+    from recipes.jdcl.shapes import evaluator_judge, shapes_tasks
+
+    tasks = shapes_tasks("colour", 32, 8, seed=0)
+    judge = evaluator_judge("colour")
+    for task in tasks:  # real renders with their true labels: the evaluator agrees, the background is black
+        real = judge(task.train_x, task.train_y)
+        assert real["evaluator_agrees"] == 1.0 and 0.05 < real["foreground"] < 0.5
+    noise = judge(torch.rand(32, 3, 16, 16) * 2 - 1, torch.zeros(32, dtype=torch.long))
+    assert noise["foreground"] > 0.9
+    assert [t.classes for t in tasks] == [[0, 1], [2, 3]]
+    assert torch.equal(tasks[1].train_y.unique(), torch.tensor([2, 3]))

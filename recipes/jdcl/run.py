@@ -151,13 +151,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-generated", type=int, default=200, help="replay samples drawn from each generator")
     parser.add_argument("--sample-steps", type=int, default=20, help="DDIM steps of the replay sampler")
     parser.add_argument("--diffusion-weight", type=float, default=0.1, help="weight of the denoising loss")
+    parser.add_argument(
+        "--per-class",
+        type=int,
+        help="class-balanced replay instead: draw until each class has this many samples (recipes.jdcl.shapes)",
+    )
+    parser.add_argument("--max-draws", type=int, default=4096, help="with --per-class: samples per generator at most")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", help="folder for jdcl.json")
+    parser.add_argument("--out", help="folder for jdcl.json (jdcl_balanced.json with --per-class)")
     args = parser.parse_args(argv)
     for name in ("n_train", "n_test", "steps", "global_steps", "n_generated", "sample_steps", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     torch.set_num_threads(args.threads)
+    if args.per_class is not None:
+        if args.per_class < 1 or args.max_draws < args.per_class:
+            parser.error(f"need 1 <= --per-class <= --max-draws, got {args.per_class}, {args.max_draws}")
+        from .shapes import BalancedConfig, run_balanced
+
+        balanced = BalancedConfig(
+            seeds=tuple(args.seeds),
+            split=args.split,
+            n_train=args.n_train,
+            n_test=args.n_test,
+            steps=args.steps,
+            global_steps=args.global_steps,
+            per_class=args.per_class,
+            sample_steps=args.sample_steps,
+            max_draws=args.max_draws,
+            diffusion_weight=args.diffusion_weight,
+        )
+        run_balanced(balanced, out=args.out)
+        return 0
     config = JDCLConfig(
         seeds=tuple(args.seeds),
         split=args.split,

@@ -89,8 +89,12 @@ def run_sequence(
     config: SequenceConfig,
     seed: int,
     augment: Augment | None = None,
+    judge: Callable[[Tensor, Tensor], dict[str, float]] | None = None,
 ) -> dict[str, Any]:
-    """Every method on ``tasks`` for one seed; ``new_model(s)`` builds a fresh joint model from seed ``s``."""
+    """Every method on ``tasks`` for one seed; ``new_model(s)`` builds a fresh joint model from seed ``s``.
+
+    ``judge(samples, labels)``: scores each replay set (e.g. how often a world's evaluator agrees
+    with the generator's labels); its numbers go into the run's ``replay`` record."""
     if len(tasks) < 2:
         raise ValueError(f"a continual run needs at least 2 tasks, got {len(tasks)}")
     start = time.process_time()
@@ -130,9 +134,13 @@ def run_sequence(
         models["naive"] = fine_tune(models["naive"], task.train_x, task.train_y, cfg, augment)
         draw = {"steps": config.sample_steps, "max_draws": config.max_draws, "generator": g}
         new_x, new_y, new_info = balanced_replay(locals_[k], task.classes, config.per_class, **draw)
+        if judge is not None:
+            new_info["judge"] = judge(new_x, new_y)
         stats: dict[str, Any] = {"task": k + 1, "new": new_info}
         for name, stage in stages.items():
             old_x, old_y, old_info = balanced_replay(models[name], old, config.per_class, **draw)
+            if judge is not None:
+                old_info["judge"] = judge(old_x, old_y)
             stats[f"old_{name}"] = old_info
             replay, labels = torch.cat([old_x, new_x]), torch.cat([old_y, new_y])
             stage = DistillConfig(**{**vars(stage), "seed": 1000 * seed + 200 + k})
