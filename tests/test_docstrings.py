@@ -56,6 +56,7 @@ MODULES = [
     "recipes.jdcl.continual",
     "recipes.jdcl.mixture",
     "recipes.jdcl.mlp",
+    "recipes.jdcl.report",
     "recipes.jdcl.run",
     "recipes.jdcl.sequence",
     "recipes.jdcl.shapes",
