@@ -54,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--prompt", action="append", help="prompt (repeat); default: the shapes ladder " + str(LADDER))
     ap.add_argument("--word", help="concept word (default: each prompt's last word)")
     ap.add_argument("--steer", action="append", help="prompt whose directions are kept and steered (repeat)")
+    ap.add_argument("--no-steer", action="store_true", help="concept complexity only: no directions, no steering")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="gradient seeds (images and pairs)")
     ap.add_argument("--steer-seeds", type=int, nargs="+", default=[101, 102, 103], help="held-out steering noise")
     ap.add_argument("--n", type=int, default=128, help="pairs (= samples) per prompt and seed")
@@ -63,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--sample-steps", type=int, default=10)
     ap.add_argument("--regen-steps", type=int, default=4)
     ap.add_argument("--guidance", type=float, default=3.0)
+    ap.add_argument(
+        "--distance",
+        default="pixel",
+        choices=["pixel", "canonical"],
+        help="dist(regen(A), B): pixel MSE (the paper) or MSE after moving both to a canonical position and size",
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", type=Path, default=Path("runs/elrond"))
@@ -105,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     if not prompts:
         raise SystemExit("interventions run elrond: --prompt is required with a --model other than shapes")
     steer = args.steer or ([p for p in ("a striped circle",) if p in prompts] if args.model == "shapes" else [])
+    if args.no_steer:
+        steer = []
     if unknown := [p for p in steer if p not in prompts]:
         raise SystemExit(f"interventions run elrond: --steer {unknown} must also be given as --prompt")
     if args.n < 2 or args.n_steer < 2:
@@ -120,16 +129,17 @@ def main(argv: list[str] | None = None) -> int:
         from recipes.worlds.shapes_model import load_evaluators
 
         evaluators = load_evaluators()
-    setting = Setting(args.sample_steps, args.regen_steps, args.guidance, args.batch)
+    setting = Setting(args.sample_steps, args.regen_steps, args.guidance, args.batch, args.distance)
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.time()
+    grads = args.out / ("grads" if args.distance == "pixel" else f"grads_{args.distance}")
     result = measure(
-        pipe, evaluators, prompts, args.seeds, args.n, args.out / "grads", setting, steer, args.steer_seeds,
+        pipe, evaluators, prompts, args.seeds, args.n, grads, setting, steer, args.steer_seeds,
         args.strength, args.n_steer,
     )  # fmt: skip
     result["seconds"] = round(time.time() - start, 1)
-    name = re.sub(r"[^\w.-]+", "_", Path(args.model).name)
-    _save_directions(result, args.out)
+    name = re.sub(r"[^\w.-]+", "_", Path(args.model).name) + ("" if args.distance == "pixel" else f"_{args.distance}")
+    _save_directions(result, args.out, "" if args.distance == "pixel" else f"_{args.distance}")
     (args.out / f"elrond_{name}.json").write_text(json.dumps(result, indent=1) + "\n")
     plot(result, args.out / f"elrond_{name}.png")
     print(f"wrote {args.out / f'elrond_{name}.json'} ({result['seconds']} s)")
@@ -174,7 +184,7 @@ def _run_student(args: argparse.Namespace) -> int:
     return 0
 
 
-def _save_directions(result: dict[str, Any], out: Path) -> None:
+def _save_directions(result: dict[str, Any], out: Path, suffix: str = "") -> None:
     """Directions to safetensors (one file per steered prompt); the JSON keeps their metadata only."""
     from safetensors.torch import save_file
 
@@ -185,5 +195,5 @@ def _save_directions(result: dict[str, Any], out: Path) -> None:
         slug = "_".join(prompt.split()) or "empty"
         save_file(
             {"pca": d.pop("pca").contiguous(), "sae": d.pop("sae").contiguous()},
-            str(out / f"elrond_directions_{slug}.safetensors"),
+            str(out / f"elrond_directions_{slug}{suffix}.safetensors"),
         )

@@ -1,5 +1,5 @@
 """The ELROND measurements: concept complexity per prompt and seed (of the raw gradients, as in
-the paper, and of the gradients scaled to unit norm), the directions (PCA with the
+the paper, and of the gradients scaled to unit norm, with the authors' parallel analysis), the directions (PCA with the
 paper's threshold, a TopK SAE), what steering along the top direction does by the evaluators, and
 random steering against mode collapse.
 
@@ -54,6 +54,25 @@ def unit_rows(grads: Tensor) -> Tensor:
     """Each gradient scaled to unit norm: the spread of directions, not of magnitudes (a few pairs
     whose B is far from the regenerated A otherwise dominate the raw variance)."""
     return torch.nn.functional.normalize(grads, dim=1)
+
+
+def parallel_analysis(grads: Tensor, simulations: int = 100, percentile: float = 95.0, seed: int = 0) -> int:
+    """Horn's parallel analysis, as the authors run it on their gradients
+    (``synthetic_dataset/parallel_analysis.py``): the number of leading components whose covariance
+    eigenvalue exceeds the ``percentile`` of the same-rank eigenvalue of the rows with every column
+    shuffled independently (correlations destroyed, each coordinate's spread kept). Unlike the
+    spectral gap it can be 0: a spread no more structured than noise."""
+    g = torch.Generator().manual_seed(seed)
+    x = grads.double()
+    real = torch.linalg.svdvals(x - x.mean(0))
+    null = torch.stack(
+        [
+            torch.linalg.svdvals(s - s.mean(0))
+            for s in (x.gather(0, torch.argsort(torch.rand(x.shape, generator=g), 0)) for _ in range(simulations))
+        ]
+    )
+    above = real > torch.quantile(null, percentile / 100, dim=0)
+    return int(above.long().cumprod(0).sum())
 
 
 def sae_directions(grads: Tensor, seed: int = 0, k: int = 4, steps: int = 400) -> tuple[Tensor, dict[str, float]]:
@@ -181,10 +200,13 @@ def measure(
             c["explained"] = c["explained"][:8]  # type: ignore[index]
             unit = complexity(unit_rows(grads[seed]))
             c["unit"] = {k: unit[k] for k in ("components_95", "spectral_gap")}
+            c["unit"]["parallel_analysis"] = parallel_analysis(unit_rows(grads[seed]))
+            c["mean_norm"] = round(float(grads[seed].norm(dim=1).mean()), 6)
             entry["complexity"][seed] = c
             print(
                 f"{prompt!r} seed {seed}: {c['components_95']} components to 95%, gap {c['spectral_gap']} "
-                f"(unit rows: {unit['components_95']}, gap {unit['spectral_gap']})",
+                f"(unit rows: {unit['components_95']}, gap {unit['spectral_gap']}, "
+                f"parallel analysis {c['unit']['parallel_analysis']})",
                 flush=True,
             )
         if prompt in steer_prompts:

@@ -3,9 +3,12 @@ regenerated image A to become image B.
 
 For one prompt: sample images, pair them at random (A, B), noise each A fully (the first
 timestep of a short DDIM schedule), regenerate it with the prompt while keeping the graph, and
-take ``d MSE(x0(A), B) / d e_tok``, the gradient w.r.t. the text encoder's output at the concept
-token. ``Grads`` at the UNet's ``:input.encoder_hidden_states`` (attached to the bare UNet, with
-its ``[uncond, cond]`` CFG rows declared) collects it at every UNet call (one leaf per call); their sum is the gradient w.r.t. the one embedding all calls share. Diffusers
+take ``d dist(x0(A), B) / d e_tok``, the gradient w.r.t. the text encoder's output at the concept
+token (``dist``: the paper's pixel MSE, or the same after moving both images to a canonical
+position and size, :mod:`recipes.elrond.distance`). ``Grads`` at the UNet's
+``:input.encoder_hidden_states`` (attached to the bare UNet, with its ``[uncond, cond]`` CFG rows
+declared) collects it at every UNet call (one leaf per call); their sum is the gradient w.r.t. the
+one embedding all calls share. Diffusers
 pipelines sample under ``no_grad``, so the loop calls the UNet itself; the pairs are batched (the
 UNet treats rows independently, so the gradient of the summed loss is each pair's own).
 
@@ -28,6 +31,8 @@ from torch import Tensor
 
 from interventions import DiskStore, Grads, MemoryStore, When, attach
 
+from .distance import DISTANCES
+
 SITE = ":input.encoder_hidden_states"  # on pipe.unet
 KEY = ("elrond/grads", 0, None)  # where the concept-token gradients are appended in the DiskStore
 
@@ -40,6 +45,11 @@ class Setting:
     regen_steps: int = 4  # DDIM steps of the regeneration the gradient flows through
     guidance: float = 3.0
     batch: int = 32
+    distance: str = "pixel"  # a key of recipes.elrond.distance.DISTANCES
+
+    def __post_init__(self) -> None:
+        if self.distance not in DISTANCES:
+            raise ValueError(f"unknown distance {self.distance!r}: use one of {sorted(DISTANCES)}")
 
 
 def concept_position(tokenizer: Any, prompt: str, word: str | None = None) -> int:
@@ -118,14 +128,14 @@ def fully_noised(pipe: Any, x0: Tensor, setting: Setting, generator: torch.Gener
 
 
 def pair_gradients(pipe: Any, a: Tensor, b: Tensor, prompt: str, setting: Setting, seed: int) -> Tensor:
-    """``d sum_i MSE(regen(A_i), B_i) / d prompt_embeds`` (``pairs x tokens x D``), collected by
+    """``d sum_i dist(regen(A_i), B_i) / d prompt_embeds`` (``pairs x tokens x D``), collected by
     ``Grads`` on the conditional rows of every UNet call and summed over the calls."""
     cond, uncond = embed(pipe, prompt, len(a))
     noisy = fully_noised(pipe, a, setting, torch.Generator().manual_seed(seed))
     grads = Grads(MemoryStore(), when=When(branch="cond"))
     with torch.enable_grad(), attach(pipe.unet, {SITE: grads}, cfg=("uncond", "cond")):
         x0 = regenerate(pipe, noisy, cond, uncond, setting)
-        loss = ((x0.float() - b.float()) ** 2).flatten(1).mean(1).sum()
+        loss = DISTANCES[setting.distance](x0, b).sum()
         loss.backward()
     return sum(grads.store.get(k) for k in grads.store.keys()).float().cpu()  # type: ignore[union-attr]
 

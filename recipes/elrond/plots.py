@@ -24,9 +24,12 @@ def plot(result: dict[str, Any], path: Any) -> None:
         ax.scatter([x] * len(gaps), gaps, color="C1", marker="s", label="spectral gap" if x == 0 else None)
         unit = [v["unit"]["spectral_gap"] for v in c.values() if "unit" in v]
         ax.scatter([x + 0.08] * len(unit), unit, color="C2", marker="^", label="gap, unit rows" if x == 0 else None)
+        horn = [v["unit"]["parallel_analysis"] for v in c.values() if "parallel_analysis" in v.get("unit", {})]
+        label = "parallel analysis, unit rows" if x == 0 else None
+        ax.scatter([x + 0.16] * len(horn), horn, color="C3", marker="x", label=label)
     ax.set_xticks(range(len(prompts)), [repr(p) for p in prompts], rotation=20, fontsize=8)
     ax.set_ylabel("directions")
-    ax.set_title("concept complexity (one point per seed)")
+    ax.set_title(f"concept complexity, {result['setting'].get('distance', 'pixel')} distance (one point per seed)")
     ax.legend(fontsize=8)
     for ax, p in zip(axes[0, 1:], steered, strict=True):
         runs = list(result["prompts"][p]["steering"].values())
