@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 Rows = slice
 StoreKey = tuple[str, int | None, str | None] | tuple[str, int | None, str | None, int]
@@ -265,9 +264,3 @@ def _non_negative(index: int, name: str) -> None:
             f"When({name}=...) takes indices from 0, got {index!r}: a negative index would count from an end "
             "the run has not reached when the hook fires; write the indices out (e.g. range(n - 3, n))"
         )
-
-
-def as_when(value: Any) -> When | None:
-    if value is None or isinstance(value, When):
-        return value
-    raise TypeError(f"when= takes a When(...), got {type(value).__name__}")

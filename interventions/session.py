@@ -24,7 +24,7 @@ from torch import nn
 
 from . import adapters as _adapters
 from .adapters.base import Adapter, Undo, looks_like, wrap_attribute
-from .context import ALL_ROWS, BRANCHES, Context, RunState, When, as_when, check_branch
+from .context import ALL_ROWS, BRANCHES, Context, RunState, When, check_branch
 from .errors import (
     CompiledModelError,
     HookError,
@@ -38,6 +38,7 @@ from .errors import (
 from .groups import with_suffix
 from .hooks import Hook
 from .layout import check_layout
+from .resolution import Resolution, recall, remember
 from .sites import Site, SiteError, SiteNotFoundError, resolve
 from .torch_hooks import HookSet
 from .tree import ModuleTree
@@ -156,6 +157,8 @@ class Session:
         self.on_unfired = on_unfired
         self.state = RunState()
         self._hooks = HookSet()
+        self._resolution: Resolution | None = None  # how the sites were found, if all were literal
+        self._walked: list[nn.Module] | None = None  # the modules on its links, as this session found them
         self._undo: list[Undo] = []
         self._active = False
         self._thread: int | None = None
@@ -179,9 +182,17 @@ class Session:
         if not isinstance(hooks, Mapping):
             raise TypeError("attach(model, hooks): hooks is a dict {site pattern: hook or [hooks]}")
         by_site: dict[str, _Entry] = {}  # by canonical name: a str hashes once, a Site at each lookup
-        for pattern, spec in hooks.items():
+        patterns = tuple(hooks)
+        expansions = self._recalled(patterns)
+        literal: list[list[Site]] | None = [] if expansions is None else None
+        for k, (pattern, spec) in enumerate(hooks.items()):
             hook_list = _hook_list(pattern, spec)
-            for site, module in self._expand(pattern):
+            found = self._expand(pattern) if expansions is None else expansions[k]
+            if literal is not None:
+                literal = literal if self._is_literal(pattern, found) else None
+                if literal is not None:
+                    literal.append([found[0][0]])
+            for site, module in found:
                 name = site.name
                 entry = by_site.get(name)
                 if entry is None:
@@ -193,7 +204,34 @@ class Session:
                     hooked.append((h, when, len(applied), fits))
                     applied.append(when is None)
                     entry.whole = entry.whole and rowwise
+        if literal is not None:
+            resolution = Resolution(list(self.tree.components), literal, self.tree.single)
+            self._walked = resolution.modules(self.tree.components)
+            self._resolution = resolution
+            remember(self._target, patterns, resolution)
         return list(by_site.values())
+
+    def _recalled(self, patterns: tuple[str, ...]) -> list[list[tuple[Site, nn.Module]]] | None:
+        """The sites of ``patterns`` as an earlier session on this model found them, their links
+        walked on the live model (see :mod:`interventions.resolution`); None if a link is gone."""
+        remembered = recall(self._target, patterns)
+        if remembered is None:
+            return None
+        modules = remembered.modules(self.tree.components)
+        if modules is None:
+            return None
+        self._resolution, self._walked = remembered, modules
+        return [[(site, modules[i]) for site, i in sites] for sites in remembered.sites]
+
+    def _is_literal(self, pattern: str, found: list[tuple[Site, nn.Module]]) -> bool:
+        """Whether ``pattern`` named one module path that the walk found (no glob, no group):
+        only those are remembered, a glob's matches depend on every module of the model."""
+        return (
+            not pattern.startswith("@")
+            and not Site.parse(pattern).is_glob
+            and len(found) == 1
+            and self.tree.get(found[0][0].module) is found[0][1]
+        )
 
     def _entry(self, site: Site, name: str, module: nn.Module, layouts: dict[str, str]) -> _Entry:
         layout = layouts.get(name, layouts.get(site.module, _UNSET)) if layouts else _UNSET
@@ -628,7 +666,8 @@ class Session:
         now = {den: tree.get(den) for den in self.adapter.denoisers()}
         then = dict(zip(self._denoisers, self._denoiser_modules, strict=True))
         changed = [f"denoiser {d!r}" for d in [*now, *then] if now.get(d) is not then.get(d)]
-        changed += [f"site {e.name!r}" for e in self.entries if tree.get(e.site.module) is not e.module]
+        if not self._same_walk(tree.components):  # else every module on the sites' paths is the one hooked
+            changed += [f"site {e.name!r}" for e in self.entries if tree.get(e.site.module) is not e.module]
         if changed:
             raise InterventionError(
                 f"{changed[0]} holds a different module than when this session was built (the model was changed "
@@ -637,6 +676,14 @@ class Session:
             )
         _refuse_compiled(tree.compiled)
         self.tree = tree
+
+    def _same_walk(self, components: dict[str, nn.Module]) -> bool:
+        """Whether the remembered links of the sites' walk lead through the very modules they
+        led through when this session was built."""
+        if self._resolution is None or self._walked is None:
+            return False
+        now = self._resolution.modules(components)
+        return now is not None and all(a is b for a, b in zip(now, self._walked, strict=True))
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
         self.remove()
@@ -703,14 +750,13 @@ def _hook_list(pattern: Any, spec: Any) -> list[tuple[Hook, When | None, bool, b
     for h in spec if isinstance(spec, (list, tuple)) else (spec,):
         if not callable(h):
             raise TypeError(f"site {pattern!r}: {h!r} is not a hook (a callable hook(x, ctx))")
-        when = as_when(getattr(h, "when", None))
-        out.append((h, when, when is None and _acts_rowwise(h), getattr(h, "result_fits", False)))
+        when = getattr(h, "when", None)
+        if when is not None and not isinstance(when, When):
+            raise TypeError(f"site {pattern!r}: when= takes a When(...), got {type(when).__name__}")
+        # acts on every row alike (or caches a whole batch): no CFG split needed
+        rowwise = when is None and (getattr(h, "rowwise", False) or callable(getattr(h, "whole_batch", None)))
+        out.append((h, when, rowwise, getattr(h, "result_fits", False)))
     return out
-
-
-def _acts_rowwise(h: Any) -> bool:
-    """A hook that treats every row alike (or caches a whole batch): no CFG split needed."""
-    return callable(getattr(h, "whole_batch", None)) or getattr(h, "rowwise", False)
 
 
 def _compiled_hint() -> str:

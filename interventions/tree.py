@@ -23,13 +23,13 @@ class ModuleTree:
 
     def __init__(self, components: dict[str, nn.Module]) -> None:
         self.components = components
-        self._single = "" in components
+        self.single = "" in components  # one model: paths start below it (else at a component)
         self._paths: dict[str, nn.Module] | None = None
         self.compiled: set[str] = set()
         self._found: dict[str, nn.Module | None] = {}  # every path looked up (or passed) so far
         for name, module in components.items():
             self._found[name] = module
-            if _is_compiled(module):
+            if is_compiled(module):
                 self.compiled.add(name or type(module).__name__)
 
     def get(self, path: str) -> nn.Module | None:
@@ -41,19 +41,19 @@ class ModuleTree:
             return module
         parent_path, dot, name = path.rpartition(".")
         module = None
-        if dot or self._single:  # a top-level path of a pipeline is a component: in ``found`` or absent
+        if dot or self.single:  # a top-level path of a pipeline is a component: in ``found`` or absent
             parent = found.get(parent_path, _MISSING)
             if parent is _MISSING:
                 parent = self.get(parent_path)
             module = None if parent is None else parent._modules.get(name)
-            if module is not None and _is_compiled(module):
+            if module is not None and is_compiled(module):
                 self.compiled.add(path)
         found[path] = module
         return module
 
     def component_of(self, path: str) -> str:
         """The component a module path lies in (``""`` for a single model)."""
-        return "" if self._single else path.partition(".")[0]
+        return "" if self.single else path.partition(".")[0]
 
     def paths(self) -> dict[str, nn.Module]:
         """Every module path (computed once per tree)."""
@@ -66,7 +66,7 @@ class ModuleTree:
         return self._paths
 
 
-def _is_compiled(module: nn.Module) -> bool:
+def is_compiled(module: nn.Module) -> bool:
     """``torch.compile(module)`` wraps it (an ``OptimizedModule``); ``module.compile()`` sets
     ``_compiled_call_impl`` on the instance."""
     return module.__dict__.get("_compiled_call_impl") is not None or type(module).__name__ == "OptimizedModule"
