@@ -359,7 +359,9 @@ class AddVector:
             delta, mask = self._prepare(x, ctx)
         else:
             edits = None if m is None and tk is None else (_edits_of(m), _edits_of(tk))
-            key = (x.shape, x.dtype, x.device, ctx.layout, v._version, edits)
+            # no device in the key (reading and comparing it is a third of this hook's own cost): a
+            # prepared vector or mask on another device than x makes torch raise below, loudly
+            key = (x.shape, x.dtype, ctx.layout, v._version, edits)
             memo = self._memo
             if memo.key != key:
                 memo.key, memo.value = key, self._prepare(x, ctx)

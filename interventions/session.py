@@ -413,7 +413,11 @@ class Session:
         def hook(module: nn.Module, args: Any, x: Any) -> Any:
             if state.forced or not e.layout_fixed or not isinstance(x, torch.Tensor):
                 return run(e, x)
-            e.count(state.epoch)
+            e.fired += 1  # e.count(state.epoch), inlined
+            if e.epoch != state.epoch:
+                e.epoch, ctx.invocation = state.epoch, 0
+            else:
+                ctx.invocation += 1
             ctx.branch = None
             try:
                 out = h(x, ctx)

@@ -94,3 +94,19 @@ def test_world_training_step(world, device, tmp_path, meta_default):
     train_world([*args, "--skip-evaluators"] if world == "shapes" else args)
     record = json.loads((tmp_path / "out" / "training.json").read_text())
     assert record["device"] == device and record["dtype"] == "float32" and record["steps"] == 1
+
+
+def test_a_steering_vector_left_on_the_old_device_fails_naming_the_site():
+    # AddVector's prepared vector is kept while the activation's shape and dtype hold; a model moved
+    # to another device afterwards must not run with it quietly
+    from torch import nn
+
+    from interventions import AddVector, attach
+    from interventions.errors import HookError
+
+    model = nn.Sequential(nn.Linear(4, 4))
+    with attach(model, {"0": AddVector(torch.ones(4))}):
+        model(torch.ones(1, 4))
+        model.to("meta")
+        with pytest.raises(HookError, match="AddVector at site '0'.*device"):
+            model(torch.ones(1, 4, device="meta"))
