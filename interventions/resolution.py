@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from torch import nn
 
 from .sites import Site
-from .tree import is_compiled
 
 _PER_TARGET = 32  # pattern sets remembered per model or pipeline (the oldest is dropped)
 _remembered: weakref.WeakKeyDictionary[object, dict[tuple[str, ...], Resolution]] = weakref.WeakKeyDictionary()
@@ -63,7 +62,12 @@ class Resolution:
             out.append(module)
         for parent, name in self._links:
             child = out[parent]._modules.get(name)
-            if child is None or is_compiled(child):
+            # tree.is_compiled, inlined: this loop is most of what entering a remembered session costs
+            if (
+                child is None
+                or child.__dict__.get("_compiled_call_impl") is not None
+                or type(child).__name__ == "OptimizedModule"
+            ):
                 return None
             out.append(child)
         return out
