@@ -12,6 +12,7 @@ error). Nothing but names is kept: remembering a model never keeps it alive.
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections.abc import Sequence
 
@@ -20,6 +21,7 @@ from torch import nn
 from .sites import Site
 
 _PER_TARGET = 32  # pattern sets remembered per model or pipeline (the oldest is dropped)
+_writing = threading.Lock()
 _remembered: weakref.WeakKeyDictionary[object, dict[tuple[str, ...], Resolution]] = weakref.WeakKeyDictionary()
 
 
@@ -83,10 +85,11 @@ def recall(target: object, patterns: tuple[str, ...]) -> Resolution | None:
 
 def remember(target: object, patterns: tuple[str, ...], resolution: Resolution) -> None:
     """Keep ``resolution`` for ``patterns`` on ``target`` (the oldest of many pattern sets dropped)."""
-    try:
-        by_patterns = _remembered.setdefault(target, {})
-    except TypeError:
-        return
-    if len(by_patterns) >= _PER_TARGET:
-        del by_patterns[next(iter(by_patterns))]
-    by_patterns[patterns] = resolution
+    with _writing:  # sessions attached from several threads at once (each its own)
+        try:
+            by_patterns = _remembered.setdefault(target, {})
+        except TypeError:
+            return
+        if len(by_patterns) >= _PER_TARGET:
+            del by_patterns[next(iter(by_patterns))]
+        by_patterns[patterns] = resolution

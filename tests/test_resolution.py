@@ -89,3 +89,13 @@ def test_remembering_a_model_does_not_keep_it_alive():
     del model
     gc.collect()
     assert gone() is None
+
+
+def test_only_the_latest_pattern_sets_are_remembered():
+    from interventions import resolution
+
+    model = nn.Sequential(*[nn.Linear(2, 2) for _ in range(resolution._PER_TARGET + 1)])
+    for i in range(len(model)):
+        attach(model, {str(i): Cache()}).remove()
+    assert recall(model, ("0",)) is None  # the oldest, dropped
+    assert recall(model, ("1",)) is not None and recall(model, (str(len(model) - 1),)) is not None
