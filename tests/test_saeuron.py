@@ -101,28 +101,47 @@ def test_redirect_shifts_only_the_images_the_probe_assigns_a_removed_concept():
         "c": torch.tensor([[[0.0, 0.0, 4.0]] * 2]),
     }
     by_concept["c"][..., 1] = 1.0  # c lies farther from a than b does: a is pushed toward c
-    edit = redirect(by_concept, ("a",), 0.5, tokens=2)
-    torch.testing.assert_close(edit.shifts[0, 0], torch.tensor([-2.0, 0.5, 2.0]))  # half-way from a to c
+    edit = redirect(by_concept, ("a",), 0.5 * 33**0.5, tokens=2)  # |c - a| = sqrt(33): half-way from a to c
+    torch.testing.assert_close(edit.shifts[0, 0, 0], torch.tensor([-2.0, 0.5, 2.0]))
     image_a = [[3.0, 0.0, 0.0], [5.0, 1.0, 0.0]]  # token mean [4, 0.5, 0]: the probe says a
     image_c = [[0.0, 1.0, 3.0], [1.0, 1.0, 4.0]]  # c: kept as it is
     z = torch.tensor(image_a + image_c)
     out = edit(z, _ctx(0, "cond"))
-    assert out.tolist() == [[1.0, 0.5, 2.0], [3.0, 1.5, 2.0]] + image_c
+    torch.testing.assert_close(out, torch.tensor([[1.0, 0.5, 2.0], [3.0, 1.5, 2.0]] + image_c))
     # the assignment made at the run's first cond call holds for its uncond rows and later steps,
     # even once the edited image no longer looks like a
-    assert (
-        edit(torch.tensor([[0.0, 0.0, 4.0]] * 4), _ctx(1, "uncond")).tolist()
-        == [[0.0, 0.5, 6.0]] * 2 + [[0.0, 0.0, 4.0]] * 2
+    torch.testing.assert_close(
+        edit(torch.tensor([[0.0, 0.0, 4.0]] * 4), _ctx(1, "uncond")),
+        torch.tensor([[0.0, 0.5, 6.0]] * 2 + [[0.0, 0.0, 4.0]] * 2),
     )
     # a new run assigns again; its uncond rows before the first cond call are not edited
     assert torch.equal(edit(z, _ctx(0, "uncond", run=2)), z)
-    assert edit(z, _ctx(0, "cond", run=2)).tolist() == out.tolist()
+    assert torch.equal(edit(z, _ctx(0, "cond", run=2)), out)
     with pytest.raises(ValueError, match="not whole images of 2 tokens"):
         edit(torch.ones(3, 3), _ctx(0, "cond"))
     with pytest.raises(ValueError, match="step 2 has no shift"):
         edit(z, _ctx(2, "cond"))
-    with pytest.raises(ValueError, match="must be \\[removed=1, steps=2, d_sae=3\\]"):
-        Redirect(("a",), edit.probes, (0,), edit.shifts[:, :1], 2)
+    with pytest.raises(ValueError, match="must be \\[removed=1, groups=1, steps=2, d_sae=3\\]"):
+        Redirect(("a",), edit.probes, (0,), edit.shifts[:, :, :1], 2)
+
+
+def test_redirect_takes_each_images_direction_within_its_group_with_one_length():
+    # two groups (feature 3 says which); a -> b points along feature 1 in group 0, feature 2 in group 1,
+    # and the two differences have lengths 5 and 10: the shift has length 2 in both
+    row = lambda a, b, c, g: [[a, b, c, g]]  # noqa: E731  one step
+    by_concept = {
+        "a": torch.tensor([row(4.0, 0.0, 0.0, 0.0), row(4.0, 0.0, 0.0, 3.0)]),
+        "b": torch.tensor([row(3.0, 4.0, 0.0, 0.0), row(6.0, 0.0, 8.0, 3.0)]),
+        "c": torch.tensor([row(0.0, 0.0, 0.0, 0.0), row(0.0, 0.0, 0.0, 3.0)]),
+    }
+    groups = {c: torch.tensor([0, 1]) for c in by_concept}
+    edit = redirect(by_concept, ("c",), 2.0, tokens=1, groups=groups)  # c's farthest kept concept: b
+    torch.testing.assert_close(edit.shifts[0, :, 0], torch.tensor([[1.2, 1.6, 0.0, 0.0], [1.2, 0.0, 1.6, 0.0]]))
+    z = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 3.0], [4.0, 0.0, 0.0, 3.0]])  # c in 0, c in 1, a
+    out = edit(z, _ctx(0, "cond"))
+    torch.testing.assert_close(out, torch.tensor([[1.2, 1.6, 0.0, 0.0], [1.2, 0.0, 1.6, 3.0], [4.0, 0.0, 0.0, 3.0]]))
+    with pytest.raises(ValueError, match="every group 0..1 needs prompts of every concept"):
+        redirect(by_concept, ("c",), 2.0, tokens=1, groups=groups | {"a": torch.tensor([0, 0])})
 
 
 def test_redirect_then_scales_as_the_paper_on_the_assigned_images_only():

@@ -13,8 +13,9 @@ The paper's procedure on the tiny shapes ``StableDiffusionPipeline``:
    to half the concept's mean), which the paper does not have (``gate=0`` is the paper's edit);
    for styles the shipped default *redirects* instead (not in the paper): every image has a style
    here, and removing a style's features leaves the network's default style, so the images that a
-   ridge probe on their latents assigns a removed style are shifted toward the most distant kept
-   style's mean latents (``strength=0`` is the paper's edit);
+   ridge probe on their latents assigns a removed style are shifted, by the same length for every
+   style, toward the most distant kept style's mean latents among the prompts of the image's colour
+   (a second probe names it) (``strength=0`` is the paper's edit);
 4. score UA / IRA / CRA with the world's evaluators, and a feature distance, against a negative
    prompt and whole-block ablation on the same prompts and seeds: :mod:`.evaluate`, :mod:`.run`.
 
@@ -24,12 +25,13 @@ SAEs published in sparsify's layout (the authors' ``bcywinski/SAeUron``) load wi
 """
 
 from .concepts import PromptSet, canonical, paraphrase
-from .recipe import CHECKPOINT, DEFAULTS, METHODS, REDIRECT, SAeUron, Statistics
+from .recipe import CHECKPOINT, DEFAULTS, MATCH, METHODS, REDIRECT, SAeUron, Statistics
 from .unlearn import Redirect, Unlearning, redirect, select
 
 __all__ = [
     "CHECKPOINT",
     "DEFAULTS",
+    "MATCH",
     "METHODS",
     "PromptSet",
     "REDIRECT",

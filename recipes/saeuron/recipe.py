@@ -27,15 +27,18 @@ from .sampling import Sampling, cache_cond, generate
 from .train import STATISTICS
 from .unlearn import Redirect, Unlearning, block_ablation, concept_means, edit_hooks, negative_prompt, redirect, select
 
-__all__ = ["CHECKPOINT", "DEFAULTS", "REDIRECT", "METHODS", "Statistics", "SAeUron"]
+__all__ = ["CHECKPOINT", "DEFAULTS", "REDIRECT", "MATCH", "METHODS", "Statistics", "SAeUron"]
 
 CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "shapes"
 METHODS = ("none", "saeuron", "negative_prompt", "block_ablation")
 #: (percentile, multiplier, gate) per kind, chosen on the selection seeds 100 and 101 (recipes/results/README.md);
 #: styles: percentile 100 selects no feature to scale, so the style edit is the redirection alone
 DEFAULTS: dict[str, tuple[float, float, float]] = {"style": (100.0, -1.0, 0.0), "shape": (99.0, -1.0, 0.5)}
-#: redirection strength per kind (0: the paper's edit, with the presence gate above), chosen on seeds 100 and 101
-REDIRECT: dict[str, float] = {"style": 8.0, "shape": 0.0}
+#: redirection strength per kind (0: the paper's edit, with the presence gate above): the shift's length
+#: in latent units, averaged over steps; chosen on seeds 100 and 101
+REDIRECT: dict[str, float] = {"style": 18.0, "shape": 0.0}
+#: the factors a redirection's direction is matched on (the image's group, assigned by a probe), per kind
+MATCH: dict[str, tuple[str, ...]] = {"style": ("colour",), "shape": ()}
 
 
 @dataclass
@@ -145,8 +148,8 @@ class SAeUron:
     ) -> Unlearning | Redirect:
         """The per-step edit removing ``remove``; ``None`` takes the kind's :data:`DEFAULTS` and
         :data:`REDIRECT`. A ``strength`` above 0 redirects the images a probe assigns a removed concept
-        (:func:`.unlearn.redirect`, then the paper's scaling on them unless ``percentile`` is 100;
-        ``gate`` unused); 0 is the
+        (:func:`.unlearn.redirect`, its direction matched on the kind's :data:`MATCH` factors, then the
+        paper's scaling on them unless ``percentile`` is 100; ``gate`` unused); 0 is the
         paper's edit, where a ``gate`` of 0 edits every image (the paper's procedure)."""
         kind, _, stats = self._for(remove)
         default = DEFAULTS[kind]
@@ -161,7 +164,8 @@ class SAeUron:
         by_concept = concept_means(stats.latents, stats.labels[kind], kind)
         if s > 0:
             scaling = select(by_concept, remove, pct, mult) if pct < 100 else None
-            return redirect(by_concept, remove, s, self.tokens[kind], scaling)
+            groups = _groups(stats.labels, kind, MATCH[kind]) if MATCH[kind] else None
+            return redirect(by_concept, remove, s, self.tokens[kind], scaling, groups=groups)
         return select(by_concept, remove, pct, mult, g or None, self.tokens[kind])
 
     def generate(
@@ -206,3 +210,11 @@ class SAeUron:
             kept = ~torch.isin(prompts.labels[kind], torch.tensor([world.FACTORS[kind].index(c) for c in remove]))
             out["distance"] = feature_distance(self.evaluators, images[kept], reference[kept])
         return out
+
+
+def _groups(labels: dict[str, torch.Tensor], kind: str, factors: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Per concept of ``kind``, each of its prompts' group: the index of its combination of ``factors``."""
+    group = torch.zeros_like(labels[kind])
+    for f in factors:
+        group = group * len(world.FACTORS[f]) + labels[f]
+    return {c: group[labels[kind] == i] for i, c in enumerate(world.FACTORS[kind])}

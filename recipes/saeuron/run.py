@@ -176,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--multiplier", type=float, help="override the kind's default multiplier (gamma)")
     p.add_argument("--gate", type=float, help="override the kind's default presence gate (0: none, the paper)")
     p.add_argument(
-        "--strength", type=float, help="override the kind's default redirection strength (0: the paper's edit)"
+        "--strength",
+        type=float,
+        help="override the kind's default redirection strength, the shift's length in latent units (0: the paper's edit)",
     )
     p.add_argument("--quick", action="store_true", help="single removals on canonical prompts only")
     p.add_argument("--sae", default=str(CHECKPOINT), help="folder with the SAE and latents.safetensors")

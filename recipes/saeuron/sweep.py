@@ -1,13 +1,13 @@
 """Choose SAeUron's percentile and multiplier per kind on the selection seeds (never the held-out ones).
 
     python -m recipes.saeuron.sweep --kind shape --percentiles 99 99.5 --multipliers -1 --gates 0.3 0.5 0.7 --out sweep_shape.json
-    python -m recipes.saeuron.sweep --kind style --percentiles 99.8 --multipliers -1 --strengths 4 8 16
+    python -m recipes.saeuron.sweep --kind style --percentiles 100 --multipliers -1 --strengths 15 18 21
 
 For each grid point, every single concept of the kind is removed on the canonical prompts of
-each selection seed; the table gives mean UA / IRA / CRA. The defaults in
-:data:`recipes.saeuron.recipe.DEFAULTS` and ``REDIRECT`` are the point with the best
-``min(UA, IRA, CRA)``; a gate of 0 is the paper's ungated edit, a strength of 0 the paper's edit
-without redirection.
+each selection seed; the table gives mean UA / IRA / CRA (and every run's numbers). The defaults in
+:data:`recipes.saeuron.recipe.DEFAULTS` and ``REDIRECT`` were chosen from such tables
+(recipes/results/README.md says by which rule); a gate of 0 is the paper's ungated edit, a strength
+of 0 the paper's edit without redirection.
 """
 
 from __future__ import annotations

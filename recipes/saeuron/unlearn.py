@@ -18,10 +18,13 @@ image has some style, removing a style's features leaves the network's default s
 without a style word, dots without the style block), which the evaluator names as before. At the
 first cond-branch call of a run each image is assigned a concept by a ridge probe on its token-mean
 latents (:func:`interventions.scores.ridge_probe`, fitted per step on the selection prompts'
-latents); the images assigned a removed concept ``c`` get, on both branches at every step,
-``z <- max(0, z + s * (mu_target,t - mu_c,t))`` toward the kept concept whose means are farthest
-from ``c``'s, then (if given) the paper's scaling, which the shipped style default leaves out; the
-other images are not edited.
+latents), and optionally a *group* (the image's other factors, e.g. its colour) by a second probe;
+the images assigned a removed concept ``c`` and group ``g`` get, on both branches at every step,
+``z <- max(0, z + s * d_g,t / mean_t |d_g,t|)`` with ``d_g,t = mu_target,g,t - mu_c,g,t``: toward the
+kept concept whose means are farthest from ``c``'s, measured within the image's group, with the
+same length ``s`` for every concept and group (the distance between two styles' means differs by
+almost 2x, so a shift proportional to it under-pushes the nearby pairs); then (if given) the paper's
+scaling, which the shipped style default leaves out; the other images are not edited.
 
 Baselines on the same prompts and seeds: :func:`negative_prompt` (the concept's word as the
 pipeline's negative prompt) and :func:`block_ablation` (the whole block's output replaced by its
@@ -105,10 +108,11 @@ class Redirect:
 
     ``probes [steps, d_sae + 1, concepts]``: per step, the :func:`~interventions.scores.ridge_probe`
     that assigns an image a concept from its token-mean latents; ``removed``: the
-    removed concepts' indices; ``shifts [removed, steps, d_sae]``: what is added to an image
-    assigned ``removed[j]``; ``scaling``: the paper's edit, applied to those images too. Images are
-    assigned at the first cond-branch call of a run; the uncond branch edits the same images (a
-    run's uncond rows before that first cond call are not edited)."""
+    removed concepts' indices; ``shifts [removed, groups, steps, d_sae]``: what is added to an image
+    assigned ``removed[j]`` and group ``g``; ``group_probes [steps, d_sae + 1, groups]``: the probe
+    assigning the group (``None``: one group); ``scaling``: the paper's edit, applied to those images
+    too. Images are assigned at the first cond-branch call of a run; the uncond branch edits the same
+    images (a run's uncond rows before that first cond call are not edited)."""
 
     concepts: tuple[str, ...]
     probes: Tensor
@@ -116,41 +120,49 @@ class Redirect:
     shifts: Tensor
     tokens: int
     scaling: Unlearning | None = None
-    _assigned: tuple[int, int, Tensor] | None = field(default=None, repr=False)  # (run, last step, per image)
+    group_probes: Tensor | None = None
+    _assigned: tuple[int, int, Tensor, Tensor] | None = field(default=None, repr=False)  # run, step, which, group
 
     def __post_init__(self) -> None:
         steps, width = self.probes.shape[0], self.probes.shape[1] - 1
-        if self.shifts.shape != (len(self.removed), steps, width):
+        groups = 1 if self.group_probes is None else self.group_probes.shape[2]
+        if self.shifts.shape != (len(self.removed), groups, steps, width):
             raise ValueError(
-                f"shifts {tuple(self.shifts.shape)} must be [removed={len(self.removed)}, steps={steps}, d_sae={width}] "
-                f"like the probes {tuple(self.probes.shape)}"
+                f"shifts {tuple(self.shifts.shape)} must be [removed={len(self.removed)}, groups={groups}, "
+                f"steps={steps}, d_sae={width}] like the probes {tuple(self.probes.shape)}"
+            )
+        if self.group_probes is not None and self.group_probes.shape[:2] != self.probes.shape[:2]:
+            raise ValueError(
+                f"group probes {tuple(self.group_probes.shape)} must be [steps, d_sae + 1, groups] like the "
+                f"concept probes {tuple(self.probes.shape)}"
             )
 
     def __call__(self, z: Tensor, ctx: Context) -> Tensor:
         step = ctx.step
-        if step is None or step >= self.shifts.shape[1]:
+        if step is None or step >= self.shifts.shape[2]:
             raise ValueError(
-                f"SAeUron redirect at {ctx.site!r}: step {step} has no shift (prepared for {self.shifts.shape[1]} steps): "
+                f"SAeUron redirect at {ctx.site!r}: step {step} has no shift (prepared for {self.shifts.shape[2]} steps): "
                 "run with the num_inference_steps the statistics were collected at"
             )
         if z.shape[0] % self.tokens:
             raise ValueError(f"{z.shape[0]} tokens are not whole images of {self.tokens} tokens")
-        which = self._which(z, ctx, step)
-        if which is None or not bool((which >= 0).any()):
+        assigned = self._which(z, ctx, step)
+        if assigned is None or not bool((assigned[0] >= 0).any()):
             return z
-        out = z.clone()
-        per_token = which.repeat_interleave(self.tokens)
-        for j in range(len(self.removed)):
-            rows = per_token == j
-            if rows.any():
-                out[rows] = (z[rows] + self.shifts[j, step].to(z)).clamp_min(0)
+        which, group = assigned
+        edited = which >= 0
+        images = z.view(-1, self.tokens, z.shape[1])
+        out = images.clone()
+        shift = self.shifts[which[edited], group[edited], step].to(z)  # [edited images, d_sae]
+        out[edited] = (images[edited] + shift[:, None]).clamp_min(0)
+        out = out.view_as(z)
         if self.scaling is not None:
-            rows = per_token >= 0
+            rows = edited.repeat_interleave(self.tokens)
             out[rows] = self.scaling(out[rows], ctx)
         return out
 
-    def _which(self, z: Tensor, ctx: Context, step: int) -> Tensor | None:
-        """Per image: the index into ``removed`` of its assigned concept, or -1 (kept)."""
+    def _which(self, z: Tensor, ctx: Context, step: int) -> tuple[Tensor, Tensor] | None:
+        """Per image: the index into ``removed`` of its assigned concept (-1: kept), and its group."""
         run, images = ctx.run, z.shape[0] // self.tokens
         known = self._assigned
         if known is not None and (known[0] != run or step < known[1] or known[2].shape[0] != images):
@@ -161,9 +173,14 @@ class Redirect:
             which = torch.full_like(assigned, -1)
             for j, c in enumerate(self.removed):
                 which[assigned == c] = j
-            known = (run, step, which)
-        self._assigned = None if known is None else (run, step, known[2])
-        return None if known is None else known[2]
+            groups = (
+                torch.zeros_like(assigned)
+                if self.group_probes is None
+                else probe_predict(mean, self.group_probes[step])
+            )
+            known = (run, step, which, groups)
+        self._assigned = None if known is None else (run, step, known[2], known[3])
+        return None if known is None else (known[2], known[3])
 
 
 def redirect(
@@ -173,11 +190,21 @@ def redirect(
     tokens: int,
     scaling: Unlearning | None = None,
     l2: float = 1.0,
+    groups: Mapping[str, Tensor] | None = None,
 ) -> Redirect:
     """The :class:`Redirect` removing ``concepts`` (all keys of ``by_concept``: one kind's concepts,
-    each ``[n_prompts, steps, d_sae]``, also what the gate's ridge probes, penalty ``l2``, are fitted
-    on): images the probe assigns a removed concept are shifted by ``strength`` times (mean of the farthest kept concept - that
-    concept's mean) at every step, then scaled as the paper does (``scaling``, from :func:`select`)."""
+    each ``[n_prompts, steps, d_sae]``, also what the ridge probes, penalty ``l2``, are fitted on):
+    images the probe assigns a removed concept are shifted by ``strength`` along the direction from
+    that concept's mean to the farthest kept concept's mean (its length averaged over steps is
+    ``strength``), then scaled as the paper does (``scaling``, from :func:`select`). With ``groups``
+    (per concept, each prompt's group index, e.g. its colour) the direction is taken between the two
+    concepts' prompts of the image's group, which a second probe assigns; every group needs prompts
+    of every concept.
+
+    >>> lat = {"a": torch.tensor([[[2.0, 0.0]]]), "b": torch.tensor([[[0.0, 1.0]]])}
+    >>> [round(v, 3) for v in redirect(lat, ("a",), 2.0, tokens=1).shifts[0, 0, 0].tolist()]  # 2 (b - a) / |b - a|
+    [-1.789, 0.894]
+    """
     missing = [c for c in concepts if c not in by_concept]
     if missing:
         raise KeyError(f"no latent statistics for {missing}; statistics exist for {sorted(by_concept)}")
@@ -187,14 +214,29 @@ def redirect(
     kept = [i for i in range(len(names)) if i not in removed]
     if not kept:
         raise ValueError("redirecting needs at least one kept concept")
+    latents = torch.cat([by_concept[c].float() for c in names])
+    labels = torch.cat([torch.full((len(by_concept[c]),), i) for i, c in enumerate(names)])
+    group = torch.zeros_like(labels) if groups is None else torch.cat([groups[c].long() for c in names])
+    n_groups = int(group.max()) + 1
+    if groups is not None and any(
+        not bool(((labels == i) & (group == g)).any()) for i in range(len(names)) for g in range(n_groups)
+    ):
+        raise ValueError(f"every group 0..{n_groups - 1} needs prompts of every concept ({', '.join(names)})")
     shifts = []
     for i in removed:
         far = max(kept, key=lambda k: float((means[k] - means[i]).norm(dim=-1).mean()))
-        shifts.append(strength * (means[far] - means[i]))
-    latents = torch.cat([by_concept[c].float() for c in names])
-    labels = torch.cat([torch.full((len(by_concept[c]),), i) for i, c in enumerate(names)])
+        per_group = []
+        for g in range(n_groups):
+            d = latents[(labels == far) & (group == g)].mean(0) - latents[(labels == i) & (group == g)].mean(0)
+            per_group.append(strength * d / d.norm(dim=-1).mean().clamp_min(1e-12))
+        shifts.append(torch.stack(per_group))
     probes = torch.stack([ridge_probe(latents[:, t], labels, len(names), l2) for t in range(latents.shape[1])])
-    return Redirect(tuple(concepts), probes, removed, torch.stack(shifts), tokens, scaling)
+    group_probes = (
+        None
+        if groups is None
+        else torch.stack([ridge_probe(latents[:, t], group, n_groups, l2) for t in range(latents.shape[1])])
+    )
+    return Redirect(tuple(concepts), probes, removed, torch.stack(shifts), tokens, scaling, group_probes)
 
 
 def concept_means(latents: Tensor, labels: Tensor, kind: str) -> dict[str, Tensor]:
