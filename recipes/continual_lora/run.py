@@ -19,6 +19,10 @@ task's prompt. It prints the table of final average and forgetting per seed and 
 
 With ``--push-to PREFIX`` each method's card folder goes to the Hub repo ``PREFIX-<method>``.
 
+``--identifiers far`` names the same subjects by words the frozen text encoder keeps apart
+(:mod:`.identifiers`; default: the shapes' synonyms). ``--targets cross_kv`` puts the LoRA on the
+cross-attentions' ``to_k`` / ``to_v`` only instead of the paper's four projections of every attention.
+
 With ``--prior-weight W > 0`` every method trains each task with DreamBooth's prior preservation:
 ``--class-images`` samples of the class prompt (``a circle`` for ``a disk``) from the frozen base
 model, their denoising loss times ``W`` added to the task's (diffusers' ``--with_prior_preservation``).
