@@ -25,7 +25,8 @@ UNet's ``added_cond_kwargs`` in the regeneration loop and are refused for now.
 ``--student [FOLDER]`` runs the few-step student experiment instead (shapes only; default the
 shipped student, :mod:`recipes.elrond.student`): for each ``--prompt`` (default "a striped circle"
 and "a circle") the top PCA directions of the teacher's gradients (first ``--seeds``), then teacher,
-student and randomly steered student on each ``--steer-seeds`` (:mod:`recipes.elrond.collapse`).
+student and randomly steered student on each ``--steer-seeds`` (:mod:`recipes.elrond.collapse`), at
+strengths ``U[3, 6]`` unless ``--strength`` says otherwise (:mod:`recipes.elrond.strength`).
 Writes ``elrond_student.json``, ``elrond_student.png`` and ``elrond_student_samples.png``::
 
     interventions run elrond --student --seeds 0 --steer-seeds 101 102 103 --threads 1
@@ -59,7 +60,13 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--steer-seeds", type=int, nargs="+", default=[101, 102, 103], help="held-out steering noise")
     ap.add_argument("--n", type=int, default=128, help="pairs (= samples) per prompt and seed")
     ap.add_argument("--n-steer", type=int, default=64, help="samples per steering measurement")
-    ap.add_argument("--strength", type=float, default=8.0, help="steering strength (|e_tok| is ~6.7 on shapes)")
+    ap.add_argument(
+        "--strength",
+        type=float,
+        default=None,
+        help="steering strength (|e_tok| is ~6.7 on shapes); default 8, and for --student 6: random steering at "
+        "U[s/2, s], chosen on selection seeds by python -m recipes.elrond.strength",
+    )
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--sample-steps", type=int, default=10)
     ap.add_argument("--regen-steps", type=int, default=4)
@@ -108,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.student is not None:
         return _run_student(args)
+    args.strength = 8.0 if args.strength is None else args.strength
     prompts = args.prompt or (LADDER if args.model == "shapes" else None)
     if not prompts:
         raise SystemExit("interventions run elrond: --prompt is required with a --model other than shapes")
@@ -151,9 +159,11 @@ def _run_student(args: argparse.Namespace) -> int:
 
     from .collapse import student_experiment
     from .gradients import Setting, concept_position
+    from .strength import STUDENT_STRENGTH
     from .student import load_student
     from .student_plots import plot_samples, plot_student
 
+    args.strength = STUDENT_STRENGTH if args.strength is None else args.strength
     if args.model != "shapes":
         raise SystemExit("interventions run elrond: --student is the shapes model's student; drop --model")
     if args.n < 2 or args.n_steer < 2:

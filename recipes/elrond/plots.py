@@ -14,7 +14,9 @@ def plot(result: dict[str, Any], path: Any) -> None:
 
     prompts = list(result["prompts"])
     steered = [p for p in prompts if "steering" in result["prompts"][p]]
-    fig, axes = plt.subplots(1, 1 + len(steered), figsize=(5 + 5 * len(steered), 3.8), squeeze=False)
+    norms = all("mean_norm" in v for p in prompts for v in result["prompts"][p]["complexity"].values())
+    panels = 1 + norms + len(steered)
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.2), squeeze=False)
     ax = axes[0, 0]
     for x, p in enumerate(prompts):
         c = result["prompts"][p]["complexity"]
@@ -29,9 +31,19 @@ def plot(result: dict[str, Any], path: Any) -> None:
         ax.scatter([x + 0.16] * len(horn), horn, color="C3", marker="x", label=label)
     ax.set_xticks(range(len(prompts)), [repr(p) for p in prompts], rotation=20, fontsize=8)
     ax.set_ylabel("directions")
-    ax.set_title(f"concept complexity, {result['setting'].get('distance', 'pixel')} distance (one point per seed)")
+    distance = result["setting"].get("distance", "pixel")
+    ax.set_title(f"concept complexity, {distance} distance (one point per seed)", fontsize=9)
     ax.legend(fontsize=8)
-    for ax, p in zip(axes[0, 1:], steered, strict=True):
+    if norms:
+        ax = axes[0, 1]
+        for x, p in enumerate(prompts):
+            ys = [v["mean_norm"] for v in result["prompts"][p]["complexity"].values()]
+            ax.scatter([x] * len(ys), ys, color="C4")
+        ax.set_xticks(range(len(prompts)), [repr(p) for p in prompts], rotation=20, fontsize=8)
+        ax.set_ylim(bottom=0)
+        ax.set_ylabel("mean |gradient|")
+        ax.set_title(f"mean norm of the concept-token gradients, {distance} distance", fontsize=9)
+    for ax, p in zip(axes[0, 1 + norms :], steered, strict=True):
         runs = list(result["prompts"][p]["steering"].values())
         names = [k for k in runs[0] if k != "unsteered_keep"]
         factors = list(runs[0][names[0]]["changed"])

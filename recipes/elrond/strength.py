@@ -33,7 +33,11 @@ from .gradients import Setting, concept_position, embed
 from .steer import add_at_token, random_steering
 from .student import student_sample
 
-__all__ = ["strength_sweep", "pooled_drop", "choose", "main"]
+__all__ = ["STUDENT_STRENGTH", "strength_sweep", "pooled_drop", "choose", "main"]
+
+# What the rule chose on seeds 100, 104, 105 (128 samples each; recipes/results/elrond_strength_selection.json):
+# pooled drops for "a striped circle" -0.8 / -1.0 / -1.6 / -3.4 / -3.6 points at s = 4 / 5 / 6 / 7 / 8.
+STUDENT_STRENGTH = 6.0
 
 
 def strength_sweep(
