@@ -99,3 +99,15 @@ def test_only_the_latest_pattern_sets_are_remembered():
         attach(model, {str(i): Cache()}).remove()
     assert recall(model, ("0",)) is None  # the oldest, dropped
     assert recall(model, ("1",)) is not None and recall(model, (str(len(model) - 1),)) is not None
+
+
+def test_globs_are_not_remembered_since_their_matches_depend_on_every_module():
+    model = _model()
+    with attach(model, {"0.*": Cache(), "1": Cache()}):
+        model(torch.ones(1, 2))
+    assert recall(model, ("0.*", "1")) is None
+    model[0].append(nn.Tanh())  # a new match for the glob
+    cache = Cache()
+    with attach(model, {"0.*": cache, "1": Cache()}):
+        model(torch.ones(1, 2))
+    assert {k[0] for k in cache.keys()} == {"0.0", "0.1", "0.2"}
