@@ -66,3 +66,36 @@ def test_identifier_sets_name_the_same_subjects():
     assert [t.class_prompt for t in far] == ["a circle", "a square", "a triangle", "a cross"]
     with pytest.raises(ValueError, match="unknown identifier set 'rare'"):
         make_tasks(3, "rare")
+
+
+def test_far_identifiers_still_forget_through_the_shared_direction(pipe, tmp_path):
+    """The identifier's own (centred) direction is under 10% of its encoder output's norm; the rest
+    is shared by every prompt, the empty one too. A tiny naive run (pinned, seed 0): 'a in' learns
+    its red striped circle, and once 'a red' is taught 'a in' and even the empty prompt are drawn
+    with the second subject's dots."""
+    from recipes.continual_lora.methods import Evaluation, run_sequence, sample
+    from recipes.continual_lora.train import Training
+    from recipes.worlds.shapes_eval import predict
+    from recipes.worlds.shapes_model import load_evaluators
+
+    vectors = ids.identifier_vectors(pipe, ids.candidate_words() + ids.class_words())
+    assert (vectors.mean(0).norm() / vectors.norm(dim=1).mean()).item() > 0.99
+
+    evaluators, tasks = load_evaluators(), make_tasks(2, "far")
+    ev = Evaluation(samples=8, steps=5)
+    training = Training(steps=40, batch=8, lr=5e-3, instances=8)
+    run = run_sequence("naive", pipe, evaluators, tasks, training, ev, seed=0, out=tmp_path, progress=False)
+    assert run.base == [0.0, 0.0]
+    assert run.scores[0][0] >= 0.5 and run.scores[1][1] >= 0.5
+    assert run.scores[0][1] == 0.0
+    prompts = ["a in"] * 8 + [""] * 8
+    before = predict(evaluators, sample(pipe, prompts, ev))["style"]
+    pipe.load_lora_weights(run.adapters[-1], adapter_name="last")
+    try:
+        after = predict(evaluators, sample(pipe, prompts, ev))["style"]
+    finally:
+        pipe.unload_lora_weights()
+    dots = 2  # the second subject's texture
+    counts = [int((x[rows] == dots).sum()) for x in (before, after) for rows in (slice(0, 8), slice(8, 16))]
+    # pinned on this seed: 'a in' 0 -> 6 of 8 dotted, the empty prompt 2 -> 8 of 8
+    assert max(counts[:2]) <= 2 and min(counts[2:]) >= 6
