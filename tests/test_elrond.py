@@ -8,7 +8,7 @@ from interventions import DiskStore
 from interventions.subspace import complexity, pca
 from recipes.elrond.cli import main
 from recipes.elrond.distance import canonical, canonicalise, pixel
-from recipes.elrond.experiment import parallel_analysis, predict_factors, unit_rows
+from recipes.elrond.experiment import above_null, parallel_analysis, predict_factors, unit_rows
 from recipes.elrond.gradients import Setting, collect, concept_position, embed, fully_noised, pair_gradients, regenerate
 from recipes.elrond.steer import generate
 
@@ -85,6 +85,16 @@ def test_parallel_analysis_counts_planted_directions_and_none_in_noise():
     planted = torch.randn(128, 3, generator=g) @ torch.randn(3, 64, generator=g) * 3 + noise
     assert parallel_analysis(noise) == 0
     assert parallel_analysis(unit_rows(planted)) == 3
+
+
+def test_above_null_counts_only_variance_beyond_the_null_and_keeps_scale():
+    g = torch.Generator().manual_seed(0)
+    null, same = 0.1 * torch.randn(128, 64, generator=g), 0.1 * torch.randn(128, 64, generator=g)
+    planted = same + 0.3 * torch.randn(128, 2, generator=g) @ torch.randn(2, 64, generator=g)
+    assert above_null(same, null) == 0
+    assert above_null(planted, null) == 2
+    assert above_null(3 * null, null) == 64  # scale-free measures cannot see this
+    assert parallel_analysis(3 * null) == parallel_analysis(null)
 
 
 def test_gradients_stream_to_the_disk_store(pipe, striped_circle, tmp_path):

@@ -56,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--word", help="concept word (default: each prompt's last word)")
     ap.add_argument("--steer", action="append", help="prompt whose directions are kept and steered (repeat)")
     ap.add_argument("--no-steer", action="store_true", help="concept complexity only: no directions, no steering")
+    ap.add_argument(
+        "--self-null",
+        action="store_true",
+        help="also collect self-pair gradients (B = A) and count the directions above that null (twice the work)",
+    )
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="gradient seeds (images and pairs)")
     ap.add_argument("--steer-seeds", type=int, nargs="+", default=[101, 102, 103], help="held-out steering noise")
     ap.add_argument("--n", type=int, default=128, help="pairs (= samples) per prompt and seed")
@@ -143,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     grads = args.out / ("grads" if args.distance == "pixel" else f"grads_{args.distance}")
     result = measure(
         pipe, evaluators, prompts, args.seeds, args.n, grads, setting, steer, args.steer_seeds,
-        args.strength, args.n_steer,
+        args.strength, args.n_steer, args.self_null,
     )  # fmt: skip
     result["seconds"] = round(time.time() - start, 1)
     name = re.sub(r"[^\w.-]+", "_", Path(args.model).name) + ("" if args.distance == "pixel" else f"_{args.distance}")

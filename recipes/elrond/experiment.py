@@ -36,10 +36,18 @@ def free_factors(prompt: str) -> list[str]:
 
 
 def gradients(
-    pipe: Any, prompt: str, n: int, seed: int, folder: Any, setting: Setting, word: str | None = None
+    pipe: Any,
+    prompt: str,
+    n: int,
+    seed: int,
+    folder: Any,
+    setting: Setting,
+    word: str | None = None,
+    self_pairs: bool = False,
 ) -> Tensor:
     """Concept-token gradients of one prompt and seed, streamed to a DiskStore in ``folder``
-    (read back from it when it already holds them: a rerun resumes)."""
+    (read back from it when it already holds them: a rerun resumes); ``self_pairs``: the null of
+    :func:`recipes.elrond.gradients.collect`."""
     with DiskStore(folder, buffer_bytes=16 << 20) as store:
         if KEY in store:
             held = store.get(KEY)
@@ -47,7 +55,7 @@ def gradients(
                 raise ValueError(f"{folder} holds {len(held)} gradients, not {n}: delete it or use another --out")
             return held
     with DiskStore(folder, buffer_bytes=16 << 20) as store:
-        return collect(pipe, prompt, n, store, word=word, setting=setting, seed=seed)
+        return collect(pipe, prompt, n, store, word=word, setting=setting, seed=seed, self_pairs=self_pairs)
 
 
 def unit_rows(grads: Tensor) -> Tensor:
@@ -72,6 +80,25 @@ def parallel_analysis(grads: Tensor, simulations: int = 100, percentile: float =
         ]
     )
     above = real > torch.quantile(null, percentile / 100, dim=0)
+    return int(above.long().cumprod(0).sum())
+
+
+def above_null(grads: Tensor, null: Tensor, draws: int = 100, percentile: float = 95.0, seed: int = 0) -> int:
+    """How many leading directions of ``grads`` (raw, centred: their scale kept) have more variance
+    than the same-rank direction of ``null`` in ``percentile`` % of ``draws`` bootstrap resamples of
+    its rows: a parallel analysis whose noise is a measured null (e.g. self-pair gradients) rather
+    than a shuffled copy of the rows, so it can say that a spread is no larger than the null's."""
+    g = torch.Generator().manual_seed(seed)
+    real = torch.linalg.svdvals(grads.double() - grads.double().mean(0))
+    x = null.double()
+    boot = torch.stack(
+        [
+            torch.linalg.svdvals(r - r.mean(0))
+            for r in (x[torch.randint(len(x), (len(x),), generator=g)] for _ in range(draws))
+        ]
+    )
+    scale = (len(grads) / len(null)) ** 0.5  # singular values grow with sqrt(rows)
+    above = real > scale * torch.quantile(boot, percentile / 100, dim=0)
     return int(above.long().cumprod(0).sum())
 
 
@@ -183,6 +210,7 @@ def measure(
     steer_seeds: list[int],
     strength: float,
     n_steer: int,
+    self_null: bool = False,
 ) -> dict[str, Any]:
     """The whole run: complexity of every prompt per seed; for ``steer_prompts``, the directions of
     the first seed's gradients and, with evaluators, their steering effect and random steering on
@@ -202,11 +230,17 @@ def measure(
             c["unit"] = {k: unit[k] for k in ("components_95", "spectral_gap")}
             c["unit"]["parallel_analysis"] = parallel_analysis(unit_rows(grads[seed]))
             c["mean_norm"] = round(float(grads[seed].norm(dim=1).mean()), 6)
+            if self_null:
+                folder_self = Path(folder) / _slug(prompt) / f"seed{seed}_self"
+                null = gradients(pipe, prompt, n, seed, folder_self, setting, self_pairs=True)
+                c["above_self_null"] = above_null(grads[seed], null)
+                c["self_null_mean_norm"] = round(float(null.norm(dim=1).mean()), 6)
             entry["complexity"][seed] = c
             print(
                 f"{prompt!r} seed {seed}: {c['components_95']} components to 95%, gap {c['spectral_gap']} "
                 f"(unit rows: {unit['components_95']}, gap {unit['spectral_gap']}, "
-                f"parallel analysis {c['unit']['parallel_analysis']})",
+                f"parallel analysis {c['unit']['parallel_analysis']}; above the self-pair null "
+                f"{c.get('above_self_null', '-')})",
                 flush=True,
             )
         if prompt in steer_prompts:

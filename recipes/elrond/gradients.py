@@ -150,9 +150,12 @@ def collect(
     setting: Setting | None = None,
     seed: int = 0,
     progress: bool = True,
+    self_pairs: bool = False,
 ) -> Tensor:
     """Sample ``n`` images of ``prompt``, pair them at random, and append the concept-token
-    gradient of every pair to ``store`` under :data:`KEY`; returns all of them (``n x D``)."""
+    gradient of every pair to ``store`` under :data:`KEY`; returns all of them (``n x D``). With
+    ``self_pairs`` every image is its own target (B = A, the same images and noise): the spread the
+    regeneration makes by itself, a null for the spread between samples."""
     from tqdm.auto import tqdm
 
     setting = setting or Setting()
@@ -164,7 +167,8 @@ def collect(
         cond, uncond = embed(pipe, prompt, hi - lo)
         images = sample(pipe, cond, uncond, setting, seed=seed * 100_003 + i)
         order = torch.randperm(hi - lo, generator=torch.Generator().manual_seed(seed * 100_003 + i))
-        a, b = images[order.roll(1)], images[order]  # a random cycle: no image is paired with itself
+        b = images[order]
+        a = b if self_pairs else images[order.roll(1)]  # a random cycle: no image is paired with itself
         g = pair_gradients(pipe, a, b, prompt, setting, seed=seed * 100_003 + i + 50_000)[:, position]
         store.append(KEY, g)
         rows.append(g)
