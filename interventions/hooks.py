@@ -217,7 +217,7 @@ class Cache:
                 self.store.append(with_branch(key, branch), t[rows])
             return
         if not self._warned and self.on_repeat == "warn":
-            first = with_branch(key, segments[0][0])
+            first = (key[0], key[1], segments[0][0], *key[3:])  # with_branch, inlined (runs at every fire)
             if first in self.store:
                 self._warn_replaced(first)
         self.store.put_rows(key, t, segments)

@@ -448,7 +448,11 @@ class Session:
                 or x.shape[0] != segments[-1][1].stop
             ):
                 return run(e, x)
-            e.count(state.epoch)
+            e.fired += 1  # e.count(state.epoch), inlined
+            if e.epoch != state.epoch:
+                e.epoch, ctx.invocation = state.epoch, 0
+            else:
+                ctx.invocation += 1
             ctx.branch = None
             whole(x, ctx, segments)
             return None

@@ -86,18 +86,17 @@ def _moved(tensor: torch.Tensor, device: torch.device | None) -> torch.Tensor:
     return tensor.to(device, non_blocking=device.type != "cpu" and tensor.is_pinned())
 
 
-class _Rows:
+class _Rows(tuple):  # type: ignore[type-arg]
     """A stored batch whose CFG branches are read as row blocks, each sliced when first read
     (slicing at every fire is the costly part of caching a batched CFG call): one record, held
-    under each branch's key."""
+    under each branch's key. ``_Rows((tensor, segments))``: a tuple, made without a Python-level
+    ``__init__`` (it is made at every fire)."""
 
-    __slots__ = ("tensor", "segments")
-
-    def __init__(self, tensor: torch.Tensor, segments: Sequence[tuple[str | None, slice]]) -> None:
-        self.tensor, self.segments = tensor, segments
+    __slots__ = ()
 
     def of(self, branch: str | None) -> torch.Tensor:
-        return self.tensor[next(rows for name, rows in self.segments if name == branch)]
+        tensor, segments = self
+        return tensor[next(rows for name, rows in segments if name == branch)]
 
 
 def _concat(key: StoreKey, parts: list[torch.Tensor]) -> torch.Tensor:
@@ -158,7 +157,7 @@ class MemoryStore:
     def put_rows(self, key: StoreKey, tensor: torch.Tensor, segments: Sequence[tuple[str | None, slice]]) -> None:
         """Store each CFG branch's rows of one batched tensor under ``key`` with that branch
         (the rows are sliced when first read: one copy, no split at every fire)."""
-        batch = _Rows(_moved(tensor, self.device), segments)
+        batch = _Rows((tensor if self.device is None else _moved(tensor, self.device), segments))
         data, site, step, later = self._data, key[0], key[1], key[3:]
         for branch, _ in segments:
             data[(site, step, branch, *later)] = batch  # type: ignore[index]  # with_branch, inlined
