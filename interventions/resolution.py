@@ -8,6 +8,16 @@ a child's name). Using it again walks those links on the live model in one flat 
 replaced, wrapped or compiled in between is what the new session finds, exactly as a fresh walk
 would find it, and a link that no longer exists sends the session back to the full walk (and its
 error). Nothing but names is kept: remembering a model never keeps it alive.
+
+>>> import torch
+>>> from interventions import attach, Cache
+>>> model = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+>>> attach(model, {"0.0": Cache()}).remove()
+>>> recall(model, ("0.0",)).modules({"": model})[-1] is model[0][0]
+True
+>>> model[0][0] = torch.nn.Linear(2, 2)  # replaced: the next session hooks the new layer
+>>> recall(model, ("0.0",)).modules({"": model})[-1] is model[0][0]
+True
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ MODULES = [
     "interventions.membership",
     "interventions.patching",
     "interventions.metric_runs",
+    "interventions.resolution",
     "interventions.sae",
     "interventions.sae_train",
     "interventions.scores",
