@@ -1,7 +1,8 @@
 """The ELROND measurements: concept complexity per prompt and seed (of the raw gradients, as in
-the paper, and of the gradients scaled to unit norm, with the authors' parallel analysis), the directions (PCA with the
-paper's threshold, a TopK SAE), what steering along the top direction does by the evaluators, and
-random steering against mode collapse.
+the paper; of the gradients scaled to unit norm, with the authors' parallel analysis; their mean
+norm; optionally the count above a self-pair null), the directions (PCA with the paper's
+threshold, a TopK SAE), what steering along the top direction does by the evaluators, and random
+steering against mode collapse.
 
 A free factor of a prompt is one it does not name (:func:`recipes.worlds.shapes.parse_prompt`).
 Steering is scored against the unsteered sample drawn from the same noise: a factor "changes"
