@@ -272,20 +272,23 @@ def test_cli_quick_run(tmp_path, capsys):
     from interventions import cli
 
     argv = ["--quick", "--steps", "3", "--samples", "2", "--eval-steps", "2", "--methods", "merge_and_init", "magmax"]
+    argv += ["--identifiers", "far", "--targets", "cross_kv"]
     assert cli.main(["run", "continual_lora", *argv, "--out", str(tmp_path / "run"), "--no-progress"]) == 0
     table = capsys.readouterr().out
     assert "| merge_and_init | 0 |" in table and "| magmax | 0 |" in table
     record = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert [r["method"] for r in record["runs"]] == ["merge_and_init", "magmax"]
+    assert [t["prompt"] for t in record["tasks"]] == ["a in", "a red"] and record["training"]["targets"] == "cross_kv"
     assert (tmp_path / "run" / "continual_lora_matrices.png").stat().st_size > 1000
     assert (tmp_path / "run" / "hub" / "magmax" / "README.md").is_file()
-    # merge_and_init keeps both task adapters side by side: rank 4 + 4
+    # merge_and_init keeps both task adapters side by side: rank 4 + 4, on the cross_kv targets only
     from safetensors import safe_open
 
     weights = tmp_path / "run" / "adapters" / "merge_and_init" / "seed0" / "task1" / "pytorch_lora_weights.safetensors"
     with safe_open(str(weights), "pt") as f:
-        ranks = {f.get_slice(k).get_shape()[0] for k in f.keys() if "lora_A" in k or "lora.down" in k}
-    assert ranks == {8}
+        down = [k for k in f.keys() if "lora_A" in k or "lora.down" in k]
+        ranks = {f.get_slice(k).get_shape()[0] for k in down}
+    assert ranks == {8} and len(down) == 8  # the 8 cross-attention key / value maps
     with pytest.raises(SystemExit):
         cli.main(["run", "continual_lora", "--push-to", "org/x"])
 
