@@ -82,7 +82,7 @@ def test_far_identifiers_still_forget_through_the_shared_direction(pipe, tmp_pat
     assert (vectors.mean(0).norm() / vectors.norm(dim=1).mean()).item() > 0.99
 
     evaluators, tasks = load_evaluators(), make_tasks(2, "far")
-    ev = Evaluation(samples=8, steps=5)
+    ev = Evaluation(samples=4, steps=5)
     training = Training(steps=40, batch=8, lr=5e-3, instances=8)
     run = run_sequence("naive", pipe, evaluators, tasks, training, ev, seed=0, out=tmp_path, progress=False)
     assert run.base == [0.0, 0.0]
