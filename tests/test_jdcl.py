@@ -7,7 +7,8 @@ from torch.nn import functional as F
 
 from interventions.cli import main as cli_main
 from recipes.jdcl.continual import DistillConfig, fresh_model, generate, keep_classes, train_global
-from recipes.jdcl.run import JDCLConfig, run_jdcl
+from recipes.jdcl.run import JDCLConfig, _row, _tasks, run_jdcl
+from recipes.joint_diffusion.hub import load_joint
 
 torch.set_num_threads(1)
 
@@ -56,6 +57,10 @@ def test_tiny_run_reports_the_accuracy_matrix_and_forgetting(tmp_path):
     assert len(methods["joint"]["matrix"]) == 1 and methods["joint"]["forgetting"] is None
     assert run["replay_kept"]["old"] + run["replay_kept"]["new"] <= 16
     assert (tmp_path / "jdcl.json").is_file()
+    # the JDCL global model, saved in the Hub layout, reads back to the same accuracies
+    back = load_joint(tmp_path / "jdcl_model_seed0")
+    assert _row(back.eval(), _tasks(config, 0)) == methods["jdcl"]["matrix"][1]
+    assert "jdcl" in (tmp_path / "jdcl_model_seed0" / "README.md").read_text().lower()
 
 
 def test_cli_refuses_bad_arguments(capsys):

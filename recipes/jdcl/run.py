@@ -5,7 +5,9 @@ joint training on both tasks.
 
 Reports per seed the accuracy matrix ``A[i][j]`` (accuracy on task ``j``'s test images after
 training on task ``i``, all four classes allowed), the average accuracy after the last task and
-the forgetting of task 1 (``A[0][0] - A[1][0]``).
+the forgetting of task 1 (``A[0][0] - A[1][0]``); with ``out``, each seed's JDCL global model is
+saved there in the Hub layout with its card (``jdcl_model_seed<S>/``, read back by
+``recipes.joint_diffusion.hub.load_joint``).
 
 >>> config = JDCLConfig(seeds=(0,), n_train=16, n_test=8, steps=1, global_steps=1, n_generated=4, sample_steps=2)
 >>> result = run_jdcl(config, progress=False)
@@ -25,6 +27,7 @@ from typing import Any
 
 import torch
 
+from recipes.joint_diffusion.hub import save_joint
 from recipes.joint_diffusion.model import JointDiffusion
 from recipes.joint_diffusion.train import TrainConfig, accuracy, train_joint
 from recipes.mediffusion.data import two_class_shapes
@@ -125,7 +128,26 @@ def run_jdcl(config: JDCLConfig, out: str | Path | None = None, progress: bool =
         if out:
             Path(out).mkdir(parents=True, exist_ok=True)
             (Path(out) / "jdcl.json").write_text(json.dumps(result, indent=1) + "\n")
+            save_joint(
+                finals["jdcl"],
+                Path(out) / f"jdcl_model_seed{seed}",
+                metrics={"average": methods["jdcl"]["average"], "forgetting": methods["jdcl"]["forgetting"]},
+                recipe="jdcl",
+                description=_card(config, seed),
+            )
     return result
+
+
+def _card(config: JDCLConfig, seed: int) -> str:
+    """What the saved global model is, for its Hub card."""
+    first, second = TASKS[config.split]
+    return (
+        f"The global model JDCL trained after two class-incremental tasks of the shapes world ({config.split} split: "
+        f"{' vs '.join(first)}, then {' vs '.join(second)}; one 4-way head, classes in that order), seed {seed}: a tiny "
+        "diffusers UNet2DModel whose pooled down-block features feed an MLP classifier, distilled from the task-1 "
+        "model and the task-2 local model on their generated replay. `model.classify(x)` gives logits, "
+        "`model.denoise(x_t, t)` the noise prediction (16 x 16 RGB in [-1, 1])."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
