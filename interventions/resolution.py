@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from .sites import Site
+from .tree import is_compiled
 
 _PER_TARGET = 32  # pattern sets remembered per model or pipeline (the oldest is dropped)
 _writing = threading.Lock()
@@ -40,14 +41,15 @@ class Resolution:
 
     __slots__ = ("_components", "_links", "sites")
 
-    def __init__(self, components: Sequence[str], sites: Sequence[Sequence[Site]], single: bool) -> None:
+    def __init__(self, components: Sequence[str], sites: Sequence[Site], single: bool) -> None:
         """``components``: the tree's component names in order (``[""]`` for a single model);
-        ``sites``: per pattern, its sites; ``single``: whether paths start below one model (else
-        a path's first segment is a component)."""
+        ``sites``: the one site of each pattern, in order; ``single``: whether paths start below one
+        model (else a path's first segment is a component). ``self.sites``: each site with the index
+        of its module in what :meth:`modules` returns."""
         self._components = tuple(components)
         index = {name: i for i, name in enumerate(components)}
         self._links: list[tuple[int, str]] = []
-        self.sites = [[(site, self._index(site.module, index, single)) for site in found] for found in sites]
+        self.sites = [(site, self._index(site.module, index, single)) for site in sites]
 
     def _index(self, path: str, index: dict[str, int], single: bool) -> int:
         """The index of ``path``'s module among the components and links, adding its missing links."""
@@ -74,12 +76,7 @@ class Resolution:
             out.append(module)
         for parent, name in self._links:
             child = out[parent]._modules.get(name)
-            # tree.is_compiled, inlined: this loop is most of what entering a remembered session costs
-            if (
-                child is None
-                or child.__dict__.get("_compiled_call_impl") is not None
-                or type(child).__name__ == "OptimizedModule"
-            ):
+            if child is None or is_compiled(child):
                 return None
             out.append(child)
         return out

@@ -184,14 +184,15 @@ class Session:
         by_site: dict[str, _Entry] = {}  # by canonical name: a str hashes once, a Site at each lookup
         patterns = tuple(hooks)
         expansions = self._recalled(patterns)
-        literal: list[list[Site]] | None = [] if expansions is None else None
+        literal: list[Site] | None = [] if expansions is None else None  # each pattern's one site, if all are
         for k, (pattern, spec) in enumerate(hooks.items()):
             hook_list = _hook_list(pattern, spec)
-            found = self._expand(pattern) if expansions is None else expansions[k]
+            found = self._expand(pattern) if expansions is None else [expansions[k]]
             if literal is not None:
-                literal = literal if self._is_literal(pattern, found) else None
-                if literal is not None:
-                    literal.append([found[0][0]])
+                if self._is_literal(pattern, found):
+                    literal.append(found[0][0])
+                else:
+                    literal = None
             for site, module in found:
                 name = site.name
                 entry = by_site.get(name)
@@ -211,7 +212,7 @@ class Session:
             remember(self._target, patterns, resolution)
         return list(by_site.values())
 
-    def _recalled(self, patterns: tuple[str, ...]) -> list[list[tuple[Site, nn.Module]]] | None:
+    def _recalled(self, patterns: tuple[str, ...]) -> list[tuple[Site, nn.Module]] | None:
         """The sites of ``patterns`` as an earlier session on this model found them, their links
         walked on the live model (see :mod:`interventions.resolution`); None if a link is gone."""
         remembered = recall(self._target, patterns)
@@ -221,7 +222,7 @@ class Session:
         if modules is None:
             return None
         self._resolution, self._walked = remembered, modules
-        return [[(site, modules[i]) for site, i in sites] for sites in remembered.sites]
+        return [(site, modules[i]) for site, i in remembered.sites]
 
     def _is_literal(self, pattern: str, found: list[tuple[Site, nn.Module]]) -> bool:
         """Whether ``pattern`` named one module path that the walk found (no glob, no group):

@@ -28,8 +28,7 @@ class HookSet:
 
     def forward(self, module: nn.Module, fn: Callable[..., Any], *, always_call: bool = False) -> None:
         """``module.register_forward_hook(fn, always_call=always_call)``."""
-        key = RemovableHandle.next_id  # torch's own counter (_next_id, inlined: this runs per site)
-        RemovableHandle.next_id = key + 1
+        key = _next_id()
         module._forward_hooks[key] = fn
         flags: tuple[Any, ...] = ()
         if always_call:
