@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from interventions import Cache, attach
-from recipes.joint_diffusion.model import BETA_END, BETA_START
+from recipes.joint_diffusion.model import BETA_END, BETA_START, ddim_scheduler
 
 __all__ = ["JointMLP"]
 
@@ -102,16 +102,7 @@ class JointMLP(nn.Module):
 
     def ddim_scheduler(self) -> Any:
         """A diffusers ``DDIMScheduler`` on this model's schedule (no clipping: data are unbounded)."""
-        from diffusers import DDIMScheduler
-
-        return DDIMScheduler(
-            num_train_timesteps=self.train_timesteps,
-            beta_start=BETA_START,
-            beta_end=BETA_END,
-            beta_schedule="linear",
-            clip_sample=False,
-            set_alpha_to_one=True,
-        )
+        return ddim_scheduler(self.train_timesteps, clip_sample=False)
 
     def features(self, x: Tensor) -> Tensor:
         """``B x width*depth``: every block's output for clean inputs ``x``, read by hooks at t = 0."""

@@ -40,6 +40,21 @@ FEATURE_SITE = "down_blocks.{}:output.0"
 BETA_START, BETA_END = 1e-4, 0.02  # the linear noise schedule's ends (DDPM's)
 
 
+def ddim_scheduler(train_timesteps: int, clip_sample: bool) -> Any:
+    """A diffusers ``DDIMScheduler`` on the joint models' linear schedule (``clip_sample``: keep
+    samples in [-1, 1], for images; off for unbounded data)."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        num_train_timesteps=train_timesteps,
+        beta_start=BETA_START,
+        beta_end=BETA_END,
+        beta_schedule="linear",
+        clip_sample=clip_sample,
+        set_alpha_to_one=True,
+    )
+
+
 class JointDiffusion(
     nn.Module,
     ModelHubMixin,
@@ -100,16 +115,7 @@ class JointDiffusion(
 
     def ddim_scheduler(self) -> Any:
         """A diffusers ``DDIMScheduler`` on this model's noise schedule (samples clipped to [-1, 1])."""
-        from diffusers import DDIMScheduler
-
-        return DDIMScheduler(
-            num_train_timesteps=self.train_timesteps,
-            beta_start=BETA_START,
-            beta_end=BETA_END,
-            beta_schedule="linear",
-            clip_sample=True,
-            set_alpha_to_one=True,
-        )
+        return ddim_scheduler(self.train_timesteps, clip_sample=True)
 
     def features(self, x: Tensor) -> Tensor:
         """``B x sum(widths)``: the pooled feature map of every down block for clean images ``x``.
