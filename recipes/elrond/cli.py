@@ -11,7 +11,12 @@ prompt-embedding space (arXiv 2602.10216).
 
 For each ``--prompt`` and seed: ``--n`` samples, random pairs, the concept token's gradients
 (``--word``, default the last word) streamed to ``<out>/grads/<prompt>/seed<S>`` (a DiskStore; a
-rerun reads them back), the components to 95% of the variance and the spectral gap. For each
+rerun reads them back), and the complexity table: the complexity column (the median gradient norm,
+:mod:`recipes.elrond.complexity`) beside the paper's components to 95% of the variance and spectral
+gap; with the whole ladder, whether the column falls along it on each seed (``ladder_holds``). The
+complexity ordering (use ``--distance canonical``: position and size factored out)::
+
+    interventions run elrond --distance canonical --no-steer --seeds 20 21 22 23 24 For each
 ``--steer`` prompt: PCA directions (the paper's explained-variance threshold) and TopK SAE
 directions of the first seed's gradients, saved to ``elrond_directions_<prompt>.safetensors``; on
 the shapes model also the evaluators' verdict on steering along the top directions and on random
@@ -112,6 +117,7 @@ def _load(model: str, device: str) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from .complexity import complexity_table, ladder_holds
     from .experiment import measure
     from .gradients import Setting, concept_position
     from .plots import plot
@@ -151,6 +157,13 @@ def main(argv: list[str] | None = None) -> int:
         args.strength, args.n_steer, args.self_null,
     )  # fmt: skip
     result["seconds"] = round(time.time() - start, 1)
+    print(complexity_table(result))
+    if all(p in result["prompts"] for p in LADDER):
+        result["ladder_holds"] = {
+            s: ladder_holds({p: result["prompts"][p]["complexity"][s]["median_norm"] for p in LADDER}, LADDER)
+            for s in args.seeds
+        }
+        print(f"complexity falls along {LADDER} (per seed): {result['ladder_holds']}")
     name = re.sub(r"[^\w.-]+", "_", Path(args.model).name) + ("" if args.distance == "pixel" else f"_{args.distance}")
     _save_directions(result, args.out, "" if args.distance == "pixel" else f"_{args.distance}")
     (args.out / f"elrond_{name}.json").write_text(json.dumps(result, indent=1) + "\n")

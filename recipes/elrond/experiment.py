@@ -1,6 +1,7 @@
-"""The ELROND measurements: concept complexity per prompt and seed (of the raw gradients, as in
-the paper; of the gradients scaled to unit norm, with the authors' parallel analysis; their mean
-norm; optionally the count above a self-pair null), the directions (PCA with the paper's
+"""The ELROND measurements: concept complexity per prompt and seed (the complexity column, the
+median gradient norm of :mod:`recipes.elrond.complexity`; the paper's counts on the raw gradients
+and on gradients scaled to unit norm, with the authors' parallel analysis; the mean norm and total
+variance; optionally the count above a self-pair null), the directions (PCA with the paper's
 threshold, a TopK SAE), what steering along the top direction does by the evaluators, and random
 steering against mode collapse.
 
@@ -25,6 +26,7 @@ from interventions import DiskStore
 from interventions.sae_train import TrainConfig, train_sae
 from interventions.subspace import complexity, pca
 
+from .complexity import gradient_spread, total_variance
 from .gradients import KEY, Setting, collect
 from .steer import generate, random_steering
 
@@ -230,7 +232,9 @@ def measure(
             unit = complexity(unit_rows(grads[seed]))
             c["unit"] = {k: unit[k] for k in ("components_95", "spectral_gap")}
             c["unit"]["parallel_analysis"] = parallel_analysis(unit_rows(grads[seed]))
+            c["median_norm"] = round(gradient_spread(grads[seed]), 6)  # the complexity column
             c["mean_norm"] = round(float(grads[seed].norm(dim=1).mean()), 6)
+            c["total_variance"] = round(total_variance(grads[seed]), 9)
             if self_null:
                 folder_self = Path(folder) / _slug(prompt) / f"seed{seed}_self"
                 null = gradients(pipe, prompt, n, seed, folder_self, setting, self_pairs=True)
@@ -238,7 +242,8 @@ def measure(
                 c["self_null_mean_norm"] = round(float(null.norm(dim=1).mean()), 6)
             entry["complexity"][seed] = c
             print(
-                f"{prompt!r} seed {seed}: {c['components_95']} components to 95%, gap {c['spectral_gap']} "
+                f"{prompt!r} seed {seed}: complexity (median |gradient|) {c['median_norm']:.3e}, "
+                f"{c['components_95']} components to 95%, gap {c['spectral_gap']} "
                 f"(unit rows: {unit['components_95']}, gap {unit['spectral_gap']}, "
                 f"parallel analysis {c['unit']['parallel_analysis']}; above the self-pair null "
                 f"{c.get('above_self_null', '-')})",

@@ -1,4 +1,5 @@
-"""The ELROND figure: components to 95% per prompt and seed, and for each steered prompt how often
+"""The ELROND figure: components to 95% and spectral gaps per prompt and seed, the complexity
+column (median gradient norm) beside them, and for each steered prompt how often
 steering changed each factor and kept the prompted ones."""
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ def plot(result: dict[str, Any], path: Any) -> None:
 
     prompts = list(result["prompts"])
     steered = [p for p in prompts if "steering" in result["prompts"][p]]
-    norms = all("mean_norm" in v for p in prompts for v in result["prompts"][p]["complexity"].values())
+    cells = [v for p in prompts for v in result["prompts"][p]["complexity"].values()]
+    key = "median_norm" if all("median_norm" in v for v in cells) else "mean_norm"  # older results: mean only
+    norms = all(key in v for v in cells)
     panels = 1 + norms + len(steered)
     fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.2), squeeze=False)
     ax = axes[0, 0]
@@ -37,12 +40,14 @@ def plot(result: dict[str, Any], path: Any) -> None:
     if norms:
         ax = axes[0, 1]
         for x, p in enumerate(prompts):
-            ys = [v["mean_norm"] for v in result["prompts"][p]["complexity"].values()]
+            ys = [v[key] for v in result["prompts"][p]["complexity"].values()]
             ax.scatter([x] * len(ys), ys, color="C4")
         ax.set_xticks(range(len(prompts)), [repr(p) for p in prompts], rotation=20, fontsize=8)
         ax.set_ylim(bottom=0)
-        ax.set_ylabel("mean |gradient|")
-        ax.set_title(f"mean norm of the concept-token gradients, {distance} distance", fontsize=9)
+        what = "median" if key == "median_norm" else "mean"
+        ax.set_ylabel(f"{what} |gradient|")
+        title = f"complexity column: {what} norm of the concept-token gradients, {distance} distance"
+        ax.set_title(title, fontsize=9)
     for ax, p in zip(axes[0, 1 + norms :], steered, strict=True):
         runs = list(result["prompts"][p]["steering"].values())
         names = [k for k in runs[0] if k != "unsteered_keep"]
