@@ -128,6 +128,8 @@ def test_prior_preservation_settings_are_checked(pipe):
         Training(class_images=0)
     with pytest.raises(ValueError, match="Training.targets must be one of"):
         Training(targets="all")
+    with pytest.raises(ValueError, match="Training.prior_prompt must be one of"):
+        Training(prior_prompt="empty")
     with pytest.raises(ValueError, match="needs prior="):
         train_task(
             pipe.unet,
@@ -152,6 +154,22 @@ def test_class_images_are_the_frozen_base_models_class(pipe, evaluators):
     assert torch.equal(images, class_images(pipe, TASKS[1], 8, ev, seed=10_000))
     # the base model draws "a square" as squares (pinned: 8/8 on this seed), in its own colours
     assert (predict(evaluators, images)["shape"] == 1).sum().item() == 8
+
+
+def test_null_prior_images_are_the_base_models_empty_prompt(pipe, evaluators):
+    """``prior_prompt="null"``: the images kept are the base model's samples of the empty prompt, the
+    same for every task (not its class), of mixed shapes."""
+    from recipes.continual_lora.methods import Evaluation, class_images, prior_prompt, sample
+    from recipes.worlds.shapes_eval import predict
+
+    assert [prior_prompt(t, "null") for t in TASKS] == [""] * 4 and prior_prompt(TASKS[0]) == "a circle"
+    with pytest.raises(ValueError, match="unknown prior prompt"):
+        prior_prompt(TASKS[0], "empty")
+    ev = Evaluation(steps=5)
+    images = class_images(pipe, TASKS[1], 8, ev, seed=10_000, which="null")
+    assert torch.equal(images, class_images(pipe, TASKS[2], 8, ev, seed=10_000, which="null"))
+    assert torch.equal(images, sample(pipe, [""] * 8, Evaluation(samples=8, steps=5, seed=10_000)))
+    assert len(set(predict(evaluators, images)["shape"].tolist())) >= 2
 
 
 # ------------------------------------------------------------------------- diffusers' format round trip

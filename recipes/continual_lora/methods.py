@@ -17,8 +17,9 @@ After task ``t`` every method holds one adapter (``state``) that is saved in dif
   exact full-rank LoRA (:func:`~.adapters.to_factors`).
 
 With DreamBooth prior preservation (``Training.prior_weight > 0``) every method trains each task
-with the same class images: ``training.class_images`` samples of the task's class prompt drawn by
-the frozen base pipeline (:func:`class_images`) once per task and seed.
+with the same class images: ``training.class_images`` samples of the task's class prompt (or of the
+empty prompt, ``Training.prior_prompt == "null"``) drawn by the frozen base pipeline
+(:func:`class_images`) once per task and seed.
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ from tqdm.auto import tqdm
 from . import adapters as lora
 from .metrics import final_average, forgetting
 from .tasks import Task, accuracy, instance_images
-from .train import Training, encode, train_task
+from .train import PRIOR_PROMPTS, Training, encode, train_task
 
-__all__ = ["METHODS", "Evaluation", "Sequence", "class_images", "evaluate_adapter", "run_sequence"]
+__all__ = ["METHODS", "Evaluation", "Sequence", "class_images", "evaluate_adapter", "prior_prompt", "run_sequence"]
 
 METHODS = ("naive", "merge_and_init", "ortho_init", "ortho_init_product", "magmax")
 
@@ -85,10 +86,20 @@ def sample(pipe, prompts: list[str], ev: Evaluation) -> torch.Tensor:
     return out * 2 - 1
 
 
-def class_images(pipe, task: Task, n: int, ev: Evaluation, seed: int) -> torch.Tensor:
-    """DreamBooth's class images: ``n`` samples of ``task.class_prompt`` from ``pipe`` (the frozen
-    base model), with the evaluation sampler and the noise of ``seed``."""
-    return sample(pipe, [task.class_prompt] * n, Evaluation(samples=n, steps=ev.steps, guidance=ev.guidance, seed=seed))
+def prior_prompt(task: Task, which: str = "class") -> str:
+    """The prompt whose base-model images the prior keeps: the task's class prompt (``"class"``,
+    DreamBooth's) or the empty prompt (``"null"``: what every prompt shares, so the prior holds
+    back the part of each update that reaches every prompt alike)."""
+    if which not in PRIOR_PROMPTS:
+        raise ValueError(f"unknown prior prompt {which!r}; use one of {PRIOR_PROMPTS}")
+    return task.class_prompt if which == "class" else ""
+
+
+def class_images(pipe, task: Task, n: int, ev: Evaluation, seed: int, which: str = "class") -> torch.Tensor:
+    """DreamBooth's class images: ``n`` samples of :func:`prior_prompt` (``task.class_prompt`` by
+    default) from ``pipe`` (the frozen base model), with the evaluation sampler and the noise of ``seed``."""
+    prompt = prior_prompt(task, which)
+    return sample(pipe, [prompt] * n, Evaluation(samples=n, steps=ev.steps, guidance=ev.guidance, seed=seed))
 
 
 def _scores(pipe, evaluators, tasks: tuple[Task, ...], ev: Evaluation) -> list[float]:
@@ -154,8 +165,10 @@ def run_sequence(
             prior = None
             if training.prior_weight > 0:  # before any adapter is loaded: pipe is the frozen base
                 prior = (
-                    encode(pipe, task.class_prompt),
-                    class_images(pipe, task, training.class_images, ev, seed=10_000 + seed * 1000 + t),
+                    encode(pipe, prior_prompt(task, training.prior_prompt)),
+                    class_images(
+                        pipe, task, training.class_images, ev, 10_000 + seed * 1000 + t, training.prior_prompt
+                    ),
                 )
             result.losses.append(
                 train_task(

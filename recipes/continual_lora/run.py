@@ -26,6 +26,8 @@ cross-attentions' ``to_k`` / ``to_v`` only instead of the paper's four projectio
 With ``--prior-weight W > 0`` every method trains each task with DreamBooth's prior preservation:
 ``--class-images`` samples of the class prompt (``a circle`` for ``a disk``) from the frozen base
 model, their denoising loss times ``W`` added to the task's (diffusers' ``--with_prior_preservation``).
+``--prior-prompt null`` takes them from the empty prompt instead: the frozen encoder's output of every
+prompt is ~99 % the empty prompt's, so this prior holds back what an update does to every prompt alike.
 
 The same protocol on a real checkpoint is the authors' script (SDXL, DreamBooth LoRA rank 64, one
 run per task, each starting from the previous task's output; not run here)::
@@ -90,6 +92,12 @@ def parser() -> argparse.ArgumentParser:
         help="DreamBooth prior preservation: weight of the class-image loss (0: off)",
     )
     p.add_argument("--class-images", type=int, default=32, help="class images per task (frozen base, class prompt)")
+    p.add_argument(
+        "--prior-prompt",
+        default="class",
+        choices=["class", "null"],
+        help="prior preservation keeps the base model's images of the task's class prompt, or of the empty prompt",
+    )
     p.add_argument("--samples", type=int, default=16, help="generated images per task per evaluation")
     p.add_argument("--eval-steps", type=int, default=10, help="DDIM steps when scoring")
     p.add_argument("--guidance", type=float, default=3.0)
@@ -138,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         prior_weight=args.prior_weight,
         class_images=args.class_images,
         targets=args.targets,
+        prior_prompt=args.prior_prompt,
     )
     ev = Evaluation(samples=args.samples, steps=args.eval_steps, guidance=args.guidance)
     pipe, evaluators = load_pipeline(args.model), load_evaluators(args.model)

@@ -17,14 +17,18 @@ from tqdm.auto import tqdm
 
 from .adapters import TARGET_SETS
 
-__all__ = ["Training", "encode", "train_task"]
+__all__ = ["PRIOR_PROMPTS", "Training", "encode", "train_task"]
+
+#: whose images the prior preservation keeps: the task's class prompt (DreamBooth) or the empty prompt
+PRIOR_PROMPTS = ("class", "null")
 
 
 @dataclass(frozen=True)
 class Training:
     """Per-task settings: steps, batch, AdamW learning rate, instance renders, LoRA rank, DreamBooth
-    prior preservation (the class loss weight, 0 = off, and how many class images), and which
-    projections the LoRA adapts (a key of :data:`~.adapters.TARGET_SETS`)."""
+    prior preservation (the class loss weight, 0 = off, how many class images, and whose: the
+    task's class prompt, ``"class"``, or the empty prompt, ``"null"``, which every prompt's encoding
+    shares ~99 % of), and which projections the LoRA adapts (a key of :data:`~.adapters.TARGET_SETS`)."""
 
     steps: int = 60
     batch: int = 8
@@ -34,8 +38,11 @@ class Training:
     prior_weight: float = 0.0
     class_images: int = 32
     targets: str = "attention"
+    prior_prompt: str = "class"
 
     def __post_init__(self) -> None:
+        if self.prior_prompt not in PRIOR_PROMPTS:
+            raise ValueError(f"Training.prior_prompt must be one of {PRIOR_PROMPTS}, got {self.prior_prompt!r}")
         if self.targets not in TARGET_SETS:
             raise ValueError(f"Training.targets must be one of {sorted(TARGET_SETS)}, got {self.targets!r}")
         for name in ("steps", "batch", "instances", "rank", "class_images"):
