@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from recipes.joint_diffusion.hub import save_joint
 from recipes.worlds.gaussian_mixture import random_mixture
 
 from .mlp import JointMLP
@@ -75,7 +76,9 @@ def mixture_tasks(config: MixtureConfig, seed: int) -> list[Task]:
 
 
 def run_mixture(config: MixtureConfig, out: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """Every method per seed; ``jdcl_mixture.json`` written under ``out`` after every seed."""
+    """Every method per seed; ``jdcl_mixture.json`` written under ``out`` after every seed, with
+    each seed's final JDCL global model in the Hub layout (``jdcl_mixture_model_seed<S>/``, read
+    back by ``recipes.joint_diffusion.hub.load_joint``)."""
     num_classes = config.tasks * config.classes_per_task
     sequence = SequenceConfig(
         steps=config.steps,
@@ -92,14 +95,35 @@ def run_mixture(config: MixtureConfig, out: str | Path | None = None, progress: 
             torch.manual_seed(s)
             return JointMLP(config.dim, num_classes, width=config.width, depth=config.depth)
 
-        run = run_sequence(tasks, model, sequence, seed)
+        finals: dict[str, Any] = {}
+        run = run_sequence(tasks, model, sequence, seed, finals=finals)
         result["runs"].append(run)
         if progress:
             print(json.dumps({"seed": seed, **{k: (v["average"], v["forgetting"]) for k, v in run["methods"].items()}}))
         if out:
             Path(out).mkdir(parents=True, exist_ok=True)
             (Path(out) / "jdcl_mixture.json").write_text(json.dumps(result, indent=1) + "\n")
+            jdcl = run["methods"]["jdcl"]
+            save_joint(
+                finals["jdcl"],
+                Path(out) / f"jdcl_mixture_model_seed{seed}",
+                metrics={"average": jdcl["average"], "forgetting": jdcl["forgetting"]},
+                recipe="jdcl",
+                description=_card(config, seed),
+            )
     return result
+
+
+def _card(config: MixtureConfig, seed: int) -> str:
+    """What the saved global model is, for its Hub card."""
+    return (
+        f"The global model JDCL trained after {config.tasks} class-incremental tasks of the Gaussian-mixture world "
+        f"(seed {seed}: {config.tasks * config.classes_per_task} classes of {config.components} Gaussians each in "
+        f"{config.dim} dimensions, {config.classes_per_task} new classes per task, one head over all classes): a "
+        "residual-MLP denoiser whose block outputs feed an MLP classifier, distilled from the previous global model "
+        "and each task's local model on their class-balanced generated replay. `model.classify(x)` gives logits, "
+        "`model.denoise(x_t, t)` the noise prediction."
+    )
 
 
 def summary(result: dict[str, Any]) -> dict[str, Any]:
@@ -131,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-class", type=int, default=defaults.per_class, help="replay samples of each class")
     parser.add_argument("--sample-steps", type=int, default=defaults.sample_steps, help="DDIM steps of the replay")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", help="folder for jdcl_mixture.json")
+    parser.add_argument("--out", help="folder for jdcl_mixture.json and each seed's JDCL model")
     args = parser.parse_args(argv)
     ints = ("classes_per_task", "components", "dim", "n_train", "n_test", "steps", "global_steps", "per_class")
     for name in (*ints, "sample_steps", "threads"):

@@ -6,7 +6,8 @@ The same interface as :class:`recipes.joint_diffusion.model.JointDiffusion` (``c
 JDCL stages of :mod:`recipes.jdcl.continual` run on either. As there, the features are read with
 the core's hooks: a ``Cache(detach=False)`` on every ``blocks.<i>`` output under
 :func:`interventions.attach` with ``stop=True`` (the output layer never runs for the classifier),
-at timestep 0.
+at timestep 0. It is its own Hub artifact (``hub_cards.ModelHubMixin``), saved and loaded by
+:mod:`recipes.joint_diffusion.hub` like the image model.
 
 >>> import torch
 >>> model = JointMLP(dim=4, num_classes=3, width=16, depth=2)
@@ -24,6 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from hub_cards import ModelHubMixin
 from interventions import Cache, attach
 from recipes.joint_diffusion.model import BETA_END, BETA_START, ddim_scheduler
 
@@ -66,7 +68,7 @@ class _Trunk(nn.Module):
         return self.out(F.silu(h))
 
 
-class JointMLP(nn.Module):
+class JointMLP(nn.Module, ModelHubMixin, tags=["diffusion", "classifier", "joint-diffusion", "mlp"]):
     """An eps-prediction MLP (``depth`` residual blocks of ``width``) plus an MLP head on the
     concatenated block outputs of the clean input; linear betas over ``train_timesteps``."""
 

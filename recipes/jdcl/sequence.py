@@ -90,11 +90,13 @@ def run_sequence(
     seed: int,
     augment: Augment | None = None,
     judge: Callable[[Tensor, Tensor], dict[str, float]] | None = None,
+    finals: dict[str, Model] | None = None,
 ) -> dict[str, Any]:
     """Every method on ``tasks`` for one seed; ``new_model(s)`` builds a fresh joint model from seed ``s``.
 
     ``judge(samples, labels)``: scores each replay set (e.g. how often a world's evaluator agrees
-    with the generator's labels); its numbers go into the run's ``replay`` record."""
+    with the generator's labels); its numbers go into the run's ``replay`` record. ``finals``: when
+    given, filled with each method's model after the last task (to save them; the record is JSON)."""
     if len(tasks) < 2:
         raise ValueError(f"a continual run needs at least 2 tasks, got {len(tasks)}")
     start = time.process_time()
@@ -152,6 +154,8 @@ def run_sequence(
     joint = fresh(len(tasks), *everything)
     methods = {name: _summary(m) for name, m in matrices.items()}
     methods["joint"] = {**_summary([row(joint)]), "forgetting": None}
+    if finals is not None:
+        finals.update(models, joint=joint)
     return {
         "seed": seed,
         "methods": methods,
