@@ -181,18 +181,11 @@ class Session:
     def _resolve(self, hooks: Mapping[str, HookSpec], layouts: dict[str, str]) -> list[_Entry]:
         if not isinstance(hooks, Mapping):
             raise TypeError("attach(model, hooks): hooks is a dict {site pattern: hook or [hooks]}")
-        by_site: dict[str, _Entry] = {}  # by canonical name: a str hashes once, a Site at each lookup
+        hook_lists = [_hook_list(pattern, spec) for pattern, spec in hooks.items()]  # all checked first
         patterns = tuple(hooks)
-        expansions = self._recalled(patterns)
-        literal: list[Site] | None = [] if expansions is None else None  # each pattern's one site, if all are
-        for k, (pattern, spec) in enumerate(hooks.items()):
-            hook_list = _hook_list(pattern, spec)
-            found = self._expand(pattern) if expansions is None else [expansions[k]]
-            if literal is not None:
-                if self._is_literal(pattern, found):
-                    literal.append(found[0][0])
-                else:
-                    literal = None
+        expansions = self._recalled(patterns) or self._walk(patterns)
+        by_site: dict[str, _Entry] = {}  # by canonical name: a str hashes once, a Site at each lookup
+        for hook_list, found in zip(hook_lists, expansions, strict=True):
             for site, module in found:
                 name = site.name
                 entry = by_site.get(name)
@@ -205,14 +198,20 @@ class Session:
                     hooked.append((h, when, len(applied), fits))
                     applied.append(when is None)
                     entry.whole = entry.whole and rowwise
-        if literal is not None:
-            resolution = Resolution(list(self.tree.components), literal, self.tree.single)
+        return list(by_site.values())
+
+    def _walk(self, patterns: tuple[str, ...]) -> Sequence[Sequence[tuple[Site, nn.Module]]]:
+        """Each pattern's sites found by walking the model; remembered for later sessions when
+        every pattern named one module path."""
+        expansions = [self._expand(pattern) for pattern in patterns]
+        if patterns and all(self._is_literal(p, found) for p, found in zip(patterns, expansions, strict=True)):
+            resolution = Resolution(list(self.tree.components), [found[0][0] for found in expansions], self.tree.single)
             self._walked = resolution.modules(self.tree.components)
             self._resolution = resolution
             remember(self._target, patterns, resolution)
-        return list(by_site.values())
+        return expansions
 
-    def _recalled(self, patterns: tuple[str, ...]) -> list[tuple[Site, nn.Module]] | None:
+    def _recalled(self, patterns: tuple[str, ...]) -> Sequence[Sequence[tuple[Site, nn.Module]]] | None:
         """The sites of ``patterns`` as an earlier session on this model found them, their links
         walked on the live model (see :mod:`interventions.resolution`); None if a link is gone."""
         remembered = recall(self._target, patterns)
@@ -222,7 +221,7 @@ class Session:
         if modules is None:
             return None
         self._resolution, self._walked = remembered, modules
-        return [(site, modules[i]) for site, i in remembered.sites]
+        return [((site, modules[i]),) for site, i in remembered.sites]
 
     def _is_literal(self, pattern: str, found: list[tuple[Site, nn.Module]]) -> bool:
         """Whether ``pattern`` named one module path that the walk found (no glob, no group):
@@ -292,6 +291,9 @@ class Session:
         return [(s, table[s.module]) for s in found]
 
     def _register(self) -> None:
+        if not self.entries:  # no site: nothing to hook, no step or call to track
+            self._active = True
+            return
         try:
             self._undo += self.adapter.install(self.state)
             for den, module in zip(self._denoisers, self._denoiser_modules, strict=True):
@@ -303,11 +305,13 @@ class Session:
             # each hook is made here, not kept on its entry: a closure held by the session would tie
             # the session into a reference cycle that only the garbage collector frees (measured:
             # +15% on entering a session)
+            outputs = []
             for e in self.entries:
                 if e.site.direction == "output":
-                    hooks.forward(e.module, self._torch_hook(e))
+                    outputs.append((e.module, self._torch_hook(e)))
                 else:
                     hooks.forward_pre(e.module, self._torch_hook(e), with_kwargs=True)
+            hooks.forward_all(outputs)
             for module in self._denoiser_modules:  # registered last: they run after this session's output hooks
                 hooks.forward(module, self._exit_denoiser, always_call=True)
             self._active = True
@@ -378,20 +382,27 @@ class Session:
 
     # -- firing --------------------------------------------------------------------------------
     def _torch_hook(self, e: _Entry) -> Callable[..., Any]:
-        """The function registered on the site's module."""
-        fn = self._output_hook(e) if e.site.direction == "output" else self._input_hook(e)
+        """The function registered on the site's module: a fused hook for one hook without a
+        ``When`` on a module's whole output (the common case), else the general path."""
+        key = e.site.key
+        if e.site.direction == "input":
+            fn = self._input_hook(e)
+        elif not key and len(e.hooks) == 1 and e.hooks[0][1] is None:
+            h, _, _, fits = e.hooks[0]
+            whole = getattr(h, "whole_batch", None) if e.whole and e.ctx.stepped else None
+            if not e.ctx.stepped:
+                fn = self._one_hook(e, h, fits)
+            elif whole is not None:
+                fn = self._whole_batch_hook(e, whole)
+            else:
+                fn = self._output_hook(e)
+        else:
+            fn = self._output_hook(e)
         return self._stopping(e, fn) if self.stop else fn
 
     def _output_hook(self, e: _Entry) -> Any:
         key, run = e.site.key, self._run
-        if not key and len(e.hooks) == 1 and e.hooks[0][1] is None:  # one hook, no When: a fused hook
-            h, _, _, fits = e.hooks[0]
-            if not e.ctx.stepped:
-                return self._one_hook(e, h, fits)
-            whole = getattr(h, "whole_batch", None) if e.whole else None
-            if whole is not None:
-                return self._whole_batch_hook(e, whole)
-        if not key:  # the common case: the module's output is the tensor
+        if not key:  # the module's output is the tensor
 
             def plain(module: nn.Module, args: Any, output: Any) -> Any:
                 return run(e, output)
@@ -760,10 +771,12 @@ def _hook_list(pattern: Any, spec: Any) -> list[tuple[Hook, When | None, bool, b
         if not callable(h):
             raise TypeError(f"site {pattern!r}: {h!r} is not a hook (a callable hook(x, ctx))")
         when = getattr(h, "when", None)
-        if when is not None and not isinstance(when, When):
+        if when is None:  # acts on every row alike (or caches a whole batch): no CFG split needed
+            rowwise = getattr(h, "rowwise", False) or callable(getattr(h, "whole_batch", None))
+        elif isinstance(when, When):
+            rowwise = False
+        else:
             raise TypeError(f"site {pattern!r}: when= takes a When(...), got {type(when).__name__}")
-        # acts on every row alike (or caches a whole batch): no CFG split needed
-        rowwise = when is None and (getattr(h, "rowwise", False) or callable(getattr(h, "whole_batch", None)))
         out.append((h, when, rowwise, getattr(h, "result_fits", False)))
     return out
 

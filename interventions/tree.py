@@ -68,5 +68,6 @@ class ModuleTree:
 
 def is_compiled(module: nn.Module) -> bool:
     """``torch.compile(module)`` wraps it (an ``OptimizedModule``); ``module.compile()`` sets
-    ``_compiled_call_impl`` on the instance."""
-    return module.__dict__.get("_compiled_call_impl") is not None or type(module).__name__ == "OptimizedModule"
+    ``_compiled_call_impl`` on the instance (``None`` on the class). Inlined in
+    :meth:`interventions.resolution.Resolution.modules`."""
+    return module._compiled_call_impl is not None or type(module).__name__ == "OptimizedModule"

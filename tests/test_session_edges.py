@@ -228,3 +228,18 @@ def test_unknown_layout_is_refused_at_attach():
     assert_no_hooks_left(model)
     with attach(model, {"0": Cache()}, layouts={"0": None}):  # None: features on the last axis
         model(torch.ones(1, 4))
+
+
+def test_a_session_without_sites_touches_nothing():
+    # nothing to hook means nothing to track: no wrapper on the pipeline or its scheduler, no
+    # hook on the denoiser (an empty session costs only its detection)
+    from tests.tiny_models import sd_pipeline
+
+    pipe = sd_pipeline()
+    objects = (pipe, pipe.scheduler, pipe.vae)
+    before = [dict(vars(o)) for o in objects]
+    with attach(pipe, {}) as session:
+        assert [dict(vars(o)) for o in objects] == before
+        assert not pipe.unet._forward_pre_hooks and not pipe.unet._forward_hooks
+    assert session.fired == {}
+    assert_no_hooks_left(pipe.unet)

@@ -63,3 +63,22 @@ def test_remove_takes_only_its_own_entries_and_hooks_run() -> None:
     assert not m._forward_pre_hooks and not m._forward_pre_hooks_with_kwargs
     outside.remove()
     assert all(not getattr(m, d) for d in DICTS)
+
+
+def test_forward_all_writes_what_forward_writes_and_draws_fresh_ids():
+    from torch.utils.hooks import RemovableHandle
+
+    one, many = [nn.Linear(2, 2) for _ in range(3)], [nn.Linear(2, 2) for _ in range(3)]
+    by_one = HookSet()
+    for m in one:
+        by_one.forward(m, _post)
+    start = RemovableHandle.next_id
+    by_all = HookSet()
+    by_all.forward_all([(m, _post) for m in many])
+    assert [_shape(m) for m in many] == [_shape(m) for m in one]
+    assert [next(iter(m._forward_hooks)) for m in many] == [start, start + 1, start + 2]
+    later = many[0].register_forward_hook(_post)  # a handle made afterwards: its id is new
+    assert later.id == start + 3
+    later.remove()
+    by_all.remove()
+    assert not any(m._forward_hooks for m in many)
