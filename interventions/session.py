@@ -12,6 +12,7 @@ time, so a call from a second thread is refused with an error (attach one sessio
 from __future__ import annotations
 
 import inspect
+import operator
 import sys
 import threading
 import warnings
@@ -703,7 +704,7 @@ class Session:
         if self._resolution is None or self._walked is None:
             return False
         now = self._resolution.modules(components)
-        return now is not None and all(a is b for a, b in zip(now, self._walked, strict=True))
+        return now is not None and len(now) == len(self._walked) and all(map(operator.is_, now, self._walked))
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
         self.remove()
