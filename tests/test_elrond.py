@@ -1,12 +1,15 @@
 """ELROND on the shapes model: the hook's gradients are autograd's, complexity grows with the free
 factors, the top direction changes the free factor and keeps the prompted ones (tiny, fixed seeds)."""
 
+import json
+
 import pytest
 import torch
 
 from interventions import DiskStore
 from interventions.subspace import complexity, pca
-from recipes.elrond.cli import main
+from recipes.elrond.cli import LADDER, main
+from recipes.elrond.complexity import gradient_spread, ladder_holds
 from recipes.elrond.distance import canonical, canonicalise, pixel
 from recipes.elrond.experiment import above_null, parallel_analysis, predict_factors, unit_rows
 from recipes.elrond.gradients import Setting, collect, concept_position, embed, fully_noised, pair_gradients, regenerate
@@ -139,3 +142,36 @@ def test_bad_input_is_refused_before_any_work(pipe, tmp_path, capsys):
     with pytest.raises(SystemExit, match="unknown word"):
         main(["--prompt", "a shape", "--out", str(tmp_path)])
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_complexity_column_from_the_cli(tmp_path, capsys):
+    """The CLI's complexity column (median gradient norm, canonical distance) on a tiny ladder
+    (8 pairs per prompt, seed 0): read back from the DiskStores, it is the gradients' median norm;
+    the fully specified prompt's is the smallest (the method's reason for the column) and the
+    ladder verdict is the rule applied to the column."""
+    argv = [
+        "--no-steer",
+        "--n",
+        "16",
+        "--batch",
+        "16",
+        "--seeds",
+        "0",
+        "--distance",
+        "canonical",
+        "--out",
+        str(tmp_path),
+    ]
+    assert main(argv) == 0
+    result = json.loads((tmp_path / "elrond_shapes_canonical.json").read_text())
+    column = {p: result["prompts"][p]["complexity"]["0"]["median_norm"] for p in LADDER}
+    for p in LADDER:
+        with DiskStore(tmp_path / "grads_canonical" / ("_".join(p.split())) / "seed0") as store:
+            assert column[p] == pytest.approx(gradient_spread(store.get(("elrond/grads", 0, None))), rel=1e-4)
+    assert min(column, key=column.get) == "a striped red circle"
+    assert column["a"] > 1.5 * column["a striped red circle"]
+    assert result["ladder_holds"] == {"0": ladder_holds(column, LADDER)}
+    table = capsys.readouterr().out
+    assert "| 'a striped red circle' |" in table and "components to 95% | spectral gap |" in table
+    with pytest.raises(ValueError, match="no value for"):
+        ladder_holds(column, [*LADDER, "a red circle"])

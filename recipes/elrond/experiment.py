@@ -109,7 +109,12 @@ def sae_directions(grads: Tensor, seed: int = 0, k: int = 4, steps: int = 400) -
     """TopK SAE on the gradients (expansion 1, ``d_sae = D``); decoder rows ordered by how much
     of the gradients' reconstruction they carry (mean |activation|), most first."""
     config = TrainConfig(
-        steps=steps, batch_size=64, lr=3e-3, eval_tokens=max(len(grads) // 8, 8), seed=seed, progress=False
+        steps=steps,
+        batch_size=64,
+        lr=3e-3,
+        eval_tokens=min(max(len(grads) // 8, 8), len(grads) // 2),
+        seed=seed,
+        progress=False,
     )
     scale = grads.norm(dim=1).mean().clamp_min(1e-12)  # the SAE trains at unit scale
     sae, report = train_sae(grads / scale, d_sae=grads.shape[1], kind="topk", k=k, config=config)
@@ -232,7 +237,7 @@ def measure(
             unit = complexity(unit_rows(grads[seed]))
             c["unit"] = {k: unit[k] for k in ("components_95", "spectral_gap")}
             c["unit"]["parallel_analysis"] = parallel_analysis(unit_rows(grads[seed]))
-            c["median_norm"] = round(gradient_spread(grads[seed]), 6)  # the complexity column
+            c["median_norm"] = round(gradient_spread(grads[seed]), 9)  # the complexity column
             c["mean_norm"] = round(float(grads[seed].norm(dim=1).mean()), 6)
             c["total_variance"] = round(total_variance(grads[seed]), 9)
             if self_null:
