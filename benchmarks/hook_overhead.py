@@ -724,9 +724,13 @@ def bench_in_hooks(t: Target, rounds: int) -> dict[str, Any]:
 
     spent = [0.0]
     clock = time.process_time
-    forward, forward_pre = HookSet.forward, HookSet.forward_pre
+    forward, forward_all, forward_pre = HookSet.forward, HookSet.forward_all, HookSet.forward_pre
+
+    wrapped = [0]
 
     def timed(fn: Callable[..., Any]) -> Callable[..., Any]:
+        wrapped[0] += 1
+
         def hook(*args: Any) -> Any:
             c = clock()
             try:
@@ -738,6 +742,9 @@ def bench_in_hooks(t: Target, rounds: int) -> dict[str, Any]:
 
     def timed_forward(self: Any, module: Any, fn: Any, **kw: Any) -> None:
         forward(self, module, timed(fn), **kw)
+
+    def timed_forward_all(self: Any, pairs: list[tuple[Any, Any]]) -> None:
+        forward_all(self, [(module, timed(fn)) for module, fn in pairs])
 
     def timed_forward_pre(self: Any, module: Any, fn: Any, **kw: Any) -> None:
         forward_pre(self, module, timed(fn), **kw)
@@ -760,12 +767,19 @@ def bench_in_hooks(t: Target, rounds: int) -> dict[str, Any]:
                 h.remove()
 
     def ours_once() -> None:
-        HookSet.forward, HookSet.forward_pre = timed_forward, timed_forward_pre  # type: ignore[method-assign]
+        HookSet.forward, HookSet.forward_all, HookSet.forward_pre = (  # type: ignore[method-assign]
+            timed_forward,
+            timed_forward_all,
+            timed_forward_pre,
+        )
         try:
-            with attach(t.attach_to, {t.prefix + s: Cache() for s in t.sites}):
+            wrapped[0] = 0
+            with attach(t.attach_to, {t.prefix + s: Cache() for s in t.sites}) as session:
+                if len(session._hooks) != wrapped[0]:  # a registration path the timer does not wrap
+                    raise RuntimeError(f"bench_in_hooks: {len(session._hooks)} hooks added, {wrapped[0]} timed")
                 t.run()
         finally:
-            HookSet.forward, HookSet.forward_pre = forward, forward_pre  # type: ignore[method-assign]
+            HookSet.forward, HookSet.forward_all, HookSet.forward_pre = forward, forward_all, forward_pre  # type: ignore[method-assign]
 
     samples: dict[str, list[float]] = {"raw": [], "interventions": []}
     for _ in range(rounds):
