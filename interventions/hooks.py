@@ -194,8 +194,9 @@ class Cache:
             )
 
     def __call__(self, x: Tensor, ctx: Context) -> None:
-        # one frame per fire: this runs for every cached site at every call
-        t = x.detach() if self.detach else x
+        # one frame per fire: this runs for every cached site at every call; a tensor outside any
+        # graph (inference, no_grad) needs no detached alias (~0.7 us, a fifth of a small clone)
+        t = x.detach() if self.detach and x.requires_grad else x
         if self.clone:
             t = t.clone()
         key, store = ctx.key, self.store
@@ -208,7 +209,7 @@ class Cache:
 
     def whole_batch(self, x: Tensor, ctx: Context, segments: Sequence[tuple[str | None, slice]]) -> None:
         """Store each CFG branch's rows of a batched call under its own key, copying once."""
-        t = x.detach() if self.detach else x
+        t = x.detach() if self.detach and x.requires_grad else x
         if self.clone:
             t = t.clone()
         key = ctx.key
