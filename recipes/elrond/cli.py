@@ -24,8 +24,25 @@ steering, on ``--steer-seeds`` (noise the gradients never saw). Writes ``elrond_
 and ``elrond_<model>.png``.
 
 ``--model`` is ``shapes`` (the shipped checkpoint), a folder or a Hub id of a Stable Diffusion
-1.x/2.x pipeline (loaded with ``use_safetensors=True``). SDXL pipelines (DMD2 included) need the
-UNet's ``added_cond_kwargs`` in the regeneration loop and are refused for now.
+1.x/2.x or SDXL pipeline (loaded with ``use_safetensors=True``; for SDXL the regeneration passes the
+UNet's ``added_cond_kwargs``, :mod:`recipes.elrond.gradients`). ``--unet FILE.safetensors`` loads a
+UNet state dict into that pipeline's UNet (strictly: every key, every shape), ``--lcm`` samples with
+an ``LCMScheduler`` at trailing timestep spacing: 4 steps sample at 999 / 759 / 499 / 259 and the
+regeneration's DDIM, which takes the pipeline's spacing, runs 999 / 749 / 499 / 249, the timesteps
+DMD2 (an SDXL UNet distilled to 4 steps, sampled without CFG) was distilled for (SDXL base's own
+leading spacing would regenerate from 751, not from noise)::
+
+    interventions run elrond --model stabilityai/stable-diffusion-xl-base-1.0 --unet dmd2_sdxl_4step_unet.safetensors \
+        --lcm --dtype float16 --device cuda --prompt "a photo of a dog" --steer "a photo of a dog" \
+        --n 1024 --batch 2 --sample-steps 4 --regen-steps 4 --guidance 1
+
+The authors (``tianweiy/DMD2`` on the Hub) ship the 4-step UNet as a pickle (``.bin``), which this
+CLI does not load; their LoRA is safetensors, so the UNet file can be made without pickle: load
+the base with ``StableDiffusionXLPipeline.from_pretrained(base, use_safetensors=True)``, then
+``pipe.load_lora_weights("tianweiy/DMD2", weight_name="dmd2_sdxl_4step_lora_fp16.safetensors")``,
+``pipe.fuse_lora()``, ``pipe.unload_lora_weights()`` and
+``safetensors.torch.save_file(pipe.unet.state_dict(), "dmd2_sdxl_4step_unet.safetensors")``. Not
+run here: no weights and no GPU on these machines.
 
 ``--student [FOLDER]`` runs the few-step student experiment instead (shapes only; default the
 shipped student, :mod:`recipes.elrond.student`): for each ``--prompt`` (default "a striped circle"
@@ -48,7 +65,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["main"]
+__all__ = ["load_model", "main"]
 
 LADDER = ["a", "a circle", "a striped circle", "a striped red circle"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -56,7 +73,10 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="interventions run elrond", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="shapes", help="shapes | a pipeline folder | a Hub id (SD 1.x / 2.x)")
+    ap.add_argument("--model", default="shapes", help="shapes | a pipeline folder | a Hub id (SD 1.x / 2.x / SDXL)")
+    ap.add_argument("--unet", type=Path, help="a UNet state dict (.safetensors) for --model's UNet, e.g. DMD2's")
+    ap.add_argument("--lcm", action="store_true", help="sample with an LCMScheduler, trailing spacing (DMD2)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="--model's dtype")
     ap.add_argument("--prompt", action="append", help="prompt (repeat); default: the shapes ladder " + str(LADDER))
     ap.add_argument("--word", help="concept word (default: each prompt's last word)")
     ap.add_argument("--steer", action="append", help="prompt whose directions are kept and steered (repeat)")
@@ -96,21 +116,47 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _load(model: str, device: str) -> Any:
+def load_model(
+    model: str, device: str = "cpu", unet: Path | None = None, lcm: bool = False, dtype: str = "float32"
+) -> Any:
+    """The pipeline of ``--model`` (safetensors only), with ``--unet``'s weights and ``--lcm``'s
+    scheduler.
+
+    >>> load_model("shapes").__class__.__name__
+    'StableDiffusionPipeline'
+    """
     if model == "shapes":
+        if unet is not None or lcm or dtype != "float32":
+            raise SystemExit("interventions run elrond: --unet, --lcm and --dtype are for a --model pipeline")
         from recipes.worlds.shapes_model import load_pipeline
 
         return load_pipeline(device=device)
     if not Path(model).exists() and (not _HUB_ID.match(model) or model.startswith((".", "/", "~"))):
         raise SystemExit(f"interventions run elrond: --model {model!r}: no such folder (and not a Hub id)")
-    from diffusers import DiffusionPipeline
+    if unet is not None and (unet.suffix != ".safetensors" or not unet.is_file()):
+        raise SystemExit(f"interventions run elrond: --unet {unet}: not a .safetensors file (only safetensors load)")
+    from diffusers import DiffusionPipeline, LCMScheduler
+    from safetensors.torch import load_file
 
-    pipe = DiffusionPipeline.from_pretrained(model, use_safetensors=True).to(device)
-    if hasattr(pipe, "text_encoder_2"):
+    pipe = DiffusionPipeline.from_pretrained(model, use_safetensors=True, torch_dtype=getattr(torch, dtype))
+    if not hasattr(pipe, "unet") or not hasattr(pipe, "encode_prompt"):
         raise SystemExit(
-            "interventions run elrond: SDXL pipelines need added_cond_kwargs in the regeneration loop; "
-            "not supported yet (SD 1.x / 2.x are)"
+            f"interventions run elrond: --model {model!r} is a {type(pipe).__name__}: no text-conditioned UNet"
         )
+    if unet is not None:
+        try:
+            weights = {k: v.to(pipe.unet.dtype) for k, v in load_file(str(unet)).items()}
+            missing, unexpected = pipe.unet.load_state_dict(weights, strict=False)
+        except RuntimeError as e:  # a shape that does not fit
+            raise SystemExit(f"interventions run elrond: --unet {unet} does not fit {model!r}'s UNet: {e}") from None
+        if missing or unexpected:
+            raise SystemExit(
+                f"interventions run elrond: --unet {unet} does not fit {model!r}'s UNet: {len(missing)} keys missing "
+                f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
+            )
+    if lcm:
+        pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
+    pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -137,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"interventions run elrond: --steer {unknown} must also be given as --prompt")
     if args.n < 2 or args.n_steer < 2:
         raise SystemExit("interventions run elrond: --n and --n-steer must be at least 2")
-    pipe = _load(args.model, args.device)
+    pipe = load_model(args.model, args.device, args.unet, args.lcm, args.dtype)
     for p in prompts:  # unknown words and a missing concept word, before any sampling
         try:
             concept_position(pipe.tokenizer, p, args.word)

@@ -12,6 +12,14 @@ one embedding all calls share. Diffusers
 pipelines sample under ``no_grad``, so the loop calls the UNet itself; the pairs are batched (the
 UNet treats rows independently, so the gradient of the summed loss is each pair's own).
 
+SDXL pipelines (DMD2 is one: an SDXL UNet distilled to 4 steps) condition the UNet on both text
+encoders' outputs, concatenated per token (``encoder_hidden_states``, the gradient site, so the
+concept token's gradient has both encoders' widths), and on ``added_cond_kwargs``: the second
+encoder's pooled embedding (``text_embeds``) and the image size (``time_ids``), which the loop
+passes on both CFG branches (:func:`pooled`, :func:`added_cond_kwargs`). The unconditional prompt
+is the pipeline's own default: the empty prompt, or zeros where SDXL's
+``force_zeros_for_empty_prompt`` says so.
+
 >>> from recipes.worlds.shapes_model import load_pipeline
 >>> pipe = load_pipeline()
 >>> concept_position(pipe.tokenizer, "a striped circle")
@@ -75,18 +83,58 @@ def concept_position(tokenizer: Any, prompt: str, word: str | None = None) -> in
     raise ValueError(f"concept word {word!r} was truncated away from prompt {prompt!r}")
 
 
-def embed(pipe: Any, prompt: str, n: int) -> tuple[Tensor, Tensor]:
-    """Text-encoder outputs of ``prompt`` and of the empty prompt, ``n`` rows each."""
+def _encode(pipe: Any, prompt: str, n: int) -> tuple[Tensor, ...]:
     with torch.no_grad():
-        cond, uncond = pipe.encode_prompt(prompt, pipe.device, n, True, negative_prompt="")
+        return pipe.encode_prompt(prompt, device=pipe.device, num_images_per_prompt=n, do_classifier_free_guidance=True)
+
+
+def embed(pipe: Any, prompt: str, n: int) -> tuple[Tensor, Tensor]:
+    """The UNet's ``encoder_hidden_states`` for ``prompt`` and for the unconditional prompt, ``n``
+    rows each."""
+    cond, uncond = _encode(pipe, prompt, n)[:2]
     return cond, uncond
 
 
-def sample(pipe: Any, prompt_embeds: Tensor, uncond: Tensor, setting: Setting, seed: int) -> Tensor:
-    """Latents (``output_type="latent"``) that the pipeline draws for the given embeddings."""
+def is_sdxl(pipe: Any) -> bool:
+    """Whether the UNet takes SDXL's ``added_cond_kwargs`` (``addition_embed_type="text_time"``)."""
+    return getattr(pipe.unet.config, "addition_embed_type", None) == "text_time"
+
+
+def pooled(pipe: Any, prompt: str, n: int) -> tuple[Tensor, Tensor] | None:
+    """SDXL: the second text encoder's pooled embeddings of ``prompt`` and of the unconditional
+    prompt, ``n`` rows each; ``None`` for a UNet that takes none."""
+    if not is_sdxl(pipe):
+        return None
+    cond, uncond = _encode(pipe, prompt, n)[2:4]
+    return cond, uncond
+
+
+def added_cond_kwargs(pipe: Any, pooled_embeds: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
+    """SDXL's ``added_cond_kwargs`` for UNet rows ``[uncond, cond]``: the pooled embeddings and
+    the ``time_ids`` the pipeline uses by default (original and target size = the image size, crop
+    at the origin)."""
+    cond, uncond = pooled_embeds
+    h, w = (s * pipe.vae_scale_factor for s in _latent_hw(pipe))
+    time_ids = torch.tensor([[h, w, 0, 0, h, w]], dtype=cond.dtype, device=cond.device)
+    return {"text_embeds": torch.cat([uncond, cond]), "time_ids": time_ids.expand(2 * len(cond), -1)}
+
+
+def sample(
+    pipe: Any,
+    prompt_embeds: Tensor,
+    uncond: Tensor,
+    setting: Setting,
+    seed: int,
+    pooled_embeds: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
+    """Latents (``output_type="latent"``) that the pipeline draws for the given embeddings
+    (``pooled_embeds``: SDXL's, :func:`pooled`)."""
     g = torch.Generator(device="cpu").manual_seed(seed)
     shape = (len(prompt_embeds), pipe.unet.config.in_channels, *_latent_hw(pipe))
     noise = torch.randn(shape, generator=g).to(pipe.device, prompt_embeds.dtype)
+    extra = {}
+    if pooled_embeds is not None:
+        extra = {"pooled_prompt_embeds": pooled_embeds[0], "negative_pooled_prompt_embeds": pooled_embeds[1]}
     out = pipe(
         prompt_embeds=prompt_embeds,
         negative_prompt_embeds=uncond,
@@ -94,6 +142,7 @@ def sample(pipe: Any, prompt_embeds: Tensor, uncond: Tensor, setting: Setting, s
         num_inference_steps=setting.sample_steps,
         guidance_scale=setting.guidance,
         output_type="latent",
+        **extra,
     )
     return out.images
 
@@ -103,16 +152,28 @@ def _latent_hw(pipe: Any) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else tuple(size)
 
 
-def regenerate(pipe: Any, noisy: Tensor, cond: Tensor, uncond: Tensor, setting: Setting) -> Tensor:
+def regenerate(
+    pipe: Any,
+    noisy: Tensor,
+    cond: Tensor,
+    uncond: Tensor,
+    setting: Setting,
+    pooled_embeds: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
     """DDIM from the fully noised ``noisy`` to ``x0`` with gradients kept (CFG batched as
-    ``[uncond, cond]``, the pipeline's layout)."""
+    ``[uncond, cond]``, the pipeline's layout; an SDXL UNet also gets :func:`added_cond_kwargs` of
+    ``pooled_embeds``)."""
     from diffusers import DDIMScheduler
 
+    if is_sdxl(pipe) != (pooled_embeds is not None):
+        need = "needs the pooled embeddings (gradients.pooled)" if is_sdxl(pipe) else "takes no pooled embeddings"
+        raise ValueError(f"this UNet {need}: pass pooled_embeds=pooled(pipe, prompt, n)")
+    extra = {} if pooled_embeds is None else {"added_cond_kwargs": added_cond_kwargs(pipe, pooled_embeds)}
     sched = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
     sched.set_timesteps(setting.regen_steps, device=noisy.device)
     x, embeds = noisy, torch.cat([uncond, cond])
     for t in sched.timesteps:
-        eps_u, eps_c = pipe.unet(torch.cat([x, x]), t, encoder_hidden_states=embeds).sample.chunk(2)
+        eps_u, eps_c = pipe.unet(torch.cat([x, x]), t, encoder_hidden_states=embeds, **extra).sample.chunk(2)
         x = sched.step(eps_u + setting.guidance * (eps_c - eps_u), t, x).prev_sample
     return x
 
@@ -131,10 +192,11 @@ def pair_gradients(pipe: Any, a: Tensor, b: Tensor, prompt: str, setting: Settin
     """``d sum_i dist(regen(A_i), B_i) / d prompt_embeds`` (``pairs x tokens x D``), collected by
     ``Grads`` on the conditional rows of every UNet call and summed over the calls."""
     cond, uncond = embed(pipe, prompt, len(a))
+    extra = pooled(pipe, prompt, len(a))
     noisy = fully_noised(pipe, a, setting, torch.Generator().manual_seed(seed))
     grads = Grads(MemoryStore(), when=When(branch="cond"))
     with torch.enable_grad(), attach(pipe.unet, {SITE: grads}, cfg=("uncond", "cond")):
-        x0 = regenerate(pipe, noisy, cond, uncond, setting)
+        x0 = regenerate(pipe, noisy, cond, uncond, setting, extra)
         loss = DISTANCES[setting.distance](x0, b).sum()
         loss.backward()
     return sum(grads.store.get(k) for k in grads.store.keys()).float().cpu()  # type: ignore[union-attr]
@@ -165,7 +227,7 @@ def collect(
         tqdm(list(_chunks(n, setting.batch)), desc=f"ELROND {prompt!r}", disable=not progress)
     ):
         cond, uncond = embed(pipe, prompt, hi - lo)
-        images = sample(pipe, cond, uncond, setting, seed=seed * 100_003 + i)
+        images = sample(pipe, cond, uncond, setting, seed * 100_003 + i, pooled(pipe, prompt, hi - lo))
         order = torch.randperm(hi - lo, generator=torch.Generator().manual_seed(seed * 100_003 + i))
         b = images[order]
         a = b if self_pairs else images[order.roll(1)]  # a random cycle: no image is paired with itself

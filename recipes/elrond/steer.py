@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .gradients import Setting, concept_position, embed, sample
+from .gradients import Setting, concept_position, embed, pooled, sample
 
 
 def add_at_token(cond: Tensor, position: int, directions: Tensor, strengths: Tensor) -> Tensor:
@@ -51,4 +51,5 @@ def generate(
     same ``seed`` gives the same noise, so steered and unsteered samples pair up)."""
     position = concept_position(pipe.tokenizer, prompt, word)
     cond, uncond = embed(pipe, prompt, len(strengths))
-    return sample(pipe, add_at_token(cond, position, directions, strengths), uncond, setting, seed)
+    steered = add_at_token(cond, position, directions, strengths)
+    return sample(pipe, steered, uncond, setting, seed, pooled(pipe, prompt, len(strengths)))
