@@ -16,8 +16,9 @@ rerun reads them back), and the complexity table: the complexity column (the med
 gap; with the whole ladder, whether the column falls along it on each seed (``ladder_holds``). The
 complexity ordering (use ``--distance canonical``: position and size factored out)::
 
-    interventions run elrond --distance canonical --no-steer --seeds 20 21 22 23 24 For each
-``--steer`` prompt: PCA directions (the paper's explained-variance threshold) and TopK SAE
+    interventions run elrond --distance canonical --no-steer --seeds 20 21 22 23 24
+
+For each ``--steer`` prompt: PCA directions (the paper's explained-variance threshold) and TopK SAE
 directions of the first seed's gradients, saved to ``elrond_directions_<prompt>.safetensors``; on
 the shapes model also the evaluators' verdict on steering along the top directions and on random
 steering, on ``--steer-seeds`` (noise the gradients never saw). Writes ``elrond_<model>.json``
@@ -32,8 +33,8 @@ regeneration's DDIM, which takes the pipeline's spacing, runs 999 / 749 / 499 / 
 DMD2 (an SDXL UNet distilled to 4 steps, sampled without CFG) was distilled for (SDXL base's own
 leading spacing would regenerate from 751, not from noise)::
 
-    interventions run elrond --model stabilityai/stable-diffusion-xl-base-1.0 --unet dmd2_sdxl_4step_unet.safetensors \
-        --lcm --dtype float16 --device cuda --prompt "a photo of a dog" --steer "a photo of a dog" \
+    interventions run elrond --model stabilityai/stable-diffusion-xl-base-1.0 --unet dmd2_sdxl_4step_unet.safetensors \\
+        --lcm --dtype float16 --device cuda --prompt "a photo of a dog" --steer "a photo of a dog" \\
         --n 1024 --batch 2 --sample-steps 4 --regen-steps 4 --guidance 1
 
 The authors (``tianweiy/DMD2`` on the Hub) ship the 4-step UNet as a pickle (``.bin``), which this
