@@ -20,6 +20,7 @@ from recipes.elrond.gradients import (
     pair_gradients,
     pooled,
     regenerate,
+    sample,
 )
 from tests.tiny_models import CLIP_MAX_LEN, clip_tokenizer
 
@@ -127,6 +128,8 @@ def test_sdxl_hook_gradients_equal_autograd(pipe):
     torch.testing.assert_close(hooked, direct, rtol=1e-5, atol=1e-8)
     with pytest.raises(ValueError, match="needs the pooled embeddings"):
         regenerate(pipe, noisy, cond, uncond, SETTING)
+    with pytest.raises(ValueError, match="needs the pooled embeddings"):
+        sample(pipe, cond.detach(), uncond, SETTING, seed=0)
 
 
 def test_sdxl_gradients_and_directions_end_to_end(pipe, tmp_path):

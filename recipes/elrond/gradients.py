@@ -119,6 +119,12 @@ def added_cond_kwargs(pipe: Any, pooled_embeds: tuple[Tensor, Tensor]) -> dict[s
     return {"text_embeds": torch.cat([uncond, cond]), "time_ids": time_ids.expand(2 * len(cond), -1)}
 
 
+def _check_pooled(pipe: Any, pooled_embeds: tuple[Tensor, Tensor] | None) -> None:
+    if is_sdxl(pipe) != (pooled_embeds is not None):
+        need = "needs the pooled embeddings" if is_sdxl(pipe) else "takes no pooled embeddings"
+        raise ValueError(f"this UNet {need}: pass pooled_embeds=pooled(pipe, prompt, n)")
+
+
 def sample(
     pipe: Any,
     prompt_embeds: Tensor,
@@ -129,6 +135,7 @@ def sample(
 ) -> Tensor:
     """Latents (``output_type="latent"``) that the pipeline draws for the given embeddings
     (``pooled_embeds``: SDXL's, :func:`pooled`)."""
+    _check_pooled(pipe, pooled_embeds)
     g = torch.Generator(device="cpu").manual_seed(seed)
     shape = (len(prompt_embeds), pipe.unet.config.in_channels, *_latent_hw(pipe))
     noise = torch.randn(shape, generator=g).to(pipe.device, prompt_embeds.dtype)
@@ -165,9 +172,7 @@ def regenerate(
     ``pooled_embeds``)."""
     from diffusers import DDIMScheduler
 
-    if is_sdxl(pipe) != (pooled_embeds is not None):
-        need = "needs the pooled embeddings (gradients.pooled)" if is_sdxl(pipe) else "takes no pooled embeddings"
-        raise ValueError(f"this UNet {need}: pass pooled_embeds=pooled(pipe, prompt, n)")
+    _check_pooled(pipe, pooled_embeds)
     extra = {} if pooled_embeds is None else {"added_cond_kwargs": added_cond_kwargs(pipe, pooled_embeds)}
     sched = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
     sched.set_timesteps(setting.regen_steps, device=noisy.device)
