@@ -241,16 +241,21 @@ def goals(res: dict[str, Any]) -> list[dict[str, Any]]:
                 a, b = t["variants"].get(f"{peer}:{task}"), t["variants"].get(f"interventions:{task}")
                 if not (a and b):
                     continue
+                raw = t["variants"].get(f"raw:{task}")
+                # the floor: how much lower than the peer hand-written hooks doing the same work are
+                floor = a["delta_ms"] / raw["delta_ms"] if raw and raw["delta_p25_ms"] > 0 else None
                 if a["delta_p25_ms"] <= 0:  # the peer's own overhead is inside the noise: no ratio
                     noise.append(f"{tname}/{task}")
                 elif b["delta_p25_ms"] <= 0:  # ours is inside the noise, the peer's is not
-                    pairs.append((tname, task, a["delta_ms"], None))
+                    pairs.append((tname, task, a["delta_ms"], None, floor))
                 else:
-                    pairs.append((tname, task, a["delta_ms"], b["delta_ms"]))
+                    pairs.append((tname, task, a["delta_ms"], b["delta_ms"], floor))
         if pairs or noise:
             met = [p for p in pairs if p[3] is None or p[2] / p[3] >= GOAL_PEER_FACTOR]
             detail = ", ".join(
-                f"{tn}/{tk} {'ours inside the noise' if o is None else f'{pe / o:.1f}x'}" for tn, tk, pe, o in pairs
+                f"{tn}/{tk} {'ours inside the noise' if o is None else f'{pe / o:.1f}x'}"
+                + ("" if fl is None else f" (raw hooks {fl:.1f}x)")
+                for tn, tk, pe, o, fl in pairs
             )
             if noise:
                 detail += f"; not counted (the peer's Δ interquartile range reaches 0): {', '.join(noise)}"
