@@ -9,6 +9,7 @@ from interventions.cli import main as cli_main
 from recipes.jdcl.continual import DistillConfig, fresh_model, generate, keep_classes, train_global
 from recipes.jdcl.run import JDCLConfig, _row, _tasks, run_jdcl
 from recipes.joint_diffusion.hub import load_joint
+from recipes.joint_diffusion.model import JointDiffusion
 
 torch.set_num_threads(1)
 
@@ -67,6 +68,9 @@ def test_cli_refuses_bad_arguments(capsys):
     with pytest.raises(SystemExit) as error:
         cli_main(["run", "jdcl", "--global-steps", "0"])
     assert error.value.code == 2 and "--global-steps must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as error:
+        cli_main(["run", "jdcl", "--conditional"])
+    assert error.value.code == 2 and "--conditional needs class-balanced replay" in capsys.readouterr().err
 
 
 def test_replay_judge_agrees_with_real_renders_and_flags_noise():
@@ -81,3 +85,32 @@ def test_replay_judge_agrees_with_real_renders_and_flags_noise():
     assert noise["foreground"] > 0.9
     assert [t.classes for t in tasks] == [[0, 1], [2, 3]]
     assert torch.equal(tasks[1].train_y.unique(), torch.tensor([2, 3]))
+
+
+def test_conditional_replay_draws_each_short_class_and_drops_mismatches(monkeypatch):
+    from recipes.jdcl import continual
+
+    model = JointDiffusion(num_classes=4, widths=(8, 16), hidden=16, class_conditional=True).eval()
+    with torch.no_grad():  # its classifier calls every image class 0
+        model.head[-1].weight.zero_()
+        model.head[-1].bias.copy_(torch.tensor([5.0, 0.0, 0.0, 0.0]))
+    asked = []
+
+    def spy(*args, **kwargs):
+        asked.append(args[5])
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(continual, "generate", spy)
+    x, y, info = continual.balanced_replay(model, [0, 1], per_class=3, steps=2, batch_size=4, max_draws=16)
+    assert asked == [0, 1, 1, 1]  # class 0 filled by its first draw; class 1 drawn until the budget ends
+    assert info == {"drawn": 16, "kept": {"0": 3, "1": 0}} and y.tolist() == [0, 0, 0] and x.shape[0] == 3
+
+
+def test_conditional_global_stage_trains_the_class_embedding():
+    previous, local = (
+        JointDiffusion(num_classes=4, widths=(8, 16), hidden=16, class_conditional=True).eval() for _ in range(2)
+    )
+    replay, labels = torch.rand(8, 3, 16, 16) * 2 - 1, torch.tensor([0, 1, 2, 3] * 2)
+    student = train_global(previous, local, replay, labels, [0, 1], DistillConfig(steps=2, batch_size=8))
+    moved = (student.unet.class_embedding.weight - previous.unet.class_embedding.weight).abs().sum(dim=1)
+    assert (moved[:4] > 0).all()  # every class the replay holds was seen by the denoiser

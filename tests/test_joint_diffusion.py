@@ -97,3 +97,22 @@ def test_training_modes_reduce_their_losses_and_bad_input_is_refused():
         train_joint(model, x, y, mode="fixmatch")
     with pytest.raises(ValueError, match="unknown mode"):
         train_joint(model, x, y, mode="mixmatch")
+
+
+def test_class_conditional_denoiser_guidance_and_hub_folder(tmp_path):
+    model = tiny(class_conditional=True)
+    x, t = torch.rand(3, 3, 16, 16) * 2 - 1, torch.full((3,), 300)
+    none = model.denoise(x, t)
+    red, green = (model.denoise(x, t, torch.full((3,), c)) for c in (0, 1))
+    assert not torch.allclose(red, green)  # the class reaches the denoiser
+    assert torch.equal(none, model.denoise(x, t, torch.full((3,), -1)))  # -1 = "no class"
+    labels = torch.tensor([0, 1, 0])
+    assert torch.allclose(model.guided_eps(x, t, labels, 0.0), none, atol=1e-5)
+    assert torch.allclose(model.guided_eps(x, t, labels, 1.0), model.denoise(x, t, labels), atol=1e-5)
+    assert model.classify(x).shape == (3, 2)
+    with pytest.raises(ValueError, match="class_conditional=True"):
+        tiny().denoise(x, t, labels)
+    back = load_joint(save_joint(model, tmp_path / "m"))
+    assert back.class_conditional and json.loads((tmp_path / "m" / "config.json").read_text())["class_conditional"]
+    for (name, a), (_, b) in zip(model.state_dict().items(), back.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name

@@ -48,7 +48,9 @@ Model = TypeVar("Model", JointDiffusion, JointMLP)
 
 @dataclass
 class DistillConfig:
-    """Weights of the global stage's losses (``diffusion_kd``/``classifier_kd`` 0: no distillation)."""
+    """Weights of the global stage's losses (``diffusion_kd``/``classifier_kd`` 0: no distillation);
+    ``label_drop``: for class-conditional models, the share of samples denoised with "no class"
+    (keeps the unconditional half of classifier-free guidance)."""
 
     steps: int = 400
     batch_size: int = 32
@@ -57,6 +59,7 @@ class DistillConfig:
     diffusion_kd: float = 1.0
     classifier_kd: float = 1.0
     labels: float = 1.0
+    label_drop: float = 0.2  # class-conditional models: share of replay labels hidden from the denoiser
     seed: int = 0
 
 
@@ -67,9 +70,16 @@ def fresh_model(num_classes: int, widths: tuple[int, ...], hidden: int, seed: in
 
 @torch.no_grad()
 def generate(
-    model: Model, n: int, steps: int = 25, batch_size: int = 256, generator: torch.Generator | None = None
+    model: Model,
+    n: int,
+    steps: int = 25,
+    batch_size: int = 256,
+    generator: torch.Generator | None = None,
+    label: int | None = None,
+    guidance: float = 3.0,
 ) -> tuple[Tensor, Tensor]:
-    """``n`` unconditional DDIM samples (eta 0, ``steps`` steps) and the model's own class for each."""
+    """``n`` DDIM samples (eta 0, ``steps`` steps) and the model's own class for each: unconditional,
+    or of class ``label`` with classifier-free guidance of scale ``guidance`` (class-conditional models)."""
     model.eval()
     scheduler = model.ddim_scheduler()
     scheduler.set_timesteps(steps)
@@ -78,7 +88,11 @@ def generate(
         b = min(batch_size, n - start)
         x = torch.randn((b, *model.sample_shape), generator=generator)
         for t in scheduler.timesteps:
-            eps = model.denoise(x, torch.full((b,), int(t), dtype=torch.long))
+            tt = torch.full((b,), int(t), dtype=torch.long)
+            if label is None:
+                eps = model.denoise(x, tt)
+            else:
+                eps = model.guided_eps(x, tt, torch.full((b,), label, dtype=torch.long), guidance)
             x = scheduler.step(eps, t, x).prev_sample
         if scheduler.config.clip_sample:
             x = x.clamp(-1, 1)
@@ -101,9 +115,12 @@ def balanced_replay(
     batch_size: int = 256,
     max_draws: int = 20_000,
     generator: torch.Generator | None = None,
+    guidance: float = 3.0,
 ) -> tuple[Tensor, Tensor, dict[str, Any]]:
     """Class-balanced replay: draw batches from ``model`` until each of ``classes`` has
     ``per_class`` samples (by the model's own classifier) or ``max_draws`` samples were drawn.
+    A class-conditional model draws each short class by classifier-free guidance (scale
+    ``guidance``) and keeps the samples its classifier calls that class (mismatches dropped).
 
     Returns the kept samples (at most ``per_class`` of each class), their labels and what was drawn
     (``drawn``, ``kept`` per class): a class the generator rarely produces shows as a short count
@@ -114,16 +131,25 @@ def balanced_replay(
     got: dict[int, list[Tensor]] = {c: [] for c in classes}
     count = dict.fromkeys(classes, 0)
     drawn = 0
+    conditional = getattr(model, "class_conditional", False)
     while drawn < max_draws and min(count.values()) < per_class:
-        x, y = generate(model, min(batch_size, max_draws - drawn), steps, batch_size, generator)
-        drawn += x.shape[0]
-        for c in classes:
-            take = x[y == c][: per_class - count[c]]
-            got[c].append(take)
-            count[c] += take.shape[0]
+        short = [c for c in classes if count[c] < per_class] if conditional else [None]
+        for label in short:
+            if drawn >= max_draws:
+                break
+            x, y = generate(model, min(batch_size, max_draws - drawn), steps, batch_size, generator, label, guidance)
+            drawn += x.shape[0]
+            for c in classes:
+                take = x[y == c][: per_class - count[c]]
+                got[c].append(take)
+                count[c] += take.shape[0]
     images = torch.cat([torch.cat(got[c]) for c in classes])
     labels = torch.cat([torch.full((count[c],), c, dtype=torch.long) for c in classes])
     return images, labels, {"drawn": drawn, "kept": {str(c): count[c] for c in classes}}
+
+
+def _eps(model: Model, x_t: Tensor, t: Tensor, labels: Tensor | None) -> Tensor:
+    return model.denoise(x_t, t) if labels is None else model.denoise(x_t, t, labels)
 
 
 def fine_tune(
@@ -160,6 +186,7 @@ def train_global(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.steps)
     old = torch.isin(labels, torch.tensor(old_classes))
     distil = config.diffusion_kd > 0 or config.classifier_kd > 0
+    conditional = getattr(student, "class_conditional", False)
     for _ in range(config.steps):
         idx = torch.randint(replay.shape[0], (min(config.batch_size, replay.shape[0]),), generator=g)
         x0, y = replay[idx], labels[idx]
@@ -167,13 +194,16 @@ def train_global(
         t = torch.randint(student.train_timesteps, (x0.shape[0],), generator=g)
         noise = torch.randn(x0.shape, generator=g)
         x_t = student.add_noise(x0, noise, t)
-        eps = student.denoise(x_t, t)
+        given = None  # the class the denoisers see (class-conditional models), some hidden
+        if conditional:
+            given = torch.where(torch.rand(y.shape[0], generator=g) < config.label_drop, -1, y)
+        eps = _eps(student, x_t, t, given)
         x_aug = x0 if augment is None else augment(x0, g)
         logits = student.classify(x_aug)
         loss = config.denoising * F.mse_loss(eps, noise) + config.labels * F.cross_entropy(logits, y)
         if distil:
             with torch.no_grad():
-                eps_teacher = torch.where(from_old, previous.denoise(x_t, t), local.denoise(x_t, t))
+                eps_teacher = torch.where(from_old, _eps(previous, x_t, t, given), _eps(local, x_t, t, given))
                 soft = torch.where(from_old.view(-1, 1), previous.classify(x_aug), local.classify(x_aug)).softmax(-1)
             loss = loss + config.diffusion_kd * F.mse_loss(eps, eps_teacher)
             loss = loss + config.classifier_kd * F.cross_entropy(logits, soft)

@@ -179,6 +179,12 @@ def main(argv: list[str] | None = None) -> int:
         help="class-balanced replay instead: draw until each class has this many samples (recipes.jdcl.shapes)",
     )
     parser.add_argument("--max-draws", type=int, default=4096, help="with --per-class: samples per generator at most")
+    parser.add_argument(
+        "--conditional",
+        action="store_true",
+        help="with --per-class: class-conditional generators, each class's replay drawn by classifier-free guidance",
+    )
+    parser.add_argument("--guidance", type=float, default=3.0, help="with --conditional: the guidance scale")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", help="folder for jdcl.json (jdcl_balanced.json with --per-class)")
     args = parser.parse_args(argv)
@@ -186,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     torch.set_num_threads(args.threads)
+    if args.conditional and args.per_class is None:
+        parser.error("--conditional needs class-balanced replay: give --per-class N")
     if args.per_class is not None:
         if args.per_class < 1 or args.max_draws < args.per_class:
             parser.error(f"need 1 <= --per-class <= --max-draws, got {args.per_class}, {args.max_draws}")
@@ -202,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
             sample_steps=args.sample_steps,
             max_draws=args.max_draws,
             diffusion_weight=args.diffusion_weight,
+            class_conditional=args.conditional,
+            guidance=args.guidance,
         )
         run_balanced(balanced, out=args.out)
         return 0

@@ -57,7 +57,8 @@ class Task:
 @dataclass
 class SequenceConfig:
     """``steps``: local, naive and joint training; ``global_steps``: each replay/JDCL stage;
-    ``per_class``: replay quota of each class; ``max_draws``: samples a generator may draw per stage."""
+    ``per_class``: replay quota of each class; ``max_draws``: samples a generator may draw per stage;
+    ``guidance``: the classifier-free guidance scale of class-conditional generators."""
 
     steps: int = 2000
     global_steps: int = 2000
@@ -69,6 +70,7 @@ class SequenceConfig:
     max_draws: int = 20_000
     diffusion_kd: float = 1.0
     classifier_kd: float = 1.0
+    guidance: float = 3.0  # classifier-free guidance of class-conditional generators' replay
 
 
 def forgetting(matrix: list[list[float]]) -> float | None:
@@ -134,7 +136,12 @@ def run_sequence(
         old = [c for t in tasks[:k] for c in t.classes]
         cfg = TrainConfig(**{**vars(train), "seed": 1000 * seed + 100 + k})
         models["naive"] = fine_tune(models["naive"], task.train_x, task.train_y, cfg, augment)
-        draw = {"steps": config.sample_steps, "max_draws": config.max_draws, "generator": g}
+        draw = {
+            "steps": config.sample_steps,
+            "max_draws": config.max_draws,
+            "generator": g,
+            "guidance": config.guidance,
+        }
         new_x, new_y, new_info = balanced_replay(locals_[k], task.classes, config.per_class, **draw)
         if judge is not None:
             new_info["judge"] = judge(new_x, new_y)

@@ -1,5 +1,6 @@
 """JDCL on the shapes world with class-balanced replay (:mod:`recipes.jdcl.sequence`): the tasks
-of :mod:`recipes.jdcl.run` (same data and seeds), generators trained for more steps, replay drawn
+of :mod:`recipes.jdcl.run` (same data and seeds), generators trained for more steps (optionally
+class-conditional, their replay drawn per class by classifier-free guidance), replay drawn
 until each class has its quota, and every replay set scored by the shipped evaluator of the split's
 factor (does it agree with the generator's label? is the background black as in real images?).
 
@@ -50,6 +51,8 @@ class BalancedConfig:
     diffusion_weight: float = 1.0
     widths: tuple[int, ...] = (8, 16)
     hidden: int = 32
+    class_conditional: bool = False  # generators conditioned on the class, replay drawn by CFG
+    guidance: float = 3.0
 
 
 def shapes_tasks(split: str, n_train: int, n_test: int, seed: int) -> list[Task]:
@@ -94,6 +97,7 @@ def run_balanced(config: BalancedConfig, out: str | Path | None = None, progress
         per_class=config.per_class,
         sample_steps=config.sample_steps,
         max_draws=config.max_draws,
+        guidance=config.guidance,
     )
     result: dict[str, Any] = {"config": asdict(config), "runs": []}
     judge = evaluator_judge(config.split)
@@ -102,7 +106,9 @@ def run_balanced(config: BalancedConfig, out: str | Path | None = None, progress
 
         def model(s: int) -> JointDiffusion:
             torch.manual_seed(s)
-            return JointDiffusion(num_classes=4, widths=config.widths, hidden=config.hidden)
+            return JointDiffusion(
+                num_classes=4, widths=config.widths, hidden=config.hidden, class_conditional=config.class_conditional
+            )
 
         run = run_sequence(tasks, model, sequence, seed, augment=weak_augment, judge=judge)
         result["runs"].append(run)

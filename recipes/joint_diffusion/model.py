@@ -9,6 +9,10 @@ mid block and decoder are skipped), never by editing diffusers' forward. The hoo
 ``Cache(detach=False)``: a joint model needs the cross-entropy gradient in the encoder (and the
 counterfactual guidance needs it in the input), so the recorded maps keep their graph.
 
+With ``class_conditional=True`` the UNet also takes a class embedding (``num_classes + 1``
+entries, the last meaning "no class"): a class-conditional generator for classifier-free guidance
+(:meth:`JointDiffusion.guided_eps`); the classifier always reads the features with "no class".
+
 The model is its own Hub artifact (``hub_cards.ModelHubMixin``: ``config.json`` + ``model.safetensors``
 + card), see :mod:`recipes.joint_diffusion.hub`.
 
@@ -55,6 +59,11 @@ def ddim_scheduler(train_timesteps: int, clip_sample: bool) -> Any:
     )
 
 
+def _only(entries: dict[Any, Tensor]) -> Tensor:
+    (value,) = entries.values()
+    return value
+
+
 class JointDiffusion(
     nn.Module,
     ModelHubMixin,
@@ -63,7 +72,8 @@ class JointDiffusion(
     """A tiny ``UNet2DModel`` (eps-prediction) plus an MLP head on its pooled encoder features.
 
     ``widths``: channels of the down blocks (one block per entry, plain ``DownBlock2D``);
-    ``hidden``/``dropout``: the head's MLP; ``train_timesteps``: length of the linear beta schedule.
+    ``hidden``/``dropout``: the head's MLP; ``train_timesteps``: length of the linear beta schedule;
+    ``class_conditional``: the denoiser also takes a class (``labels`` of :meth:`denoise`).
     """
 
     def __init__(
@@ -76,6 +86,7 @@ class JointDiffusion(
         hidden: int = 64,
         dropout: float = 0.3,
         train_timesteps: int = 1000,
+        class_conditional: bool = False,
     ):
         super().__init__()
         from diffusers import UNet2DModel
@@ -91,6 +102,7 @@ class JointDiffusion(
             )
         self.num_classes = num_classes
         self.train_timesteps = train_timesteps
+        self.class_conditional = class_conditional
         self.unet = UNet2DModel(
             sample_size=image_size,
             in_channels=channels,
@@ -100,6 +112,7 @@ class JointDiffusion(
             down_block_types=("DownBlock2D",) * len(widths),
             up_block_types=("UpBlock2D",) * len(widths),
             norm_num_groups=4,
+            num_class_embeds=num_classes + 1 if class_conditional else None,
         )
         self.head = nn.Sequential(
             nn.Linear(sum(widths), hidden), nn.SiLU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes)
@@ -127,27 +140,50 @@ class JointDiffusion(
         sites = [FEATURE_SITE.format(i) for i in range(len(self.unet.down_blocks))]
         t = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         with attach(self.unet, dict.fromkeys(sites, maps), stop=True, on_unfired="error"):
-            self.unet(x, t)
-        return torch.cat([maps.get(site, step=0).mean(dim=(2, 3)) for site in sites], dim=1)
+            self.unet(x, t, class_labels=self._classes(None, x))
+        # one entry per site; the core labels rows that carry class labels with a CFG branch
+        return torch.cat([_only(maps.entries(site)).mean(dim=(2, 3)) for site in sites], dim=1)
 
     def classify(self, x: Tensor) -> Tensor:
         """Class logits ``B x num_classes`` of clean images ``x`` in ``[-1, 1]``."""
         return self.head(self.features(x))
 
-    def denoise(self, x_t: Tensor, t: Tensor) -> Tensor:
-        """The UNet's noise prediction for noisy images ``x_t`` at integer timesteps ``t``."""
-        return self.unet(x_t, t).sample
+    def _classes(self, labels: Tensor | None, x: Tensor) -> Tensor | None:
+        """The UNet's class input: ``labels`` (``-1`` or ``None``: "no class"); ``None`` when unconditional."""
+        if not self.class_conditional:
+            if labels is not None:
+                raise ValueError("labels given to a model built without class_conditional=True")
+            return None
+        if labels is None:
+            return torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
+        return torch.where(labels < 0, self.num_classes, labels).to(x.device)
+
+    def denoise(self, x_t: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
+        """The UNet's noise prediction for noisy images ``x_t`` at integer timesteps ``t`` (given
+        class ``labels`` when class-conditional; ``None`` or ``-1``: "no class")."""
+        return self.unet(x_t, t, class_labels=self._classes(labels, x_t)).sample
+
+    def guided_eps(self, x_t: Tensor, t: Tensor, labels: Tensor, scale: float) -> Tensor:
+        """Classifier-free guidance: ``eps(no class) + scale * (eps(labels) - eps(no class))``."""
+        if not self.class_conditional:
+            raise ValueError("classifier-free guidance needs a model built with class_conditional=True")
+        both = self.denoise(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([torch.full_like(labels, -1), labels]))
+        free, cond = both.chunk(2)
+        return free + scale * (cond - free)
 
     def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
         """``sqrt(abar_t) x0 + sqrt(1 - abar_t) noise`` (the forward process)."""
         abar = self.alphas_cumprod.to(x0.device)[t].view(-1, 1, 1, 1)
         return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
 
-    def denoising_loss(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Mean eps-prediction MSE at uniformly drawn timesteps (the diffusion half of the loss)."""
+    def denoising_loss(
+        self, x0: Tensor, generator: torch.Generator | None = None, labels: Tensor | None = None
+    ) -> Tensor:
+        """Mean eps-prediction MSE at uniformly drawn timesteps (the diffusion half of the loss);
+        ``labels`` (class-conditional models; ``-1``: "no class") condition the denoiser."""
         t = torch.randint(self.train_timesteps, (x0.shape[0],), generator=generator).to(x0.device)
         noise = torch.randn(x0.shape, generator=generator).to(x0.device)
-        return F.mse_loss(self.denoise(self.add_noise(x0, noise, t), t), noise)
+        return F.mse_loss(self.denoise(self.add_noise(x0, noise, t), t, labels), noise)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classify(x)

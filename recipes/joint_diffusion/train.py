@@ -79,6 +79,16 @@ def strong_augment(x: Tensor, generator: torch.Generator | None = None) -> Tenso
     return torch.where(box[:, None].to(x.device), torch.full_like(x, -1.0), x).clamp(-1.5, 1.5)
 
 
+def _denoising(model: JointDiffusion, xl: Tensor, yl: Tensor, xu: Tensor, g: torch.Generator) -> Tensor:
+    """The denoising loss on labelled and unlabelled images together; a class-conditional model
+    sees the labelled ones with their class and the unlabelled ones with "no class" (the
+    unconditional half classifier-free guidance needs)."""
+    if not getattr(model, "class_conditional", False):
+        return model.denoising_loss(torch.cat([xl, xu]), g)
+    labels = torch.cat([yl, torch.full((xu.shape[0],), -1, dtype=torch.long, device=yl.device)])
+    return model.denoising_loss(torch.cat([xl, xu]), g, labels)
+
+
 #: An augmentation: a batch and a generator in, a batch of the same shape out.
 Augment = Callable[[Tensor, "torch.Generator | None"], Tensor]
 
@@ -144,7 +154,7 @@ def train_joint(
             logits = model.classify(torch.cat([xl, strong_augment(xu, g)]))
             ce = F.cross_entropy(logits[:nb], yl)
             fixmatch = (F.cross_entropy(logits[nb:], pseudo, reduction="none") * mask).mean()
-            diffusion = model.denoising_loss(torch.cat([labelled[idx], xu]), g)
+            diffusion = _denoising(model, labelled[idx], yl, xu, g)
             loss = ce + cfg.fixmatch_weight * fixmatch + cfg.diffusion_weight * diffusion
             record.update(fixmatch=fixmatch.item(), mask_rate=mask.mean().item(), diffusion=diffusion.item())
         else:
@@ -153,7 +163,7 @@ def train_joint(
             if mode == "joint":
                 assert unlabelled is not None
                 xu = unlabelled[torch.randint(unlabelled.shape[0], (nb * cfg.unlabelled_ratio,), generator=g)]
-                diffusion = model.denoising_loss(torch.cat([labelled[idx], xu]), g)
+                diffusion = _denoising(model, labelled[idx], yl, xu, g)
                 loss = ce + cfg.diffusion_weight * diffusion
                 record["diffusion"] = diffusion.item()
         record["ce"] = ce.item()
