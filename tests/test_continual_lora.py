@@ -290,13 +290,15 @@ def test_cli_quick_run(tmp_path, capsys):
     from interventions import cli
 
     argv = ["--quick", "--steps", "3", "--samples", "2", "--eval-steps", "2", "--methods", "merge_and_init", "magmax"]
-    argv += ["--identifiers", "far", "--targets", "cross_kv"]
+    argv += ["--targets", "cross_kv", "--class-images", "4"]
     assert cli.main(["run", "continual_lora", *argv, "--out", str(tmp_path / "run"), "--no-progress"]) == 0
     table = capsys.readouterr().out
     assert "| merge_and_init | 0 |" in table and "| magmax | 0 |" in table
     record = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert [r["method"] for r in record["runs"]] == ["merge_and_init", "magmax"]
     assert [t["prompt"] for t in record["tasks"]] == ["a in", "a red"] and record["training"]["targets"] == "cross_kv"
+    # the defaults chosen on selection seed 11: far identifiers, prior preservation on the empty prompt
+    assert (record["training"]["prior_weight"], record["training"]["prior_prompt"]) == (1.0, "null")
     assert (tmp_path / "run" / "continual_lora_matrices.png").stat().st_size > 1000
     assert (tmp_path / "run" / "hub" / "magmax" / "README.md").is_file()
     # merge_and_init keeps both task adapters side by side: rank 4 + 4, on the cross_kv targets only

@@ -10,24 +10,26 @@ task's prompt. It prints the table of final average and forgetting per seed and 
     <out>/adapters/<method>/seed<s>/task<t>/pytorch_lora_weights.safetensors
     <out>/hub/<method>/                  last adapter of the first seed with its card (push-ready)
 
-    interventions run continual_lora --out runs/continual_lora               # 4 tasks, 3 seeds: ~12 CPU-min
+    interventions run continual_lora --out runs/continual_lora               # 4 tasks, 3 seeds
     interventions run continual_lora --quick --out /tmp/cl                   # 2 tasks, 1 seed, tiny
-    interventions run continual_lora --identifiers far --out runs/cl_far     # identifiers the encoder keeps apart
-    interventions run continual_lora --prior-weight 0.1 --out runs/cl_prior  # DreamBooth prior preservation
+    interventions run continual_lora --prior-weight 0 --out runs/cl_plain    # no prior preservation
+    interventions run continual_lora --prior-prompt class --identifiers synonyms --out runs/cl_db  # DreamBooth's class prior
     interventions run continual_lora --out runs/cl --push-to me/shapes-cl    # also push each method
     interventions run continual_lora --merge runs/s0/metrics.json runs/s1/metrics.json --out runs/all
 
 With ``--push-to PREFIX`` each method's card folder goes to the Hub repo ``PREFIX-<method>``.
 
-``--identifiers far`` names the same subjects by words the frozen text encoder keeps apart
-(:mod:`.identifiers`; default: the shapes' synonyms). ``--targets cross_kv`` puts the LoRA on the
+Defaults (chosen on selection seed 11, see the results README): identifiers the frozen text encoder
+keeps apart (``--identifiers far``, :mod:`.identifiers`; ``synonyms``: the shapes' synonyms) and prior
+preservation on the empty prompt at weight 1 (``--prior-weight 1 --prior-prompt null``). ``--targets cross_kv`` puts the LoRA on the
 cross-attentions' ``to_k`` / ``to_v`` only instead of the paper's four projections of every attention.
 
 With ``--prior-weight W > 0`` every method trains each task with DreamBooth's prior preservation:
-``--class-images`` samples of the class prompt (``a circle`` for ``a disk``) from the frozen base
-model, their denoising loss times ``W`` added to the task's (diffusers' ``--with_prior_preservation``).
-``--prior-prompt null`` takes them from the empty prompt instead: the frozen encoder's output of every
-prompt is ~99 % the empty prompt's, so this prior holds back what an update does to every prompt alike.
+``--class-images`` samples of the prior prompt from the frozen base model, their denoising loss times
+``W`` added to the task's (diffusers' ``--with_prior_preservation``). ``--prior-prompt class`` is
+DreamBooth's class prompt (``a circle`` for ``a disk``); ``null`` is the empty prompt, a prompt with no
+task word: a task's update that also changes it (as every update does without it, measured) is one
+that reaches prompts other than the task's own, and the prior holds that part back.
 
 The same protocol on a real checkpoint is the authors' script (SDXL, DreamBooth LoRA rank 64, one
 run per task, each starting from the previous task's output; not run here)::
@@ -57,7 +59,7 @@ import torch
 from .methods import METHODS, Evaluation, Sequence, run_sequence
 from .metrics import forgetting_per_task
 from .report import plot_matrices, summarise, table
-from .tasks import DEFAULT_IDENTIFIERS, IDENTIFIER_SETS, make_tasks
+from .tasks import IDENTIFIER_SETS, make_tasks
 from .train import Training
 
 __all__ = ["parser", "main"]
@@ -69,7 +71,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", type=int, default=4, help="how many of the 4 subjects to teach, in order (2-4)")
     p.add_argument(
         "--identifiers",
-        default=DEFAULT_IDENTIFIERS,
+        default="far",
         choices=sorted(IDENTIFIER_SETS),
         help="identifier words of the tasks: the shapes' synonyms, or words the frozen encoder keeps apart",
     )
@@ -88,13 +90,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--prior-weight",
         type=float,
-        default=0.0,
+        default=1.0,
         help="DreamBooth prior preservation: weight of the class-image loss (0: off)",
     )
     p.add_argument("--class-images", type=int, default=32, help="class images per task (frozen base, class prompt)")
     p.add_argument(
         "--prior-prompt",
-        default="class",
+        default="null",
         choices=["class", "null"],
         help="prior preservation keeps the base model's images of the task's class prompt, or of the empty prompt",
     )
