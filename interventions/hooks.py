@@ -177,6 +177,8 @@ class Cache:
     torch.Size([9, 2])
     """
 
+    rowwise: ClassVar[bool] = True  # without a When, a batched CFG call goes to whole_batch whole
+    result_fits: ClassVar[bool] = True  # returns None: nothing for the engine to check
     store: Store = field(default_factory=MemoryStore)
     clone: bool = True
     when: When | None = None
