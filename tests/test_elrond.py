@@ -11,7 +11,14 @@ from interventions.subspace import complexity, pca
 from recipes.elrond.cli import LADDER, main
 from recipes.elrond.complexity import gradient_spread, ladder_holds
 from recipes.elrond.distance import canonical, canonicalise, pixel
-from recipes.elrond.experiment import above_null, parallel_analysis, predict_factors, unit_rows
+from recipes.elrond.experiment import (
+    above_null,
+    diversity,
+    parallel_analysis,
+    predict_factors,
+    unit_rows,
+    unsteered_samples,
+)
 from recipes.elrond.gradients import Setting, collect, concept_position, embed, fully_noised, pair_gradients, regenerate
 from recipes.elrond.steer import generate
 
@@ -55,6 +62,8 @@ def test_hook_gradients_equal_autograd(pipe, distance):
     assert hooked.shape == (3, 8, 64)
     assert float(direct.abs().max()) > 1e-4  # a real gradient, not zeros on both sides
     torch.testing.assert_close(hooked, direct, rtol=1e-5, atol=1e-8)
+    # the backward pass skipped the UNet's weights (frozen for the pass) and gave them back trainable
+    assert all(p.requires_grad and p.grad is None for p in pipe.unet.parameters())
 
 
 def test_canonical_distance_factors_out_position_and_size():
@@ -130,6 +139,17 @@ def test_top_direction_changes_the_free_factor_and_keeps_the_prompted_ones(pipe,
         assert (changed > 0.5) == changes, changed
         assert float((pred["shape"] == 0).float().mean()) >= 0.875  # circle
         assert float((pred["style"] == 1).float().mean()) >= 0.875  # striped
+
+
+def test_unsteered_samples_are_drawn_once_and_shared(pipe, evaluators, striped_circle):
+    """The unsteered samples that steering is scored against are the zero-strength steered ones
+    of the same noise, bit for bit, so drawing them once per seed changes no number."""
+    top = pca(striped_circle)[0][:2]
+    base = unsteered_samples(pipe, "a striped circle", 8, 101, SETTING)
+    assert torch.equal(base, generate(pipe, "a striped circle", top[0].expand(8, -1), torch.zeros(8), SETTING, 101))
+    shared = diversity(pipe, evaluators, "a striped circle", top, 4.0, 8.0, 8, 101, SETTING, base)
+    assert shared == diversity(pipe, evaluators, "a striped circle", top, 4.0, 8.0, 8, 101, SETTING)
+    assert shared["unsteered"] != shared["random_steering"]
 
 
 def test_bad_input_is_refused_before_any_work(pipe, tmp_path, capsys):

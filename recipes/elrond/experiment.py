@@ -139,15 +139,18 @@ def steering_effect(
     n: int,
     seed: int,
     setting: Setting,
+    unsteered: Tensor | None = None,
 ) -> dict[str, Any]:
     """For each named direction and both signs: the fraction of samples whose factor changed
-    against the unsteered sample of the same noise, and the fraction keeping each prompted factor."""
+    against the unsteered sample of the same noise, and the fraction keeping each prompted factor
+    (``unsteered``: those samples, :func:`unsteered_samples`, when the caller already drew them)."""
     from recipes.worlds.shapes import FACTORS, parse_prompt
 
     named = {f: v for f, v in parse_prompt(prompt).items() if v is not None}
     zeros = torch.zeros(n)
-    any_dir = next(iter(directions.values()))
-    base = predict_factors(evaluators, generate(pipe, prompt, any_dir.expand(n, -1), zeros, setting, seed))
+    if unsteered is None:
+        unsteered = unsteered_samples(pipe, prompt, n, seed, setting)
+    base = predict_factors(evaluators, unsteered)
     out: dict[str, Any] = {"unsteered_keep": {f: float((base[f] == v).float().mean()) for f, v in named.items()}}
     for name, d in directions.items():
         for sign in (1, -1):
@@ -159,6 +162,14 @@ def steering_effect(
                 "kept": {f: round(float((pred[f] == v).float().mean()), 4) for f, v in named.items()},
             }
     return out
+
+
+def unsteered_samples(pipe: Any, prompt: str, n: int, seed: int, setting: Setting) -> Tensor:
+    """The ``n`` unsteered samples of ``prompt`` from noise ``seed``: what steering from the same
+    noise is compared with (drawn once per seed and shared by :func:`steering_effect` and
+    :func:`diversity`)."""
+    width = pipe.text_encoder.config.hidden_size
+    return generate(pipe, prompt, torch.zeros(n, width), torch.zeros(n), setting, seed)
 
 
 def entropy_bits(labels: Tensor, classes: int = 4) -> float:
@@ -188,14 +199,18 @@ def diversity(
     n: int,
     seed: int,
     setting: Setting,
+    unsteered: Tensor | None = None,
 ) -> dict[str, Any]:
-    """Unsteered samples against samples each steered by a random direction of ``directions``
-    (random sign) at a strength ``~ U[low, high]``: entropy of every factor (bits), mean pairwise
-    pixel distance, and agreement with the prompted factors."""
+    """Unsteered samples (``unsteered``, when the caller already drew them) against samples each
+    steered by a random direction of ``directions`` (random sign) at a strength ``~ U[low, high]``:
+    entropy of every factor (bits), mean pairwise pixel distance, and agreement with the prompted
+    factors."""
     picked, strengths = random_steering(n, directions, low, high, torch.Generator().manual_seed(seed))
+    if unsteered is None:
+        unsteered = unsteered_samples(pipe, prompt, n, seed, setting)
+    steered = generate(pipe, prompt, picked, strengths, setting, seed)
     out = {}
-    for name, s in (("unsteered", torch.zeros(n)), ("random_steering", strengths)):
-        latents = generate(pipe, prompt, picked, s, setting, seed)
+    for name, latents in (("unsteered", unsteered), ("random_steering", steered)):
         pred = predict_factors(evaluators, latents)
         flat = latents.flatten(1).float()
         out[name] = {
@@ -270,15 +285,16 @@ def measure(
             }
             if evaluators is not None:
                 chosen = {"pca0": pcs[0], "sae0": sae_dirs[0], "random": rand}
-                entry["steering"] = {
-                    s: steering_effect(pipe, evaluators, prompt, chosen, strength, n_steer, s, setting)
-                    for s in steer_seeds
-                }
                 top = pcs[: max(1, min(4, len(pcs)))]
-                entry["random_steering"] = {
-                    s: diversity(pipe, evaluators, prompt, top, strength / 2, strength, n_steer, s, setting)
-                    for s in steer_seeds
-                }
+                entry["steering"], entry["random_steering"] = {}, {}
+                for s in steer_seeds:
+                    base = unsteered_samples(pipe, prompt, n_steer, s, setting)
+                    entry["steering"][s] = steering_effect(
+                        pipe, evaluators, prompt, chosen, strength, n_steer, s, setting, base
+                    )
+                    entry["random_steering"][s] = diversity(
+                        pipe, evaluators, prompt, top, strength / 2, strength, n_steer, s, setting, base
+                    )
         result["prompts"][prompt] = entry
     return result
 
