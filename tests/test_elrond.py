@@ -161,7 +161,19 @@ def test_bad_input_is_refused_before_any_work(pipe, tmp_path, capsys):
         main(["--model", str(tmp_path / "missing"), "--prompt", "a dog", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="unknown word"):
         main(["--prompt", "a shape", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="use --distance pixel with --model"):
+        main(["--model", str(tmp_path), "--distance", "canonical", "--prompt", "a dog", "--out", str(tmp_path)])
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_the_shapes_default_distance_is_canonical(tmp_path):
+    """The default run measures with the canonical distance (under which the complexity column
+    orders the ladder), and says so in its file name and setting."""
+    tiny = ["--prompt", "a circle", "--no-steer", "--n", "4", "--batch", "4", "--seeds", "0", "--sample-steps", "2"]
+    assert main([*tiny, "--regen-steps", "1", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "elrond_shapes_canonical.json").read_text())
+    assert result["setting"]["distance"] == "canonical"
+    assert (tmp_path / "grads_canonical" / "a_circle" / "seed0").is_dir()
 
 
 def test_complexity_column_from_the_cli(tmp_path, capsys):

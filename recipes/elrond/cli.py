@@ -3,26 +3,29 @@ prompt-embedding space (arXiv 2602.10216).
 
 ::
 
-    interventions run elrond                                   # the shapes ladder, seeds 0 1 2
+    interventions run elrond                                   # the shapes ladder, seeds 0 1 2 (~5 min CPU)
     interventions run elrond --prompt "a striped circle" --steer "a striped circle" --seeds 0
     interventions run elrond --model stable-diffusion-v1-5/stable-diffusion-v1-5 --device cuda \\
         --prompt "a photo of a dog" --n 1024 --batch 2 --sample-steps 25 --regen-steps 4 \\
         --guidance 7.5 --strength 8 --steer "a photo of a dog"
 
 For each ``--prompt`` and seed: ``--n`` samples, random pairs, the concept token's gradients
-(``--word``, default the last word) streamed to ``<out>/grads/<prompt>/seed<S>`` (a DiskStore; a
-rerun reads them back), and the complexity table: the complexity column (the median gradient norm,
-:mod:`recipes.elrond.complexity`) beside the paper's components to 95% of the variance and spectral
-gap; with the whole ladder, whether the column falls along it on each seed (``ladder_holds``). The
-complexity ordering (use ``--distance canonical``: position and size factored out)::
+(``--word``, default the last word) streamed to ``<out>/grads_<distance>/<prompt>/seed<S>`` (a
+DiskStore; a rerun reads them back; ``grads`` for pixel), and the complexity table: the complexity
+column (the median gradient norm, :mod:`recipes.elrond.complexity`) beside the paper's components
+to 95% of the variance and spectral gap; with the whole ladder, whether the column falls along it
+on each seed (``ladder_holds``). On the shapes model the distance defaults to ``canonical``
+(position and size factored out, :mod:`recipes.elrond.distance`), under which the column orders
+the ladder; ``--distance pixel`` is the paper's (any other ``--model`` uses it). The complexity
+ordering alone, on the pre-registered fresh seeds::
 
-    interventions run elrond --distance canonical --no-steer --seeds 20 21 22 23 24
+    interventions run elrond --no-steer --seeds 20 21 22 23 24
 
 For each ``--steer`` prompt: PCA directions (the paper's explained-variance threshold) and TopK SAE
-directions of the first seed's gradients, saved to ``elrond_directions_<prompt>.safetensors``; on
+directions of the first seed's gradients, saved to ``elrond_directions_<prompt>[_canonical].safetensors``; on
 the shapes model also the evaluators' verdict on steering along the top directions and on random
-steering, on ``--steer-seeds`` (noise the gradients never saw). Writes ``elrond_<model>.json``
-and ``elrond_<model>.png``.
+steering, on ``--steer-seeds`` (noise the gradients never saw). Writes
+``elrond_<model>[_canonical].json`` and ``.png``.
 
 ``--model`` is ``shapes`` (the shipped checkpoint), a folder or a Hub id of a Stable Diffusion
 1.x/2.x or SDXL pipeline (loaded with ``use_safetensors=True``; for SDXL the regeneration passes the
@@ -104,9 +107,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--guidance", type=float, default=3.0)
     ap.add_argument(
         "--distance",
-        default="pixel",
+        default=None,
         choices=["pixel", "canonical"],
-        help="dist(regen(A), B): pixel MSE (the paper) or MSE after moving both to a canonical position and size",
+        help="dist(regen(A), B): pixel MSE (the paper) or MSE after moving both to a canonical position and size "
+        "(the shapes model's default: it orders the ladder; pixel for any other --model; --student uses pixel)",
     )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
@@ -174,6 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.student is not None:
         return _run_student(args)
     args.strength = 8.0 if args.strength is None else args.strength
+    args.distance = args.distance or ("canonical" if args.model == "shapes" else "pixel")
+    if args.distance == "canonical" and args.model != "shapes":
+        raise SystemExit(
+            "interventions run elrond: --distance canonical is the shapes world's (images on a -1 background); "
+            "use --distance pixel with --model"
+        )
     prompts = args.prompt or (LADDER if args.model == "shapes" else None)
     if not prompts:
         raise SystemExit("interventions run elrond: --prompt is required with a --model other than shapes")
