@@ -1,6 +1,6 @@
 """ELROND on an SDXL pipeline (the real-checkpoint path of DMD2): a tiny StableDiffusionXLPipeline
-built from config with the real diffusers / transformers classes (two CLIP text encoders, a UNet
-with ``addition_embed_type="text_time"``), random weights, fixed seeds."""
+built from config with the real diffusers / transformers classes (``tests.tiny_models.sdxl_pipeline``:
+two CLIP text encoders, a UNet with ``addition_embed_type="text_time"``), random weights, fixed seeds."""
 
 import json
 
@@ -22,79 +22,15 @@ from recipes.elrond.gradients import (
     regenerate,
     sample,
 )
-from tests.tiny_models import CLIP_MAX_LEN, clip_tokenizer
+from tests.tiny_models import CLIP_MAX_LEN, sdxl_pipeline
 
 SETTING = Setting(sample_steps=2, regen_steps=2, guidance=3.0, batch=4)
-
-
-def _text_encoder(with_projection: bool):
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    cfg = CLIPTextConfig(
-        vocab_size=len(clip_tokenizer()),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=CLIP_MAX_LEN,
-        projection_dim=16,
-        pad_token_id=0,
-        bos_token_id=2,
-        eos_token_id=3,
-    )
-    return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(cfg)
-
-
-def tiny_sdxl(seed: int = 0):
-    """16x16 images, 8x8x4 latents; ``encoder_hidden_states`` 32 + 32 wide, pooled 16, time ids 6 x 4."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(
-            sample_size=8,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            block_out_channels=(8, 16),
-            layers_per_block=1,
-            norm_num_groups=4,
-            cross_attention_dim=64,
-            attention_head_dim=2,
-            addition_embed_type="text_time",
-            addition_time_embed_dim=4,
-            projection_class_embeddings_input_dim=6 * 4 + 16,
-        )
-        vae = AutoencoderKL(
-            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-            block_out_channels=(4, 8),
-            latent_channels=4,
-            norm_num_groups=2,
-            sample_size=16,
-        )
-        pipe = StableDiffusionXLPipeline(
-            vae=vae,
-            text_encoder=_text_encoder(False),
-            text_encoder_2=_text_encoder(True),
-            tokenizer=clip_tokenizer(),
-            tokenizer_2=clip_tokenizer(),
-            unet=unet,
-            scheduler=EulerDiscreteScheduler(timestep_spacing="leading", steps_offset=1),  # SDXL base's
-            add_watermarker=False,
-        )
-    for m in pipe.components.values():
-        if isinstance(m, torch.nn.Module):
-            m.eval().requires_grad_(False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 @pytest.fixture(scope="module")
 def pipe():
     torch.set_num_threads(1)
-    return tiny_sdxl()
+    return sdxl_pipeline()
 
 
 def test_added_cond_kwargs_are_what_the_sdxl_pipeline_passes_its_unet(pipe):
@@ -149,7 +85,7 @@ def test_cli_runs_an_sdxl_folder_and_loads_a_unet_from_safetensors(pipe, tmp_pat
     from safetensors.torch import save_file
 
     pipe.save_pretrained(tmp_path / "sdxl", safe_serialization=True)
-    other = tiny_sdxl(seed=1).unet.state_dict()
+    other = sdxl_pipeline(seed=1).unet.state_dict()
     save_file(other, str(tmp_path / "unet.safetensors"))
     loaded = load_model(str(tmp_path / "sdxl"), unet=tmp_path / "unet.safetensors", lcm=True)
     key = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"

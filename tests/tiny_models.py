@@ -292,6 +292,44 @@ def sd_pipeline(seed: int = 0):
     return _finish(pipe)
 
 
+def sdxl_pipeline(seed: int = 0):
+    """Tiny ``StableDiffusionXLPipeline``: 16x16 images, 8x8x4 latents, Euler with SDXL base's
+    leading spacing; two CLIP text encoders (``encoder_hidden_states`` 32 + 32 wide, pooled 16),
+    a UNet with ``addition_embed_type="text_time"`` (time ids 6 x 4)."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    with _seeded(seed):
+        unet = UNet2DConditionModel(
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            block_out_channels=(8, 16),
+            layers_per_block=1,
+            norm_num_groups=4,
+            cross_attention_dim=64,
+            attention_head_dim=2,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=4,
+            projection_class_embeddings_input_dim=6 * 4 + 16,
+        )
+        vae = _vae(4)
+        text_encoder = _clip_text(hidden=32, projection_dim=16)
+        text_encoder_2 = _clip_text(with_projection=True, hidden=32, projection_dim=16)
+    pipe = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=clip_tokenizer(),
+        tokenizer_2=clip_tokenizer(),
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(timestep_spacing="leading", steps_offset=1),
+        add_watermarker=False,
+    )
+    return _finish(pipe)
+
+
 def stable_audio_pipeline(seed: int = 0):
     """Tiny ``StableAudioPipeline``: stereo, 8 Hz (!), max 2.0 s = 16 samples, 8 latent frames.
 
