@@ -174,15 +174,18 @@ class DiffusersPipelineAdapter(DiffusersModelAdapter):
         # the registered components are the config entries holding (library, class) pairs
         # (``pipe.components`` would inspect the constructor's signature on every attach; reading
         # a plain config value such as ``requires_safety_checker`` as an attribute is deprecated)
-        names = [k for k, v in target.config.items() if not k.startswith("_") and isinstance(v, (list, tuple))]
-        self._comps = {k: m for k in names if isinstance(m := getattr(target, k, None), nn.Module)}
         # a scheduler is a component that is no module and whose class has set_timesteps (read on the class:
         # a tokenizer's or a model's instance __getattr__ would run, and fail, for each missing name)
-        self._schedulers = [
-            s
-            for k in names
-            if k not in self._comps and callable(getattr(type(s := getattr(target, k, None)), "set_timesteps", None))
-        ]
+        self._comps: dict[str, nn.Module] = {}
+        self._schedulers: list[Any] = []
+        for k, v in target.config.items():
+            if k.startswith("_") or not isinstance(v, (list, tuple)):
+                continue
+            component = getattr(target, k, None)
+            if isinstance(component, nn.Module):
+                self._comps[k] = component
+            elif callable(getattr(type(component), "set_timesteps", None)):
+                self._schedulers.append(component)
         # every component run with a timestep in the denoising loop is stepped (a ControlNet, Wan's
         # transformer_2, a prior and its decoder); the main one (groups, layouts) comes first
         self._denoisers = [n for n, m in self._comps.items() if is_denoiser(m)]
