@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -238,11 +239,12 @@ def _vae(latent_channels: int = 4, flow: bool = False):
 # ---------------------------------------------------------------------------------------------
 
 
-def sd_unet():
-    """The tiny SD ``UNet2DConditionModel`` of :func:`sd_pipeline` (random weights, unseeded)."""
+def sd_unet(**overrides: Any):
+    """The tiny SD ``UNet2DConditionModel`` of :func:`sd_pipeline` (random weights, unseeded);
+    ``overrides`` change its config (SDXL's wider text and added conditioning)."""
     from diffusers import UNet2DConditionModel
 
-    return UNet2DConditionModel(
+    config: dict[str, Any] = dict(
         sample_size=8,
         in_channels=4,
         out_channels=4,
@@ -254,6 +256,7 @@ def sd_unet():
         cross_attention_dim=32,
         attention_head_dim=2,  # diffusers' legacy name: number of heads
     )
+    return UNet2DConditionModel(**{**config, **overrides})
 
 
 def sd_pipeline(seed: int = 0):
@@ -296,20 +299,11 @@ def sdxl_pipeline(seed: int = 0):
     """Tiny ``StableDiffusionXLPipeline``: 16x16 images, 8x8x4 latents, Euler with SDXL base's
     leading spacing; two CLIP text encoders (``encoder_hidden_states`` 32 + 32 wide, pooled 16),
     a UNet with ``addition_embed_type="text_time"`` (time ids 6 x 4)."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
     with _seeded(seed):
-        unet = UNet2DConditionModel(
-            sample_size=8,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            block_out_channels=(8, 16),
-            layers_per_block=1,
-            norm_num_groups=4,
+        unet = sd_unet(
             cross_attention_dim=64,
-            attention_head_dim=2,
             addition_embed_type="text_time",
             addition_time_embed_dim=4,
             projection_class_embeddings_input_dim=6 * 4 + 16,
