@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 Rows = slice
 StoreKey = tuple[str, int | None, str | None] | tuple[str, int | None, str | None, int]
 Segments = tuple[tuple[str | None, Rows], ...]
-ALL_ROWS: Segments = ((None, slice(None)),)
+EVERY_ROW: Rows = slice(None)
+ALL_ROWS: Segments = ((None, EVERY_ROW),)
 # every branch name an adapter labels rows with (InstructPix2Pix batches an image-only block,
 # the PAG pipelines a perturbed-attention block, SD3 runs a skip-layer-guidance pass)
 BRANCHES = ("cond", "uncond", "image_cond", "perturbed", "skip_layers")
@@ -110,7 +111,7 @@ class Context:
         self.layout = layout
         self._state = state
         self.branch: str | None = None
-        self.rows: Rows = slice(None)
+        self.rows: Rows = EVERY_ROW  # one shared slice: a context is made per site at every attach
         self.component = component
         self.stepped = stepped
         self.invocation = 0

@@ -25,7 +25,7 @@ from torch import nn
 
 from . import adapters as _adapters
 from .adapters.base import Adapter, Undo, looks_like, wrap_attribute
-from .context import ALL_ROWS, BRANCHES, Context, RunState, When, check_branch
+from .context import ALL_ROWS, BRANCHES, EVERY_ROW, Context, RunState, When, check_branch
 from .errors import (
     CompiledModelError,
     HookError,
@@ -75,7 +75,7 @@ class _Entry:
         self.hooks: list[tuple[Hook, When | None, int, bool]] = []  # (hook, its When, its slot in applied, fits)
         self.ctx = ctx
         self.layout_fixed = layout_fixed
-        self.params: list[str] = []
+        self.params: Sequence[str] = ()  # an input site's parameter names (set at attach)
         self.fired = 0
         self.whole = True  # every hook acts on each row alike (or caches): no CFG split needed
         self.epoch = -1  # the state's epoch at the last firing (for the invocation index)
@@ -536,7 +536,7 @@ class Session:
             out = self._apply(e, part, ctx)
             changed |= out is not None
             pieces.append(part if out is None else out)
-        ctx.rows = slice(None)
+        ctx.rows = EVERY_ROW
         # re-joined also when unchanged but tracked: a hook may have hooked the gradient of the
         # very rows it got (Grads), which reaches it only if those rows feed the model
         if changed or (x.requires_grad and torch.is_grad_enabled()):
