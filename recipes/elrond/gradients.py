@@ -84,15 +84,19 @@ def concept_position(tokenizer: Any, prompt: str, word: str | None = None) -> in
     raise ValueError(f"concept word {word!r} was truncated away from prompt {prompt!r}")
 
 
-def _encode(pipe: Any, prompt: str, n: int) -> tuple[Tensor, ...]:
+def encoded(pipe: Any, prompt: str, n: int) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None]:
+    """One text encoding of ``prompt`` and of the unconditional prompt, ``n`` rows each: the
+    UNet's ``encoder_hidden_states`` for both, and SDXL's pooled embeddings (``None`` for a UNet
+    that takes none)."""
     with torch.no_grad():
-        return pipe.encode_prompt(prompt, device=pipe.device, num_images_per_prompt=n, do_classifier_free_guidance=True)
+        out = pipe.encode_prompt(prompt, device=pipe.device, num_images_per_prompt=n, do_classifier_free_guidance=True)
+    return out[0], out[1], (out[2], out[3]) if is_sdxl(pipe) else None
 
 
 def embed(pipe: Any, prompt: str, n: int) -> tuple[Tensor, Tensor]:
     """The UNet's ``encoder_hidden_states`` for ``prompt`` and for the unconditional prompt, ``n``
     rows each."""
-    cond, uncond = _encode(pipe, prompt, n)[:2]
+    cond, uncond, _ = encoded(pipe, prompt, n)
     return cond, uncond
 
 
@@ -104,10 +108,7 @@ def is_sdxl(pipe: Any) -> bool:
 def pooled(pipe: Any, prompt: str, n: int) -> tuple[Tensor, Tensor] | None:
     """SDXL: the second text encoder's pooled embeddings of ``prompt`` and of the unconditional
     prompt, ``n`` rows each; ``None`` for a UNet that takes none."""
-    if not is_sdxl(pipe):
-        return None
-    cond, uncond = _encode(pipe, prompt, n)[2:4]
-    return cond, uncond
+    return encoded(pipe, prompt, n)[2] if is_sdxl(pipe) else None
 
 
 def added_cond_kwargs(pipe: Any, pooled_embeds: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
@@ -197,8 +198,7 @@ def fully_noised(pipe: Any, x0: Tensor, setting: Setting, generator: torch.Gener
 def pair_gradients(pipe: Any, a: Tensor, b: Tensor, prompt: str, setting: Setting, seed: int) -> Tensor:
     """``d sum_i dist(regen(A_i), B_i) / d prompt_embeds`` (``pairs x tokens x D``), collected by
     ``Grads`` on the conditional rows of every UNet call and summed over the calls."""
-    cond, uncond = embed(pipe, prompt, len(a))
-    extra = pooled(pipe, prompt, len(a))
+    cond, uncond, extra = encoded(pipe, prompt, len(a))
     noisy = fully_noised(pipe, a, setting, torch.Generator().manual_seed(seed))
     grads = Grads(MemoryStore(), when=When(branch="cond"))
     with torch.enable_grad(), frozen(pipe.unet), attach(pipe.unet, {SITE: grads}, cfg=("uncond", "cond")):
@@ -254,8 +254,8 @@ def collect(
     for i, (lo, hi) in enumerate(
         tqdm(list(_chunks(n, setting.batch)), desc=f"ELROND {prompt!r}", disable=not progress)
     ):
-        cond, uncond = embed(pipe, prompt, hi - lo)
-        images = sample(pipe, cond, uncond, setting, seed * 100_003 + i, pooled(pipe, prompt, hi - lo))
+        cond, uncond, pooled_embeds = encoded(pipe, prompt, hi - lo)
+        images = sample(pipe, cond, uncond, setting, seed * 100_003 + i, pooled_embeds)
         order = torch.randperm(hi - lo, generator=torch.Generator().manual_seed(seed * 100_003 + i))
         b = images[order]
         a = b if self_pairs else images[order.roll(1)]  # a random cycle: no image is paired with itself

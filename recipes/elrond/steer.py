@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .gradients import Setting, concept_position, embed, pooled, sample
+from .gradients import Setting, concept_position, encoded, sample
 
 
 def add_at_token(cond: Tensor, position: int, directions: Tensor, strengths: Tensor) -> Tensor:
@@ -50,6 +50,6 @@ def generate(
     ``strengths[i] * directions[i]`` at the concept token (strength 0: the unsteered sample; the
     same ``seed`` gives the same noise, so steered and unsteered samples pair up)."""
     position = concept_position(pipe.tokenizer, prompt, word)
-    cond, uncond = embed(pipe, prompt, len(strengths))
+    cond, uncond, pooled_embeds = encoded(pipe, prompt, len(strengths))
     steered = add_at_token(cond, position, directions, strengths)
-    return sample(pipe, steered, uncond, setting, seed, pooled(pipe, prompt, len(strengths)))
+    return sample(pipe, steered, uncond, setting, seed, pooled_embeds)
