@@ -298,3 +298,27 @@ def test_denoiser_run_by_hand_before_any_pipeline_call_is_unlabelled_not_an_erro
     with torch.no_grad(), attach(pipe, {"unet.mid_block": cache}):
         pipe.unet(torch.randn(2, 4, 8, 8), torch.tensor(10), encoder_hidden_states=torch.randn(2, 7, 32))
     assert list(cache.keys()) == [("unet.mid_block", 0, None)]
+
+
+def test_class_labels_name_branches_only_where_the_model_has_a_null_class():
+    # DiT's label embedding reserves class 1000 for "no class": its rows are cond / uncond. A
+    # UNet2DModel with class embeddings has no such class, so a guessed null class would label
+    # every row "cond" and a When(branch="uncond") would quietly never apply.
+    from diffusers import UNet2DModel
+
+    unet = UNet2DModel(
+        sample_size=8, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, num_class_embeds=3,
+        down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2,
+    )  # fmt: skip
+    x, t, labels = torch.randn(4, 3, 8, 8), torch.tensor(10), torch.tensor([0, 1, 2, 2])
+    plain = Cache()
+    with attach(unet, {"mid_block": plain}):
+        unet(x, t, class_labels=labels)
+    assert list(plain.keys()) == [("mid_block", 0, None)]  # a step, no branch
+    with pytest.raises(SelectorError, match="cfg="), attach(unet, {"mid_block": Cache(when=When(branch="uncond"))}):
+        unet(x, t, class_labels=labels)
+    cache = Cache()
+    with attach(unet, {"mid_block": cache}, cfg=("uncond", "cond")):  # the layout, declared
+        unet(x, t, class_labels=labels)
+    assert sorted(cache.keys()) == [("mid_block", 0, "cond"), ("mid_block", 0, "uncond")]
+    assert torch.equal(cache.get("mid_block", 0, "uncond"), plain.get("mid_block", 0)[:2])

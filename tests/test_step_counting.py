@@ -284,12 +284,12 @@ def test_a_batch_the_layout_cannot_split_stays_unlabelled_with_a_warning(sd):
     """A pipeline batching a layout we do not know: hooks that ignore branches keep working."""
     adapter = DiffusersPipelineAdapter(sd)
     sd._guidance_scale = 3.0  # what the pipeline's __call__ sets: do_classifier_free_guidance
-    assert adapter.calls.segments({}, 4) == (("uncond", slice(0, 2)), ("cond", slice(2, 4)))
+    assert adapter.calls.segments(sd.unet, {}, 4) == (("uncond", slice(0, 2)), ("cond", slice(2, 4)))
     with pytest.warns(UserWarning, match=r"StableDiffusionPipeline: a denoiser batch of 3 rows .*When\(branch"):
-        assert adapter.calls.segments({}, 3) == ALL_ROWS
+        assert adapter.calls.segments(sd.unet, {}, 3) == ALL_ROWS
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert adapter.calls.segments({}, 3) == ALL_ROWS  # warned once per session
+        assert adapter.calls.segments(sd.unet, {}, 3) == ALL_ROWS  # warned once per session
 
 
 # -- 4. branch names -----------------------------------------------------------------------------

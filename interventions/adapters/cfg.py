@@ -26,7 +26,6 @@ UNCOND_FIRST = ("uncond", "cond")
 PIX2PIX = ("cond", "image_cond", "uncond")  # text + image, image only, neither
 PAG_CFG = ("uncond", "cond", "perturbed")
 PAG = ("cond", "perturbed")
-DIT_NULL_CLASS = 1000
 
 
 class CfgLayout(Protocol):
@@ -98,17 +97,19 @@ class PipelineFlags:
 
 class DenoiserCalls:
     """Labels the rows of each denoiser call: a sequential pass named by the denoiser's
-    ``cache_context`` (Flux true CFG, Wan), SD3's skip-layer-guidance pass, DiT's class labels
-    (null class = uncond), else the layout's equal blocks. A batch that does not split into the
-    layout is left unlabelled, with one warning."""
+    ``cache_context`` (Flux true CFG, Wan), SD3's skip-layer-guidance pass, class labels where the
+    model reserves a null class (DiT: null = uncond), else the layout's equal blocks. A batch that
+    does not split into the layout is left unlabelled, with one warning."""
 
     def __init__(self, layout: CfgLayout, owner: str) -> None:
         self.layout = layout
         self.owner = owner
         self._sequential: str | None = None
         self._warned = False
+        self._null_classes: dict[int, int] = {}
 
     def install(self, state: RunState, denoisers: Sequence[nn.Module]) -> list[Undo]:
+        self._null_classes = {id(m): null for m in denoisers if (null := null_class(m)) is not None}
         # read from the class: a failed attribute lookup on a diffusers model runs its __getattr__
         undo = [wrap_attribute(m, "cache_context", self._track) for m in denoisers if hasattr(type(m), "cache_context")]
         return undo + self.layout.install(state)
@@ -130,14 +131,16 @@ class DenoiserCalls:
 
         return _Tracked
 
-    def segments(self, kwargs: dict[str, Any], batch: int) -> Segments:
+    def segments(self, module: nn.Module, kwargs: dict[str, Any], batch: int) -> Segments:
         if self._sequential is not None:
             return ((self._sequential, slice(None)),)
         if kwargs.get("skip_layers") is not None:
             return (("skip_layers", slice(None)),)
-        labels = kwargs.get("class_labels")
-        if isinstance(labels, torch.Tensor) and labels.numel() == batch:
-            return _label_runs(labels, DIT_NULL_CLASS)
+        if self._null_classes:
+            labels = kwargs.get("class_labels")
+            null = self._null_classes.get(id(module))
+            if null is not None and isinstance(labels, torch.Tensor) and labels.numel() == batch:
+                return _label_runs(labels, null)
         order = self.layout.order()
         if order is None:  # unconditional (DDPM), or a bare denoiser nobody declared
             return ALL_ROWS
@@ -158,6 +161,18 @@ class DenoiserCalls:
             "When(branch=...) are refused there. Declare the layout with attach(..., cfg=(...)) to label them.",
             stacklevel=4,
         )
+
+
+def null_class(model: nn.Module) -> int | None:
+    """The class label a denoiser reserves for "no class" (its CFG uncond rows), or None. Only
+    diffusers' ``LabelEmbedding`` (DiT; ``ada_norm_zero`` transformers) reserves one: index
+    ``num_embeds_ada_norm``. A ``UNet2DModel``'s class embedding has none, so its labels say
+    nothing about branches (declare them with ``cfg=``)."""
+    config = getattr(model, "config", None)
+    if not isinstance(config, dict) or config.get("norm_type") != "ada_norm_zero":
+        return None
+    null = config.get("num_embeds_ada_norm")
+    return null if isinstance(null, int) else None
 
 
 def _label_runs(labels: torch.Tensor, null: int) -> Segments:

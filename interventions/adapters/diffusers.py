@@ -92,7 +92,7 @@ class DiffusersModelAdapter(Adapter):
         return self.calls.install(state, [comps.get(d, self.target) for d in self.denoisers()])
 
     def segments(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], batch: int) -> Segments:
-        return self.calls.segments(kwargs, batch)
+        return self.calls.segments(module, kwargs, batch)
 
     def layout(self, path: str, ndim: int) -> str | None:
         if ndim == 3 and self._channels_by_time(path):
