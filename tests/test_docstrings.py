@@ -39,6 +39,7 @@ MODULES = [
     "recipes.continual_lora.metrics",
     "recipes.continual_lora.report",
     "recipes.continual_lora.tasks",
+    "recipes.continual_lora.workers",
     "recipes.dataset_inference.catalogue",
     "recipes.dataset_inference.features",
     "recipes.dataset_inference.gmm_world",

@@ -10,7 +10,7 @@ task's prompt. It prints the table of final average and forgetting per seed and 
     <out>/adapters/<method>/seed<s>/task<t>/pytorch_lora_weights.safetensors
     <out>/hub/<method>/                  last adapter of the first seed with its card (push-ready)
 
-    interventions run continual_lora --out runs/continual_lora               # 4 tasks, 3 seeds
+    interventions run continual_lora --out runs/continual_lora               # 4 tasks, 3 seeds in parallel
     interventions run continual_lora --quick --out /tmp/cl                   # 2 tasks, 1 seed, tiny
     interventions run continual_lora --prior-weight 0 --out runs/cl_plain    # no prior preservation
     interventions run continual_lora --prior-prompt class --identifiers synonyms --out runs/cl_db  # DreamBooth's class prior
@@ -18,6 +18,13 @@ task's prompt. It prints the table of final average and forgetting per seed and 
     interventions run continual_lora --merge runs/s0/metrics.json runs/s1/metrics.json --out runs/all
 
 With ``--push-to PREFIX`` each method's card folder goes to the Hub repo ``PREFIX-<method>``.
+
+Seeds run in parallel worker processes (:mod:`.workers`), one seed each, ``--threads`` threads each,
+by default one process per seed up to twice the usable cores; each writes ``<out>/seeds/seed<s>/``
+(``metrics.json``, PNG, ``log.txt``), its adapters are moved to ``<out>/adapters`` as above and the
+seeds are merged into ``<out>`` as ``--merge`` does (``seconds`` and ``cpu_seconds`` are then per
+seed). The scores equal the in-process run's bit for bit; ``--workers 1`` runs the seeds one after
+another in this process.
 
 Defaults (chosen on selection seed 11, see the results README): identifiers the frozen text encoder
 keeps apart (``--identifiers far``, :mod:`.identifiers`; ``synonyms``: the shapes' synonyms) and prior
@@ -61,6 +68,7 @@ from .metrics import forgetting_per_task
 from .report import plot_matrices, summarise, table
 from .tasks import IDENTIFIER_SETS, make_tasks
 from .train import Training
+from .workers import collect_adapters, default_workers, run_seeds
 
 __all__ = ["parser", "main"]
 
@@ -106,7 +114,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="shapes checkpoint folder (default: the shipped one)")
     p.add_argument("--out", default=None, help="folder for metrics, the PNG, adapters and card folders")
     p.add_argument("--push-to", default=None, help="Hub repo prefix: push <out>/hub/<method> to PREFIX-<method>")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (of each worker)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="seeds run at once, each in its own process (default: one per seed, at most twice the cores; "
+        "1: one after another in this process)",
+    )
     p.add_argument(
         "--quick", action="store_true", help="defaults for a smoke run: 2 tasks, seed 0, 30 steps, 8 samples"
     )
@@ -124,6 +139,8 @@ def _check(args: argparse.Namespace) -> None:
         raise SystemExit(f"--push-to must look like 'owner/prefix', got {args.push_to!r}")
     if args.samples < 1 or args.eval_steps < 1:
         raise SystemExit("--samples and --eval-steps must be >= 1")
+    if args.workers is not None and args.workers < 1:
+        raise SystemExit(f"--workers must be >= 1 (1: seeds one after another in this process), got {args.workers}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,7 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     _check(args)
     if args.merge:
-        return _merge(args.merge, args.out)
+        _merge(args.merge, args.out)
+        return 0
+    workers = args.workers or default_workers(len(args.seeds), args.threads)
+    if workers > 1 and len(args.seeds) > 1:
+        return _parallel(p, args, workers)
     torch.set_num_threads(args.threads)
     from recipes.worlds.shapes_model import load_evaluators, load_pipeline
 
@@ -171,7 +192,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _merge(paths: list[str], out: str | None) -> int:
+def _parallel(p: argparse.ArgumentParser, args: argparse.Namespace, workers: int) -> int:
+    """Every seed in its own worker process (:mod:`.workers`), then the in-process run's outputs."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(args.out) if args.out else Path(tmp)
+        t0 = time.time()
+        paths = run_seeds(p, args, out, workers, progress=not args.no_progress)
+        sequences, tasks = _merge([str(m) for m in paths], args.out)
+        print(f"{len(sequences)} sequences in {time.time() - t0:.0f} s ({workers} workers)")
+        if args.out:
+            collect_adapters(out, args.seeds)
+            for s in sequences:
+                root = out / "adapters" / s.method / f"seed{s.seed}"
+                s.adapters = [str(root / f"task{t}") for t in range(len(tasks))]
+            _publish(out, tasks, sequences, args.push_to)
+    return 0
+
+
+def _merge(paths: list[str], out: str | None) -> tuple[list[Sequence], tuple]:
     """Print and (with ``out``) write the summary and matrices of several runs' metrics.json."""
     from .report import load_runs
     from .tasks import Task
@@ -184,12 +224,19 @@ def _merge(paths: list[str], out: str | None) -> int:
     if out is not None:
         folder = Path(out)
         folder.mkdir(parents=True, exist_ok=True)
-        runs = [r for p in paths for r in json.loads(Path(p).read_text())["runs"]]
-        seconds = [json.loads(Path(p).read_text()).get("seconds") for p in paths]
-        merged = {**record, "seconds": seconds, "runs": runs, "summary": summary, "merged_from": paths}
+        records = [json.loads(Path(p).read_text()) for p in paths]
+        runs = [r for rec in records for r in rec["runs"]]
+        merged = {
+            **record,
+            "seconds": [rec.get("seconds") for rec in records],
+            "cpu_seconds": [rec.get("cpu_seconds") for rec in records],
+            "runs": runs,
+            "summary": summary,
+            "merged_from": paths,
+        }
         (folder / "metrics.json").write_text(json.dumps(merged, indent=1) + "\n")
         plot_matrices(sequences, tasks, folder / "continual_lora_matrices.png")
-    return 0
+    return sequences, tasks
 
 
 def _write_record(out, tasks, training, ev, sequences, seconds) -> None:
@@ -201,6 +248,7 @@ def _write_record(out, tasks, training, ev, sequences, seconds) -> None:
         "training": asdict(training),
         "evaluation": asdict(ev),
         "seconds": round(seconds, 1),
+        "cpu_seconds": round(time.process_time(), 1),  # this process's, all threads
         "runs": [
             {
                 "method": s.method,
@@ -221,16 +269,25 @@ def _write_record(out, tasks, training, ev, sequences, seconds) -> None:
 
 
 def _write(out, args, tasks, training, ev, sequences, seconds) -> None:
-    from .hub import publish_folder, push_adapter
-
     _write_record(out, tasks, training, ev, sequences, seconds)
     plot_matrices(sequences, tasks, out / "continual_lora_matrices.png")
-    first = {}
+    _publish(out, tasks, sequences, args.push_to)
+
+
+def _publish(out: Path, tasks, sequences: list[Sequence], push_to: str | None) -> None:
+    """``<out>/hub/<method>``: each method's last adapter of the first seed with its card (pushed with ``push_to``)."""
+    from .hub import publish_folder, push_adapter
+
+    first: dict[str, Sequence] = {}
     for s in sequences:
         first.setdefault(s.method, s)
     for method, s in first.items():
-        repo = f"{args.push_to}-{method}" if args.push_to else None
+        repo = f"{push_to}-{method}" if push_to else None
         folder = publish_folder(s, tasks, out / "hub" / method, repo_id=repo)
         if repo:
             push_adapter(folder, repo)
             print(f"pushed {folder} to {repo}")
+
+
+if __name__ == "__main__":  # the worker processes of .workers
+    raise SystemExit(main())
