@@ -13,8 +13,20 @@ from recipes.continual_lora.workers import default_workers, worker_argv
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = ["--tasks", "2", "--steps", "3", "--samples", "2", "--eval-steps", "2", "--methods", "naive", "magmax"]
-TINY += ["--targets", "cross_kv", "--class-images", "4", "--seeds", "0", "1", "--no-progress"]
+TINY = ["--tasks", "2", "--steps", "2", "--batch", "2", "--instances", "4", "--class-images", "2", "--samples", "2"]
+TINY += [
+    "--eval-steps",
+    "2",
+    "--methods",
+    "naive",
+    "magmax",
+    "--targets",
+    "cross_kv",
+    "--seeds",
+    "0",
+    "1",
+    "--no-progress",
+]
 
 
 def test_worker_argv_repeats_every_setting_for_one_seed(monkeypatch):
