@@ -228,8 +228,8 @@ def _merge(paths: list[str], out: str | None) -> tuple[list[Sequence], tuple]:
         runs = [r for rec in records for r in rec["runs"]]
         merged = {
             **record,
-            "seconds": [rec.get("seconds") for rec in records],
-            "cpu_seconds": [rec.get("cpu_seconds") for rec in records],
+            "seconds": _per_run(records, "seconds"),
+            "cpu_seconds": _per_run(records, "cpu_seconds"),
             "runs": runs,
             "summary": summary,
             "merged_from": paths,
@@ -237,6 +237,12 @@ def _merge(paths: list[str], out: str | None) -> tuple[list[Sequence], tuple]:
         (folder / "metrics.json").write_text(json.dumps(merged, indent=1) + "\n")
         plot_matrices(sequences, tasks, folder / "continual_lora_matrices.png")
     return sequences, tasks
+
+
+def _per_run(records: list[dict], key: str) -> list:
+    """``key`` of each record, a merged record's list spliced in (merging merged runs stays flat)."""
+    values = [rec.get(key) for rec in records]
+    return [x for v in values for x in (v if isinstance(v, list) else [v])]
 
 
 def _write_record(out, tasks, training, ev, sequences, seconds) -> None:
