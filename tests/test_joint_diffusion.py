@@ -116,3 +116,38 @@ def test_class_conditional_denoiser_guidance_and_hub_folder(tmp_path):
     assert back.class_conditional and json.loads((tmp_path / "m" / "config.json").read_text())["class_conditional"]
     for (name, a), (_, b) in zip(model.state_dict().items(), back.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_v_prediction_samples_land_in_a_trivial_world_where_epsilon_samples_are_noise(tmp_path):
+    """The measured cause of noise samples: an eps-predicting tiny UNet's error is multiplied by
+    up to 1/sqrt(abar) = 157 in the sampler's x0; a v-predicting one samples the world it saw."""
+    from recipes.jdcl.continual import generate
+
+    world = torch.full((16, 3, 16, 16), -1.0)
+    world[:, :, 4:12, 4:12] = 1.0  # one white square on black, the same in every image
+
+    def sample_error(prediction):
+        model = tiny(prediction=prediction).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        g = torch.Generator().manual_seed(0)
+        for _ in range(50):
+            loss = model.denoising_loss(world, g)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        samples, _ = generate(model, 16, steps=10, generator=torch.Generator().manual_seed(1))
+        assert samples.min() >= -1 and samples.max() <= 1  # the sampler keeps the training range
+        return (samples - world).abs().mean().item(), model
+
+    v_error, v_model = sample_error("v_prediction")
+    eps_error, _ = sample_error("epsilon")
+    assert v_error < 0.35 and eps_error > 0.7, (v_error, eps_error)
+    # denoise() still returns eps: x_t = sqrt(a) x0 + sqrt(1 - a) eps is inverted by it
+    x0, noise, t = world[:2], torch.randn(2, 3, 16, 16), torch.tensor([10, 900])
+    v = v_model.target(x0, noise, t)
+    a = v_model.alphas_cumprod[t].view(-1, 1, 1, 1)
+    assert torch.allclose(a.sqrt() * v + (1 - a).sqrt() * v_model.add_noise(x0, noise, t), noise, atol=1e-5)
+    back = load_joint(save_joint(v_model, tmp_path / "v"))
+    assert back.prediction == "v_prediction"
+    with pytest.raises(ValueError, match="prediction must be one of"):
+        JointDiffusion(prediction="sample")

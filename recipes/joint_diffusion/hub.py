@@ -49,6 +49,7 @@ _ARGUMENTS = {
         "dropout",
         "train_timesteps",
         "class_conditional",
+        "prediction",
     },
     "JointMLP": {"dim", "num_classes", "width", "depth", "hidden", "dropout", "train_timesteps"},
 }
@@ -68,7 +69,8 @@ def _describe(model: Any, recipe: str) -> str:
     if isinstance(model, JointDiffusion):
         return (
             f"A tiny {'class-conditional ' if model.class_conditional else ''}diffusers UNet2DModel "
-            f"(eps-prediction, {model.train_timesteps} linear-beta steps) whose "
+            f"({'v' if model.prediction == 'v_prediction' else 'eps'}-prediction, {model.train_timesteps} "
+            "linear-beta steps) whose "
             "down-block feature maps, pooled, feed an MLP classifier; trained with the denoising loss plus "
             f"cross-entropy by the `{recipe}` recipe of interventions on the shapes world (16 x 16 RGB in [-1, 1]). "
             "`model.classify(x)` gives logits, `model.denoise(x_t, t)` the noise prediction."

@@ -37,11 +37,13 @@ from torch.nn import functional as F
 from hub_cards import ModelHubMixin
 from interventions import Cache, attach
 
-__all__ = ["JointDiffusion", "FEATURE_SITE"]
+__all__ = ["JointDiffusion", "FEATURE_SITE", "PREDICTIONS"]
 
 #: The site pattern of every down block's output feature map (diffusers returns (hidden, skips)).
 FEATURE_SITE = "down_blocks.{}:output.0"
 BETA_START, BETA_END = 1e-4, 0.02  # the linear noise schedule's ends (DDPM's)
+#: What the UNet outputs: the noise ``eps`` or ``v = sqrt(abar) eps - sqrt(1 - abar) x0``.
+PREDICTIONS = ("epsilon", "v_prediction")
 
 
 def ddim_scheduler(train_timesteps: int, clip_sample: bool) -> Any:
@@ -69,11 +71,19 @@ class JointDiffusion(
     ModelHubMixin,
     tags=["diffusion", "classifier", "joint-diffusion", "unet2d"],
 ):
-    """A tiny ``UNet2DModel`` (eps-prediction) plus an MLP head on its pooled encoder features.
+    """A tiny ``UNet2DModel`` (eps- or v-prediction) plus an MLP head on its pooled encoder features.
 
     ``widths``: channels of the down blocks (one block per entry, plain ``DownBlock2D``);
     ``hidden``/``dropout``: the head's MLP; ``train_timesteps``: length of the linear beta schedule;
-    ``class_conditional``: the denoiser also takes a class (``labels`` of :meth:`denoise`).
+    ``class_conditional``: the denoiser also takes a class (``labels`` of :meth:`denoise`);
+    ``prediction``: what the UNet is trained to output, one of :data:`PREDICTIONS`.
+
+    ``"v_prediction"`` is what a UNet this small needs to *generate*: with ``"epsilon"`` the
+    sampler's first steps read ``x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar)``, which multiplies
+    the UNet's error by up to ``1 / sqrt(abar_999) = 157``; a 42k-parameter UNet cannot output the
+    near-identity map that needs, so its samples are full-frame noise. With ``v`` the error at high
+    noise reaches ``x0`` unamplified. :meth:`denoise` returns the noise prediction either way, so
+    samplers and guidance do not change.
     """
 
     def __init__(
@@ -87,6 +97,7 @@ class JointDiffusion(
         dropout: float = 0.3,
         train_timesteps: int = 1000,
         class_conditional: bool = False,
+        prediction: str = "epsilon",
     ):
         super().__init__()
         from diffusers import UNet2DModel
@@ -100,7 +111,10 @@ class JointDiffusion(
             raise ValueError(
                 f"image_size {image_size} must be divisible by 2**(len(widths)-1) = {2 ** (len(widths) - 1)}"
             )
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         self.num_classes = num_classes
+        self.prediction = prediction
         self.train_timesteps = train_timesteps
         self.class_conditional = class_conditional
         self.unet = UNet2DModel(
@@ -158,10 +172,28 @@ class JointDiffusion(
             return torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
         return torch.where(labels < 0, self.num_classes, labels).to(x.device)
 
-    def denoise(self, x_t: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
-        """The UNet's noise prediction for noisy images ``x_t`` at integer timesteps ``t`` (given
-        class ``labels`` when class-conditional; ``None`` or ``-1``: "no class")."""
+    def predict(self, x_t: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
+        """The UNet's raw output (``eps`` or ``v``, as :attr:`prediction` says) for noisy images
+        ``x_t`` at integer timesteps ``t`` (given class ``labels`` when class-conditional; ``None``
+        or ``-1``: "no class")."""
         return self.unet(x_t, t, class_labels=self._classes(labels, x_t)).sample
+
+    def target(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """What :meth:`predict` is trained to output for ``x_t = add_noise(x0, noise, t)``."""
+        if self.prediction == "epsilon":
+            return noise
+        abar = self.alphas_cumprod.to(x0.device)[t].view(-1, 1, 1, 1)
+        return abar.sqrt() * noise - (1 - abar).sqrt() * x0
+
+    def denoise(self, x_t: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
+        """The noise prediction ``eps`` for noisy images ``x_t`` at integer timesteps ``t`` (given
+        class ``labels`` when class-conditional; ``None`` or ``-1``: "no class"), whatever the
+        UNet outputs (``v`` becomes ``sqrt(abar) v + sqrt(1 - abar) x_t``)."""
+        out = self.predict(x_t, t, labels)
+        if self.prediction == "epsilon":
+            return out
+        abar = self.alphas_cumprod.to(x_t.device)[t].view(-1, 1, 1, 1)
+        return abar.sqrt() * out + (1 - abar).sqrt() * x_t
 
     def guided_eps(self, x_t: Tensor, t: Tensor, labels: Tensor, scale: float) -> Tensor:
         """Classifier-free guidance: ``eps(no class) + scale * (eps(labels) - eps(no class))``."""
@@ -179,11 +211,12 @@ class JointDiffusion(
     def denoising_loss(
         self, x0: Tensor, generator: torch.Generator | None = None, labels: Tensor | None = None
     ) -> Tensor:
-        """Mean eps-prediction MSE at uniformly drawn timesteps (the diffusion half of the loss);
-        ``labels`` (class-conditional models; ``-1``: "no class") condition the denoiser."""
+        """Mean MSE of :meth:`predict` against :meth:`target` at uniformly drawn timesteps (the
+        diffusion half of the loss); ``labels`` (class-conditional models; ``-1``: "no class")
+        condition the denoiser."""
         t = torch.randint(self.train_timesteps, (x0.shape[0],), generator=generator).to(x0.device)
         noise = torch.randn(x0.shape, generator=generator).to(x0.device)
-        return F.mse_loss(self.denoise(self.add_noise(x0, noise, t), t, labels), noise)
+        return F.mse_loss(self.predict(self.add_noise(x0, noise, t), t, labels), self.target(x0, noise, t))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classify(x)
