@@ -89,6 +89,9 @@ def test_tiny_run_writes_every_result_and_the_hub_folder(tmp_path):
     scores = result["counterfactuals"][0]
     assert scores["scale_100"]["chance_overlap"] == pytest.approx(scores["scale_0"]["chance_overlap"])
     assert "top_overlap_vs_unguided" in scores["scale_100"]
+    samples = scores["samples"]  # does the denoiser generate the shapes? (renders: foreground ~0.2)
+    assert 0 <= samples["evaluator_task_class_rate"] <= 1 and 0.1 < samples["renders_foreground_share"] < 0.35
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["prediction"] == "v_prediction"
     assert (tmp_path / "mediffusion.png").is_file() and (tmp_path / "model" / "model.safetensors").is_file()
     again = explain_saved(tmp_path / "model", config, seed=0)  # the saved model explains the same
     assert {k: v for k, v in again.items() if k.startswith("scale_")} == {

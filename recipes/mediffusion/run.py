@@ -24,11 +24,11 @@ from typing import Any
 
 import torch
 
-from recipes.joint_diffusion.model import JointDiffusion
+from recipes.joint_diffusion.model import PREDICTIONS, JointDiffusion
 from recipes.joint_diffusion.train import MODES, TrainConfig, accuracy, train_joint
 
 from .counterfactual import counterfactual, explanation_map, top_overlap
-from .data import two_class_shapes
+from .data import foreground, two_class_shapes
 
 __all__ = ["MediffusionConfig", "run_mediffusion", "explain_saved", "main", "EVALUATORS"]
 
@@ -49,6 +49,7 @@ class MediffusionConfig:
     widths: tuple[int, ...] = (8, 16)
     hidden: int = 32
     diffusion_weight: float = 0.1
+    prediction: str = "v_prediction"  # the UNet's output; "epsilon" samples full-frame noise at this size
     counterfactuals: int = 0  # images explained per seed (0: none)
     t0: int = 150
     cf_steps: int = 20
@@ -97,7 +98,23 @@ def _explain(model: JointDiffusion, test, config: MediffusionConfig, seed: int, 
         if control is not None and s != 0:  # same noise: what guidance changed beyond reconstruction error
             out[f"scale_{s:g}"]["top_overlap_vs_unguided"] = top_overlap(explanation_map(control, cf), test.region[:n])
         images[s] = cf
+    out["samples"] = _sample_scores(model, test, seed, evaluator)
     return out, {"x": x, "cf": images, "region": test.region[:n]}
+
+
+def _sample_scores(model: JointDiffusion, test, seed: int, evaluator, n: int = 64) -> dict[str, float]:
+    """Does the denoiser generate the task's shapes? ``n`` unconditional DDIM samples (50 steps):
+    the share the evaluator calls one of the two classes and their foreground share (renders: ~0.2)."""
+    from recipes.jdcl.continual import generate
+
+    samples, _ = generate(model, n, steps=50, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        said = evaluator(samples).argmax(-1)
+    return {
+        "evaluator_task_class_rate": torch.isin(said, torch.tensor(test.classes)).float().mean().item(),
+        "foreground_share": foreground(samples).float().mean().item(),
+        "renders_foreground_share": foreground(test.images).float().mean().item(),
+    }
 
 
 def run_mediffusion(config: MediffusionConfig, out: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
@@ -123,7 +140,9 @@ def run_mediffusion(config: MediffusionConfig, out: str | Path | None = None, pr
         train, test, lab, unlab = _split(config, seed)
         for mode in config.modes:
             torch.manual_seed(seed)
-            model = JointDiffusion(num_classes=2, widths=config.widths, hidden=config.hidden)
+            model = JointDiffusion(
+                num_classes=2, widths=config.widths, hidden=config.hidden, prediction=config.prediction
+            )
             t = time.process_time()
             history = train_joint(
                 model,
@@ -238,6 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--diffusion-weight", type=float, default=0.1, help="weight of the denoising loss")
+    parser.add_argument(
+        "--prediction",
+        default="v_prediction",
+        choices=PREDICTIONS,
+        help="the UNet's output (epsilon: the earlier default, whose samples are noise at this size)",
+    )
     parser.add_argument("--counterfactuals", type=int, default=32, help="test images explained per seed (0: none)")
     parser.add_argument("--t0", type=int, default=150, help="noise level the counterfactual starts from")
     parser.add_argument("--cf-steps", type=int, default=20)
@@ -262,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         steps=args.steps,
         batch_size=args.batch_size,
         diffusion_weight=args.diffusion_weight,
+        prediction=args.prediction,
         counterfactuals=args.counterfactuals,
         t0=args.t0,
         cf_steps=args.cf_steps,
