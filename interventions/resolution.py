@@ -22,6 +22,7 @@ True
 
 from __future__ import annotations
 
+import sys
 import threading
 import weakref
 from collections.abc import Sequence
@@ -73,13 +74,20 @@ class Resolution:
             if module is None:
                 return None
             out.append(module)
+        optimized = _optimized_module_type()
         for parent, name in self._links:
             child = out[parent]._modules.get(name)
             # tree.is_compiled, inlined: a call per link was a quarter of this walk
-            if child is None or child._compiled_call_impl is not None or type(child).__name__ == "OptimizedModule":
+            if child is None or child._compiled_call_impl is not None or type(child) is optimized:
                 return None
             out.append(child)
         return out
+
+
+def _optimized_module_type() -> type | None:
+    """The class ``torch.compile(module)`` returns, or None while dynamo is not imported (then no
+    module can be one)."""
+    return getattr(sys.modules.get("torch._dynamo.eval_frame"), "OptimizedModule", None)
 
 
 def recall(target: object, patterns: tuple[str, ...]) -> Resolution | None:

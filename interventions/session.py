@@ -166,9 +166,8 @@ class Session:
         self.tree = ModuleTree(self.adapter.components())
         self._denoisers = list(self.adapter.denoisers())
         self._denoiser_modules = [self._module_at(den) for den in self._denoisers]
+        self._counted: list[str] = []  # the components whose calls are counted (not denoisers: their steps are)
         self.entries = self._resolve(hooks, _checked_layouts(layouts))
-        # the components whose calls are counted (not denoisers: their steps are)
-        self._counted = [c for c in dict.fromkeys(e.ctx.component for e in self.entries) if c not in self._denoisers]
         _refuse_compiled(self.tree.compiled)
         self._register()
 
@@ -186,12 +185,20 @@ class Session:
         patterns = tuple(hooks)
         expansions = self._recalled(patterns) or self._walk(patterns)
         by_site: dict[str, _Entry] = {}  # by canonical name: a str hashes once, a Site at each lookup
+        counted: dict[str, None] = {}  # the components whose calls are counted, in order
+        state, denoisers, unit_of = self.state, self._denoisers, self._unit_of
         for hook_list, found in zip(hook_lists, expansions, strict=True):
             for site, module in found:
                 name = site.name
                 entry = by_site.get(name)
-                if entry is None:
-                    entry = by_site[name] = self._entry(site, name, module, layouts)
+                if entry is None:  # inlined, not a method: this runs for every site at every attach
+                    component = unit_of(site.module)
+                    ctx = Context(name, state, None, component, component in denoisers)
+                    entry = by_site[name] = _Entry(site, name, module, ctx, False)
+                    if layouts or site.direction == "input":
+                        self._declare(entry, layouts)
+                    if not ctx.stepped:
+                        counted[component] = None
                 hooked, applied = entry.hooks, entry.applied
                 for h, when, rowwise, fits in hook_list:
                     if when is not None and when.needs_steps and not entry.ctx.stepped:
@@ -199,6 +206,7 @@ class Session:
                     hooked.append((h, when, len(applied), fits))
                     applied.append(when is None)
                     entry.whole = entry.whole and rowwise
+        self._counted = list(counted)
         return list(by_site.values())
 
     def _walk(self, patterns: tuple[str, ...]) -> Sequence[Sequence[tuple[Site, nn.Module]]]:
@@ -234,17 +242,16 @@ class Session:
             and self.tree.get(found[0][0].module) is found[0][1]
         )
 
-    def _entry(self, site: Site, name: str, module: nn.Module, layouts: dict[str, str]) -> _Entry:
-        layout = layouts.get(name, layouts.get(site.module, _UNSET)) if layouts else _UNSET
-        component = self._unit_of(site.module)
-        ctx = Context(name, self.state, None, component, component in self._denoisers)
-        entry = _Entry(site, name, module, ctx, layout is not _UNSET)
+    def _declare(self, entry: _Entry, layouts: dict[str, str]) -> None:
+        """What an entry holds beyond the common case: a layout declared for its site, an input
+        site's parameter names."""
+        layout = layouts.get(entry.name, layouts.get(entry.site.module, _UNSET)) if layouts else _UNSET
         if layout is not _UNSET:
-            ctx.layout = layout  # type: ignore[assignment]
-        if site.direction == "input":
+            entry.ctx.layout = layout  # type: ignore[assignment]
+            entry.layout_fixed = True
+        if entry.site.direction == "input":
             entry.params = _param_names(entry.module)
-            _refuse_negative_input(site, entry.params)
-        return entry
+            _refuse_negative_input(entry.site, entry.params)
 
     def _unit_of(self, path: str) -> str:
         """What a site's call index counts: the denoiser it lies in (its calls are steps), else
@@ -421,9 +428,13 @@ class Session:
         steering vector on a language model): ``_run`` and ``_apply`` fused into one frame, since
         this runs at every fire. Anything else (a branch forced by ``session.branch``, the first
         fire, which fixes the layout, a non-tensor output) takes the general path."""
-        ctx, state, run = e.ctx, self.state, self._run
 
-        def hook(module: nn.Module, args: Any, x: Any) -> Any:
+        # bound as defaults, not closure cells: a hook is made per site at every attach, and a
+        # function with defaults costs about half of one with five cells to make
+        def hook(
+            module: nn.Module, args: Any, x: Any, e: _Entry = e, ctx: Context = e.ctx, state: RunState = self.state,
+            run: Callable[..., Any] = self._run, h: Hook = h, fits: bool = fits,
+        ) -> Any:  # fmt: skip
             if state.forced or not e.layout_fixed or not isinstance(x, torch.Tensor):
                 return run(e, x)
             e.fired += 1  # e.count(state.epoch), inlined
@@ -449,9 +460,11 @@ class Session:
         ``Cache`` in a pipeline): ``_run`` and ``_apply_whole`` fused, as in :meth:`_one_hook`.
         One branch's rows (sequential CFG, a forced branch), the first fire and rows that are not
         batch-major take the general path."""
-        ctx, state, run = e.ctx, self.state, self._run
 
-        def hook(module: nn.Module, args: Any, x: Any) -> Any:
+        def hook(
+            module: nn.Module, args: Any, x: Any, e: _Entry = e, ctx: Context = e.ctx, state: RunState = self.state,
+            run: Callable[..., Any] = self._run, whole: Callable[..., None] = whole,
+        ) -> Any:  # defaults, not cells: see _one_hook  # fmt: skip
             segments = state.segments
             if (
                 len(segments) < 2

@@ -21,10 +21,11 @@ from torch.utils.hooks import RemovableHandle
 class HookSet:
     """Torch hooks added to modules, removed together by :meth:`remove` (idempotent)."""
 
-    __slots__ = ("_added",)
+    __slots__ = ("_added", "_plain")
 
     def __init__(self) -> None:
         self._added: list[tuple[Any, int, tuple[Any, ...]]] = []  # (hooks dict, id, flag dicts)
+        self._plain: list[tuple[Any, int]] = []  # (hooks dict, id) of hooks without flags: most of them
 
     def forward(self, module: nn.Module, fn: Callable[..., Any], *, always_call: bool = False) -> None:
         """``module.register_forward_hook(fn, always_call=always_call)``."""
@@ -41,11 +42,11 @@ class HookSet:
         registers its sites' hooks at once: a call per hook was a tenth of entering one)."""
         first = RemovableHandle.next_id
         RemovableHandle.next_id = first + len(pairs)
-        added = self._added
+        plain = self._plain
         for key, (module, fn) in enumerate(pairs, first):
             hooks = module._forward_hooks
             hooks[key] = fn
-            added.append((hooks, key, ()))
+            plain.append((hooks, key))
 
     def forward_pre(
         self, module: nn.Module, fn: Callable[..., Any], *, with_kwargs: bool = False, prepend: bool = False
@@ -63,7 +64,10 @@ class HookSet:
         self._added.append((hooks, key, flags))
 
     def remove(self) -> None:
-        """Remove every hook added, the last added first."""
+        """Remove every hook added (each under its own id: the order does not matter)."""
+        for hooks, key in self._plain:
+            hooks.pop(key, None)
+        self._plain.clear()
         added = self._added
         while added:
             hooks, key, flags = added.pop()
@@ -72,7 +76,7 @@ class HookSet:
                 d.pop(key, None)
 
     def __len__(self) -> int:
-        return len(self._added)
+        return len(self._added) + len(self._plain)
 
 
 def _next_id() -> int:
