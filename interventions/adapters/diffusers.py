@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+import weakref
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from torch import nn
 
@@ -171,24 +172,12 @@ class DiffusersPipelineAdapter(DiffusersModelAdapter):
         super().__init__(_STAND_IN, cfg=cfg, layout=Declared(cfg) if cfg else PipelineFlags(target))
         self.calls.owner = type(target).__name__
         self.pipe = target
-        # the registered components are the config entries holding (library, class) pairs
-        # (``pipe.components`` would inspect the constructor's signature on every attach; reading
-        # a plain config value such as ``requires_safety_checker`` as an attribute is deprecated)
-        # a scheduler is a component that is no module and whose class has set_timesteps (read on the class:
-        # a tokenizer's or a model's instance __getattr__ would run, and fail, for each missing name)
-        self._comps: dict[str, nn.Module] = {}
-        self._schedulers: list[Any] = []
-        for k, v in target.config.items():
-            if k.startswith("_") or not isinstance(v, (list, tuple)):
-                continue
-            component = getattr(target, k, None)
-            if isinstance(component, nn.Module):
-                self._comps[k] = component
-            elif callable(getattr(type(component), "set_timesteps", None)):
-                self._schedulers.append(component)
+        roles = _roles(target)
+        self._comps: dict[str, nn.Module] = {k: getattr(target, k) for k in roles.modules}
+        self._schedulers: list[Any] = [getattr(target, k) for k in roles.schedulers]
         # every component run with a timestep in the denoising loop is stepped (a ControlNet, Wan's
         # transformer_2, a prior and its decoder); the main one (groups, layouts) comes first
-        self._denoisers = [n for n, m in self._comps.items() if is_denoiser(m)]
+        self._denoisers = list(roles.denoisers)
         main = [n for n in ("unet", "transformer", "prior") if n in self._denoisers]
         self.denoiser = main[0] if main else (self._denoisers[0] if self._denoisers else None)
 
@@ -225,6 +214,50 @@ class DiffusersPipelineAdapter(DiffusersModelAdapter):
             if callable(getattr(scheduler, "step", None)):
                 undo.append(wrap_attribute(scheduler, "step", before(state.scheduler_stepped)))
         return undo
+
+
+class _Roles(NamedTuple):
+    """Which registered components of a pipeline are modules, schedulers and denoisers."""
+
+    config: Any  # the pipeline's config object they were read from
+    types: tuple[type, ...]  # the class of each registered component, in config order
+    modules: tuple[str, ...]
+    schedulers: tuple[str, ...]
+    denoisers: tuple[str, ...]
+
+
+_roles_seen: weakref.WeakKeyDictionary[Any, _Roles] = weakref.WeakKeyDictionary()
+
+
+def _roles(pipe: Any) -> _Roles:
+    """The roles of ``pipe``'s components, read again only when its config object or a component's
+    class changed (a pipeline writes a new config when a component is set; reading every entry
+    was half of entering an empty session on a pipeline).
+
+    The registered components are the config entries holding (library, class) pairs
+    (``pipe.components`` would inspect the constructor's signature; reading a plain config value
+    such as ``requires_safety_checker`` as an attribute is deprecated). A scheduler is a component
+    that is no module and whose class has ``set_timesteps`` (read on the class: a tokenizer's or a
+    model's instance ``__getattr__`` would run, and fail, for each missing name)."""
+    config = pipe.config
+    seen = _roles_seen.get(pipe)
+    if seen is not None and seen.config is config:
+        names = seen.modules + seen.schedulers
+        if tuple(type(getattr(pipe, k, None)) for k in names) == seen.types:
+            return seen
+    names = tuple(k for k, v in config.items() if not k.startswith("_") and isinstance(v, (list, tuple)))
+    found: dict[str, Any] = {k: getattr(pipe, k, None) for k in names}
+    modules = tuple(k for k, c in found.items() if isinstance(c, nn.Module))
+    schedulers = tuple(
+        k for k, c in found.items() if k not in modules and callable(getattr(type(c), "set_timesteps", None))
+    )
+    denoisers = tuple(k for k in modules if is_denoiser(found[k]))
+    roles = _Roles(config, tuple(type(found[k]) for k in modules + schedulers), modules, schedulers, denoisers)
+    try:
+        _roles_seen[pipe] = roles
+    except TypeError:  # a pipeline that cannot be weakly referenced: read each time
+        pass
+    return roles
 
 
 def _denoiser_groups(comp: nn.Module, prefix: str) -> dict[str, list[str]]:
