@@ -28,16 +28,20 @@ def test_generate_is_seeded_and_labels_are_the_models_own():
     assert torch.equal(la, model.classify(a).argmax(-1)) and a.abs().max() <= 1
 
 
-def test_diffusion_distillation_pulls_the_student_to_the_teacher():
-    previous = fresh_model(4, (8, 16), 16, seed=0).eval()
-    local = fresh_model(4, (8, 16), 16, seed=1).eval()
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_diffusion_distillation_pulls_the_student_to_the_teacher(prediction):
+    def fresh(seed):
+        torch.manual_seed(seed)
+        return JointDiffusion(num_classes=4, widths=(8, 16), hidden=16, prediction=prediction).eval()
+
+    previous, local = fresh(0), fresh(1)
     replay = torch.rand(16, 3, 16, 16) * 2 - 1
     labels = torch.full((16,), 2)  # all new-class samples: the local model teaches
     x_t, t = replay + 0.3 * torch.randn(16, 3, 16, 16), torch.full((16,), 200)
 
     def gap(model):
         with torch.no_grad():
-            return F.mse_loss(model.denoise(x_t, t), local.denoise(x_t, t)).item()
+            return F.mse_loss(model.predict(x_t, t), local.predict(x_t, t)).item()  # in the loss's own units
 
     only_kd = DistillConfig(steps=15, batch_size=16, lr=3e-3, denoising=0.0, labels=0.0, classifier_kd=0.0)
     student = train_global(previous, local, replay, labels, [0, 1], only_kd)

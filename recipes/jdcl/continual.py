@@ -148,8 +148,9 @@ def balanced_replay(
     return images, labels, {"drawn": drawn, "kept": {str(c): count[c] for c in classes}}
 
 
-def _eps(model: Model, x_t: Tensor, t: Tensor, labels: Tensor | None) -> Tensor:
-    return model.denoise(x_t, t) if labels is None else model.denoise(x_t, t, labels)
+def _raw(model: Model, x_t: Tensor, t: Tensor, labels: Tensor | None) -> Tensor:
+    """The denoiser's raw output (eps or v, the quantity its loss is measured in)."""
+    return model.predict(x_t, t) if labels is None else model.predict(x_t, t, labels)
 
 
 def fine_tune(
@@ -197,15 +198,16 @@ def train_global(
         given = None  # the class the denoisers see (class-conditional models), some hidden
         if conditional:
             given = torch.where(torch.rand(y.shape[0], generator=g) < config.label_drop, -1, y)
-        eps = _eps(student, x_t, t, given)
+        raw = _raw(student, x_t, t, given)
         x_aug = x0 if augment is None else augment(x0, g)
         logits = student.classify(x_aug)
-        loss = config.denoising * F.mse_loss(eps, noise) + config.labels * F.cross_entropy(logits, y)
+        loss = config.denoising * F.mse_loss(raw, student.target(x0, noise, t))
+        loss = loss + config.labels * F.cross_entropy(logits, y)
         if distil:
             with torch.no_grad():
-                eps_teacher = torch.where(from_old, _eps(previous, x_t, t, given), _eps(local, x_t, t, given))
+                teacher = torch.where(from_old, _raw(previous, x_t, t, given), _raw(local, x_t, t, given))
                 soft = torch.where(from_old.view(-1, 1), previous.classify(x_aug), local.classify(x_aug)).softmax(-1)
-            loss = loss + config.diffusion_kd * F.mse_loss(eps, eps_teacher)
+            loss = loss + config.diffusion_kd * F.mse_loss(raw, teacher)
             loss = loss + config.classifier_kd * F.cross_entropy(logits, soft)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -123,6 +123,14 @@ class JointMLP(nn.Module, ModelHubMixin, tags=["diffusion", "classifier", "joint
         """The noise prediction for noisy inputs ``x_t`` at integer timesteps ``t``."""
         return self.trunk(x_t, t)
 
+    def predict(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """The trunk's raw output: the noise prediction (this model is eps-prediction only)."""
+        return self.trunk(x_t, t)
+
+    def target(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """What :meth:`predict` is trained to output: the noise."""
+        return noise
+
     def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
         """``sqrt(abar_t) x0 + sqrt(1 - abar_t) noise``."""
         abar = self.alphas_cumprod.to(x0.device)[t].view(-1, *[1] * (x0.ndim - 1))

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from recipes.joint_diffusion.hub import save_joint
-from recipes.joint_diffusion.model import JointDiffusion
+from recipes.joint_diffusion.model import PREDICTIONS, JointDiffusion
 from recipes.joint_diffusion.train import TrainConfig, accuracy, train_joint
 from recipes.mediffusion.data import two_class_shapes
 
@@ -185,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
         help="with --per-class: class-conditional generators, each class's replay drawn by classifier-free guidance",
     )
     parser.add_argument("--guidance", type=float, default=3.0, help="with --conditional: the guidance scale")
+    parser.add_argument(
+        "--prediction",
+        choices=PREDICTIONS,
+        default="epsilon",
+        help="with --per-class: the UNet's output (v_prediction: samples the shapes at this size, epsilon: noise)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", help="folder for jdcl.json (jdcl_balanced.json with --per-class)")
     args = parser.parse_args(argv)
@@ -212,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             diffusion_weight=args.diffusion_weight,
             class_conditional=args.conditional,
             guidance=args.guidance,
+            prediction=args.prediction,
         )
         run_balanced(balanced, out=args.out)
         return 0

@@ -53,6 +53,7 @@ class BalancedConfig:
     hidden: int = 32
     class_conditional: bool = False  # generators conditioned on the class, replay drawn by CFG
     guidance: float = 3.0
+    prediction: str = "epsilon"  # the UNet's output (v_prediction: generates the shapes at this size)
 
 
 def shapes_tasks(split: str, n_train: int, n_test: int, seed: int) -> list[Task]:
@@ -107,7 +108,11 @@ def run_balanced(config: BalancedConfig, out: str | Path | None = None, progress
         def model(s: int) -> JointDiffusion:
             torch.manual_seed(s)
             return JointDiffusion(
-                num_classes=4, widths=config.widths, hidden=config.hidden, class_conditional=config.class_conditional
+                num_classes=4,
+                widths=config.widths,
+                hidden=config.hidden,
+                class_conditional=config.class_conditional,
+                prediction=config.prediction,
             )
 
         run = run_sequence(tasks, model, sequence, seed, augment=weak_augment, judge=judge)
