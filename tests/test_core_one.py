@@ -322,3 +322,23 @@ def test_class_labels_name_branches_only_where_the_model_has_a_null_class():
         unet(x, t, class_labels=labels)
     assert sorted(cache.keys()) == [("mid_block", 0, "cond"), ("mid_block", 0, "uncond")]
     assert torch.equal(cache.get("mid_block", 0, "uncond"), plain.get("mid_block", 0)[:2])
+
+
+def test_a_pipeline_component_set_between_sessions_is_the_one_hooked_and_tracked():
+    # the pipeline adapter remembers which components are modules, schedulers and denoisers; a
+    # component set since (a new UNet, another scheduler class) must be what the next session uses
+    import copy
+
+    from diffusers import EulerDiscreteScheduler
+
+    pipe = sd_pipeline()
+    attach(pipe, {"unet.mid_block": Cache()}, on_unfired="ignore").remove()
+    old_unet = pipe.unet
+    pipe.unet = copy.deepcopy(old_unet)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    cache = Cache()
+    with attach(pipe, {"unet.mid_block": cache}) as session:
+        assert session.entries[0].module is pipe.unet.mid_block
+        assert "step" in vars(pipe.scheduler)  # its steps are the ones counted
+        pipe("a red circle", num_inference_steps=2, guidance_scale=3.0, output_type="np")
+    assert [k[1] for k in cache.keys()] == [0, 0, 1, 1] and not old_unet.mid_block._forward_hooks
