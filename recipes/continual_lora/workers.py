@@ -114,8 +114,9 @@ def run_seeds(
                     f"seed {w.seed}: {len(record['runs'])} sequences in {time.time() - w.started:.0f} s wall, "
                     f"{record.get('cpu_seconds', float('nan')):.0f} s CPU"
                 )
-            bar.n = len(done) * len(args.methods) + sum(w.finished_sequences() for w in running)
-            bar.refresh()
+            finished = len(done) * len(args.methods) + sum(w.finished_sequences() for w in running)
+            if finished != bar.n:  # redrawn on progress only: a log file gets one line per sequence
+                bar.update(finished - bar.n)
             time.sleep(0.2)
     except BaseException:  # KeyboardInterrupt too: leave no orphan workers
         _stop(running)
