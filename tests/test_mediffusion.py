@@ -105,3 +105,20 @@ def test_cli_refuses_bad_arguments(capsys):
     assert error.value.code == 2 and "--steps must be >= 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli_main(["run", "mediffusion", "--labelled", "1.5", "--modes", "supervised", "--seeds", "0"])
+
+
+def test_shipped_model_is_the_v_prediction_model_its_card_describes(tmp_path):
+    from pathlib import Path
+
+    from recipes.joint_diffusion.hub import load_joint, save_joint
+    from recipes.joint_diffusion.train import accuracy
+
+    folder = Path(__file__).resolve().parents[1] / "recipes" / "results" / "mediffusion_model"
+    model = load_joint(folder)
+    assert model.prediction == "v_prediction" and "v-prediction" in (folder / "README.md").read_text()
+    task = two_class_shapes(200, generator=torch.Generator().manual_seed(99))
+    recorded = json.loads((folder / "metrics.json").read_text())["test_accuracy"]
+    assert accuracy(model, task.images, task.labels) >= recorded - 0.03  # 0.999 on the run's 1,000 test images
+    back = load_joint(save_joint(model, tmp_path / "again"))
+    for (name, a), (_, b) in zip(model.state_dict().items(), back.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name

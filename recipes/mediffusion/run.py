@@ -44,16 +44,16 @@ class MediffusionConfig:
     n_train: int = 2000
     labelled_fraction: float = 0.05
     n_test: int = 1000
-    steps: int = 400
+    steps: int = 800
     batch_size: int = 32
     widths: tuple[int, ...] = (8, 16)
     hidden: int = 32
-    diffusion_weight: float = 0.1
+    diffusion_weight: float = 1.0
     prediction: str = "v_prediction"  # the UNet's output; "epsilon" samples full-frame noise at this size
     counterfactuals: int = 0  # images explained per seed (0: none)
-    t0: int = 150
+    t0: int = 300
     cf_steps: int = 20
-    scales: tuple[float, ...] = (0.0, 3.0, 10.0, 30.0)
+    scales: tuple[float, ...] = (0.0, 3.0)
 
 
 def _split(config: MediffusionConfig, seed: int):
@@ -254,9 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-train", type=int, default=2000)
     parser.add_argument("--labelled", type=float, default=0.05, help="fraction of training images with labels")
     parser.add_argument("--n-test", type=int, default=1000)
-    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--diffusion-weight", type=float, default=0.1, help="weight of the denoising loss")
+    parser.add_argument("--diffusion-weight", type=float, default=1.0, help="weight of the denoising loss")
     parser.add_argument(
         "--prediction",
         default="v_prediction",
@@ -264,11 +264,9 @@ def main(argv: list[str] | None = None) -> int:
         help="the UNet's output (epsilon: the earlier default, whose samples are noise at this size)",
     )
     parser.add_argument("--counterfactuals", type=int, default=32, help="test images explained per seed (0: none)")
-    parser.add_argument("--t0", type=int, default=150, help="noise level the counterfactual starts from")
+    parser.add_argument("--t0", type=int, default=300, help="noise level the counterfactual starts from")
     parser.add_argument("--cf-steps", type=int, default=20)
-    parser.add_argument(
-        "--scales", type=float, nargs="+", default=[0.0, 3.0, 10.0, 30.0], help="guidance scales (0: control)"
-    )
+    parser.add_argument("--scales", type=float, nargs="+", default=[0.0, 3.0], help="guidance scales (0: control)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", help="folder for mediffusion.json, mediffusion.png and model/")
     parser.add_argument("--explain", metavar="MODEL", help="only score counterfactuals of this saved model (one seed)")
