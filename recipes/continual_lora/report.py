@@ -12,9 +12,10 @@ from statistics import mean
 from typing import Any
 
 from .methods import Sequence
+from .metrics import forgetting_difference_interval
 from .tasks import Task
 
-__all__ = ["summarise", "table", "plot_matrices", "load_runs"]
+__all__ = ["summarise", "table", "plot_matrices", "load_runs", "forgetting_differences", "differences_table"]
 
 
 def load_runs(metrics_json: str | os.PathLike[str]) -> list[Sequence]:
@@ -53,6 +54,66 @@ def table(summary: dict[str, dict[str, Any]]) -> str:
     for method, row in summary.items():
         seeds = ", ".join(str(s) for s in row["seeds"])
         lines.append(f"| {method} | {seeds} | {cells(row['final_average'])} | {cells(row['forgetting'])} |")
+    return "\n".join(lines)
+
+
+def forgetting_differences(
+    sequences: list[Sequence], n: int, reference: str = "naive", resamples: int = 10_000
+) -> dict[str, dict[str, Any]]:
+    """Per other method: ``reference``'s forgetting minus its own, per seed and over the seeds' mean,
+    each with the 95 % evaluation-noise interval of
+    :func:`~.metrics.forgetting_difference_interval` (scores are accuracies over ``n`` images).
+
+    >>> a = Sequence("naive", 0, [[1.0, 0.0], [0.0, 1.0]], [0.0, 0.0])
+    >>> b = Sequence("magmax", 0, [[1.0, 1.0], [0.0, 1.0]], [0.0, 0.0])
+    >>> d = forgetting_differences([a, b], n=64)["magmax"]
+    >>> d["seeds"], d["difference"], d["mean"]["difference"]
+    ([0], [0.5], 0.5)
+    """
+    import torch
+
+    def matrices(method: str) -> dict[int, torch.Tensor]:
+        return {s.seed: torch.tensor(s.scores, dtype=torch.float64) for s in sequences if s.method == method}
+
+    ref = matrices(reference)
+    if not ref:
+        raise ValueError(
+            f"no sequence of the reference method {reference!r} among {sorted({s.method for s in sequences})}"
+        )
+    out: dict[str, dict[str, Any]] = {}
+    for method in dict.fromkeys(s.method for s in sequences):
+        if method == reference:
+            continue
+        other = matrices(method)
+        seeds = [seed for seed in ref if seed in other]
+        row: dict[str, Any] = {"seeds": seeds, "difference": [], "low": [], "high": []}
+        for seed in seeds:
+            d, lo, hi = forgetting_difference_interval(ref[seed], other[seed], n, resamples)
+            for key, v in zip(("difference", "low", "high"), (d, lo, hi), strict=True):
+                row[key].append(v)
+        d, lo, hi = forgetting_difference_interval(
+            torch.stack([ref[s] for s in seeds]), torch.stack([other[s] for s in seeds]), n, resamples
+        )
+        row["mean"] = {"difference": d, "low": lo, "high": hi}
+        out[method] = row
+    return out
+
+
+def differences_table(differences: dict[str, dict[str, Any]], reference: str = "naive") -> str:
+    """Markdown: per method, the reference's forgetting minus its own per seed and in the mean, with
+    the 95 % noise interval; bold where the interval excludes 0."""
+
+    def cell(d: float, lo: float, hi: float) -> str:
+        text = f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+        return f"**{text}**" if lo > 0 or hi < 0 else text
+
+    seeds = next(iter(differences.values()))["seeds"]
+    head = f"| {reference} minus | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |"
+    lines = [head, "|---" * (len(seeds) + 2) + "|"]
+    for method, row in differences.items():
+        cells = [cell(*v) for v in zip(row["difference"], row["low"], row["high"], strict=True)]
+        m = row["mean"]
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {cell(m['difference'], m['low'], m['high'])} |")
     return "\n".join(lines)
 
 
