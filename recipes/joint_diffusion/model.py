@@ -23,6 +23,9 @@ The model is its own Hub artifact (``hub_cards.ModelHubMixin``: ``config.json`` 
 torch.Size([3, 2])
 >>> model.denoise(x, torch.tensor([5, 5, 5])).shape
 torch.Size([3, 3, 16, 16])
+>>> v_model = JointDiffusion(widths=(8, 16), prediction="v_prediction")  # the UNet outputs v, denoise() eps
+>>> v_model.denoising_loss(x).shape, v_model.denoise(x, torch.tensor([5, 5, 5])).shape
+(torch.Size([]), torch.Size([3, 3, 16, 16]))
 """
 
 from __future__ import annotations
