@@ -293,7 +293,11 @@ class Session:
             if module is not None:
                 return [(site, module)]
         table = self.tree.paths()
-        found = resolve(site, list(table))
+        try:
+            found = resolve(site, list(table))
+        except SiteNotFoundError:  # the path passes a module torch.compile wrapped: say that, not "no module"
+            _refuse_compiled(self.tree.compiled)
+            raise
         for s in found:
             self.tree.get(s.module)  # a site found in the path table: check its chain for torch.compile
         return [(s, table[s.module]) for s in found]

@@ -72,6 +72,17 @@ def test_a_module_compiled_since_is_refused():
     assert not model[0][0]._forward_hooks
 
 
+def test_a_module_wrapped_by_torch_compile_since_is_refused():
+    # torch.compile(module) returns an OptimizedModule that holds the layer under _orig_mod: the
+    # remembered link now passes it, and the hooks would sit below compiled code
+    model = _model()
+    _cached(model, "0.0")
+    model[0] = torch.compile(model[0], backend="eager")
+    with pytest.raises(CompiledModelError, match="already compiled"):
+        attach(model, {"0.0": Cache()})
+    assert not model[0]._orig_mod[0]._forward_hooks
+
+
 def test_reentering_after_a_direct_replacement_is_refused():
     model = _model()
     session = attach(model, {"0.0": Cache(on_repeat="append")})
