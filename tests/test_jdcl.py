@@ -1,6 +1,8 @@
 """JDCL at tiny scale: replay filtering, distillation pulls the student to its teacher, the
 accuracy matrix and forgetting bookkeeping, CLI refusals."""
 
+import json
+
 import pytest
 import torch
 from torch.nn import functional as F
@@ -118,3 +120,17 @@ def test_conditional_global_stage_trains_the_class_embedding():
     student = train_global(previous, local, replay, labels, [0, 1], DistillConfig(steps=2, batch_size=8))
     moved = (student.unet.class_embedding.weight - previous.unet.class_embedding.weight).abs().sum(dim=1)
     assert (moved[:4] > 0).all()  # every class the replay holds was seen by the denoiser
+
+
+def test_tiny_balanced_shapes_run_uses_v_prediction_generators(tmp_path):
+    from recipes.jdcl.shapes import BalancedConfig, run_balanced
+
+    config = BalancedConfig(
+        n_train=16, n_test=8, steps=2, global_steps=2, per_class=2, max_draws=8, sample_steps=2, class_conditional=True
+    )
+    result = run_balanced(config, out=tmp_path, progress=False)
+    assert result["config"]["prediction"] == "v_prediction"  # the default: eps generators draw noise
+    methods = result["runs"][0]["methods"]
+    assert set(methods) == {"naive", "replay", "jdcl", "joint"}
+    assert all(0 <= a <= 1 for m in methods.values() for row in m["matrix"] for a in row)
+    assert json.loads((tmp_path / "jdcl_balanced.json").read_text())["runs"][0]["methods"] == methods

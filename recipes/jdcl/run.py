@@ -188,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--prediction",
         choices=PREDICTIONS,
-        default="epsilon",
-        help="with --per-class: the UNet's output (v_prediction: samples the shapes at this size, epsilon: noise)",
+        default="v_prediction",
+        help="with --per-class: the UNet's output (epsilon, the earlier default: its samples are noise at this size)",
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", help="folder for jdcl.json (jdcl_balanced.json with --per-class)")

@@ -53,7 +53,7 @@ class BalancedConfig:
     hidden: int = 32
     class_conditional: bool = False  # generators conditioned on the class, replay drawn by CFG
     guidance: float = 3.0
-    prediction: str = "epsilon"  # the UNet's output (v_prediction: generates the shapes at this size)
+    prediction: str = "v_prediction"  # the UNet's output (epsilon: its samples are noise at this size)
 
 
 def shapes_tasks(split: str, n_train: int, n_test: int, seed: int) -> list[Task]:
