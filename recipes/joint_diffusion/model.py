@@ -185,7 +185,7 @@ class JointDiffusion(
         """What :meth:`predict` is trained to output for ``x_t = add_noise(x0, noise, t)``."""
         if self.prediction == "epsilon":
             return noise
-        abar = self.alphas_cumprod.to(x0.device)[t].view(-1, 1, 1, 1)
+        abar = self._abar(t, x0)
         return abar.sqrt() * noise - (1 - abar).sqrt() * x0
 
     def denoise(self, x_t: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
@@ -195,7 +195,7 @@ class JointDiffusion(
         out = self.predict(x_t, t, labels)
         if self.prediction == "epsilon":
             return out
-        abar = self.alphas_cumprod.to(x_t.device)[t].view(-1, 1, 1, 1)
+        abar = self._abar(t, x_t)
         return abar.sqrt() * out + (1 - abar).sqrt() * x_t
 
     def guided_eps(self, x_t: Tensor, t: Tensor, labels: Tensor, scale: float) -> Tensor:
@@ -206,9 +206,13 @@ class JointDiffusion(
         free, cond = both.chunk(2)
         return free + scale * (cond - free)
 
+    def _abar(self, t: Tensor, like: Tensor) -> Tensor:
+        """``abar_t`` per row of ``like``, shaped to broadcast over its image dimensions."""
+        return self.alphas_cumprod.to(like.device)[t].view(-1, 1, 1, 1)
+
     def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
         """``sqrt(abar_t) x0 + sqrt(1 - abar_t) noise`` (the forward process)."""
-        abar = self.alphas_cumprod.to(x0.device)[t].view(-1, 1, 1, 1)
+        abar = self._abar(t, x0)
         return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
 
     def denoising_loss(
