@@ -216,15 +216,15 @@ def _merge(paths: list[str], out: str | None) -> tuple[list[Sequence], tuple]:
     from .report import load_runs
     from .tasks import Task
 
-    sequences = [s for p in paths for s in load_runs(p)]
-    record = json.loads(Path(paths[0]).read_text())
+    sequences = [s for p in paths for s in load_runs(p)]  # checks each file is a run's metrics.json
+    records = [json.loads(Path(p).read_text()) for p in paths]
+    record = records[0]
     tasks = tuple(Task(t["prompt"].split()[-1], *t["subject"]) for t in record["tasks"])
     summary = summarise(sequences)
     print(table(summary))
     if out is not None:
         folder = Path(out)
         folder.mkdir(parents=True, exist_ok=True)
-        records = [json.loads(Path(p).read_text()) for p in paths]
         runs = [r for rec in records for r in rec["runs"]]
         merged = {
             **record,
