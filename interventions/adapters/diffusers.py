@@ -172,9 +172,9 @@ class DiffusersPipelineAdapter(DiffusersModelAdapter):
         super().__init__(_STAND_IN, cfg=cfg, layout=Declared(cfg) if cfg else PipelineFlags(target))
         self.calls.owner = type(target).__name__
         self.pipe = target
-        roles = _roles(target)
-        self._comps: dict[str, nn.Module] = {k: getattr(target, k) for k in roles.modules}
-        self._schedulers: list[Any] = [getattr(target, k) for k in roles.schedulers]
+        roles, found = _roles(target)
+        self._comps: dict[str, nn.Module] = {k: found[k] for k in roles.modules}
+        self._schedulers: list[Any] = [found[k] for k in roles.schedulers]
         # every component run with a timestep in the denoising loop is stepped (a ControlNet, Wan's
         # transformer_2, a prior and its decoder); the main one (groups, layouts) comes first
         self._denoisers = list(roles.denoisers)
@@ -229,9 +229,9 @@ class _Roles(NamedTuple):
 _roles_seen: weakref.WeakKeyDictionary[Any, _Roles] = weakref.WeakKeyDictionary()
 
 
-def _roles(pipe: Any) -> _Roles:
-    """The roles of ``pipe``'s components, read again only when its config object or a component's
-    class changed (a pipeline writes a new config when a component is set; reading every entry
+def _roles(pipe: Any) -> tuple[_Roles, dict[str, Any]]:
+    """The roles of ``pipe``'s components and the components themselves (by name), the roles read
+    again only when its config object or a component's class changed (a pipeline writes a new config when a component is set; reading every entry
     was half of entering an empty session on a pipeline).
 
     The registered components are the config entries holding (library, class) pairs
@@ -242,11 +242,11 @@ def _roles(pipe: Any) -> _Roles:
     config = pipe.config
     seen = _roles_seen.get(pipe)
     if seen is not None and seen.config is config:
-        names = seen.modules + seen.schedulers
-        if tuple(type(getattr(pipe, k, None)) for k in names) == seen.types:
-            return seen
+        found: dict[str, Any] = {k: getattr(pipe, k, None) for k in seen.modules + seen.schedulers}
+        if tuple(map(type, found.values())) == seen.types:
+            return seen, found
     names = tuple(k for k, v in config.items() if not k.startswith("_") and isinstance(v, (list, tuple)))
-    found: dict[str, Any] = {k: getattr(pipe, k, None) for k in names}
+    found = {k: getattr(pipe, k, None) for k in names}
     modules = tuple(k for k, c in found.items() if isinstance(c, nn.Module))
     schedulers = tuple(
         k for k, c in found.items() if k not in modules and callable(getattr(type(c), "set_timesteps", None))
@@ -257,7 +257,7 @@ def _roles(pipe: Any) -> _Roles:
         _roles_seen[pipe] = roles
     except TypeError:  # a pipeline that cannot be weakly referenced: read each time
         pass
-    return roles
+    return roles, found
 
 
 def _denoiser_groups(comp: nn.Module, prefix: str) -> dict[str, list[str]]:
