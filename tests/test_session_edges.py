@@ -143,6 +143,27 @@ def test_add_vector_sees_in_place_edits_of_mask_and_tokens():
         assert model(x)[0, :, 0].tolist() == [1, 1, 0]
 
 
+def test_add_vector_prepared_plain_case_sees_what_its_fields_cannot_show():
+    # once prepared, a plain AddVector (no mask, tokens or norm restoring) checks only the
+    # activation's shape, dtype and layout and the vector's version: a vector that starts
+    # requiring grad in place, another dtype or another feature width must each be seen
+    # (the last two refused as at the first call, not added with a promoted dtype or broadcast)
+    model = nn.Identity()
+    v = torch.ones(4)
+    hook = AddVector(v, scale=0.5)  # the prepared vector is a new tensor, not v
+    with attach(model, {"": hook}):
+        assert torch.equal(model(torch.zeros(2, 4)), torch.full((2, 4), 0.5))
+        v.requires_grad_(True)  # no new version, no attribute set
+        model(torch.zeros(2, 4)).sum().backward()
+        assert v.grad is not None and torch.equal(v.grad, torch.full((4,), 1.0))
+        v.requires_grad_(False)
+        with pytest.raises(ShapeMismatchError, match="dtype torch.float32 differs"):
+            model(torch.zeros(2, 4, dtype=torch.float64))
+        with pytest.raises(ShapeMismatchError, match=r"\(4,\)"):
+            model(torch.zeros(2, 5))
+        assert torch.equal(model(torch.zeros(3, 4)), torch.full((3, 4), 0.5))  # another batch size: prepared again
+
+
 # -- 3. SAEEdit gets each branch's rows --------------------------------------------------------
 def test_sae_edit_sees_the_branch_and_matches_sequential_cfg():
     model, sae, x = Den(), LinearAE(), torch.randn(4, 4)
