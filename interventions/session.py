@@ -405,7 +405,7 @@ class Session:
             if not e.ctx.stepped:
                 fn = self._one_hook(e, h, fits)
             elif whole is not None:
-                fn = self._whole_batch_hook(e, whole)
+                fn = self._whole_batch_hook(e, h, whole, fits)
             else:
                 fn = self._output_hook(e)
         else:
@@ -459,33 +459,42 @@ class Session:
 
         return hook
 
-    def _whole_batch_hook(self, e: _Entry, whole: Callable[..., None]) -> Any:
+    def _whole_batch_hook(self, e: _Entry, h: Hook, whole: Callable[..., None], fits: bool) -> Any:
         """The output hook of a denoiser site whose one hook takes a batched CFG call whole (a
-        ``Cache`` in a pipeline): ``_run`` and ``_apply_whole`` fused, as in :meth:`_one_hook`.
-        One branch's rows (sequential CFG, a forced branch), the first fire and rows that are not
-        batch-major take the general path."""
+        ``Cache`` on a denoiser): ``_run`` and ``_apply_whole`` fused, as in :meth:`_one_hook`; a
+        call of one branch (no CFG, sequential CFG, a forced branch, unlabelled rows) gives the
+        hook the whole tensor with that branch. The first fire and rows that are not batch-major
+        take the general path."""
 
         def hook(
             module: nn.Module, args: Any, x: Any, e: _Entry = e, ctx: Context = e.ctx, state: RunState = self.state,
-            run: Callable[..., Any] = self._run, whole: Callable[..., None] = whole,
+            run: Callable[..., Any] = self._run, h: Hook = h, whole: Callable[..., None] = whole, fits: bool = fits,
         ) -> Any:  # defaults, not cells: see _one_hook  # fmt: skip
             segments = state.segments
-            if (
-                len(segments) < 2
-                or not e.layout_fixed
-                or not isinstance(x, torch.Tensor)
-                or not x.ndim
-                or x.shape[0] != segments[-1][1].stop
-            ):
+            if not e.layout_fixed or not isinstance(x, torch.Tensor):
+                return run(e, x)
+            split = len(segments) > 1
+            if split and (not x.ndim or x.shape[0] != segments[-1][1].stop):
                 return run(e, x)
             e.fired += 1  # e.count(state.epoch), inlined
             if e.epoch != state.epoch:
                 e.epoch, ctx.invocation = state.epoch, 0
             else:
                 ctx.invocation += 1
-            ctx.branch = None
-            whole(x, ctx, segments)
-            return None
+            if split:
+                ctx.branch = None
+                whole(x, ctx, segments)
+                return None
+            ctx.branch = segments[0][0]
+            try:
+                out = h(x, ctx)
+            except InterventionError:
+                raise
+            except Exception as exc:
+                raise _hook_failed(e, h, ctx, exc) from exc
+            if out is None or fits or _fits(out, x):
+                return out
+            raise _wrong_output(e, h, x, out)  # type: ignore[arg-type]
 
         return hook
 

@@ -199,6 +199,32 @@ def test_bare_unet_batched_and_sequential_cfg_agree():
     assert torch.equal(seq_u, plain_u)
 
 
+def test_bare_unet_cache_keys_batched_sequential_and_unlabelled_agree():
+    # a Cache on a denoiser takes a batched CFG call whole (rows split by branch in the store)
+    # and a one-branch call with that branch's label: both must key the same rows alike
+    unet = tiny_models.sd_pipeline().unet
+    torch.manual_seed(0)
+    x, emb_c, emb_u = torch.randn(1, 4, 8, 8), torch.randn(1, 6, 32), torch.randn(1, 6, 32)
+    site, t = "mid_block", torch.tensor(500)
+    batched, sequential, unlabelled = Cache(), Cache(), Cache()
+    with torch.no_grad():
+        with attach(unet, {site: batched}, cfg=("uncond", "cond")):
+            unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([emb_u, emb_c]))
+        with attach(unet, {site: sequential}) as s:
+            for branch, emb in (("uncond", emb_u), ("cond", emb_c)):
+                with s.branch(branch):
+                    unet(x, t, encoder_hidden_states=emb)
+        with attach(unet, {site: unlabelled}):
+            unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([emb_u, emb_c]))
+    assert sorted(batched.keys()) == sorted(sequential.keys()) == [(site, 0, "cond"), (site, 0, "uncond")]
+    for branch in ("uncond", "cond"):
+        torch.testing.assert_close(batched.get(site, 0, branch), sequential.get(site, 0, branch), atol=1e-5, rtol=1e-5)
+    assert unlabelled.keys() == [(site, 0, None)]
+    assert torch.equal(
+        unlabelled.get(site, 0), torch.cat([batched.get(site, 0, "uncond"), batched.get(site, 0, "cond")])
+    )
+
+
 def test_when_t_interval_selects_by_timestep_value():
     pipe = tiny_models.sd_pipeline()
     cache = Cache(when=When(t=(0, 500)))
