@@ -51,9 +51,11 @@ def test_guidance_moves_the_classifier_towards_the_target():
     task = two_class_shapes(8, generator=torch.Generator().manual_seed(3))
     target = 1 - task.labels
 
-    def target_prob(scale):
+    def target_prob(scale, recurrence=1):
         g = torch.Generator().manual_seed(0)
-        cf = counterfactual(model, task.images, target, t0=100, steps=3, scale=scale, generator=g)
+        cf = counterfactual(
+            model, task.images, target, t0=100, steps=3, scale=scale, generator=g, recurrence=recurrence
+        )
         with torch.no_grad():
             return model.classify(cf).softmax(-1).gather(1, target[:, None]).mean().item(), cf
 
@@ -61,6 +63,10 @@ def test_guidance_moves_the_classifier_towards_the_target():
     p1, guided = target_prob(300.0)
     assert p0 < 0.6 and p1 > p0 + 0.2, (p0, p1)
     assert explanation_map(control, guided).sum() > 0
+    p2, _ = target_prob(300.0, recurrence=2)  # guidance twice per noise level, re-noised in between
+    assert p2 > p0 + 0.2, (p0, p2)
+    with pytest.raises(ValueError, match="recurrence must be >= 1"):
+        counterfactual(model, task.images, target, t0=100, recurrence=0)
     with pytest.raises(ValueError, match="t0 must lie"):
         counterfactual(model, task.images, target, t0=5000)
     with pytest.raises(ValueError, match="one class per image"):

@@ -198,6 +198,14 @@ class JointDiffusion(
         abar = self._abar(t, x_t)
         return abar.sqrt() * out + (1 - abar).sqrt() * x_t
 
+    def x0_estimate(self, x_t: Tensor, t: Tensor, eps: Tensor | None = None) -> Tensor:
+        """The denoised estimate ``x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)``, clipped to
+        ``[-1, 1]``: what classifier guidance classifies (``eps``: an already computed
+        :meth:`denoise` output; ``None``: computed here)."""
+        eps = self.denoise(x_t, t) if eps is None else eps
+        abar = self._abar(t, x_t)
+        return ((x_t - (1 - abar).sqrt() * eps) / abar.sqrt()).clamp(-1, 1)
+
     def guided_eps(self, x_t: Tensor, t: Tensor, labels: Tensor, scale: float) -> Tensor:
         """Classifier-free guidance: ``eps(no class) + scale * (eps(labels) - eps(no class))``."""
         if not self.class_conditional:

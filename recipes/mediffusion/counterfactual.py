@@ -38,18 +38,27 @@ def counterfactual(
     steps: int = 30,
     scale: float = 100.0,
     generator: torch.Generator | None = None,
+    recurrence: int = 1,
 ) -> Tensor:
     """Images pushed towards class ``target`` by noising to ``t0`` and guided DDIM denoising in
-    ``steps`` steps (``scale`` = s; 0 gives the unguided reconstruction, the control)."""
+    ``steps`` steps (``scale`` = s; 0 gives the unguided reconstruction, the control).
+
+    ``recurrence`` = r > 1: each step is taken r times, the result re-noised back to the step's
+    level in between (self-recurrence, as the authors' DDIM sampler's ``sampling_recurence_steps``
+    and Universal Guidance do): the guidance acts r times per noise level while the denoiser pulls
+    the image back towards the data."""
     if not 0 < t0 < model.train_timesteps:
         raise ValueError(f"t0 must lie in (0, {model.train_timesteps}), got {t0}")
     if steps < 1 or steps > t0:
         raise ValueError(f"steps must lie in [1, t0={t0}], got {steps}")
+    if recurrence < 1:
+        raise ValueError(f"recurrence must be >= 1, got {recurrence}")
     if target.shape != (images.shape[0],):
         raise ValueError(f"target needs one class per image: {tuple(target.shape)} vs {images.shape[0]}")
     scheduler = model.ddim_scheduler()
     # timesteps t0, t0 - t0/steps, ..., spaced so that exactly `steps` of them lie at or below t0
     scheduler.set_timesteps(round(model.train_timesteps * steps / t0))
+    stride = model.train_timesteps // scheduler.num_inference_steps
     timesteps = [int(t) for t in scheduler.timesteps if t <= t0][:steps]
     abar = model.alphas_cumprod
     noise = torch.randn(images.shape, generator=generator).to(images.device)
@@ -57,15 +66,18 @@ def counterfactual(
     x = model.add_noise(images, noise, start)
     for t in timesteps:
         tt = torch.full((images.shape[0],), t, dtype=torch.long, device=images.device)
-        with torch.enable_grad():
-            x_in = x.detach().requires_grad_(scale != 0)
-            eps = model.denoise(x_in, tt)
-            if scale:
-                x0_hat = (x_in - (1 - abar[t]).sqrt() * eps) / abar[t].sqrt()
-                loss = F.cross_entropy(model.classify(x0_hat.clamp(-1, 1)), target, reduction="sum")
-                (grad,) = torch.autograd.grad(loss, x_in)
-                eps = eps + scale * (1 - abar[t]).sqrt() * grad
-        x = scheduler.step(eps.detach(), t, x.detach()).prev_sample
+        for repeat in range(recurrence):
+            if repeat:  # back from t - stride to t: x_t = sqrt(a) x_prev + sqrt(1 - a) noise
+                a = abar[t] / (abar[t - stride] if t >= stride else torch.ones(()))
+                x = a.sqrt() * x + (1 - a).sqrt() * torch.randn(x.shape, generator=generator).to(x.device)
+            with torch.enable_grad():
+                x_in = x.detach().requires_grad_(scale != 0)
+                eps = model.denoise(x_in, tt)
+                if scale:
+                    loss = F.cross_entropy(model.classify(model.x0_estimate(x_in, tt, eps)), target, reduction="sum")
+                    (grad,) = torch.autograd.grad(loss, x_in)
+                    eps = eps + scale * (1 - abar[t]).sqrt() * grad
+            x = scheduler.step(eps.detach(), t, x.detach()).prev_sample
     return x.clamp(-1, 1)
 
 

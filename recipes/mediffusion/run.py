@@ -49,10 +49,14 @@ class MediffusionConfig:
     widths: tuple[int, ...] = (8, 16)
     hidden: int = 32
     diffusion_weight: float = 1.0
+    denoised_ce_weight: float = 0.0  # cross-entropy on the model's own x0_hat(x_t), t <= denoised_t_max
+    denoised_t_max: int = 500
+    denoised_detach: bool = True
     prediction: str = "v_prediction"  # the UNet's output; "epsilon" samples full-frame noise at this size
     counterfactuals: int = 0  # images explained per seed (0: none)
     t0: int = 300
     cf_steps: int = 20
+    cf_recurrence: int = 1  # guided DDIM passes per noise level (self-recurrence)
     scales: tuple[float, ...] = (0.0, 3.0)
 
 
@@ -81,6 +85,7 @@ def _explain(model: JointDiffusion, test, config: MediffusionConfig, seed: int, 
             steps=config.cf_steps,
             scale=s,
             generator=torch.Generator().manual_seed(seed),
+            recurrence=config.cf_recurrence,
         )
         with torch.no_grad():
             said = evaluator(cf).argmax(-1)
@@ -154,6 +159,9 @@ def run_mediffusion(config: MediffusionConfig, out: str | Path | None = None, pr
                     steps=config.steps,
                     batch_size=config.batch_size,
                     diffusion_weight=config.diffusion_weight,
+                    denoised_ce_weight=config.denoised_ce_weight,
+                    denoised_t_max=config.denoised_t_max,
+                    denoised_detach=config.denoised_detach,
                     seed=seed,
                 ),
                 progress=progress,
@@ -257,6 +265,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--diffusion-weight", type=float, default=1.0, help="weight of the denoising loss")
+    parser.add_argument("--widths", type=int, nargs="+", default=[8, 16], help="channels of the UNet's down blocks")
+    parser.add_argument(
+        "--denoised-ce",
+        type=float,
+        default=0.0,
+        help="weight of the cross-entropy on the model's own denoised estimates x0_hat(x_t) (what guidance classifies)",
+    )
+    parser.add_argument("--denoised-t-max", type=int, default=500, help="largest t of that term's x_t")
+    parser.add_argument(
+        "--denoised-through",
+        action="store_true",
+        help="let that term's gradient reach the denoiser through x0_hat (default: x0_hat detached)",
+    )
     parser.add_argument(
         "--prediction",
         default="v_prediction",
@@ -266,12 +287,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--counterfactuals", type=int, default=32, help="test images explained per seed (0: none)")
     parser.add_argument("--t0", type=int, default=300, help="noise level the counterfactual starts from")
     parser.add_argument("--cf-steps", type=int, default=20)
+    parser.add_argument(
+        "--cf-recurrence",
+        type=int,
+        default=1,
+        help="guided passes per noise level, re-noised in between (1: plain DDIM)",
+    )
     parser.add_argument("--scales", type=float, nargs="+", default=[0.0, 3.0], help="guidance scales (0: control)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", help="folder for mediffusion.json, mediffusion.png and model/")
     parser.add_argument("--explain", metavar="MODEL", help="only score counterfactuals of this saved model (one seed)")
     args = parser.parse_args(argv)
-    for name in ("n_train", "n_test", "steps", "batch_size", "threads", "cf_steps"):
+    for name in ("n_train", "n_test", "steps", "batch_size", "threads", "cf_steps", "cf_recurrence"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     torch.set_num_threads(args.threads)
@@ -285,10 +312,15 @@ def main(argv: list[str] | None = None) -> int:
         steps=args.steps,
         batch_size=args.batch_size,
         diffusion_weight=args.diffusion_weight,
+        widths=tuple(args.widths),
+        denoised_ce_weight=args.denoised_ce,
+        denoised_t_max=args.denoised_t_max,
+        denoised_detach=not args.denoised_through,
         prediction=args.prediction,
         counterfactuals=args.counterfactuals,
         t0=args.t0,
         cf_steps=args.cf_steps,
+        cf_recurrence=args.cf_recurrence,
         scales=tuple(args.scales),
     )
     try:
