@@ -49,14 +49,14 @@ class MediffusionConfig:
     widths: tuple[int, ...] = (8, 16)
     hidden: int = 32
     diffusion_weight: float = 1.0
-    denoised_ce_weight: float = 0.0  # cross-entropy on the model's own x0_hat(x_t), t <= denoised_t_max
+    denoised_ce_weight: float = 1.0  # cross-entropy on the model's own x0_hat(x_t), t <= denoised_t_max
     denoised_t_max: int = 500
     denoised_detach: bool = True
     prediction: str = "v_prediction"  # the UNet's output; "epsilon" samples full-frame noise at this size
     counterfactuals: int = 0  # images explained per seed (0: none)
-    t0: int = 300
+    t0: int = 200
     cf_steps: int = 20
-    cf_recurrence: int = 1  # guided DDIM passes per noise level (self-recurrence)
+    cf_recurrence: int = 5  # guided DDIM passes per noise level (self-recurrence)
     scales: tuple[float, ...] = (0.0, 3.0)
 
 
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--denoised-ce",
         type=float,
-        default=0.0,
+        default=1.0,
         help="weight of the cross-entropy on the model's own denoised estimates x0_hat(x_t) (what guidance classifies)",
     )
     parser.add_argument("--denoised-t-max", type=int, default=500, help="largest t of that term's x_t")
@@ -285,12 +285,12 @@ def main(argv: list[str] | None = None) -> int:
         help="the UNet's output (epsilon: the earlier default, whose samples are noise at this size)",
     )
     parser.add_argument("--counterfactuals", type=int, default=32, help="test images explained per seed (0: none)")
-    parser.add_argument("--t0", type=int, default=300, help="noise level the counterfactual starts from")
+    parser.add_argument("--t0", type=int, default=200, help="noise level the counterfactual starts from")
     parser.add_argument("--cf-steps", type=int, default=20)
     parser.add_argument(
         "--cf-recurrence",
         type=int,
-        default=1,
+        default=5,
         help="guided passes per noise level, re-noised in between (1: plain DDIM)",
     )
     parser.add_argument("--scales", type=float, nargs="+", default=[0.0, 3.0], help="guidance scales (0: control)")
