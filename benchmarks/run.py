@@ -161,6 +161,19 @@ def _f(x: float | None, nd: int = 2) -> str:
     return "—" if x is None else f"{x:.{nd}f}"
 
 
+def _sites_part(inside: dict[str, Any], plain_ms: float) -> str:
+    """Ours split into the sites' hooks (the work raw does too) and the step and call tracking
+    (work raw does not do); absent in results written before the split was measured."""
+    sites = inside.get("interventions_sites_ms")
+    if sites is None:
+        return ""
+    extra = 100 * (sites - inside["raw_ms"]) / plain_ms
+    return (
+        f"; of ours, the sites' hooks {sites:.2f} ms ({extra:+.1f}% above raw) and the step and call tracking "
+        f"{inside['interventions_ms'] - sites:.2f} ms"
+    )
+
+
 def goals(res: dict[str, Any]) -> list[dict[str, Any]]:
     hooks, store = res.get("hooks", {}), res.get("store", {})
     out: list[dict[str, Any]] = []
@@ -230,7 +243,8 @@ def goals(res: dict[str, Any]) -> list[dict[str, Any]]:
             {
                 "goal": f"whole pipeline call, 20 cache sites: within {GOAL_PIPELINE_PCT:.0f}% of the call above raw hooks",
                 "measured": f"inside the hook callbacks ours {inside['interventions_ms']:.2f} ms vs raw "
-                f"{inside['raw_ms']:.2f} ms per call ({pipe['plain_ms']:.1f} ms): {extra:+.1f}% of the call",
+                f"{inside['raw_ms']:.2f} ms per call ({pipe['plain_ms']:.1f} ms): {extra:+.1f}% of the call"
+                + _sites_part(inside, pipe["plain_ms"]),
                 "met": extra <= GOAL_PIPELINE_PCT,
             }
         )
