@@ -20,6 +20,7 @@ torch.Size([1, 4])
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
@@ -31,7 +32,7 @@ from .context import Context, When
 from .errors import InterventionError, ShapeMismatchError
 from .heads import head_mask
 from .layout import along_features, feature_dim, from_tokens, to_tokens, token_mask
-from .store import DiskStore, MemoryStore, Store, StoreKey, store_key, with_branch
+from .store import DiskStore, MemoryStore, Store, StoreKey, normal_key, store_key, with_branch
 
 Tensor = torch.Tensor
 
@@ -156,7 +157,10 @@ class Cache:
     """Record the site's tensor in a store under (site, step, branch).
 
     ``clone=True`` copies the tensor so that a later in-place op in the model (an inplace ReLU)
-    cannot change what was recorded; ``clone=False`` saves a copy when that cannot happen.
+    cannot change what was recorded; ``clone=False`` saves a copy when that cannot happen. Where
+    it can after all, reading the entry is refused, not a later value returned: the tensor's
+    version counter is checked (in a :class:`MemoryStore` without ``device``, outside
+    ``torch.inference_mode``, whose tensors keep no version).
     ``detach=False`` records the tensor with its autograd graph, for a loss computed from it
     afterwards (a classifier head on a denoiser's features, a guidance gradient): the store then
     keeps the graph alive as long as it holds the tensor (a :class:`DiskStore` cannot: refused).
@@ -185,6 +189,8 @@ class Cache:
     on_repeat: Literal["warn", "replace", "append"] = "warn"
     detach: bool = True
     _warned: bool = field(default=False, init=False, repr=False)
+    # clone=False: each stored key's tensors (weakly) with their version when recorded
+    _uncopied: dict[StoreKey, list[tuple[Any, int]]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.on_repeat not in ("warn", "replace", "append"):
@@ -202,6 +208,8 @@ class Cache:
         if self.clone:
             t = t.clone()
         key, store = ctx.key, self.store
+        if not self.clone:
+            self._remember_version(key, t)
         if self.on_repeat == "append":
             store.append(key, t)
             return
@@ -215,6 +223,9 @@ class Cache:
         if self.clone:
             t = t.clone()
         key = ctx.key
+        if not self.clone:
+            for branch, _ in segments:
+                self._remember_version(with_branch(key, branch), t)
         if self.on_repeat == "append":
             for branch, rows in segments:
                 self.store.append(with_branch(key, branch), t[rows])
@@ -224,6 +235,29 @@ class Cache:
             if first in self.store:
                 self._warn_replaced(first)
         self.store.put_rows(key, t, segments)
+
+    def _remember_version(self, key: StoreKey, t: Tensor) -> None:
+        """Keep ``t``'s version for :meth:`_assert_unchanged` where the store holds ``t`` itself."""
+        store = self.store
+        if type(store) is not MemoryStore or store.device is not None or t.is_inference():
+            return
+        key, entry = normal_key(key), (weakref.ref(t), t._version)
+        if self.on_repeat == "append":
+            self._uncopied.setdefault(key, []).append(entry)
+        else:
+            self._uncopied[key] = [entry]
+
+    def _assert_unchanged(self, key: StoreKey) -> None:
+        """Refuse an entry that ``clone=False`` recorded and the model then changed in place."""
+        for ref, version in self._uncopied.get(normal_key(key), ()):
+            t = ref()
+            if t is not None and t._version != version:
+                raise InterventionError(
+                    f"Cache(clone=False) at {key} (site, step, branch): the model changed the recorded tensor in "
+                    f"place after the site produced it (its version went from {version} to {t._version}; e.g. an "
+                    "nn.ReLU(inplace=True) or an `h += ...` after the site), so the cache holds a later value, not "
+                    "the site's output. Record it with Cache(clone=True) (the default)"
+                )
 
     def _warn_replaced(self, key: StoreKey) -> None:
         import warnings
@@ -243,12 +277,19 @@ class Cache:
     def get(self, site: str, step: int | None = 0, branch: str | None = None, invocation: int = 0) -> Tensor:
         """The tensor cached at ``site`` for a step (or call index), branch and invocation (the
         n-th run of the module within that call, for a module used more than once)."""
-        return self.store.get(store_key(site, step, branch, invocation))
+        key = store_key(site, step, branch, invocation)
+        if self._uncopied:
+            self._assert_unchanged(key)
+        return self.store.get(key)
 
     def entries(self, site: str) -> dict[tuple[int | None, str | None] | tuple[int | None, str | None, int], Tensor]:
         """All cached tensors of one site, keyed by (step, branch), plus the invocation for a
         module's later runs within one call."""
-        return {k[1:]: self.store.get(k) for k in self.store.keys_of(site)}
+        keys = self.store.keys_of(site)
+        if self._uncopied:
+            for k in keys:
+                self._assert_unchanged(k)
+        return {k[1:]: self.store.get(k) for k in keys}
 
     def __getitem__(self, site: str) -> Tensor:
         found = self.entries(site)
@@ -309,13 +350,14 @@ class Patch:
         src = self.source
         if isinstance(src, Tensor):
             return src
-        if isinstance(src, Cache):
-            src = src.store
-        if hasattr(src, "get") and hasattr(src, "put"):
+        store = src.store if isinstance(src, Cache) else src
+        if hasattr(store, "get") and hasattr(store, "put"):
             key = ctx.key
             if self.site is not None:
                 key = (self.site, *key[1:])  # type: ignore[assignment]
-            return src.get(key).to(x.device)  # type: ignore[union-attr]
+            if isinstance(src, Cache) and src._uncopied:
+                src._assert_unchanged(key)
+            return store.get(key).to(x.device)  # type: ignore[union-attr]
         if callable(src):
             out = src(x, ctx)
             if not isinstance(out, Tensor):

@@ -9,7 +9,9 @@ from interventions import (
     AddVector,
     Cache,
     Grads,
+    InterventionError,
     Lambda,
+    Patch,
     SAEEdit,
     ShapeMismatchError,
     SiteError,
@@ -264,3 +266,48 @@ def test_a_session_without_sites_touches_nothing():
         assert not pipe.unet._forward_pre_hooks and not pipe.unet._forward_hooks
     assert session.fired == {}
     assert_no_hooks_left(pipe.unet)
+
+
+# -- 5. Cache(clone=False) and a model that changes the recorded tensor in place ---------------
+def test_uncopied_cache_entry_changed_in_place_is_refused_not_read():
+    # an inplace ReLU after the cached Linear turns the recorded output into its ReLU: without a
+    # copy the cache would return the later value as the site's output
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(inplace=True))
+    x = torch.randn(8, 4) * 10
+    copied, uncopied = Cache(), Cache(clone=False)
+    with attach(model, {"0": [copied, uncopied]}):
+        out = model(x)
+    assert float(copied["0"].min()) < 0 and torch.equal(copied["0"].clamp_min(0), out)  # the true output
+    with pytest.raises(InterventionError, match=r"clone=False.*version went from 0 to 1.*Cache\(clone=True\)"):
+        uncopied["0"]
+    with pytest.raises(InterventionError, match="in place"):
+        uncopied.get("0", step=0)
+    with pytest.raises(InterventionError, match="in place"):
+        with attach(model, {"0": Patch(uncopied)}):
+            model(x)
+    # nothing changes it in place: an uncopied entry reads as recorded, the very tensor
+    plain = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    kept = Cache(clone=False)
+    with attach(plain, {"0": kept}):
+        plain(x)
+    assert torch.equal(kept["0"], plain[0](x)) and kept.entries("0")
+
+
+class InPlaceDen(Den):
+    """``Den`` whose hidden state is rectified in place after ``a``."""
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu_(self.a(x)))
+
+
+def test_uncopied_cache_of_a_batched_cfg_call_is_refused_per_branch():
+    # the batched CFG call is stored whole (each branch's rows read lazily): both branches'
+    # entries come from the one tensor the model then changed, and both are refused
+    model, x = InPlaceDen(), torch.randn(4, 4) * 10
+    uncopied, copied = Cache(clone=False), Cache()
+    with attach(model, {"a": [uncopied, copied]}, cfg=CFG):
+        model(x, T)
+    assert float(copied.get("a", 0, "cond").min()) < 0
+    for branch in CFG:
+        with pytest.raises(InterventionError, match=f"'a', 0, '{branch}'.*in place"):
+            uncopied.get("a", 0, branch)
