@@ -158,8 +158,8 @@ class Cache:
 
     ``clone=True`` copies the tensor so that a later in-place op in the model (an inplace ReLU)
     cannot change what was recorded; ``clone=False`` saves a copy when that cannot happen. Where
-    it can after all, reading the entry is refused, not a later value returned: the tensor's
-    version counter is checked (in a :class:`MemoryStore` without ``device``, outside
+    it can after all, reading the entry (or a :class:`DiskStore` writing it) is refused, not a
+    later value returned: the tensor's version counter is checked (outside
     ``torch.inference_mode``, whose tensors keep no version).
     ``detach=False`` records the tensor with its autograd graph, for a loss computed from it
     afterwards (a classifier head on a denoiser's features, a guidance gradient): the store then
@@ -237,9 +237,10 @@ class Cache:
         self.store.put_rows(key, t, segments)
 
     def _remember_version(self, key: StoreKey, t: Tensor) -> None:
-        """Keep ``t``'s version for :meth:`_assert_unchanged` where the store holds ``t`` itself."""
-        store = self.store
-        if type(store) is not MemoryStore or store.device is not None or t.is_inference():
+        """Keep ``t``'s version for :meth:`_assert_unchanged` where the store may hold ``t`` itself
+        (a :class:`MemoryStore`, also one with a ``device``: moving to the device ``t`` is on is no
+        copy; a :class:`DiskStore` checks what it buffers itself)."""
+        if not isinstance(self.store, MemoryStore) or t.is_inference():
             return
         key, entry = normal_key(key), (weakref.ref(t), t._version)
         if self.on_repeat == "append":

@@ -302,6 +302,10 @@ class DiskStore:
         self.path.mkdir(parents=True, exist_ok=True)
         self.buffer_bytes = int(buffer_bytes)
         self._buffer: dict[StoreKey, list[torch.Tensor]] = {}  # parts waiting to be written
+        # the version of each buffered part that is the caller's own tensor, not a copy (a CPU
+        # activation recorded with Cache(clone=False)), by id: changed in place before the write,
+        # it is refused rather than written
+        self._versions: dict[int, int] = {}
         self._replacing: set[StoreKey] = set()  # buffered keys whose parts supersede those on disk
         self._buffered = 0
         # key -> the shard of each of its parts (part i is tensor _tensor_name(key, i)); a bare shard
@@ -374,6 +378,7 @@ class DiskStore:
             self.flush()
         else:
             self._buffer.clear()
+            self._versions.clear()
             self._replacing.clear()
             self._buffered = 0
         if self._lock is not None:
@@ -391,6 +396,7 @@ class DiskStore:
         key = normal_key(key)
         for old in self._buffer.pop(key, []):
             self._buffered -= old.nbytes + _ENTRY_OVERHEAD
+            self._versions.pop(id(old), None)
         self._replacing.add(key)
         self._add(key, tensor)
 
@@ -403,9 +409,12 @@ class DiskStore:
         self._add(key, tensor)
 
     def _add(self, key: StoreKey, tensor: torch.Tensor) -> None:
+        given = tensor
         tensor = tensor.detach().to("cpu").contiguous()
         if tensor._base is not None:  # a view (one CFG branch's rows): safetensors needs its own storage
             tensor = tensor.clone()
+        if tensor.data_ptr() == given.data_ptr() and not tensor.is_inference():
+            self._versions[id(tensor)] = tensor._version
         self._buffer.setdefault(key, []).append(tensor)
         self._writes += 1
         self._buffered += tensor.nbytes + _ENTRY_OVERHEAD
@@ -421,6 +430,7 @@ class DiskStore:
         nothing was buffered."""
         if not self._buffer:
             return None
+        self._assert_unchanged(self._buffer)
         if any(name.startswith("[") for name in metadata or {}):
             raise ValueError("shard metadata keys starting with '[' are tensor names; choose another prefix")
         shard = f"shard-{self._next_shard:05d}.safetensors"
@@ -449,9 +459,23 @@ class DiskStore:
             self._index[key] = shards[0] if len(shards) == 1 else shards
             self._lost.discard(key)
         self._buffer.clear()
+        self._versions.clear()
         self._replacing.clear()
         self._buffered = 0
         return shard
+
+    def _assert_unchanged(self, keys: Iterable[StoreKey]) -> None:
+        """Refuse buffered parts of ``keys`` that the caller changed in place after handing them over."""
+        for key in keys:
+            for part in self._buffer.get(key, ()):
+                version = self._versions.get(id(part))
+                if version is not None and part._version != version:
+                    raise StoreError(
+                        f"DiskStore {self.path}: the tensor buffered under {key} (site, step, branch) was changed in "
+                        f"place after it was recorded (version {version} -> {part._version}; e.g. Cache(clone=False) "
+                        "on a site that an nn.ReLU(inplace=True) or an `h += ...` then modifies), so it would be "
+                        "written and read as a later value. Record it with Cache(clone=True) (the default)"
+                    )
 
     def put_rows(self, key: StoreKey, tensor: torch.Tensor, segments: Sequence[tuple[str | None, slice]]) -> None:
         """Store each CFG branch's rows of one batched tensor under ``key`` with that branch."""
@@ -486,6 +510,7 @@ class DiskStore:
         key = normal_key(key)
         for part, shard in enumerate(self._on_disk(key)):
             yield self._read(shard, key, part)
+        self._assert_unchanged((key,))
         yield from self._buffer.get(key, [])
 
     def _on_disk(self, key: StoreKey) -> list[str]:

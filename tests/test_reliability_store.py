@@ -90,6 +90,32 @@ def test_one_tensor_under_two_keys_flushes(tmp_path):
     assert torch.equal(reopened.get(("rows", 0, None)), shared[0])
 
 
+def test_a_buffered_tensor_changed_in_place_is_refused_not_written(tmp_path):
+    # Cache(clone=False) into a DiskStore buffers the model's own CPU tensor until the flush: an
+    # inplace ReLU after the site would otherwise be written to disk as the site's output
+    from torch import nn
+
+    from interventions import Cache, attach
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(inplace=True))
+    store = DiskStore(tmp_path)
+    with attach(model, {"0": Cache(store=store, clone=False)}):
+        model(torch.randn(8, 4) * 10)
+    with pytest.raises(StoreError, match=r"'0', 0, None.*changed in place.*version 0 -> 1.*Cache\(clone=True\)"):
+        store.get(("0", 0, None))
+    with pytest.raises(StoreError, match="changed in place"):
+        store.flush()
+    assert not list(tmp_path.glob("shard-*"))  # nothing written
+    store.close(flush=False)
+    # a copy (clone=True) is never the model's tensor: written and read back as recorded
+    copied = DiskStore(tmp_path / "copied")
+    x = torch.randn(8, 4) * 10
+    with attach(model, {"0": Cache(store=copied)}):
+        model(x)
+    copied.close()
+    assert torch.equal(DiskStore(tmp_path / "copied").get(("0", 0, None)), model[0](x))
+
+
 def _two_shards(path):
     with DiskStore(path) as store:
         store.put(K0, torch.arange(1000.0))
