@@ -124,7 +124,7 @@ def test_shipped_model_is_the_v_prediction_model_its_card_describes(tmp_path):
     assert model.prediction == "v_prediction" and "v-prediction" in (folder / "README.md").read_text()
     task = two_class_shapes(200, generator=torch.Generator().manual_seed(99))
     recorded = json.loads((folder / "metrics.json").read_text())["test_accuracy"]
-    assert accuracy(model, task.images, task.labels) >= recorded - 0.03  # 0.993 on the run's 1,000 test images
+    assert accuracy(model, task.images, task.labels) >= recorded - 0.03  # 0.999 on the run's 1,000 test images
     back = load_joint(save_joint(model, tmp_path / "again"))
     for (name, a), (_, b) in zip(model.state_dict().items(), back.state_dict().items(), strict=True):
         assert torch.equal(a, b), name

@@ -44,7 +44,7 @@ class MediffusionConfig:
     n_train: int = 2000
     labelled_fraction: float = 0.05
     n_test: int = 1000
-    steps: int = 800
+    steps: int = 1600
     batch_size: int = 32
     widths: tuple[int, ...] = (8, 16)
     hidden: int = 32
@@ -54,9 +54,9 @@ class MediffusionConfig:
     denoised_detach: bool = True
     prediction: str = "v_prediction"  # the UNet's output; "epsilon" samples full-frame noise at this size
     counterfactuals: int = 0  # images explained per seed (0: none)
-    t0: int = 200
+    t0: int = 300
     cf_steps: int = 20
-    cf_recurrence: int = 5  # guided DDIM passes per noise level (self-recurrence)
+    cf_recurrence: int = 3  # guided DDIM passes per noise level (self-recurrence)
     scales: tuple[float, ...] = (0.0, 3.0)
 
 
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-train", type=int, default=2000)
     parser.add_argument("--labelled", type=float, default=0.05, help="fraction of training images with labels")
     parser.add_argument("--n-test", type=int, default=1000)
-    parser.add_argument("--steps", type=int, default=800)
+    parser.add_argument("--steps", type=int, default=1600)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--diffusion-weight", type=float, default=1.0, help="weight of the denoising loss")
     parser.add_argument("--widths", type=int, nargs="+", default=[8, 16], help="channels of the UNet's down blocks")
@@ -285,12 +285,12 @@ def main(argv: list[str] | None = None) -> int:
         help="the UNet's output (epsilon: the earlier default, whose samples are noise at this size)",
     )
     parser.add_argument("--counterfactuals", type=int, default=32, help="test images explained per seed (0: none)")
-    parser.add_argument("--t0", type=int, default=200, help="noise level the counterfactual starts from")
+    parser.add_argument("--t0", type=int, default=300, help="noise level the counterfactual starts from")
     parser.add_argument("--cf-steps", type=int, default=20)
     parser.add_argument(
         "--cf-recurrence",
         type=int,
-        default=5,
+        default=3,
         help="guided passes per noise level, re-noised in between (1: plain DDIM)",
     )
     parser.add_argument("--scales", type=float, nargs="+", default=[0.0, 3.0], help="guidance scales (0: control)")
