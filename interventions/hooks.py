@@ -254,10 +254,11 @@ class Cache:
             t = ref()
             if t is not None and t._version != version:
                 raise InterventionError(
-                    f"Cache(clone=False) at {key} (site, step, branch): the model changed the recorded tensor in "
-                    f"place after the site produced it (its version went from {version} to {t._version}; e.g. an "
-                    "nn.ReLU(inplace=True) or an `h += ...` after the site), so the cache holds a later value, not "
-                    "the site's output. Record it with Cache(clone=True) (the default)"
+                    f"Cache(clone=False) at {key} (site, step, branch): the recorded tensor was changed in place "
+                    f"after the site produced it (its version went from {version} to {t._version}): by the model "
+                    "(an nn.ReLU(inplace=True) or an `h += ...` after the site) or by code that changed a tensor "
+                    "read from this cache. The cache holds a later value, not the site's output: record it with "
+                    "Cache(clone=True) (the default)"
                 )
 
     def _warn_replaced(self, key: StoreKey) -> None:

@@ -472,9 +472,11 @@ class DiskStore:
                 if version is not None and part._version != version:
                     raise StoreError(
                         f"DiskStore {self.path}: the tensor buffered under {key} (site, step, branch) was changed in "
-                        f"place after it was recorded (version {version} -> {part._version}; e.g. Cache(clone=False) "
-                        "on a site that an nn.ReLU(inplace=True) or an `h += ...` then modifies), so it would be "
-                        "written and read as a later value. Record it with Cache(clone=True) (the default)"
+                        f"place after it was recorded (version {version} -> {part._version}): by the model, with "
+                        "Cache(clone=False) on a site that an nn.ReLU(inplace=True) or an `h += ...` then modifies, or "
+                        "by code that changed a tensor read back from this store. It would be written and read as a "
+                        "later value: record with Cache(clone=True) (the default) and copy what you read before "
+                        "changing it in place"
                     )
 
     def put_rows(self, key: StoreKey, tensor: torch.Tensor, segments: Sequence[tuple[str | None, slice]]) -> None:
