@@ -183,7 +183,7 @@ def train_joint(
             record.update(fixmatch=fixmatch.item(), mask_rate=mask.mean().item(), diffusion=diffusion.item())
             if cfg.denoised_ce_weight:
                 denoised = _denoised_ce(
-                    model, torch.cat([xl, xu]), torch.cat([yl, pseudo]), torch.cat([torch.ones(nb), mask]), cfg, g
+                    model, torch.cat([xl, xu]), torch.cat([yl, pseudo]), torch.cat([mask.new_ones(nb), mask]), cfg, g
                 )
                 loss = loss + cfg.denoised_ce_weight * denoised
                 record["denoised_ce"] = denoised.item()
@@ -197,7 +197,7 @@ def train_joint(
                 loss = ce + cfg.diffusion_weight * diffusion
                 record["diffusion"] = diffusion.item()
                 if cfg.denoised_ce_weight:
-                    denoised = _denoised_ce(model, xl, yl, torch.ones(nb), cfg, g)
+                    denoised = _denoised_ce(model, xl, yl, xl.new_ones(nb), cfg, g)
                     loss = loss + cfg.denoised_ce_weight * denoised
                     record["denoised_ce"] = denoised.item()
         record["ce"] = ce.item()
