@@ -231,8 +231,9 @@ _roles_seen: weakref.WeakKeyDictionary[Any, _Roles] = weakref.WeakKeyDictionary(
 
 def _roles(pipe: Any) -> tuple[_Roles, dict[str, Any]]:
     """The roles of ``pipe``'s components and the components themselves (by name), the roles read
-    again only when its config object or a component's class changed (a pipeline writes a new config when a component is set; reading every entry
-    was half of entering an empty session on a pipeline).
+    again only when its config object or a component's class changed (a pipeline writes a new
+    config when a component is set; reading every entry was half of entering an empty session on
+    a pipeline).
 
     The registered components are the config entries holding (library, class) pairs
     (``pipe.components`` would inspect the constructor's signature; reading a plain config value
