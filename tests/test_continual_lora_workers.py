@@ -9,7 +9,8 @@ import pytest
 
 from interventions import cli
 from recipes.continual_lora.run import parser
-from recipes.continual_lora.workers import default_workers, worker_argv
+from recipes.continual_lora.workers import WORKERS
+from recipes.seed_workers import default_workers
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -33,7 +34,7 @@ def test_worker_argv_repeats_every_setting_for_one_seed(monkeypatch):
     p = parser()
     p.set_defaults(tasks=2, seeds=[0], steps=30, samples=8)  # what --quick does
     args = p.parse_args(["--lr", "0.0037", "--methods", "naive", "magmax", "--seeds", "3", "4", "--out", "o"])
-    again = p.parse_args(worker_argv(p, args, 4, "o/seeds/seed4"))
+    again = p.parse_args(WORKERS.argv(p, args, 4, "o/seeds/seed4"))
     expected = {**vars(args), "seeds": [4], "out": "o/seeds/seed4", "workers": 1, "no_progress": True}
     assert vars(again) == expected  # the float lr and --quick's defaults survive the round trip
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)  # a 2-core machine

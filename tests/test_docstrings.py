@@ -40,6 +40,7 @@ MODULES = [
     "recipes.continual_lora.report",
     "recipes.continual_lora.tasks",
     "recipes.continual_lora.workers",
+    "recipes.seed_workers",
     "recipes.dataset_inference.catalogue",
     "recipes.dataset_inference.features",
     "recipes.dataset_inference.gmm_world",

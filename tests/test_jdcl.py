@@ -75,8 +75,42 @@ def test_cli_refuses_bad_arguments(capsys):
         cli_main(["run", "jdcl", "--global-steps", "0"])
     assert error.value.code == 2 and "--global-steps must be >= 1" in capsys.readouterr().err
     with pytest.raises(SystemExit) as error:
-        cli_main(["run", "jdcl", "--conditional"])
-    assert error.value.code == 2 and "--conditional needs class-balanced replay" in capsys.readouterr().err
+        cli_main(["run", "jdcl", "--per-class", "0"])  # the first replay has unconditional epsilon generators
+    assert error.value.code == 2 and "add --no-conditional --prediction epsilon" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as error:
+        cli_main(["run", "jdcl", "--workers", "0"])
+    assert error.value.code == 2 and "--workers must be >= 1" in capsys.readouterr().err
+
+
+TINY = ["--n-train", "8", "--n-test", "4", "--steps", "3", "--global-steps", "1", "--per-class", "2"]
+TINY += ["--max-draws", "32", "--sample-steps", "2", "--seeds", "0", "1"]
+
+
+def test_parallel_seeds_equal_the_in_process_run(tmp_path, capsys):
+    serial, parallel = tmp_path / "serial", tmp_path / "parallel"
+    assert cli_main(["run", "jdcl", *TINY, "--workers", "1", "--out", str(serial)]) == 0
+    assert cli_main(["run", "jdcl", *TINY, "--workers", "2", "--out", str(parallel)]) == 0
+    assert "2 seeds in" in capsys.readouterr().out
+    a, b = (json.loads((d / "jdcl_balanced.json").read_text()) for d in (serial, parallel))
+    assert b["config"] == a["config"] and a["config"]["seeds"] == [0, 1] and a["config"]["class_conditional"]
+    strip = lambda runs: [{k: v for k, v in r.items() if k != "cpu_s"} for r in runs]  # noqa: E731
+    assert strip(b["runs"]) == strip(a["runs"]) and [r["seed"] for r in b["runs"]] == [0, 1]
+    assert a["runs"][0]["replay"] != a["runs"][1]["replay"]  # the seeds differ: the equality says something
+    for seed in (0, 1):  # each seed's JDCL model where the in-process run puts it, byte for byte
+        model = f"jdcl_model_seed{seed}/model.safetensors"
+        assert (parallel / model).read_bytes() == (serial / model).read_bytes()
+        assert "class-conditional" in (serial / f"jdcl_model_seed{seed}" / "README.md").read_text()
+    back = load_joint(serial / "jdcl_model_seed1").eval()
+    from recipes.jdcl.shapes import shapes_tasks
+
+    tasks = shapes_tasks("colour", 8, 4, seed=1)
+    assert [_accuracy(back, t) for t in tasks] == a["runs"][1]["methods"]["jdcl"]["matrix"][1]
+
+
+def _accuracy(model, task):
+    from recipes.joint_diffusion.train import accuracy
+
+    return accuracy(model, task.test_x, task.test_y)
 
 
 def test_replay_judge_agrees_with_real_renders_and_flags_noise():

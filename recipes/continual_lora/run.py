@@ -63,12 +63,14 @@ from pathlib import Path
 
 import torch
 
+from recipes.seed_workers import default_workers
+
 from .methods import METHODS, Evaluation, Sequence, run_sequence
 from .metrics import forgetting_per_task
 from .report import plot_matrices, summarise, table
 from .tasks import IDENTIFIER_SETS, make_tasks
 from .train import Training
-from .workers import collect_adapters, default_workers, run_seeds
+from .workers import WORKERS, collect_adapters
 
 __all__ = ["parser", "main"]
 
@@ -199,7 +201,7 @@ def _parallel(p: argparse.ArgumentParser, args: argparse.Namespace, workers: int
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out) if args.out else Path(tmp)
         t0 = time.time()
-        paths = run_seeds(p, args, out, workers, progress=not args.no_progress)
+        paths = WORKERS.run(p, args, out, workers, not args.no_progress, units_per_seed=len(args.methods))
         sequences, tasks = _merge([str(m) for m in paths], args.out)
         print(f"{len(sequences)} sequences in {time.time() - t0:.0f} s ({workers} workers)")
         if args.out:

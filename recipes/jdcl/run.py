@@ -9,6 +9,12 @@ the forgetting of task 1 (``A[0][0] - A[1][0]``); with ``out``, each seed's JDCL
 saved there in the Hub layout with its card (``jdcl_model_seed<S>/``, read back by
 ``recipes.joint_diffusion.hub.load_joint``).
 
+The CLI's defaults are the measured configuration (results README, "class-conditional
+v-prediction"): class-balanced replay from class-conditional generators (:mod:`.shapes`), each
+seed in its own worker process (:mod:`recipes.seed_workers`; ``--workers 1``: one after another
+in this process, the same numbers). :func:`run_jdcl` below is the first runs' replay
+(``--per-class 0``): a fixed number of unconditional draws per generator, mismatches dropped.
+
 >>> config = JDCLConfig(seeds=(0,), n_train=16, n_test=8, steps=1, global_steps=1, n_generated=4, sample_steps=2)
 >>> result = run_jdcl(config, progress=False)
 >>> sorted(result["runs"][0]["methods"])
@@ -31,6 +37,7 @@ from recipes.joint_diffusion.hub import save_joint
 from recipes.joint_diffusion.model import PREDICTIONS, JointDiffusion
 from recipes.joint_diffusion.train import TrainConfig, accuracy, train_joint
 from recipes.mediffusion.data import two_class_shapes
+from recipes.seed_workers import SeedWorkers, default_workers, seed_folder
 
 from .continual import DistillConfig, fine_tune, fresh_model, generate, keep_classes, train_global
 
@@ -150,6 +157,56 @@ def _card(config: JDCLConfig, seed: int) -> str:
     )
 
 
+def parser() -> argparse.ArgumentParser:
+    """The shapes world's options (``--world mixture`` has its own: :mod:`recipes.jdcl.mixture`)."""
+    p = argparse.ArgumentParser(
+        prog="interventions run jdcl",
+        description=__doc__.split("\n\n")[0],
+        epilog="--world mixture: the Gaussian-mixture world instead (its options: --world mixture --help)",
+    )
+    p.add_argument("--world", choices=("shapes", "mixture"), default="shapes")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--split", choices=sorted(TASKS), default="colour", help="tasks split by colour or by shape")
+    p.add_argument("--n-train", type=int, default=400, help="training images per task")
+    p.add_argument("--n-test", type=int, default=300, help="test images per task")
+    p.add_argument("--steps", type=int, default=1500, help="steps of local, naive and joint training")
+    p.add_argument("--global-steps", type=int, default=800)
+    p.add_argument("--sample-steps", type=int, default=50, help="DDIM steps of the replay sampler")
+    p.add_argument("--diffusion-weight", type=float, default=1.0, help="weight of the denoising loss")
+    p.add_argument(
+        "--per-class",
+        type=int,
+        default=200,
+        help="class-balanced replay (recipes.jdcl.shapes): draw until each class has this many samples; 0: the "
+        "first runs' replay instead, --n-generated draws per generator (needs --no-conditional --prediction epsilon)",
+    )
+    p.add_argument("--max-draws", type=int, default=4096, help="samples per generator at most (balanced replay)")
+    p.add_argument("--n-generated", type=int, default=200, help="with --per-class 0: samples drawn per generator")
+    p.add_argument(
+        "--conditional",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="class-conditional generators, each class's replay drawn by classifier-free guidance",
+    )
+    p.add_argument("--guidance", type=float, default=3.0, help="with --conditional: the guidance scale")
+    p.add_argument(
+        "--prediction",
+        choices=PREDICTIONS,
+        default="v_prediction",
+        help="the UNet's output (epsilon, the earlier default: its samples are noise at this size)",
+    )
+    p.add_argument("--threads", type=int, default=1, help="torch threads (of each worker)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="seeds run at once, each in its own process (default: one per seed, at most twice the cores; "
+        "1: one after another in this process)",
+    )
+    p.add_argument("--out", help="folder for jdcl_balanced.json (jdcl.json with --per-class 0) and the models")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
     world = argparse.ArgumentParser(add_help=False)
     world.add_argument("--world", choices=("shapes", "mixture"), default="shapes")
@@ -158,69 +215,28 @@ def main(argv: list[str] | None = None) -> int:
         from .mixture import main as mixture_main
 
         return mixture_main(rest)
-    parser = argparse.ArgumentParser(
-        prog="interventions run jdcl",
-        description=__doc__.split("\n\n")[0],
-        epilog="--world mixture: the Gaussian-mixture world instead (its options: --world mixture --help)",
-    )
-    parser.add_argument("--world", choices=("shapes", "mixture"), default="shapes")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--split", choices=sorted(TASKS), default="colour", help="tasks split by colour or by shape")
-    parser.add_argument("--n-train", type=int, default=400, help="training images per task")
-    parser.add_argument("--n-test", type=int, default=300, help="test images per task")
-    parser.add_argument("--steps", type=int, default=150, help="steps of local, naive and joint training")
-    parser.add_argument("--global-steps", type=int, default=150)
-    parser.add_argument("--n-generated", type=int, default=200, help="replay samples drawn from each generator")
-    parser.add_argument("--sample-steps", type=int, default=20, help="DDIM steps of the replay sampler")
-    parser.add_argument("--diffusion-weight", type=float, default=0.1, help="weight of the denoising loss")
-    parser.add_argument(
-        "--per-class",
-        type=int,
-        help="class-balanced replay instead: draw until each class has this many samples (recipes.jdcl.shapes)",
-    )
-    parser.add_argument("--max-draws", type=int, default=4096, help="with --per-class: samples per generator at most")
-    parser.add_argument(
-        "--conditional",
-        action="store_true",
-        help="with --per-class: class-conditional generators, each class's replay drawn by classifier-free guidance",
-    )
-    parser.add_argument("--guidance", type=float, default=3.0, help="with --conditional: the guidance scale")
-    parser.add_argument(
-        "--prediction",
-        choices=PREDICTIONS,
-        default="v_prediction",
-        help="with --per-class: the UNet's output (epsilon, the earlier default: its samples are noise at this size)",
-    )
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", help="folder for jdcl.json (jdcl_balanced.json with --per-class)")
-    args = parser.parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
     for name in ("n_train", "n_test", "steps", "global_steps", "n_generated", "sample_steps", "threads"):
         if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    torch.set_num_threads(args.threads)
-    if args.conditional and args.per_class is None:
-        parser.error("--conditional needs class-balanced replay: give --per-class N")
-    if args.per_class is not None:
-        if args.per_class < 1 or args.max_draws < args.per_class:
-            parser.error(f"need 1 <= --per-class <= --max-draws, got {args.per_class}, {args.max_draws}")
-        from .shapes import BalancedConfig, run_balanced
-
-        balanced = BalancedConfig(
-            seeds=tuple(args.seeds),
-            split=args.split,
-            n_train=args.n_train,
-            n_test=args.n_test,
-            steps=args.steps,
-            global_steps=args.global_steps,
-            per_class=args.per_class,
-            sample_steps=args.sample_steps,
-            max_draws=args.max_draws,
-            diffusion_weight=args.diffusion_weight,
-            class_conditional=args.conditional,
-            guidance=args.guidance,
-            prediction=args.prediction,
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.workers is not None and args.workers < 1:
+        p.error(f"--workers must be >= 1 (1: seeds one after another in this process), got {args.workers}")
+    if args.per_class == 0 and (args.conditional or args.prediction != "epsilon"):
+        p.error(
+            "--per-class 0 runs the first replay (unconditional epsilon-prediction generators, no class quota): "
+            "add --no-conditional --prediction epsilon, or give --per-class N >= 1 for class-balanced replay"
         )
-        run_balanced(balanced, out=args.out)
+    if args.per_class < 0 or args.max_draws < args.per_class:
+        p.error(f"need 0 <= --per-class <= --max-draws, got {args.per_class}, {args.max_draws}")
+    workers = args.workers or default_workers(len(args.seeds), args.threads)
+    if workers > 1 and len(args.seeds) > 1:
+        return _parallel(p, args, workers)
+    torch.set_num_threads(args.threads)
+    if args.per_class:
+        from .shapes import run_balanced
+
+        run_balanced(_balanced(args), out=args.out)
         return 0
     config = JDCLConfig(
         seeds=tuple(args.seeds),
@@ -236,3 +252,58 @@ def main(argv: list[str] | None = None) -> int:
     result = run_jdcl(config, out=args.out)
     print(json.dumps([{k: v["matrix"] for k, v in r["methods"].items()} for r in result["runs"]], indent=1))
     return 0
+
+
+def _balanced(args: argparse.Namespace):
+    from .shapes import BalancedConfig
+
+    return BalancedConfig(
+        seeds=tuple(args.seeds),
+        split=args.split,
+        n_train=args.n_train,
+        n_test=args.n_test,
+        steps=args.steps,
+        global_steps=args.global_steps,
+        per_class=args.per_class,
+        sample_steps=args.sample_steps,
+        max_draws=args.max_draws,
+        diffusion_weight=args.diffusion_weight,
+        class_conditional=args.conditional,
+        guidance=args.guidance,
+        prediction=args.prediction,
+    )
+
+
+def _parallel(p: argparse.ArgumentParser, args: argparse.Namespace, workers: int) -> int:
+    """Every seed in its own worker process (:mod:`recipes.seed_workers`); the seeds' results are
+    merged into the file the in-process run writes (runs in ``--seeds`` order, the same config) and
+    each seed's saved model moved to where the in-process run puts it."""
+    import shutil
+    import tempfile
+
+    name = "jdcl_balanced.json" if args.per_class else "jdcl.json"
+    seed_runs = SeedWorkers(module="recipes.jdcl.run", result=name)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(args.out) if args.out else Path(tmp)
+        t0 = time.time()
+        records = [json.loads(path.read_text()) for path in seed_runs.run(p, args, out, workers)]
+        merged = {
+            "config": {**records[0]["config"], "seeds": list(args.seeds)},
+            "runs": [r["runs"][0] for r in records],
+        }
+        (out / name).write_text(json.dumps(merged, indent=1) + "\n")
+        for seed in args.seeds:
+            model = seed_folder(out, seed) / f"jdcl_model_seed{seed}"
+            shutil.rmtree(out / model.name, ignore_errors=True)
+            shutil.move(model, out / model.name)
+        print(
+            json.dumps(
+                [{"seed": r["seed"], **{k: v["matrix"] for k, v in r["methods"].items()}} for r in merged["runs"]]
+            )
+        )
+        print(f"{len(args.seeds)} seeds in {time.time() - t0:.0f} s ({workers} workers)")
+    return 0
+
+
+if __name__ == "__main__":  # the worker processes of recipes.seed_workers
+    raise SystemExit(main())

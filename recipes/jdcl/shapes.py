@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from recipes.joint_diffusion.hub import save_joint
 from recipes.joint_diffusion.model import JointDiffusion
 from recipes.joint_diffusion.train import weak_augment
 from recipes.mediffusion.data import foreground, two_class_shapes
@@ -88,7 +89,9 @@ def evaluator_judge(split: str):
 
 
 def run_balanced(config: BalancedConfig, out: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """Every method per seed with class-balanced replay; ``jdcl_balanced.json`` under ``out``."""
+    """Every method per seed with class-balanced replay; under ``out``, ``jdcl_balanced.json`` (after
+    every seed) and each seed's JDCL global model in the Hub layout with its card
+    (``jdcl_model_seed<S>/``, read back by ``recipes.joint_diffusion.hub.load_joint``)."""
     sequence = SequenceConfig(
         steps=config.steps,
         global_steps=config.global_steps,
@@ -115,11 +118,38 @@ def run_balanced(config: BalancedConfig, out: str | Path | None = None, progress
                 prediction=config.prediction,
             )
 
-        run = run_sequence(tasks, model, sequence, seed, augment=weak_augment, judge=judge)
+        finals: dict[str, Any] = {}
+        run = run_sequence(tasks, model, sequence, seed, augment=weak_augment, judge=judge, finals=finals)
         result["runs"].append(run)
         if progress:
             print(json.dumps({"seed": seed, **{k: v["matrix"] for k, v in run["methods"].items()}}), flush=True)
         if out:
             Path(out).mkdir(parents=True, exist_ok=True)
             (Path(out) / "jdcl_balanced.json").write_text(json.dumps(result, indent=1) + "\n")
+            jdcl = run["methods"]["jdcl"]
+            save_joint(
+                finals["jdcl"],
+                Path(out) / f"jdcl_model_seed{seed}",
+                metrics={"average": jdcl["average"], "forgetting": jdcl["forgetting"]},
+                recipe="jdcl",
+                description=_card(config, seed),
+            )
     return result
+
+
+def _card(config: BalancedConfig, seed: int) -> str:
+    """What the saved global model is, for its Hub card."""
+    first, second = SPLITS[config.split]
+    generators = (
+        f"class-conditional (replay drawn per class with classifier-free guidance {config.guidance:g})"
+        if config.class_conditional
+        else "unconditional"
+    )
+    return (
+        f"The global model JDCL trained after two class-incremental tasks of the shapes world ({config.split} split: "
+        f"{' vs '.join(first)}, then {' vs '.join(second)}; one 4-way head, classes in that order), seed {seed}: a tiny "
+        "diffusers UNet2DModel whose pooled down-block features feed an MLP classifier, distilled from the task-1 "
+        f"model and the task-2 local model on class-balanced generated replay ({config.per_class} per class; "
+        f"{generators}). `model.classify(x)` gives logits, `model.denoise(x_t, t, labels)` the noise prediction "
+        f"(labels None: no class; the UNet outputs {config.prediction}; 16 x 16 RGB in [-1, 1])."
+    )
