@@ -101,12 +101,14 @@ class SeedWorkers:
     """The seeds of ``python -m <module>`` in worker processes.
 
     ``result``: the JSON file name each worker writes in its folder. ``finished_units(record)``: a
-    finer progress bar, read from a worker's partial result (e.g. the sequences it has finished;
-    :meth:`run`'s ``units_per_seed`` of them make a seed); without it the bar counts seeds. ``describe(record)``: a line
+    finer progress bar, read from the JSON a worker rewrites as it goes (``progress_file``, default
+    its partial result: e.g. the sequences it has finished; :meth:`run`'s ``units_per_seed`` of
+    them make a seed); without it the bar counts seeds. ``describe(record)``: a line
     printed when a seed finishes."""
 
     module: str
     result: str
+    progress_file: str | None = None
     parent_only: frozenset[str] = frozenset()
     extra: tuple[str, ...] = ()
     unit: str = "seed"
@@ -151,7 +153,7 @@ class SeedWorkers:
                     line = self.describe(json.loads(done[w.seed].read_text()))
                     tqdm.write(f"seed {w.seed}: done in {time.time() - w.started:.0f} s wall{line and ', ' + line}")
                 finished = len(done) * units_per_seed + sum(self._partial(w) for w in running)
-                if finished != bar.n:  # redrawn on progress only: a log file gets one line per unit
+                if finished > bar.n:  # redrawn on progress only: a log file gets one line per unit
                     bar.update(finished - bar.n)
                 time.sleep(0.2)
         except BaseException:  # KeyboardInterrupt too: leave no orphan workers
@@ -170,14 +172,15 @@ class SeedWorkers:
         if self.finished_units is None:
             return 0
         try:
-            return self.finished_units(json.loads((worker.folder / self.result).read_text()))
+            return self.finished_units(json.loads((worker.folder / (self.progress_file or self.result)).read_text()))
         except (OSError, ValueError, KeyError):  # not written yet, or caught mid-write
             return 0
 
     def _start(self, parser: argparse.ArgumentParser, args: argparse.Namespace, seed: int, out: Path) -> _Worker:
         folder = seed_folder(out, seed)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / self.result).unlink(missing_ok=True)  # a rerun's progress starts from zero
+        for name in {self.result, self.progress_file or self.result}:  # a rerun's progress starts from zero
+            (folder / name).unlink(missing_ok=True)
         log = (folder / "log.txt").open("wb")
         command = [sys.executable, "-m", self.module, *self.argv(parser, args, seed, folder)]
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)

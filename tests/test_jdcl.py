@@ -96,6 +96,14 @@ def test_parallel_seeds_equal_the_in_process_run(tmp_path, capsys):
     strip = lambda runs: [{k: v for k, v in r.items() if k != "cpu_s"} for r in runs]  # noqa: E731
     assert strip(b["runs"]) == strip(a["runs"]) and [r["seed"] for r in b["runs"]] == [0, 1]
     assert a["runs"][0]["replay"] != a["runs"][1]["replay"]  # the seeds differ: the equality says something
+    # every stage reported: the parent's bar counts stages (9 per seed for 2 tasks) as the workers write them
+    progress = lambda folder: json.loads((folder / "progress.json").read_text())  # noqa: E731
+    assert progress(serial) == {"stages_done": 18, "stages": 18}
+    assert (
+        progress(parallel / "seeds" / "seed1")
+        == {"stages_done": 9, "stages": 9}
+        == progress(parallel / "seeds" / "seed0")
+    )
     for seed in (0, 1):  # each seed's JDCL model where the in-process run puts it, byte for byte
         model = f"jdcl_model_seed{seed}/model.safetensors"
         assert (parallel / model).read_bytes() == (serial / model).read_bytes()

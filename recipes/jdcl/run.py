@@ -204,6 +204,7 @@ def parser() -> argparse.ArgumentParser:
         "1: one after another in this process)",
     )
     p.add_argument("--out", help="folder for jdcl_balanced.json (jdcl.json with --per-class 0) and the models")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
@@ -236,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.per_class:
         from .shapes import run_balanced
 
-        run_balanced(_balanced(args), out=args.out)
+        run_balanced(_balanced(args), out=args.out, progress=not args.no_progress)
         return 0
     config = JDCLConfig(
         seeds=tuple(args.seeds),
@@ -249,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         sample_steps=args.sample_steps,
         diffusion_weight=args.diffusion_weight,
     )
-    result = run_jdcl(config, out=args.out)
+    result = run_jdcl(config, out=args.out, progress=not args.no_progress)
     print(json.dumps([{k: v["matrix"] for k, v in r["methods"].items()} for r in result["runs"]], indent=1))
     return 0
 
@@ -281,12 +282,25 @@ def _parallel(p: argparse.ArgumentParser, args: argparse.Namespace, workers: int
     import shutil
     import tempfile
 
+    from .sequence import stage_count
+    from .shapes import PROGRESS
+
     name = "jdcl_balanced.json" if args.per_class else "jdcl.json"
-    seed_runs = SeedWorkers(module="recipes.jdcl.run", result=name)
+    seed_runs = SeedWorkers(  # the first runs' replay (--per-class 0) reports no stages: its bar counts seeds
+        module="recipes.jdcl.run",
+        result=name,
+        parent_only=frozenset({"no_progress"}),
+        extra=("--no-progress",),
+        progress_file=PROGRESS if args.per_class else None,
+        unit="stage" if args.per_class else "seed",
+        finished_units=(lambda record: record["stages_done"]) if args.per_class else None,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out) if args.out else Path(tmp)
         t0 = time.time()
-        records = [json.loads(path.read_text()) for path in seed_runs.run(p, args, out, workers)]
+        units = stage_count(len(TASKS[args.split])) if args.per_class else 1
+        paths = seed_runs.run(p, args, out, workers, not args.no_progress, units_per_seed=units)
+        records = [json.loads(path.read_text()) for path in paths]
         merged = {
             "config": {**records[0]["config"], "seeds": list(args.seeds)},
             "runs": [r["runs"][0] for r in records],

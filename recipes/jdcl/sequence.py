@@ -40,7 +40,7 @@ from recipes.joint_diffusion.train import Augment, TrainConfig, accuracy, train_
 
 from .continual import DistillConfig, Model, balanced_replay, fine_tune, train_global
 
-__all__ = ["Task", "SequenceConfig", "run_sequence", "forgetting"]
+__all__ = ["Task", "SequenceConfig", "run_sequence", "stage_count", "forgetting"]
 
 
 @dataclass
@@ -81,6 +81,13 @@ def forgetting(matrix: list[list[float]]) -> float | None:
     return statistics.fmean(max(matrix[i][j] for i in range(j, last)) - matrix[last][j] for j in range(last))
 
 
+def stage_count(tasks: int) -> int:
+    """How many times :func:`run_sequence` reports a finished stage for ``tasks`` tasks: a local
+    model per task; per later task naive fine-tuning, the new classes' replay and, for replay and
+    JDCL each, the old classes' replay and the global model; the joint model."""
+    return tasks + 6 * (tasks - 1) + 1
+
+
 def _summary(matrix: list[list[float]]) -> dict[str, Any]:
     return {"matrix": matrix, "average": statistics.fmean(matrix[-1]), "forgetting": forgetting(matrix)}
 
@@ -93,12 +100,14 @@ def run_sequence(
     augment: Augment | None = None,
     judge: Callable[[Tensor, Tensor], dict[str, float]] | None = None,
     finals: dict[str, Model] | None = None,
+    on_stage: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Every method on ``tasks`` for one seed; ``new_model(s)`` builds a fresh joint model from seed ``s``.
 
     ``judge(samples, labels)``: scores each replay set (e.g. how often a world's evaluator agrees
     with the generator's labels); its numbers go into the run's ``replay`` record. ``finals``: when
-    given, filled with each method's model after the last task (to save them; the record is JSON)."""
+    given, filled with each method's model after the last task (to save them; the record is JSON).
+    ``on_stage(name)``: called after each stage (:func:`stage_count` of them), e.g. for a progress bar."""
     if len(tasks) < 2:
         raise ValueError(f"a continual run needs at least 2 tasks, got {len(tasks)}")
     start = time.process_time()
@@ -116,7 +125,14 @@ def run_sequence(
     def row(model: Model) -> list[float]:
         return [accuracy(model, t.test_x, t.test_y) for t in tasks]
 
-    locals_ = [fresh(k, t.train_x, t.train_y) for k, t in enumerate(tasks)]
+    def done(stage: str) -> None:
+        if on_stage is not None:
+            on_stage(stage)
+
+    locals_ = []
+    for k, t in enumerate(tasks):
+        locals_.append(fresh(k, t.train_x, t.train_y))
+        done(f"local model {k + 1}")
     g = torch.Generator().manual_seed(seed)
     distill = DistillConfig(
         steps=config.global_steps,
@@ -136,6 +152,7 @@ def run_sequence(
         old = [c for t in tasks[:k] for c in t.classes]
         cfg = TrainConfig(**{**vars(train), "seed": 1000 * seed + 100 + k})
         models["naive"] = fine_tune(models["naive"], task.train_x, task.train_y, cfg, augment)
+        done(f"task {k + 1}: naive")
         draw = {
             "steps": config.sample_steps,
             "max_draws": config.max_draws,
@@ -145,20 +162,24 @@ def run_sequence(
         new_x, new_y, new_info = balanced_replay(locals_[k], task.classes, config.per_class, **draw)
         if judge is not None:
             new_info["judge"] = judge(new_x, new_y)
+        done(f"task {k + 1}: new classes' replay")
         stats: dict[str, Any] = {"task": k + 1, "new": new_info}
         for name, stage in stages.items():
             old_x, old_y, old_info = balanced_replay(models[name], old, config.per_class, **draw)
             if judge is not None:
                 old_info["judge"] = judge(old_x, old_y)
             stats[f"old_{name}"] = old_info
+            done(f"task {k + 1}: {name}'s old-class replay")
             replay, labels = torch.cat([old_x, new_x]), torch.cat([old_y, new_y])
             stage = DistillConfig(**{**vars(stage), "seed": 1000 * seed + 200 + k})
             models[name] = train_global(models[name], locals_[k], replay, labels, old, stage, augment)
+            done(f"task {k + 1}: {name}'s global model")
         replay_stats.append(stats)
         for name, model in models.items():
             matrices[name].append(row(model))
     everything = [torch.cat([getattr(t, f) for t in tasks]) for f in ("train_x", "train_y")]
     joint = fresh(len(tasks), *everything)
+    done("joint model")
     methods = {name: _summary(m) for name, m in matrices.items()}
     methods["joint"] = {**_summary([row(joint)]), "forgetting": None}
     if finals is not None:

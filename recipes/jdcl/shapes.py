@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from recipes.joint_diffusion.hub import save_joint
 from recipes.joint_diffusion.model import JointDiffusion
@@ -26,7 +27,7 @@ from recipes.joint_diffusion.train import weak_augment
 from recipes.mediffusion.data import foreground, two_class_shapes
 from recipes.worlds import shapes as world
 
-from .sequence import SequenceConfig, Task, run_sequence
+from .sequence import SequenceConfig, Task, run_sequence, stage_count
 
 __all__ = ["SPLITS", "BalancedConfig", "shapes_tasks", "evaluator_judge", "run_balanced"]
 
@@ -35,6 +36,8 @@ SPLITS = {
     "shape": (("circle", "square"), ("triangle", "cross")),
     "colour": (("red", "green"), ("blue", "yellow")),
 }
+#: Written under ``out`` after every stage: ``{"stages_done": n, "stages": total}``.
+PROGRESS = "progress.json"
 EVALUATORS = Path(__file__).resolve().parents[1] / "worlds" / "checkpoints" / "shapes" / "evaluators"
 
 
@@ -89,8 +92,8 @@ def evaluator_judge(split: str):
 
 
 def run_balanced(config: BalancedConfig, out: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """Every method per seed with class-balanced replay; under ``out``, ``jdcl_balanced.json`` (after
-    every seed) and each seed's JDCL global model in the Hub layout with its card
+    """Every method per seed with class-balanced replay, a progress bar over the stages; under
+    ``out``, ``jdcl_balanced.json`` (after every seed), :data:`PROGRESS` (after every stage) and each seed's JDCL global model in the Hub layout with its card
     (``jdcl_model_seed<S>/``, read back by ``recipes.joint_diffusion.hub.load_joint``)."""
     sequence = SequenceConfig(
         steps=config.steps,
@@ -105,6 +108,9 @@ def run_balanced(config: BalancedConfig, out: str | Path | None = None, progress
     )
     result: dict[str, Any] = {"config": asdict(config), "runs": []}
     judge = evaluator_judge(config.split)
+    stages = stage_count(len(SPLITS[config.split]))
+    bar = tqdm(total=stages * len(config.seeds), desc="JDCL stages", unit="stage", disable=not progress)
+    finished = [0]  # counted here: a disabled bar counts nothing
     for seed in config.seeds:
         tasks = shapes_tasks(config.split, config.n_train, config.n_test, seed)
 
@@ -118,11 +124,21 @@ def run_balanced(config: BalancedConfig, out: str | Path | None = None, progress
                 prediction=config.prediction,
             )
 
+        def on_stage(name: str, seed: int = seed) -> None:
+            finished[0] += 1
+            bar.set_postfix_str(f"seed {seed}: {name}", refresh=False)
+            bar.update()
+            if out:  # read by a parent running the seeds in workers (recipes.seed_workers)
+                Path(out).mkdir(parents=True, exist_ok=True)
+                record = {"stages_done": finished[0], "stages": stages * len(config.seeds)}
+                (Path(out) / f"{PROGRESS}.tmp").write_text(json.dumps(record) + "\n")
+                (Path(out) / f"{PROGRESS}.tmp").replace(Path(out) / PROGRESS)  # never read half-written
+
         finals: dict[str, Any] = {}
-        run = run_sequence(tasks, model, sequence, seed, augment=weak_augment, judge=judge, finals=finals)
+        run = run_sequence(tasks, model, sequence, seed, weak_augment, judge, finals, on_stage)
         result["runs"].append(run)
         if progress:
-            print(json.dumps({"seed": seed, **{k: v["matrix"] for k, v in run["methods"].items()}}), flush=True)
+            tqdm.write(json.dumps({"seed": seed, **{k: v["matrix"] for k, v in run["methods"].items()}}))
         if out:
             Path(out).mkdir(parents=True, exist_ok=True)
             (Path(out) / "jdcl_balanced.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -134,6 +150,7 @@ def run_balanced(config: BalancedConfig, out: str | Path | None = None, progress
                 recipe="jdcl",
                 description=_card(config, seed),
             )
+    bar.close()
     return result
 
 
