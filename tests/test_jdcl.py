@@ -90,7 +90,9 @@ def test_parallel_seeds_equal_the_in_process_run(tmp_path, capsys):
     serial, parallel = tmp_path / "serial", tmp_path / "parallel"
     assert cli_main(["run", "jdcl", *TINY, "--workers", "1", "--out", str(serial)]) == 0
     assert cli_main(["run", "jdcl", *TINY, "--workers", "2", "--out", str(parallel)]) == 0
-    assert "2 seeds in" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "2 seeds in" in printed and printed.count("| mean +- std | jdcl |") == 2  # the table, once per run
+    assert all((d / "jdcl_matrices.png").stat().st_size > 1000 for d in (serial, parallel))
     a, b = (json.loads((d / "jdcl_balanced.json").read_text()) for d in (serial, parallel))
     assert b["config"] == a["config"] and a["config"]["seeds"] == [0, 1] and a["config"]["class_conditional"]
     strip = lambda runs: [{k: v for k, v in r.items() if k != "cpu_s"} for r in runs]  # noqa: E731

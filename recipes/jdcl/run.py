@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.per_class:
         from .shapes import run_balanced
 
-        run_balanced(_balanced(args), out=args.out, progress=not args.no_progress)
+        _report(run_balanced(_balanced(args), out=args.out, progress=not args.no_progress), args.out)
         return 0
     config = JDCLConfig(
         seeds=tuple(args.seeds),
@@ -250,9 +250,19 @@ def main(argv: list[str] | None = None) -> int:
         sample_steps=args.sample_steps,
         diffusion_weight=args.diffusion_weight,
     )
-    result = run_jdcl(config, out=args.out, progress=not args.no_progress)
-    print(json.dumps([{k: v["matrix"] for k, v in r["methods"].items()} for r in result["runs"]], indent=1))
+    _report(run_jdcl(config, out=args.out, progress=not args.no_progress), args.out)
     return 0
+
+
+def _report(result: dict[str, Any], out: str | None) -> None:
+    """The per-seed table of every method's accuracy matrix; with ``out``, their seed-mean figure
+    ``jdcl_matrices.png``."""
+    from .report import markdown, merge, plot
+
+    merged = merge([result])
+    print(markdown(merged))
+    if out:
+        plot(merged, Path(out) / "jdcl_matrices.png")
 
 
 def _balanced(args: argparse.Namespace):
@@ -306,15 +316,11 @@ def _parallel(p: argparse.ArgumentParser, args: argparse.Namespace, workers: int
             "runs": [r["runs"][0] for r in records],
         }
         (out / name).write_text(json.dumps(merged, indent=1) + "\n")
+        _report(merged, args.out)
         for seed in args.seeds:
             model = seed_folder(out, seed) / f"jdcl_model_seed{seed}"
             shutil.rmtree(out / model.name, ignore_errors=True)
             shutil.move(model, out / model.name)
-        print(
-            json.dumps(
-                [{"seed": r["seed"], **{k: v["matrix"] for k, v in r["methods"].items()}} for r in merged["runs"]]
-            )
-        )
         print(f"{len(args.seeds)} seeds in {time.time() - t0:.0f} s ({workers} workers)")
     return 0
 
