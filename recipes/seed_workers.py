@@ -132,7 +132,7 @@ class SeedWorkers:
             )
         pending, running, done = list(args.seeds), [], {}
         total = len(args.seeds) * units_per_seed
-        bar = tqdm(total=total, desc="seeds", unit=self.unit, disable=not progress)
+        bar = tqdm(total=total, desc="seed workers", unit=self.unit, disable=not progress)
         try:
             while pending or running:
                 while pending and len(running) < workers:

@@ -40,6 +40,8 @@ from recipes.mediffusion.data import two_class_shapes
 from recipes.seed_workers import SeedWorkers, default_workers, seed_folder
 
 from .continual import DistillConfig, fine_tune, fresh_model, generate, keep_classes, train_global
+from .sequence import stage_count
+from .shapes import PROGRESS, BalancedConfig, run_balanced
 
 __all__ = ["JDCLConfig", "TASKS", "run_jdcl", "main"]
 
@@ -235,8 +237,6 @@ def main(argv: list[str] | None = None) -> int:
         return _parallel(p, args, workers)
     torch.set_num_threads(args.threads)
     if args.per_class:
-        from .shapes import run_balanced
-
         _report(run_balanced(_balanced(args), out=args.out, progress=not args.no_progress), args.out)
         return 0
     config = JDCLConfig(
@@ -265,9 +265,7 @@ def _report(result: dict[str, Any], out: str | None) -> None:
         plot(merged, Path(out) / "jdcl_matrices.png")
 
 
-def _balanced(args: argparse.Namespace):
-    from .shapes import BalancedConfig
-
+def _balanced(args: argparse.Namespace) -> BalancedConfig:
     return BalancedConfig(
         seeds=tuple(args.seeds),
         split=args.split,
@@ -291,9 +289,6 @@ def _parallel(p: argparse.ArgumentParser, args: argparse.Namespace, workers: int
     each seed's saved model moved to where the in-process run puts it."""
     import shutil
     import tempfile
-
-    from .sequence import stage_count
-    from .shapes import PROGRESS
 
     name = "jdcl_balanced.json" if args.per_class else "jdcl.json"
     seed_runs = SeedWorkers(  # the first runs' replay (--per-class 0) reports no stages: its bar counts seeds
