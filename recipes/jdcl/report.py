@@ -6,7 +6,10 @@ the seed-mean accuracy matrices.
 
 >>> run = {"seed": 0, "methods": {"naive": {"matrix": [[1.0, 0.0], [0.0, 1.0]], "average": 0.5, "forgetting": 1.0},
 ...        "joint": {"matrix": [[1.0, 1.0]], "average": 1.0, "forgetting": None}}}
->>> print(markdown(merge([{"config": {}, "runs": [run]}])))
+>>> merged = merge([{"config": {"seeds": [0]}, "runs": [run]}])
+>>> merge([merged]) == merged
+True
+>>> print(markdown(merged))
 | seed | method | accuracy on each task after each task | final average | task 1 final | forgetting |
 |---|---|---|---|---|---|
 | 0 | naive | [1.00 0.00] [0.00 1.00] | 0.500 | 0.000 | 1.000 |
@@ -27,14 +30,15 @@ __all__ = ["merge", "markdown", "plot"]
 
 
 def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Every run of ``results`` (sorted by seed; a seed given twice is refused) and their configs."""
+    """Every run of ``results`` (sorted by seed; a seed given twice is refused) and their configs;
+    a result merged before (``configs``) merges again."""
     if not results:
         raise ValueError("nothing to merge: give at least one JSON written by a JDCL run")
     runs = sorted((r for res in results for r in res["runs"]), key=lambda r: r["seed"])
     seeds = [r["seed"] for r in runs]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"a seed appears twice in the runs to merge: {seeds}")
-    return {"configs": [res["config"] for res in results], "runs": runs}
+    return {"configs": [c for res in results for c in res.get("configs", [res.get("config")])], "runs": runs}
 
 
 def _fmt(values: list[float]) -> str:
