@@ -111,14 +111,35 @@ def _loop(
     return x
 
 
+def _level(timesteps: torch.Tensor, level: int | None, name: str) -> torch.Tensor:
+    """``timesteps`` cut at ``level`` (``None``: all): those at or below it, which must include it."""
+    if level is None:
+        return timesteps
+    if not isinstance(level, int) or level not in timesteps.tolist():
+        raise InversionError(
+            f"{name}={level!r} is not one of this schedule's timesteps ({timesteps.min()}..{timesteps.max()} in steps "
+            f"of {abs(int(timesteps[1] - timesteps[0])) if len(timesteps) > 1 else 0}): pick one of {timesteps.tolist()}"
+        )
+    return timesteps[timesteps <= level]
+
+
 def ddim_sample(
-    denoise: Denoise, noise: torch.Tensor, scheduler: Any, num_inference_steps: int = 100, progress: bool = True
+    denoise: Denoise,
+    noise: torch.Tensor,
+    scheduler: Any,
+    num_inference_steps: int = 100,
+    progress: bool = True,
+    start_at: int | None = None,
 ) -> torch.Tensor:
-    """Deterministic DDIM (eta 0) from ``noise`` to a sample with ``num_inference_steps`` steps."""
+    """Deterministic DDIM (eta 0) from ``noise`` to a sample with ``num_inference_steps`` steps.
+
+    ``start_at``: a timestep of the schedule; ``noise`` is then an ``x`` at that level (e.g. from
+    ``ddim_invert(..., stop_at=start_at)``) and only the steps from there down are taken."""
     _steps(num_inference_steps)
     sampler, _ = ddim_schedulers(scheduler)
     sampler.set_timesteps(num_inference_steps, device=noise.device)
-    return _loop(denoise, noise, sampler, sampler.timesteps, "DDIM sampling", progress)
+    timesteps = _level(sampler.timesteps, start_at, "start_at")
+    return _loop(denoise, noise, sampler, timesteps, "DDIM sampling", progress)
 
 
 def ddim_invert(
@@ -130,8 +151,22 @@ def ddim_invert(
     generator: torch.Generator | None = None,
     model_timestep: str = "target",
     progress: bool = True,
+    stop_at: int | None = None,
 ) -> torch.Tensor:
-    """DDIM inversion of ``sample`` back to the noise level of the first sampling step.
+    """DDIM inversion of ``sample`` back to the noise level of the first sampling step, or only
+    up to timestep ``stop_at`` of the schedule (partial inversion, for editing from an
+    intermediate level as DDIM-inversion editing and DiME do: sampling from there with
+    ``ddim_sample(..., start_at=stop_at)`` returns about ``sample``).
+
+    >>> import torch
+    >>> from diffusers import DDPMScheduler
+    >>> abar = DDPMScheduler().alphas_cumprod
+    >>> eps = lambda x, t: (1 - abar[t]).sqrt() * x / (0.25 * abar[t] + 1 - abar[t])
+    >>> x0 = 0.5 * torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    >>> x_t = ddim_invert(eps, x0, DDPMScheduler(), 100, progress=False, stop_at=300)
+    >>> back = ddim_sample(eps, x_t, DDPMScheduler(), 100, progress=False, start_at=300)
+    >>> round(float((back - x0).norm() / x0.norm()), 3)
+    0.018
 
     ``forward_steps=K > 0``: the first ``K`` inversion steps are replaced by the forward process,
     ``x_tK = sqrt(abar_tK) sample + sqrt(1 - abar_tK) eps`` with ``eps`` drawn from ``generator``
@@ -155,6 +190,11 @@ def ddim_invert(
     _, inverter = ddim_schedulers(scheduler)
     inverter.set_timesteps(num_inference_steps, device=sample.device)
     timesteps = inverter.timesteps
+    timesteps = _level(timesteps, stop_at, "stop_at")
+    if len(timesteps) <= forward_steps:
+        raise InversionError(
+            f"stop_at={stop_at} lies within the {forward_steps} forward_steps: stop later or use fewer"
+        )
     x = sample
     if forward_steps:
         abar = inverter.alphas_cumprod[int(timesteps[forward_steps - 1])].to(sample.device, sample.dtype)

@@ -2,6 +2,7 @@
 the overlap score, a seeded end-to-end run, the CLI's refusals."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -71,6 +72,36 @@ def test_guidance_moves_the_classifier_towards_the_target():
         counterfactual(model, task.images, target, t0=5000)
     with pytest.raises(ValueError, match="one class per image"):
         counterfactual(model, task.images, target[:3], t0=100)
+    with pytest.raises(ValueError, match="start must be one of"):
+        counterfactual(model, task.images, target, t0=100, start="ddpm")
+    with pytest.raises(ValueError, match="distance must be >= 0"):
+        counterfactual(model, task.images, target, t0=100, distance=-1.0)
+
+
+def test_inversion_start_keeps_the_image_unguided_and_guidance_changes_the_class_region():
+    """On the shipped model: from a DDIM inversion to t0 the control returns the source image
+    (the evaluator still sees the source shape on every image), guidance turns the model's own
+    classifier and concentrates its change in the class region."""
+    from recipes.joint_diffusion.hub import load_joint
+    from recipes.worlds.shapes_eval import load_evaluators
+
+    model = load_joint(Path(__file__).resolve().parents[1] / "recipes" / "results" / "mediffusion_model").eval()
+    task = two_class_shapes(16, generator=torch.Generator().manual_seed(5))
+    target = 1 - task.labels
+    shape = load_evaluators(EVALUATORS)["shape"]
+
+    def run(scale):
+        cf = counterfactual(model, task.images, target, t0=300, steps=20, scale=scale, start="inversion")
+        with torch.no_grad():
+            return cf, shape(cf).argmax(-1), model.classify(cf).argmax(-1)
+
+    control, said, _ = run(0.0)
+    assert explanation_map(task.images, control).mean() < 0.05  # ~0.01: the round trip keeps the image
+    assert torch.equal(said, task.class_index(task.labels))
+    guided, said, own = run(60.0)
+    assert (own == target).float().mean() > 0.9
+    chance = task.region.float().mean().item()
+    assert top_overlap(explanation_map(control, guided), task.region) > 3 * chance
 
 
 def test_tiny_run_writes_every_result_and_the_hub_folder(tmp_path):

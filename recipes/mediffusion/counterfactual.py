@@ -1,9 +1,16 @@
 """Counterfactual explanations with a joint diffusion classifier (Mediffusion, arXiv 2411.09434).
 
-Noise an image part-way (to timestep ``t0``), then denoise it with DDIM (diffusers'
+Take an image part-way to noise (to timestep ``t0``), then denoise it with DDIM (diffusers'
 ``DDIMScheduler``, eta 0) under classifier guidance towards a target class:
 
-    eps_hat = eps + s * sqrt(1 - abar_t) * grad_{x_t} CE(classify(x0_hat(x_t)), target)
+    eps_hat = eps + s * sqrt(1 - abar_t) * grad_{x_t} [CE(classify(x0_hat(x_t)), target)
+                                                       + d * |x0_hat(x_t) - x|_1]
+
+``start="noise"`` reaches ``t0`` with one draw of the forward process (fresh noise: the unguided
+path is a new sample near the image); ``start="inversion"`` with deterministic DDIM inversion of
+the image (:func:`interventions.inversion.ddim_invert` with ``stop_at``), so that the unguided
+path (s = 0) returns about the image itself and what changes is guidance's doing (as DiME and
+DDIM-inversion editing start). ``d`` > 0 adds DiME's distance to the source on ``x0_hat``.
 
 with ``x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)``; the gradient comes from autograd
 through both UNet calls. The explanation map is ``x_cf - x``.
@@ -25,9 +32,13 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from interventions.inversion import ddim_invert, ddim_schedulers
 from recipes.joint_diffusion.model import JointDiffusion
 
-__all__ = ["counterfactual", "explanation_map", "top_overlap"]
+__all__ = ["counterfactual", "explanation_map", "top_overlap", "STARTS"]
+
+#: How the image reaches ``t0``: one forward-process draw, or deterministic DDIM inversion.
+STARTS = ("noise", "inversion")
 
 
 def counterfactual(
@@ -39,6 +50,8 @@ def counterfactual(
     scale: float = 100.0,
     generator: torch.Generator | None = None,
     recurrence: int = 1,
+    start: str = "noise",
+    distance: float = 0.0,
 ) -> Tensor:
     """Images pushed towards class ``target`` by noising to ``t0`` and guided DDIM denoising in
     ``steps`` steps (``scale`` = s; 0 gives the unguided reconstruction, the control).
@@ -46,24 +59,40 @@ def counterfactual(
     ``recurrence`` = r > 1: each step is taken r times, the result re-noised back to the step's
     level in between (self-recurrence, as the authors' DDIM sampler's ``sampling_recurence_steps``
     and Universal Guidance do): the guidance acts r times per noise level while the denoiser pulls
-    the image back towards the data."""
+    the image back towards the data (its re-noising draws fresh noise, with either ``start``).
+
+    ``start``: ``"noise"`` or ``"inversion"`` (see the module); ``distance`` = d >= 0."""
     if not 0 < t0 < model.train_timesteps:
         raise ValueError(f"t0 must lie in (0, {model.train_timesteps}), got {t0}")
     if steps < 1 or steps > t0:
         raise ValueError(f"steps must lie in [1, t0={t0}], got {steps}")
     if recurrence < 1:
         raise ValueError(f"recurrence must be >= 1, got {recurrence}")
+    if start not in STARTS:
+        raise ValueError(f"start must be one of {STARTS}, got {start!r}")
+    if distance < 0:
+        raise ValueError(f"distance must be >= 0, got {distance}")
     if target.shape != (images.shape[0],):
         raise ValueError(f"target needs one class per image: {tuple(target.shape)} vs {images.shape[0]}")
-    scheduler = model.ddim_scheduler()
+    # DDIM without clipping when inverted: clipping x0 makes a step not invertible
+    scheduler = model.ddim_scheduler() if start == "noise" else ddim_schedulers(model.ddim_scheduler())[0]
     # timesteps t0, t0 - t0/steps, ..., spaced so that exactly `steps` of them lie at or below t0
     scheduler.set_timesteps(round(model.train_timesteps * steps / t0))
     stride = model.train_timesteps // scheduler.num_inference_steps
     timesteps = [int(t) for t in scheduler.timesteps if t <= t0][:steps]
     abar = model.alphas_cumprod
     noise = torch.randn(images.shape, generator=generator).to(images.device)
-    start = torch.full((images.shape[0],), timesteps[0], dtype=torch.long, device=images.device)
-    x = model.add_noise(images, noise, start)
+    if start == "noise":
+        first = torch.full((images.shape[0],), timesteps[0], dtype=torch.long, device=images.device)
+        x = model.add_noise(images, noise, first)
+    else:  # the inversion visits the levels the guided sampling visits, in reverse
+
+        def denoise(x: Tensor, t: Tensor) -> Tensor:
+            return model.denoise(x, t.expand(x.shape[0]))
+
+        x = ddim_invert(
+            denoise, images, model.ddim_scheduler(), scheduler.num_inference_steps, progress=False, stop_at=timesteps[0]
+        )
     for t in timesteps:
         tt = torch.full((images.shape[0],), t, dtype=torch.long, device=images.device)
         for repeat in range(recurrence):
@@ -74,7 +103,10 @@ def counterfactual(
                 x_in = x.detach().requires_grad_(scale != 0)
                 eps = model.denoise(x_in, tt)
                 if scale:
-                    loss = F.cross_entropy(model.classify(model.x0_estimate(x_in, tt, eps)), target, reduction="sum")
+                    x0_hat = model.x0_estimate(x_in, tt, eps)
+                    loss = F.cross_entropy(model.classify(x0_hat), target, reduction="sum")
+                    if distance:
+                        loss = loss + distance * (x0_hat - images).abs().sum()
                     (grad,) = torch.autograd.grad(loss, x_in)
                     eps = eps + scale * (1 - abar[t]).sqrt() * grad
             x = scheduler.step(eps.detach(), t, x.detach()).prev_sample

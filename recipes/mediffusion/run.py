@@ -58,6 +58,8 @@ class MediffusionConfig:
     cf_steps: int = 20
     cf_recurrence: int = 3  # guided DDIM passes per noise level (self-recurrence)
     scales: tuple[float, ...] = (0.0, 3.0)
+    cf_start: str = "noise"  # how the image reaches t0: "noise" (forward draw) or "inversion" (DDIM)
+    cf_distance: float = 0.0  # weight of the L1 distance of x0_hat to the source in the guidance
 
 
 def _split(config: MediffusionConfig, seed: int):
@@ -86,6 +88,8 @@ def _explain(model: JointDiffusion, test, config: MediffusionConfig, seed: int, 
             scale=s,
             generator=torch.Generator().manual_seed(seed),
             recurrence=config.cf_recurrence,
+            start=config.cf_start,
+            distance=config.cf_distance,
         )
         with torch.no_grad():
             said = evaluator(cf).argmax(-1)
