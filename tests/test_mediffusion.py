@@ -142,6 +142,9 @@ def test_cli_refuses_bad_arguments(capsys):
     assert error.value.code == 2 and "--steps must be >= 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli_main(["run", "mediffusion", "--labelled", "1.5", "--modes", "supervised", "--seeds", "0"])
+    with pytest.raises(SystemExit) as error:
+        cli_main(["run", "mediffusion", "--cf-distance", "-1"])
+    assert error.value.code == 2 and "--cf-distance must be >= 0" in capsys.readouterr().err
 
 
 def test_shipped_model_is_the_v_prediction_model_its_card_describes(tmp_path):

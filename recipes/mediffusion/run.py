@@ -5,7 +5,8 @@ classifier-guided counterfactual explanations scored by the shapes world's evalu
 Per seed: one labelled/unlabelled split (``--labelled`` of the training images carry labels) and
 one model per mode (``supervised``: cross-entropy on the labelled images only; ``joint``: +
 denoising loss on all images; ``fixmatch``: + FixMatch on the unlabelled ones). Counterfactuals of
-the fixmatch model towards the other class, with the unguided reconstruction (scale 0) as control.
+the fixmatch model towards the other class, started from a DDIM inversion of the image to ``t0``,
+with the unguided reconstruction (scale 0, the image itself up to inversion error) as control.
 
 >>> config = MediffusionConfig(seeds=(0,), modes=("supervised",), steps=2, n_train=40, n_test=20)
 >>> result = run_mediffusion(config, progress=False)
@@ -27,7 +28,7 @@ import torch
 from recipes.joint_diffusion.model import PREDICTIONS, JointDiffusion
 from recipes.joint_diffusion.train import MODES, TrainConfig, accuracy, train_joint
 
-from .counterfactual import counterfactual, explanation_map, top_overlap
+from .counterfactual import STARTS, counterfactual, explanation_map, top_overlap
 from .data import foreground, two_class_shapes
 
 __all__ = ["MediffusionConfig", "run_mediffusion", "explain_saved", "main", "EVALUATORS"]
@@ -54,11 +55,11 @@ class MediffusionConfig:
     denoised_detach: bool = True
     prediction: str = "v_prediction"  # the UNet's output; "epsilon" samples full-frame noise at this size
     counterfactuals: int = 0  # images explained per seed (0: none)
-    t0: int = 300
+    t0: int = 400
     cf_steps: int = 20
-    cf_recurrence: int = 3  # guided DDIM passes per noise level (self-recurrence)
-    scales: tuple[float, ...] = (0.0, 3.0)
-    cf_start: str = "noise"  # how the image reaches t0: "noise" (forward draw) or "inversion" (DDIM)
+    cf_recurrence: int = 1  # guided DDIM passes per noise level (self-recurrence)
+    scales: tuple[float, ...] = (0.0, 60.0)
+    cf_start: str = "inversion"  # how the image reaches t0: "inversion" (DDIM) or "noise" (forward draw)
     cf_distance: float = 0.0  # weight of the L1 distance of x0_hat to the source in the guidance
 
 
@@ -289,15 +290,23 @@ def main(argv: list[str] | None = None) -> int:
         help="the UNet's output (epsilon: the earlier default, whose samples are noise at this size)",
     )
     parser.add_argument("--counterfactuals", type=int, default=32, help="test images explained per seed (0: none)")
-    parser.add_argument("--t0", type=int, default=300, help="noise level the counterfactual starts from")
+    parser.add_argument("--t0", type=int, default=400, help="noise level the counterfactual starts from")
     parser.add_argument("--cf-steps", type=int, default=20)
+    parser.add_argument(
+        "--cf-start",
+        default="inversion",
+        choices=STARTS,
+        help="how the image reaches t0: deterministic DDIM inversion (the control returns the image) or "
+        "one forward-process draw (noise, rounds 1-2)",
+    )
     parser.add_argument(
         "--cf-recurrence",
         type=int,
-        default=3,
-        help="guided passes per noise level, re-noised in between (1: plain DDIM)",
+        default=1,
+        help="guided passes per noise level, re-noised with fresh noise in between (1: plain DDIM)",
     )
-    parser.add_argument("--scales", type=float, nargs="+", default=[0.0, 3.0], help="guidance scales (0: control)")
+    parser.add_argument("--cf-distance", type=float, default=0.0, help="weight of DiME's L1 distance to the source")
+    parser.add_argument("--scales", type=float, nargs="+", default=[0.0, 60.0], help="guidance scales (0: control)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", help="folder for mediffusion.json, mediffusion.png and model/")
     parser.add_argument("--explain", metavar="MODEL", help="only score counterfactuals of this saved model (one seed)")
@@ -305,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("n_train", "n_test", "steps", "batch_size", "threads", "cf_steps", "cf_recurrence"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.cf_distance < 0:
+        parser.error(f"--cf-distance must be >= 0, got {args.cf_distance}")
     torch.set_num_threads(args.threads)
     config = MediffusionConfig(
         seeds=tuple(args.seeds),
@@ -326,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         cf_steps=args.cf_steps,
         cf_recurrence=args.cf_recurrence,
         scales=tuple(args.scales),
+        cf_start=args.cf_start,
+        cf_distance=args.cf_distance,
     )
     try:
         if args.explain:
