@@ -8,6 +8,9 @@ denoising loss on all images; ``fixmatch``: + FixMatch on the unlabelled ones). 
 the fixmatch model towards the other class, started from a DDIM inversion of the image to ``t0``,
 with the unguided reconstruction (scale 0, the image itself up to inversion error) as control.
 
+Seeds run in parallel worker processes (:mod:`recipes.seed_workers`, one per seed, ``--workers``;
+``--workers 1``: one after another in this process), merged into the same ``mediffusion.json``.
+
 >>> config = MediffusionConfig(seeds=(0,), modes=("supervised",), steps=2, n_train=40, n_test=20)
 >>> result = run_mediffusion(config, progress=False)
 >>> sorted(result["runs"][0])
@@ -27,11 +30,12 @@ import torch
 
 from recipes.joint_diffusion.model import PREDICTIONS, JointDiffusion
 from recipes.joint_diffusion.train import MODES, TrainConfig, accuracy, train_joint
+from recipes.seed_workers import SeedWorkers, default_workers, seed_folder
 
 from .counterfactual import STARTS, counterfactual, explanation_map, top_overlap
 from .data import foreground, two_class_shapes
 
-__all__ = ["MediffusionConfig", "run_mediffusion", "explain_saved", "main", "EVALUATORS"]
+__all__ = ["MediffusionConfig", "run_mediffusion", "explain_saved", "merge_seeds", "main", "EVALUATORS"]
 
 #: The shapes world's shipped evaluator CNNs (recipes/worlds/checkpoints/shapes/evaluators).
 EVALUATORS = Path(__file__).resolve().parents[1] / "worlds" / "checkpoints" / "shapes" / "evaluators"
@@ -259,7 +263,7 @@ def _plot(figure: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="interventions run mediffusion", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--modes", nargs="+", default=["supervised", "fixmatch"], choices=MODES)
@@ -307,15 +311,33 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--cf-distance", type=float, default=0.0, help="weight of DiME's L1 distance to the source")
     parser.add_argument("--scales", type=float, nargs="+", default=[0.0, 60.0], help="guidance scales (0: control)")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (of each worker)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="seeds run at once, each in its own process (default: one per seed, at most twice the cores; "
+        "1: one after another in this process)",
+    )
     parser.add_argument("--out", help="folder for mediffusion.json, mediffusion.png and model/")
     parser.add_argument("--explain", metavar="MODEL", help="only score counterfactuals of this saved model (one seed)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     for name in ("n_train", "n_test", "steps", "batch_size", "threads", "cf_steps", "cf_recurrence"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.cf_distance < 0:
         parser.error(f"--cf-distance must be >= 0, got {args.cf_distance}")
+    if args.workers is not None and args.workers < 1:
+        parser.error(f"--workers must be >= 1 (1: seeds one after another in this process), got {args.workers}")
+    workers = args.workers or default_workers(len(args.seeds), args.threads)
+    if workers > 1 and len(args.seeds) > 1 and not args.explain:
+        return _parallel(parser, args, workers)
     torch.set_num_threads(args.threads)
     config = MediffusionConfig(
         seeds=tuple(args.seeds),
@@ -346,8 +368,56 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error("--explain scores one model: give the one seed it was trained with (--seeds N)")
             print(json.dumps(explain_saved(args.explain, config, config.seeds[0]), indent=1))
             return 0
-        result = run_mediffusion(config, out=args.out)
+        result = run_mediffusion(config, out=args.out, progress=not args.no_progress)
     except ValueError as error:
         parser.error(str(error))
     print(json.dumps(result["summary"], indent=1))
     return 0
+
+
+def _parallel(parser: argparse.ArgumentParser, args: argparse.Namespace, workers: int) -> int:
+    """Every seed in its own worker process (:mod:`recipes.seed_workers`), writing in
+    ``<out>/seeds/seed<S>``; their runs are merged into the ``mediffusion.json`` the in-process run
+    writes (runs and counterfactuals in ``--seeds`` order, the same config and summary), and the
+    first seed's ``model/`` and ``mediffusion.png`` are put where the in-process run puts them."""
+    import shutil
+    import tempfile
+
+    seed_runs = SeedWorkers(
+        module="recipes.mediffusion.run",
+        result="mediffusion.json",
+        parent_only=frozenset({"no_progress", "explain"}),
+        extra=("--no-progress",),
+        describe=lambda record: ", ".join(f"{r['mode']} {r['test_accuracy']:.3f}" for r in record["runs"]),
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(args.out) if args.out else Path(tmp)
+        t0 = time.time()
+        paths = seed_runs.run(parser, args, out, workers, not args.no_progress)
+        result = merge_seeds([json.loads(path.read_text()) for path in paths])
+        (out / "mediffusion.json").write_text(json.dumps(result, indent=1) + "\n")
+        first = seed_folder(out, args.seeds[0])
+        if (first / "model").is_dir():
+            shutil.rmtree(out / "model", ignore_errors=True)
+            shutil.move(first / "model", out / "model")
+        if (first / "mediffusion.png").is_file():
+            shutil.copyfile(first / "mediffusion.png", out / "mediffusion.png")
+        print(f"{len(args.seeds)} seeds in {time.time() - t0:.0f} s ({workers} workers)")
+    print(json.dumps(result["summary"], indent=1))
+    return 0
+
+
+def merge_seeds(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """One-seed ``mediffusion.json`` records (of the same settings) as the one record of a run of
+    all their seeds."""
+    config = {**records[0]["config"], "seeds": [s for r in records for s in r["config"]["seeds"]]}
+    merged = {
+        "config": config,
+        "runs": [run for r in records for run in r["runs"]],
+        "counterfactuals": [cf for r in records for cf in r["counterfactuals"]],
+    }
+    return _summarise(merged)
+
+
+if __name__ == "__main__":  # the worker processes of recipes.seed_workers
+    raise SystemExit(main())
