@@ -76,6 +76,8 @@ def test_guidance_moves_the_classifier_towards_the_target():
         counterfactual(model, task.images, target, t0=100, start="ddpm")
     with pytest.raises(ValueError, match="distance must be >= 0"):
         counterfactual(model, task.images, target, t0=100, distance=-1.0)
+    with pytest.raises(ValueError, match="need smoothing >= 0 and draws >= 1"):
+        counterfactual(model, task.images, target, t0=100, smoothing=0.3, draws=0)
 
 
 def test_inversion_start_keeps_the_image_unguided_and_guidance_changes_the_class_region():
@@ -102,6 +104,13 @@ def test_inversion_start_keeps_the_image_unguided_and_guidance_changes_the_class
     assert (own == target).float().mean() > 0.9
     chance = task.region.float().mean().item()
     assert top_overlap(explanation_map(control, guided), task.region) > 3 * chance
+    g = torch.Generator().manual_seed(0)  # smoothed guidance: the classifier sees x0_hat + 0.3 noise
+    smoothed = counterfactual(
+        model, task.images, target, t0=300, scale=60.0, start="inversion", smoothing=0.3, generator=g
+    )
+    assert not torch.equal(smoothed, guided)
+    with torch.no_grad():
+        assert (shape(smoothed).argmax(-1) == task.class_index(target)).float().mean() > 0.5
 
 
 def test_tiny_run_writes_every_result_and_the_hub_folder(tmp_path):
@@ -144,7 +153,7 @@ def test_cli_refuses_bad_arguments(capsys):
         cli_main(["run", "mediffusion", "--labelled", "1.5", "--modes", "supervised", "--seeds", "0"])
     with pytest.raises(SystemExit) as error:
         cli_main(["run", "mediffusion", "--cf-distance", "-1"])
-    assert error.value.code == 2 and "--cf-distance must be >= 0" in capsys.readouterr().err
+    assert error.value.code == 2 and "--cf-distance and --cf-smoothing must be >= 0" in capsys.readouterr().err
 
 
 def test_shipped_model_is_the_v_prediction_model_its_card_describes(tmp_path):

@@ -11,6 +11,9 @@ path is a new sample near the image); ``start="inversion"`` with deterministic D
 the image (:func:`interventions.inversion.ddim_invert` with ``stop_at``), so that the unguided
 path (s = 0) returns about the image itself and what changes is guidance's doing (as DiME and
 DDIM-inversion editing start). ``d`` > 0 adds DiME's distance to the source on ``x0_hat``.
+``smoothing`` = sigma > 0 averages the cross-entropy over ``draws`` noisy copies
+``x0_hat + sigma * N(0, I)`` (randomised smoothing of the guiding classifier): a change that only
+fools the classifier on the exact ``x0_hat`` does not survive the noise, a change of shape does.
 
 with ``x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)``; the gradient comes from autograd
 through both UNet calls. The explanation map is ``x_cf - x``.
@@ -52,6 +55,8 @@ def counterfactual(
     recurrence: int = 1,
     start: str = "noise",
     distance: float = 0.0,
+    smoothing: float = 0.0,
+    draws: int = 4,
 ) -> Tensor:
     """Images pushed towards class ``target`` by noising to ``t0`` and guided DDIM denoising in
     ``steps`` steps (``scale`` = s; 0 gives the unguided reconstruction, the control).
@@ -61,7 +66,8 @@ def counterfactual(
     and Universal Guidance do): the guidance acts r times per noise level while the denoiser pulls
     the image back towards the data (its re-noising draws fresh noise, with either ``start``).
 
-    ``start``: ``"noise"`` or ``"inversion"`` (see the module); ``distance`` = d >= 0."""
+    ``start``: ``"noise"`` or ``"inversion"`` (see the module); ``distance`` = d >= 0;
+    ``smoothing`` = sigma >= 0 with ``draws`` >= 1 noisy copies (drawn from ``generator``)."""
     if not 0 < t0 < model.train_timesteps:
         raise ValueError(f"t0 must lie in (0, {model.train_timesteps}), got {t0}")
     if steps < 1 or steps > t0:
@@ -72,6 +78,8 @@ def counterfactual(
         raise ValueError(f"start must be one of {STARTS}, got {start!r}")
     if distance < 0:
         raise ValueError(f"distance must be >= 0, got {distance}")
+    if smoothing < 0 or draws < 1:
+        raise ValueError(f"need smoothing >= 0 and draws >= 1, got {smoothing} and {draws}")
     if target.shape != (images.shape[0],):
         raise ValueError(f"target needs one class per image: {tuple(target.shape)} vs {images.shape[0]}")
     # DDIM without clipping when inverted: clipping x0 makes a step not invertible
@@ -104,13 +112,25 @@ def counterfactual(
                 eps = model.denoise(x_in, tt)
                 if scale:
                     x0_hat = model.x0_estimate(x_in, tt, eps)
-                    loss = F.cross_entropy(model.classify(x0_hat), target, reduction="sum")
+                    loss = _guidance_loss(model, x0_hat, target, smoothing, draws, generator)
                     if distance:
                         loss = loss + distance * (x0_hat - images).abs().sum()
                     (grad,) = torch.autograd.grad(loss, x_in)
                     eps = eps + scale * (1 - abar[t]).sqrt() * grad
             x = scheduler.step(eps.detach(), t, x.detach()).prev_sample
     return x.clamp(-1, 1)
+
+
+def _guidance_loss(
+    model: JointDiffusion, x0_hat: Tensor, target: Tensor, smoothing: float, draws: int, generator
+) -> Tensor:
+    if not smoothing:
+        return F.cross_entropy(model.classify(x0_hat), target, reduction="sum")
+    total = x0_hat.new_zeros(())
+    for _ in range(draws):
+        noise = torch.randn(x0_hat.shape, generator=generator).to(x0_hat.device)
+        total = total + F.cross_entropy(model.classify(x0_hat + smoothing * noise), target, reduction="sum")
+    return total / draws
 
 
 def explanation_map(images: Tensor, counterfactuals: Tensor) -> Tensor:

@@ -65,6 +65,8 @@ class MediffusionConfig:
     scales: tuple[float, ...] = (0.0, 60.0)
     cf_start: str = "inversion"  # how the image reaches t0: "inversion" (DDIM) or "noise" (forward draw)
     cf_distance: float = 0.0  # weight of the L1 distance of x0_hat to the source in the guidance
+    cf_smoothing: float = 0.3  # sigma of the noisy copies of x0_hat the guiding classifier sees (0: none)
+    cf_draws: int = 4  # noisy copies per guided step
 
 
 def _split(config: MediffusionConfig, seed: int):
@@ -95,6 +97,8 @@ def _explain(model: JointDiffusion, test, config: MediffusionConfig, seed: int, 
             recurrence=config.cf_recurrence,
             start=config.cf_start,
             distance=config.cf_distance,
+            smoothing=config.cf_smoothing,
+            draws=config.cf_draws,
         )
         with torch.no_grad():
             said = evaluator(cf).argmax(-1)
@@ -310,6 +314,13 @@ def _parser() -> argparse.ArgumentParser:
         help="guided passes per noise level, re-noised with fresh noise in between (1: plain DDIM)",
     )
     parser.add_argument("--cf-distance", type=float, default=0.0, help="weight of DiME's L1 distance to the source")
+    parser.add_argument(
+        "--cf-smoothing",
+        type=float,
+        default=0.3,
+        help="guide through the classifier's mean cross-entropy on x0_hat + sigma * noise (sigma; 0: plain)",
+    )
+    parser.add_argument("--cf-draws", type=int, default=4, help="noisy copies of x0_hat per guided step")
     parser.add_argument("--scales", type=float, nargs="+", default=[0.0, 60.0], help="guidance scales (0: control)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (of each worker)")
     parser.add_argument(
@@ -328,11 +339,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    for name in ("n_train", "n_test", "steps", "batch_size", "threads", "cf_steps", "cf_recurrence"):
+    for name in ("n_train", "n_test", "steps", "batch_size", "threads", "cf_steps", "cf_recurrence", "cf_draws"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.cf_distance < 0:
-        parser.error(f"--cf-distance must be >= 0, got {args.cf_distance}")
+    if args.cf_distance < 0 or args.cf_smoothing < 0:
+        parser.error(f"--cf-distance and --cf-smoothing must be >= 0, got {args.cf_distance}, {args.cf_smoothing}")
     if args.workers is not None and args.workers < 1:
         parser.error(f"--workers must be >= 1 (1: seeds one after another in this process), got {args.workers}")
     workers = args.workers or default_workers(len(args.seeds), args.threads)
@@ -361,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
         scales=tuple(args.scales),
         cf_start=args.cf_start,
         cf_distance=args.cf_distance,
+        cf_smoothing=args.cf_smoothing,
+        cf_draws=args.cf_draws,
     )
     try:
         if args.explain:
