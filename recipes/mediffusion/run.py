@@ -401,12 +401,14 @@ def _parallel(parser: argparse.ArgumentParser, args: argparse.Namespace, workers
         result="mediffusion.json",
         parent_only=frozenset({"no_progress", "explain"}),
         extra=("--no-progress",),
+        unit="model",  # a worker rewrites its mediffusion.json after every trained model
+        finished_units=lambda record: len(record["runs"]),
         describe=lambda record: ", ".join(f"{r['mode']} {r['test_accuracy']:.3f}" for r in record["runs"]),
     )
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out) if args.out else Path(tmp)
         t0 = time.time()
-        paths = seed_runs.run(parser, args, out, workers, not args.no_progress)
+        paths = seed_runs.run(parser, args, out, workers, not args.no_progress, units_per_seed=len(args.modes))
         result = merge_seeds([json.loads(path.read_text()) for path in paths])
         (out / "mediffusion.json").write_text(json.dumps(result, indent=1) + "\n")
         first = seed_folder(out, args.seeds[0])
