@@ -37,7 +37,7 @@ from typing import IO, Any
 
 from tqdm.auto import tqdm
 
-__all__ = ["SeedWorkers", "default_workers", "worker_argv", "seed_folder"]
+__all__ = ["SeedWorkers", "add_workers_argument", "default_workers", "worker_argv", "seed_folder"]
 
 #: options every worker gets from the parent itself (one seed, one worker, its own folder)
 _ALWAYS_PARENT = frozenset({"help", "seeds", "out", "workers"})
@@ -48,6 +48,17 @@ def default_workers(seeds: int, threads: int = 1) -> int:
     both cores to the end instead of the third seed running alone on one)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(seeds, 2 * max(1, cores // max(1, threads))))
+
+
+def add_workers_argument(parser: argparse.ArgumentParser) -> None:
+    """A recipe's ``--workers`` option (default ``None``: :func:`default_workers`)."""
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="seeds run at once, each in its own process (default: one per seed, at most twice the cores; "
+        "1: one after another in this process)",
+    )
 
 
 def seed_folder(out: str | Path, seed: int) -> Path:

@@ -63,7 +63,7 @@ from pathlib import Path
 
 import torch
 
-from recipes.seed_workers import default_workers
+from recipes.seed_workers import add_workers_argument, default_workers
 
 from .methods import METHODS, Evaluation, Sequence, run_sequence
 from .metrics import forgetting_per_task
@@ -117,13 +117,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="folder for metrics, the PNG, adapters and card folders")
     p.add_argument("--push-to", default=None, help="Hub repo prefix: push <out>/hub/<method> to PREFIX-<method>")
     p.add_argument("--threads", type=int, default=1, help="torch threads (of each worker)")
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        help="seeds run at once, each in its own process (default: one per seed, at most twice the cores; "
-        "1: one after another in this process)",
-    )
+    add_workers_argument(p)
     p.add_argument(
         "--quick", action="store_true", help="defaults for a smoke run: 2 tasks, seed 0, 30 steps, 8 samples"
     )

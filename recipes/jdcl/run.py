@@ -37,7 +37,7 @@ from recipes.joint_diffusion.hub import save_joint
 from recipes.joint_diffusion.model import PREDICTIONS, JointDiffusion
 from recipes.joint_diffusion.train import TrainConfig, accuracy, train_joint
 from recipes.mediffusion.data import two_class_shapes
-from recipes.seed_workers import SeedWorkers, default_workers, seed_folder
+from recipes.seed_workers import SeedWorkers, add_workers_argument, default_workers, seed_folder
 
 from .continual import DistillConfig, fine_tune, fresh_model, generate, keep_classes, train_global
 from .sequence import stage_count
@@ -198,13 +198,7 @@ def parser() -> argparse.ArgumentParser:
         help="the UNet's output (epsilon, the earlier default: its samples are noise at this size)",
     )
     p.add_argument("--threads", type=int, default=1, help="torch threads (of each worker)")
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        help="seeds run at once, each in its own process (default: one per seed, at most twice the cores; "
-        "1: one after another in this process)",
-    )
+    add_workers_argument(p)
     p.add_argument("--out", help="folder for jdcl_balanced.json (jdcl.json with --per-class 0) and the models")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p

@@ -30,7 +30,7 @@ import torch
 
 from recipes.joint_diffusion.model import PREDICTIONS, JointDiffusion
 from recipes.joint_diffusion.train import MODES, TrainConfig, accuracy, train_joint
-from recipes.seed_workers import SeedWorkers, default_workers, seed_folder
+from recipes.seed_workers import SeedWorkers, add_workers_argument, default_workers, seed_folder
 
 from .counterfactual import STARTS, counterfactual, explanation_map, top_overlap
 from .data import foreground, two_class_shapes
@@ -323,13 +323,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--cf-draws", type=int, default=4, help="noisy copies of x0_hat per guided step")
     parser.add_argument("--scales", type=float, nargs="+", default=[0.0, 60.0], help="guidance scales (0: control)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (of each worker)")
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        help="seeds run at once, each in its own process (default: one per seed, at most twice the cores; "
-        "1: one after another in this process)",
-    )
+    add_workers_argument(parser)
     parser.add_argument("--out", help="folder for mediffusion.json, mediffusion.png and model/")
     parser.add_argument("--explain", metavar="MODEL", help="only score counterfactuals of this saved model (one seed)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
