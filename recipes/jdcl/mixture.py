@@ -23,11 +23,10 @@ from typing import Any
 
 import torch
 
-from recipes.joint_diffusion.hub import save_joint
 from recipes.worlds.gaussian_mixture import random_mixture
 
 from .mlp import JointMLP
-from .sequence import SequenceConfig, Task, run_sequence
+from .sequence import SequenceConfig, Task, run_sequence, save_global
 
 __all__ = ["MixtureConfig", "mixture_tasks", "run_mixture", "main"]
 
@@ -103,13 +102,11 @@ def run_mixture(config: MixtureConfig, out: str | Path | None = None, progress: 
         if out:
             Path(out).mkdir(parents=True, exist_ok=True)
             (Path(out) / "jdcl_mixture.json").write_text(json.dumps(result, indent=1) + "\n")
-            jdcl = run["methods"]["jdcl"]
-            save_joint(
+            save_global(
                 finals["jdcl"],
                 Path(out) / f"jdcl_mixture_model_seed{seed}",
-                metrics={"average": jdcl["average"], "forgetting": jdcl["forgetting"]},
-                recipe="jdcl",
-                description=_card(config, seed),
+                run["methods"]["jdcl"],
+                _card(config, seed),
             )
     return result
 

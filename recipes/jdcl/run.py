@@ -33,14 +33,13 @@ from typing import Any
 
 import torch
 
-from recipes.joint_diffusion.hub import save_joint
 from recipes.joint_diffusion.model import PREDICTIONS, JointDiffusion
 from recipes.joint_diffusion.train import TrainConfig, accuracy, train_joint
 from recipes.mediffusion.data import two_class_shapes
 from recipes.seed_workers import SeedWorkers, add_workers_argument, default_workers, seed_folder
 
 from .continual import DistillConfig, fine_tune, fresh_model, generate, keep_classes, train_global
-from .sequence import stage_count
+from .sequence import save_global, stage_count
 from .shapes import PROGRESS, BalancedConfig, run_balanced
 
 __all__ = ["JDCLConfig", "TASKS", "run_jdcl", "main"]
@@ -137,13 +136,7 @@ def run_jdcl(config: JDCLConfig, out: str | Path | None = None, progress: bool =
         if out:
             Path(out).mkdir(parents=True, exist_ok=True)
             (Path(out) / "jdcl.json").write_text(json.dumps(result, indent=1) + "\n")
-            save_joint(
-                finals["jdcl"],
-                Path(out) / f"jdcl_model_seed{seed}",
-                metrics={"average": methods["jdcl"]["average"], "forgetting": methods["jdcl"]["forgetting"]},
-                recipe="jdcl",
-                description=_card(config, seed),
-            )
+            save_global(finals["jdcl"], Path(out) / f"jdcl_model_seed{seed}", methods["jdcl"], _card(config, seed))
     return result
 
 

@@ -27,6 +27,7 @@ of (best earlier accuracy - final accuracy) (Chaudhry et al. 2018, as JDCL repor
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -36,11 +37,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from recipes.joint_diffusion.hub import save_joint
 from recipes.joint_diffusion.train import Augment, TrainConfig, accuracy, train_joint
 
 from .continual import DistillConfig, Model, balanced_replay, fine_tune, train_global
 
-__all__ = ["Task", "SequenceConfig", "run_sequence", "stage_count", "forgetting"]
+__all__ = ["Task", "SequenceConfig", "run_sequence", "stage_count", "forgetting", "save_global"]
 
 
 @dataclass
@@ -86,6 +88,13 @@ def stage_count(tasks: int) -> int:
     model per task; per later task naive fine-tuning, the new classes' replay and, for replay and
     JDCL each, the old classes' replay and the global model; the joint model."""
     return tasks + 6 * (tasks - 1) + 1
+
+
+def save_global(model: Model, folder: str | os.PathLike, summary: dict[str, Any], description: str) -> None:
+    """Save a JDCL global model in the Hub layout, its card's metrics the method's ``summary``
+    (a run's ``methods["jdcl"]``: final average accuracy and forgetting)."""
+    metrics = {"average": summary["average"], "forgetting": summary["forgetting"]}
+    save_joint(model, folder, metrics=metrics, recipe="jdcl", description=description)
 
 
 def _summary(matrix: list[list[float]]) -> dict[str, Any]:

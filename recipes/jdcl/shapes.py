@@ -21,13 +21,12 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from recipes.joint_diffusion.hub import save_joint
 from recipes.joint_diffusion.model import JointDiffusion
 from recipes.joint_diffusion.train import weak_augment
 from recipes.mediffusion.data import foreground, two_class_shapes
 from recipes.worlds import shapes as world
 
-from .sequence import SequenceConfig, Task, run_sequence, stage_count
+from .sequence import SequenceConfig, Task, run_sequence, save_global, stage_count
 
 __all__ = ["SPLITS", "BalancedConfig", "shapes_tasks", "evaluator_judge", "run_balanced"]
 
@@ -142,13 +141,8 @@ def run_balanced(config: BalancedConfig, out: str | Path | None = None, progress
         if out:
             Path(out).mkdir(parents=True, exist_ok=True)
             (Path(out) / "jdcl_balanced.json").write_text(json.dumps(result, indent=1) + "\n")
-            jdcl = run["methods"]["jdcl"]
-            save_joint(
-                finals["jdcl"],
-                Path(out) / f"jdcl_model_seed{seed}",
-                metrics={"average": jdcl["average"], "forgetting": jdcl["forgetting"]},
-                recipe="jdcl",
-                description=_card(config, seed),
+            save_global(
+                finals["jdcl"], Path(out) / f"jdcl_model_seed{seed}", run["methods"]["jdcl"], _card(config, seed)
             )
     bar.close()
     return result
