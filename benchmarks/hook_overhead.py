@@ -713,10 +713,11 @@ def bench_in_hooks(t: Target, rounds: int) -> dict[str, Any]:
     """CPU time spent inside the hook callbacks during one call (cache 20 sites), raw against ours.
 
     A pipeline call's end-to-end Δ is inside this machine's noise at the 2% level (its
-    interquartile range spans ~15% of the call); the time inside the callbacks is not. Raw's clock
-    covers its body (detach, clone, append); ours covers every torch hook a session adds (the
-    sites' hooks, each denoiser call's entry and exit, the call counting of the other
-    components): everything the engine does per fire and per call, but the scheduler wrappers.
+    interquartile range spans ~15% of the call); the time inside the callbacks is not. One timer
+    wraps each hook function alike, its call included: raw's (detach, clone, append), and every
+    torch hook a session adds (the sites' hooks, each denoiser call's entry and exit, the call
+    counting of the other components): everything the engine does per fire and per call, but the
+    scheduler wrappers.
     Torch's dispatch to a hook is the same for both and not included. Ours is also reported in two
     parts: the sites' hooks (the per-fire work raw does too) and the step and call tracking (the
     denoiser's entry and exit, the other components' call counting: work raw does not do).
@@ -759,11 +760,9 @@ def bench_in_hooks(t: Target, rounds: int) -> dict[str, Any]:
         for s in t.sites:
 
             def hook(m: Any, a: Any, o: torch.Tensor, keep: Any = store[s].append) -> None:
-                c = clock()
                 keep(o.detach().clone())
-                spent[0] += clock() - c
 
-            handles.append(t.model.get_submodule(s).register_forward_hook(hook))
+            handles.append(t.model.get_submodule(s).register_forward_hook(timed(hook, 0)))
         try:
             t.run()
         finally:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 Rows = slice
 StoreKey = tuple[str, int | None, str | None] | tuple[str, int | None, str | None, int]
@@ -77,7 +78,8 @@ class RunState:
         self.depth += 1
         if self.depth > 1:  # a denoiser run inside another: same step, same rows
             return
-        self.begin_call(component)
+        self.calls[component] = self.calls.get(component, -1) + 1  # begin_call, inlined: it runs at every step
+        self.epoch += 1
         if self.step is None:
             self.step = 0
         elif self._stepped or (timestep is not None and timestep != self._last_t):
@@ -88,7 +90,9 @@ class RunState:
         self.timestep = timestep
         self.segments = ((self.forced, slice(None)),) if self.forced else segments
 
-    def exit_denoiser(self) -> None:
+    def exit_denoiser(self, *hook_args: Any) -> None:
+        """A denoiser call ended; registered as the denoiser's forward hook itself (its arguments,
+        module, inputs and output, are not needed: a call less per step)."""
         self.depth = max(self.depth - 1, 0)
         if not self.depth:
             self.segments = ((self.forced, slice(None)),) if self.forced else ALL_ROWS

@@ -213,9 +213,8 @@ class Cache:
         if self.on_repeat == "append":
             store.append(key, t)
             return
-        if not self._warned and self.on_repeat == "warn" and key in store:
+        if store.put(key, t) and not self._warned and self.on_repeat == "warn":
             self._warn_replaced(key)
-        store.put(key, t)
 
     def whole_batch(self, x: Tensor, ctx: Context, segments: Sequence[tuple[str | None, slice]]) -> None:
         """Store each CFG branch's rows of a batched call under its own key, copying once."""
@@ -230,11 +229,8 @@ class Cache:
             for branch, rows in segments:
                 self.store.append(with_branch(key, branch), t[rows])
             return
-        if not self._warned and self.on_repeat == "warn":
-            first = (key[0], key[1], segments[0][0], *key[3:])  # with_branch, inlined (runs at every fire)
-            if first in self.store:
-                self._warn_replaced(first)
-        self.store.put_rows(key, t, segments)
+        if self.store.put_rows(key, t, segments) and not self._warned and self.on_repeat == "warn":
+            self._warn_replaced(with_branch(key, segments[0][0]))
 
     def _remember_version(self, key: StoreKey, t: Tensor) -> None:
         """Keep ``t``'s version for :meth:`_assert_unchanged` where the store may hold ``t`` itself
@@ -633,7 +629,11 @@ class Grads:
         out = None
         if not x.requires_grad:
             out = x = x.detach().requires_grad_(True)
-        x.register_hook(lambda g: self.store.put(key, g.detach()))
+
+        def keep(g: Tensor) -> None:  # a tensor hook returns None, not the store's answer
+            self.store.put(key, g.detach())
+
+        x.register_hook(keep)
         return out
 
     def get(self, site: str, step: int | None = 0, branch: str | None = None, invocation: int = 0) -> Tensor:

@@ -325,7 +325,7 @@ class Session:
                     hooks.forward_pre(e.module, self._torch_hook(e), with_kwargs=True)
             hooks.forward_all(outputs)
             for module in self._denoiser_modules:  # registered last: they run after this session's output hooks
-                hooks.forward(module, self._exit_denoiser, always_call=True)
+                hooks.forward(module, self.state.exit_denoiser, always_call=True)
             self._active = True
         except BaseException:
             self.remove()
@@ -379,18 +379,16 @@ class Session:
 
     def _denoiser_entry(self, component: str) -> Callable[..., None]:
         """The pre-hook of a denoiser: a new step (or the same one) with its timestep and rows."""
-        adapter, state = self.adapter, self.state
+        adapter, state, get_ident = self.adapter, self.state, threading.get_ident
 
         def enter(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            self._own_thread()
+            if self._thread != get_ident():  # _own_thread, called only when it has work (a call less per step)
+                self._own_thread()
             t = adapter.read_timestep(module, args, kwargs)
             batch = adapter.batch_of(args, kwargs) or 0
             state.enter_denoiser(component, t, adapter.segments(module, args, kwargs, batch))
 
         return enter
-
-    def _exit_denoiser(self, module: nn.Module, args: Any, output: Any) -> None:
-        self.state.exit_denoiser()
 
     # -- firing --------------------------------------------------------------------------------
     def _torch_hook(self, e: _Entry) -> Callable[..., Any]:

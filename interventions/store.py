@@ -53,8 +53,14 @@ def normal_key(key: tuple) -> StoreKey:  # type: ignore[type-arg]
 class Store(Protocol):
     """What the engine and the hooks call on a store (``Cache``, ``Patch``, ``Grads``, SAE training)."""
 
-    def put(self, key: StoreKey, tensor: torch.Tensor) -> None: ...
-    def put_rows(self, key: StoreKey, tensor: torch.Tensor, segments: Sequence[tuple[str | None, slice]]) -> None: ...
+    def put(self, key: StoreKey, tensor: torch.Tensor) -> bool:
+        """Store ``tensor`` under ``key``; True if ``key`` was held (its entry replaced)."""
+        ...
+
+    def put_rows(self, key: StoreKey, tensor: torch.Tensor, segments: Sequence[tuple[str | None, slice]]) -> bool:
+        """Store each branch's rows under ``key`` with that branch; True if one of those keys was held."""
+        ...
+
     def append(self, key: StoreKey, tensor: torch.Tensor) -> None: ...
     def get(self, key: StoreKey) -> torch.Tensor: ...
     def parts(self, key: StoreKey) -> Iterator[torch.Tensor]: ...
@@ -139,10 +145,16 @@ class MemoryStore:
         self._sites = _SiteIndex()
         self._cleared = 0  # keys only come and go all at once: (clears, count) says which are held
 
-    def put(self, key: StoreKey, tensor: torch.Tensor) -> None:
+    def put(self, key: StoreKey, tensor: torch.Tensor) -> bool:
+        """Store ``tensor`` under ``key``; True if ``key`` was held (``Cache`` warns then, without a
+        lookup of its own before each put: a call per fire)."""
         if self.device is not None:
             tensor = _moved(tensor, self.device)
-        self._data[normal_key(key) if len(key) != 3 else key] = tensor
+        data = self._data
+        key = normal_key(key) if len(key) != 3 else key
+        held = key in data
+        data[key] = tensor
+        return held
 
     def append(self, key: StoreKey, tensor: torch.Tensor) -> None:
         """Add ``tensor`` as a further part of ``key`` (the first part when the key is new)."""
@@ -154,13 +166,17 @@ class MemoryStore:
         parts.append(_moved(tensor, self.device))  # type: ignore[union-attr]
         self._data[key] = parts
 
-    def put_rows(self, key: StoreKey, tensor: torch.Tensor, segments: Sequence[tuple[str | None, slice]]) -> None:
+    def put_rows(self, key: StoreKey, tensor: torch.Tensor, segments: Sequence[tuple[str | None, slice]]) -> bool:
         """Store each CFG branch's rows of one batched tensor under ``key`` with that branch
-        (the rows are sliced when first read: one copy, no split at every fire)."""
+        (the rows are sliced when first read: one copy, no split at every fire); True if one of
+        those keys was held (the store did not grow by one key per branch). Reporting it here
+        spares ``Cache`` a lookup before each put, a call per fire."""
         batch = _Rows((tensor if self.device is None else _moved(tensor, self.device), segments))
         data, site, step, later = self._data, key[0], key[1], key[3:]
+        held = len(data)
         for branch, _ in segments:
             data[(site, step, branch, *later)] = batch  # type: ignore[index]  # with_branch, inlined
+        return len(data) - held != len(segments)
 
     def get(self, key: StoreKey) -> torch.Tensor:
         value = self._resolved(key)
@@ -292,8 +308,9 @@ class DiskStore:
 
     >>> import tempfile
     >>> with DiskStore(tempfile.mkdtemp(), buffer_bytes=1024) as store:
-    ...     store.put(("blocks.0", 0, "cond"), torch.ones(4, 8))
+    ...     store.put(("blocks.0", 0, "cond"), torch.ones(4, 8))  # True would say it replaced an entry
     ...     store.flush(); store.get(("blocks.0", 0, "cond")).shape
+    False
     torch.Size([4, 8])
     """
 
@@ -391,14 +408,17 @@ class DiskStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def put(self, key: StoreKey, tensor: torch.Tensor) -> None:
+    def put(self, key: StoreKey, tensor: torch.Tensor) -> bool:
+        """Store ``tensor`` under ``key``; True if ``key`` was held (buffered or on disk)."""
         self._take_lock()
         key = normal_key(key)
+        held = key in self
         for old in self._buffer.pop(key, []):
             self._buffered -= old.nbytes + _ENTRY_OVERHEAD
             self._versions.pop(id(old), None)
         self._replacing.add(key)
         self._add(key, tensor)
+        return held
 
     def append(self, key: StoreKey, tensor: torch.Tensor) -> None:
         """Add ``tensor`` as a further part of ``key`` (the first part when the key is new)."""
@@ -479,10 +499,13 @@ class DiskStore:
                         "changing it in place"
                     )
 
-    def put_rows(self, key: StoreKey, tensor: torch.Tensor, segments: Sequence[tuple[str | None, slice]]) -> None:
-        """Store each CFG branch's rows of one batched tensor under ``key`` with that branch."""
+    def put_rows(self, key: StoreKey, tensor: torch.Tensor, segments: Sequence[tuple[str | None, slice]]) -> bool:
+        """Store each CFG branch's rows of one batched tensor under ``key`` with that branch;
+        True if one of those keys was held."""
+        held = False
         for branch, rows in segments:
-            self.put(with_branch(key, branch), tensor[rows])
+            held = self.put(with_branch(key, branch), tensor[rows]) or held
+        return held
 
     def get(self, key: StoreKey) -> torch.Tensor:
         """The parts of ``key`` concatenated, copied one by one into the result (peak: the result

@@ -2,6 +2,7 @@
 copies to the CPU that finish before they are read, and disk stores that survive a failed flush
 and open without a foreign or damaged shard file, naming it."""
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from torch import nn
 import interventions.adapters.diffusers as diffusers_adapter
 import interventions.store as store_module
 from interventions import Cache, DiskStore, MemoryStore, attach
-from interventions.adapters.base import Adapter, wrap_attribute
+from interventions.adapters.base import Adapter, call_before, wrap_attribute
 from interventions.testing import assert_no_hooks_left
 from tests import tiny_models
 
@@ -101,12 +102,18 @@ def test_plain_object_wrappers_removed_in_either_order(order, own):
     assert log == []
 
 
+class GreeterModule(nn.Module):
+    def hello(self, x):
+        return [x]
+
+
 @settings(max_examples=60, deadline=None)
-@given(st.integers(2, 4), st.booleans(), st.data())
-def test_wrappers_attached_and_removed_in_any_order(n, own, data):
-    """Every call reaches exactly the active wrappers, latest first; at the end the instance holds
-    what it held before."""
-    obj, log = Greeter(), []
+@given(st.integers(2, 4), st.booleans(), st.booleans(), st.data())
+def test_wrappers_attached_and_removed_in_any_order(n, own, module, data):
+    """Every call reaches exactly the active wrappers, latest first, whether made by
+    ``wrap_attribute`` or ``call_before``, on a plain object or a module (whose wrappers are written
+    past ``nn.Module.__setattr__``); at the end the instance holds what it held before."""
+    obj, log = (GreeterModule() if module else Greeter()), []
     if own:
         obj.hello = own_hello = lambda x: ["own", x]
     before = dict(vars(obj))
@@ -115,7 +122,10 @@ def test_wrappers_attached_and_removed_in_any_order(n, own, data):
         can_attach = ["attach"] if attached < n else []
         action = data.draw(st.sampled_from(can_attach + [("remove", i) for i in active]))
         if action == "attach":
-            undo[attached] = wrap_attribute(obj, "hello", _logging(log, attached))
+            if data.draw(st.booleans()):
+                undo[attached] = call_before(obj, "hello", functools.partial(log.append, attached))
+            else:
+                undo[attached] = wrap_attribute(obj, "hello", _logging(log, attached))
             active.append(attached)
             attached += 1
         else:
@@ -127,6 +137,8 @@ def test_wrappers_attached_and_removed_in_any_order(n, own, data):
     assert vars(obj) == before
     if own:
         assert obj.hello is own_hello
+    if module:
+        assert "hello" not in obj._modules and "hello" not in obj._parameters
 
 
 # -- an adapter install that fails part-way -------------------------------------------------------
@@ -150,14 +162,14 @@ def test_failed_install_undoes_the_wrappers_it_made():
 def test_failed_pipeline_install_undoes_the_denoiser_wrapper(flux, monkeypatch):
     # the pipeline adapter wraps transformer.cache_context (in super().install()) and then the
     # scheduler: a failure at the scheduler must take the first wrapper off again
-    real = diffusers_adapter.wrap_attribute
+    real = diffusers_adapter.call_before
 
-    def failing(obj, name, make):
+    def failing(obj, name, callback):
         if name == "set_timesteps":
             raise RuntimeError("cannot wrap the scheduler")
-        return real(obj, name, make)
+        return real(obj, name, callback)
 
-    monkeypatch.setattr(diffusers_adapter, "wrap_attribute", failing)
+    monkeypatch.setattr(diffusers_adapter, "call_before", failing)
     with pytest.raises(RuntimeError, match="cannot wrap the scheduler"):
         attach(flux, {SITES[0]: Cache()})
     assert "cache_context" not in vars(flux.transformer)
@@ -276,3 +288,34 @@ def _reopen_add_and_reopen(path, next_shard):
     store.flush()
     assert (path / next_shard).exists()
     assert sorted(DiskStore(path).keys()) == [K0, K1]
+
+
+@pytest.mark.parametrize("kind", ["memory", "disk"])
+def test_put_and_put_rows_say_whether_they_replaced_an_entry(kind, tmp_path):
+    """Cache's repeat warning reads this answer instead of looking the key up before each put."""
+    store = MemoryStore() if kind == "memory" else DiskStore(tmp_path / "s", buffer_bytes=1 << 20)
+    x = torch.arange(6.0).reshape(2, 3)
+    halves = [("uncond", slice(0, 1)), ("cond", slice(1, 2))]
+    assert store.put(("a", 0, None), x) is False
+    assert store.put(("a", 0, None), x + 1) is True
+    assert store.put(("a", 0, None, 0), x) is True  # invocation 0 is the three-part key
+    assert store.put_rows(("b", 0, None), x, halves) is False
+    assert store.put_rows(("b", 0, None), x + 1, halves) is True
+    assert store.put(("b", 1, "cond"), x[1:]) is False
+    assert store.put_rows(("b", 1, None), x, halves) is True  # one of the two branch keys was held
+    assert torch.equal(store.get(("b", 0, "cond")), x[1:] + 1)
+
+
+def test_cache_warns_once_when_a_second_call_replaces_a_cfg_batch():
+    sd = tiny_models.sd_pipeline()
+    cache = Cache()
+
+    def call() -> None:
+        sd(["a red circle"], num_inference_steps=2, guidance_scale=3.0, output_type="pt")
+
+    with attach(sd, {"unet.mid_block": cache}):
+        call()
+        with pytest.warns(UserWarning, match=r"replaced what it held for \('unet.mid_block', 0, 'uncond'\)") as seen:
+            call()
+    assert len([w for w in seen if "replaced" in str(w.message)]) == 1
+    assert sorted(k[2] for k in cache.keys()) == ["cond", "cond", "uncond", "uncond"]

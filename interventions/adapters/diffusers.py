@@ -38,7 +38,7 @@ from torch import nn
 
 from ..context import RunState, Segments
 from ..groups import class_names, hidden_site, leaf, nonempty, once, walk
-from .base import TIMESTEP_NAMES, Adapter, Undo, before, wrap_attribute
+from .base import TIMESTEP_NAMES, Adapter, Undo, call_before
 from .cfg import CfgLayout, Declared, DenoiserCalls, PipelineFlags, Unlabelled
 
 ENTRY_POINTS = ("forward", "encode", "decode")  # how a non-denoiser model is run
@@ -207,12 +207,12 @@ class DiffusersPipelineAdapter(DiffusersModelAdapter):
         undo = super().install(state)
         begins_run = callable(getattr(self.pipe, "check_inputs", None))
         if begins_run:
-            undo.append(wrap_attribute(self.pipe, "check_inputs", before(state.new_run)))
+            undo.append(call_before(self.pipe, "check_inputs", state.new_run))
         for scheduler in self._schedulers:
             restart = state.restart_steps if begins_run else state.new_run
-            undo.append(wrap_attribute(scheduler, "set_timesteps", before(restart)))
+            undo.append(call_before(scheduler, "set_timesteps", restart))
             if callable(getattr(scheduler, "step", None)):
-                undo.append(wrap_attribute(scheduler, "step", before(state.scheduler_stepped)))
+                undo.append(call_before(scheduler, "step", state.scheduler_stepped))
         return undo
 
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..context import RunState
 from ..groups import hidden_site, leaf, nonempty, once, outermost, walk
-from .base import Adapter, Undo, before, wrap_attribute
+from .base import Adapter, Undo, call_before
 
 
 def is_transformers_model(obj: Any) -> bool:
@@ -75,7 +75,7 @@ class TransformersAdapter(Adapter):
         """Each ``generate()`` is a run: its forward calls (one per new token) count from 0."""
         if not callable(getattr(self.target, "generate", None)):
             return []
-        return [wrap_attribute(self.target, "generate", before(state.new_run))]
+        return [call_before(self.target, "generate", state.new_run)]
 
     def layout(self, path: str, ndim: int) -> str | None:
         return "BNC" if ndim == 3 else None
