@@ -187,12 +187,14 @@ class Session:
         by_site: dict[str, _Entry] = {}  # by canonical name: a str hashes once, a Site at each lookup
         counted: dict[str, None] = {}  # the components whose calls are counted, in order
         state, denoisers, unit_of = self.state, self._denoisers, self._unit_of
+        # one model that is the denoiser or has none (a UNet, an LM): every site's unit is the model
+        whole_model = self.tree.single and not any(denoisers)
         for hook_list, found in zip(hook_lists, expansions, strict=True):
             for site, module in found:
                 name = site.name
                 entry = by_site.get(name)
                 if entry is None:  # inlined, not a method: this runs for every site at every attach
-                    component = unit_of(site.module)
+                    component = "" if whole_model else unit_of(site.module)
                     ctx = Context(name, state, None, component, component in denoisers)
                     entry = by_site[name] = _Entry(site, name, module, ctx, False)
                     if layouts or site.direction == "input":
