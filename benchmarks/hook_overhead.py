@@ -894,6 +894,11 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"peers": peer_info, "quick": q, "engine_sha256": engine_sha256(), "targets": {}}
     if "enter" in only:
         result["enter"] = bench_enter(targets, peers, rounds=300 if q else 2000)
+        from . import enter_loop
+
+        unet = targets["unet"]
+        confirmed = enter_loop.main(rounds=10 if q else 20, unet=unet.model, sites=unet.sites, quiet=True)
+        result["enter_loop"] = {"target": "unet", **confirmed}
         print("enter done", flush=True)
     if "fire" in only:
         result["per_fire"] = bench_per_fire(peers, rounds=30 if q else 200)

@@ -173,10 +173,10 @@ class MemoryStore:
         spares ``Cache`` a lookup before each put, a call per fire."""
         batch = _Rows((tensor if self.device is None else _moved(tensor, self.device), segments))
         data, site, step, later = self._data, key[0], key[1], key[3:]
-        held = len(data)
+        size = len(data)
         for branch, _ in segments:
             data[(site, step, branch, *later)] = batch  # type: ignore[index]  # with_branch, inlined
-        return len(data) - held != len(segments)
+        return len(data) - size != len(segments)
 
     def get(self, key: StoreKey) -> torch.Tensor:
         value = self._resolved(key)
