@@ -229,8 +229,9 @@ class Cache:
             for branch, rows in segments:
                 self.store.append(with_branch(key, branch), t[rows])
             return
-        if self.store.put_rows(key, t, segments) and not self._warned and self.on_repeat == "warn":
-            self._warn_replaced(with_branch(key, segments[0][0]))
+        replaced = self.store.put_rows(key, t, segments)
+        if replaced is not None and not self._warned and self.on_repeat == "warn":
+            self._warn_replaced(replaced)
 
     def _remember_version(self, key: StoreKey, t: Tensor) -> None:
         """Keep ``t``'s version for :meth:`_assert_unchanged` where the store may hold ``t`` itself

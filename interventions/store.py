@@ -57,8 +57,11 @@ class Store(Protocol):
         """Store ``tensor`` under ``key``; True if ``key`` was held (its entry replaced)."""
         ...
 
-    def put_rows(self, key: StoreKey, tensor: torch.Tensor, segments: Sequence[tuple[str | None, slice]]) -> bool:
-        """Store each branch's rows under ``key`` with that branch; True if one of those keys was held."""
+    def put_rows(
+        self, key: StoreKey, tensor: torch.Tensor, segments: Sequence[tuple[str | None, slice]]
+    ) -> StoreKey | None:
+        """Store each branch's rows under ``key`` with that branch (each branch named once); the
+        first of those keys that was already held, or None."""
         ...
 
     def append(self, key: StoreKey, tensor: torch.Tensor) -> None: ...
@@ -166,17 +169,23 @@ class MemoryStore:
         parts.append(_moved(tensor, self.device))  # type: ignore[union-attr]
         self._data[key] = parts
 
-    def put_rows(self, key: StoreKey, tensor: torch.Tensor, segments: Sequence[tuple[str | None, slice]]) -> bool:
+    def put_rows(
+        self, key: StoreKey, tensor: torch.Tensor, segments: Sequence[tuple[str | None, slice]]
+    ) -> StoreKey | None:
         """Store each CFG branch's rows of one batched tensor under ``key`` with that branch
-        (the rows are sliced when first read: one copy, no split at every fire); True if one of
-        those keys was held (the store did not grow by one key per branch). Reporting it here
-        spares ``Cache`` a lookup before each put, a call per fire."""
+        (the rows are sliced when first read: one copy, no split at every fire); the first of
+        those keys that was already held, or None. Reporting it here spares ``Cache`` a lookup
+        before each put, a call per fire."""
         batch = _Rows((tensor if self.device is None else _moved(tensor, self.device), segments))
-        data, site, step, later = self._data, key[0], key[1], key[3:]
-        size = len(data)
+        data, site, step = self._data, key[0], key[1]
+        later = key[3:] if len(key) == 4 and key[3] else ()  # invocation 0: the three-part key
+        held = None
         for branch, _ in segments:
-            data[(site, step, branch, *later)] = batch  # type: ignore[index]  # with_branch, inlined
-        return len(data) - size != len(segments)
+            branch_key = (site, step, branch, *later)  # with_branch, inlined
+            if held is None and branch_key in data:
+                held = branch_key
+            data[branch_key] = batch
+        return held
 
     def get(self, key: StoreKey) -> torch.Tensor:
         value = self._resolved(key)
@@ -499,12 +508,16 @@ class DiskStore:
                         "changing it in place"
                     )
 
-    def put_rows(self, key: StoreKey, tensor: torch.Tensor, segments: Sequence[tuple[str | None, slice]]) -> bool:
+    def put_rows(
+        self, key: StoreKey, tensor: torch.Tensor, segments: Sequence[tuple[str | None, slice]]
+    ) -> StoreKey | None:
         """Store each CFG branch's rows of one batched tensor under ``key`` with that branch;
-        True if one of those keys was held."""
-        held = False
+        the first of those keys that was already held, or None."""
+        held = None
         for branch, rows in segments:
-            held = self.put(with_branch(key, branch), tensor[rows]) or held
+            branch_key = with_branch(key, branch)
+            if self.put(branch_key, tensor[rows]) and held is None:
+                held = normal_key(branch_key)
         return held
 
     def get(self, key: StoreKey) -> torch.Tensor:

@@ -299,23 +299,53 @@ def test_put_and_put_rows_say_whether_they_replaced_an_entry(kind, tmp_path):
     assert store.put(("a", 0, None), x) is False
     assert store.put(("a", 0, None), x + 1) is True
     assert store.put(("a", 0, None, 0), x) is True  # invocation 0 is the three-part key
-    assert store.put_rows(("b", 0, None), x, halves) is False
-    assert store.put_rows(("b", 0, None), x + 1, halves) is True
+    assert store.put_rows(("b", 0, None), x, halves) is None
+    assert store.put_rows(("b", 0, None), x + 1, halves) == ("b", 0, "uncond")
     assert store.put(("b", 1, "cond"), x[1:]) is False
-    assert store.put_rows(("b", 1, None), x, halves) is True  # one of the two branch keys was held
+    assert store.put_rows(("b", 1, None), x, halves) == ("b", 1, "cond")  # the branch key that was held
+    assert store.put_rows(("b", 1, None, 0), x, halves) == ("b", 1, "uncond")  # invocation 0: the same keys
     assert torch.equal(store.get(("b", 0, "cond")), x[1:] + 1)
+    assert sorted(store.keys()) == [
+        ("a", 0, None),
+        ("b", 0, "cond"),
+        ("b", 0, "uncond"),
+        ("b", 1, "cond"),
+        ("b", 1, "uncond"),
+    ]
 
 
 def test_cache_warns_once_when_a_second_call_replaces_a_cfg_batch():
     sd = tiny_models.sd_pipeline()
     cache = Cache()
 
-    def call() -> None:
-        sd(["a red circle"], num_inference_steps=2, guidance_scale=3.0, output_type="pt")
+    def call(guidance_scale: float = 3.0) -> None:
+        sd(["a red circle"], num_inference_steps=2, guidance_scale=guidance_scale, output_type="pt")
 
     with attach(sd, {"unet.mid_block": cache}):
-        call()
-        with pytest.warns(UserWarning, match=r"replaced what it held for \('unet.mid_block', 0, 'uncond'\)") as seen:
-            call()
+        call(guidance_scale=1.0)  # no CFG: only cond rows
+        with pytest.warns(UserWarning, match=r"replaced what it held for \('unet.mid_block', 0, 'cond'\)") as seen:
+            call()  # the uncond key is new, the cond key replaced: the warning names the cond key
     assert len([w for w in seen if "replaced" in str(w.message)]) == 1
     assert sorted(k[2] for k in cache.keys()) == ["cond", "cond", "uncond", "uncond"]
+
+
+def test_a_branch_named_twice_is_refused_and_interleaved_class_labels_are_unlabelled():
+    """Two row blocks under one branch name would be stored under one key (one block kept): a
+    declared layout must name each branch once, and interleaved DiT class labels leave the rows
+    unlabelled, with a warning, instead of a key that silently holds part of them."""
+    with pytest.raises(ValueError, match="names a branch twice"):
+        attach(nn.Sequential(nn.Linear(2, 2)), {"0": Cache()}, cfg=("cond", "cond"))
+    dit = tiny_models.dit_pipeline().transformer
+    x, t = torch.randn(3, 4, 8, 8), torch.tensor([10, 10, 10])
+    cache = Cache()
+    with attach(dit, {"transformer_blocks.0": cache}), torch.no_grad():
+        with pytest.warns(UserWarning, match="interleave the null class"):
+            dit(x, timestep=t, class_labels=torch.tensor([1, dit.config.num_embeds_ada_norm, 2]))
+        # the next step (another timestep), cond rows first: labelled
+        dit(x, timestep=t + 10, class_labels=torch.tensor([1, 2, dit.config.num_embeds_ada_norm]))
+    assert sorted(cache.keys(), key=str) == [
+        ("transformer_blocks.0", 0, None),
+        ("transformer_blocks.0", 1, "cond"),
+        ("transformer_blocks.0", 1, "uncond"),
+    ]
+    assert cache.get("transformer_blocks.0", 1, "cond").shape[0] == 2

@@ -201,6 +201,11 @@ class Adapter:
             )
         for name in cfg or ():
             check_branch(name, "attach(cfg=...)", BRANCHES)
+        if cfg and len(set(cfg)) != len(cfg):
+            raise ValueError(
+                f"attach(cfg={tuple(cfg)!r}) names a branch twice: cfg lists the batch's row blocks in order, one "
+                "per branch (e.g. ('uncond', 'cond')), and two blocks under one name would be recorded as one"
+            )
         self.target = target
         self.cfg = tuple(cfg) if cfg else None
         self.denoiser = denoiser

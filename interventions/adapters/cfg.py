@@ -140,7 +140,11 @@ class DenoiserCalls:
             labels = kwargs.get("class_labels")
             null = self._null_classes.get(id(module))
             if null is not None and isinstance(labels, torch.Tensor) and labels.numel() == batch:
-                return _label_runs(labels, null)
+                runs = _label_runs(labels, null)
+                if len(runs) <= 2:
+                    return runs
+                self._warn_interleaved(labels, null)  # a branch in several blocks: a key holds one block
+                return ALL_ROWS
         order = self.layout.order()
         if order is None:  # unconditional (DDPM), or a bare denoiser nobody declared
             return ALL_ROWS
@@ -150,6 +154,19 @@ class DenoiserCalls:
             self._warn_unlabelled(order, batch)
             return ALL_ROWS
         return halves(order, batch)
+
+    def _warn_interleaved(self, labels: torch.Tensor, null: int) -> None:
+        if self._warned:
+            return
+        self._warned = True
+        warnings.warn(
+            f"{self.owner}: the class labels {labels.reshape(-1).tolist()[:8]} interleave the null class {null} "
+            "with real classes, so the batch has no single cond block and uncond block; its rows are left "
+            "unlabelled (a Cache keeps the whole batch under branch None) and hooks restricted with "
+            "When(branch=...) are refused there. Batch the cond rows first and the null rows after, as "
+            "DiTPipeline does.",
+            stacklevel=4,
+        )
 
     def _warn_unlabelled(self, order: tuple[str, ...], batch: int) -> None:
         if self._warned:
