@@ -59,10 +59,14 @@ class RunState:
         self.restart_steps()
 
     def restart_steps(self) -> None:
-        """The scheduler set its timesteps: the next denoiser call is step 0."""
+        """The scheduler set its timesteps: the next denoiser call is step 0. No denoiser call is
+        open any more: one interrupted by KeyboardInterrupt never ran its exit hook (torch runs
+        ``always_call`` hooks on exceptions only), and would leave every later call nested."""
         self.step = None
         self._last_t = None
         self._stepped = False
+        self.depth = 0
+        self.segments = ((self.forced, slice(None)),) if self.forced else ALL_ROWS
 
     def scheduler_stepped(self) -> None:
         """The pipeline's scheduler updated the sample: the next denoiser call is a new step even

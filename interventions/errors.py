@@ -43,4 +43,7 @@ class SelectorError(InterventionError, ValueError):
 
 class StopForward(Exception):
     """Raised out of a model call by ``attach(..., stop=True)`` once every site has fired: the rest
-    of the forward is skipped and nothing is returned (a ``with attach(...)`` block swallows it)."""
+    of the forward is skipped and nothing is returned (the ``with`` block of the session that
+    raised it, ``session``, swallows it; an inner session's block lets it through)."""
+
+    session: object = None

@@ -162,6 +162,7 @@ class Session:
         self._walked: list[nn.Module] | None = None  # the modules on its links, as this session found them
         self._undo: list[Undo] = []
         self._active = False
+        self._in_block = False  # inside its own ``with`` block (a second one would remove its hooks at its end)
         self._thread: int | None = None
         self.tree = ModuleTree(self.adapter.components())
         self._denoisers = list(self.adapter.denoisers())
@@ -388,7 +389,10 @@ class Session:
                 self._own_thread()
             t = adapter.read_timestep(module, args, kwargs)
             batch = adapter.batch_of(args, kwargs) or 0
-            state.enter_denoiser(component, t, adapter.segments(module, args, kwargs, batch))
+            segments = adapter.segments(module, args, kwargs, batch)
+            if state.forced and len(segments) > 1 and not state.depth:
+                raise _forced_on_batched(component, state.forced, segments)
+            state.enter_denoiser(component, t, segments)
 
         return enter
 
@@ -417,11 +421,15 @@ class Session:
         if not key:  # the module's output is the tensor
 
             def plain(module: nn.Module, args: Any, output: Any) -> Any:
+                if module is not e.module:
+                    raise _copied(e)
                 return run(e, output)
 
             return plain
 
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
+            if module is not e.module:
+                raise _copied(e)
             new = run(e, _get(output, key, e.name, module))
             return None if new is None else _put(output, key, new, e.name, module)
 
@@ -439,6 +447,8 @@ class Session:
             module: nn.Module, args: Any, x: Any, e: _Entry = e, ctx: Context = e.ctx, state: RunState = self.state,
             run: Callable[..., Any] = self._run, h: Hook = h, fits: bool = fits,
         ) -> Any:  # fmt: skip
+            if module is not e.module:
+                raise _copied(e)
             if state.forced or not e.layout_fixed or not isinstance(x, torch.Tensor):
                 return run(e, x)
             e.fired += 1  # e.count(state.epoch), inlined
@@ -470,6 +480,8 @@ class Session:
             module: nn.Module, args: Any, x: Any, e: _Entry = e, ctx: Context = e.ctx, state: RunState = self.state,
             run: Callable[..., Any] = self._run, h: Hook = h, whole: Callable[..., None] = whole, fits: bool = fits,
         ) -> Any:  # defaults, not cells: see _one_hook  # fmt: skip
+            if module is not e.module:
+                raise _copied(e)
             segments = state.segments
             if not e.layout_fixed or not isinstance(x, torch.Tensor):
                 return run(e, x)
@@ -502,6 +514,8 @@ class Session:
         key = e.site.key
 
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            if module is not e.module:
+                raise _copied(e)
             where, idx = _locate_input(key[0], args, kwargs, e)
             holder = args[idx] if where == "args" else kwargs[idx]  # type: ignore[index]
             x = _get(holder, key[1:], e.name)
@@ -526,10 +540,12 @@ class Session:
                 self._stop_epoch, self._fired_now = self.state.epoch, set()
             self._fired_now.add(e.name)
             if len(self._fired_now) == len(self.entries):
-                raise StopForward(
+                stop = StopForward(
                     f"attach(..., stop=True): every site fired ({len(self.entries)}), so the forward was ended "
                     "there; the model call returned nothing. Inside `with attach(...)` this ends the block quietly."
                 )
+                stop.session = self  # only this session's block swallows it (an inner one must not)
+                raise stop
             return out
 
         return hook
@@ -690,6 +706,12 @@ class Session:
         warnings.warn(msg, SiteNeverFiredWarning, stacklevel=3)
 
     def __enter__(self) -> Session:
+        if self._in_block:
+            raise InterventionError(
+                "this session is already inside its `with` block: a second `with session:` would remove its hooks "
+                "when it ends, and the rest of the outer block would run without them. Use the one block, or "
+                "attach a second session"
+            )
         if not self._active:  # entered again after its block ended: attach the same hooks again
             # (its sites stay resolved, only checked unchanged: about 0.9x what registering raw hooks costs)
             self._check_unchanged()
@@ -700,6 +722,7 @@ class Session:
                 if not all(e.applied):
                     e.applied = [when is None for _, when, _, _ in e.hooks]
             self._register()
+        self._in_block = True
         return self
 
     def _check_unchanged(self) -> None:
@@ -733,12 +756,13 @@ class Session:
         return now is not None and len(now) == len(self._walked) and all(map(operator.is_, now, self._walked))
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        self._in_block = False
         self.remove()
         if exc_type is None:
             self.report_unfired()
         # a forward ended by stop=True ends the block: nothing after the model call in it runs, so
         # no partial output can be taken for a result
-        return exc_type is not None and issubclass(exc_type, StopForward) and self.stop
+        return isinstance(exc, StopForward) and exc.session is self
 
     def __repr__(self) -> str:
         state = "active" if self._active else "removed"
@@ -806,6 +830,29 @@ def _hook_list(pattern: Any, spec: Any) -> list[tuple[Hook, When | None, bool, b
             raise TypeError(f"site {pattern!r}: when= takes a When(...), got {type(when).__name__}")
         out.append((h, when, rowwise, getattr(h, "result_fits", False)))
     return out
+
+
+def _copied(e: _Entry) -> InterventionError:
+    """A hook fired on a module that is not the one it was attached to: a copy of it made while
+    the session was active (``copy.deepcopy`` copies a module's hooks), which would record into, or
+    edit with, the original session."""
+    return InterventionError(
+        f"a copy of the module at site {e.name!r}, made while a session was attached to it, carries that "
+        "session's hook (copy.deepcopy copies a module's hooks): it would record into the original session. "
+        "Copy the model before attaching or after the session's block, and copy this one again"
+    )
+
+
+def _forced_on_batched(component: str, forced: str, segments: Any) -> InterventionError:
+    """``session.branch`` labels whole calls; a call that batches CFG rows would be labelled
+    ``forced`` in every row, the other branch's rows included."""
+    blocks = ", ".join(f"{b} rows {r.start}:{r.stop}" for b, r in segments)
+    return InterventionError(
+        f"session.branch({forced!r}) labels every row of a denoiser call, but this call of "
+        f"{component or 'the model'!r} batches CFG branches ({blocks}): the other branch's rows would be "
+        f"recorded as {forced!r}. These rows are labelled already: drop session.branch here, and select rows "
+        f"with When(branch={forced!r})."
+    )
 
 
 def _compiled_hint() -> str:

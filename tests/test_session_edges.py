@@ -19,6 +19,7 @@ from interventions import (
     attach,
 )
 from interventions.testing import assert_no_hooks_left
+from tests import tiny_models
 
 CFG = ("uncond", "cond")
 T = torch.tensor(5.0)
@@ -311,3 +312,66 @@ def test_uncopied_cache_of_a_batched_cfg_call_is_refused_per_branch():
     for branch in CFG:
         with pytest.raises(InterventionError, match=f"'a', 0, '{branch}'.*in place"):
             uncopied.get("a", 0, branch)
+
+
+# -- found by probing the session's lifecycle (session 13) ---------------------------------------
+def test_a_copy_made_inside_a_session_is_refused_loudly():
+    """copy.deepcopy copies a module's hooks and an object's instance wrappers: the copy would
+    record into the original session, or run the original's weights through a wrapper."""
+    import copy
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    with attach(model, {"1": Cache()}, on_unfired="ignore"):
+        clone = copy.deepcopy(model)
+    with pytest.raises(InterventionError, match="copy of the module at site '1'"):
+        clone(torch.randn(1, 2))
+    pipe = tiny_models.sd_pipeline()
+    with (
+        attach(pipe, {"vae.decoder": Cache()}, on_unfired="ignore"),
+        pytest.raises(InterventionError, match="cannot copy"),
+    ):
+        copy.deepcopy(pipe.vae)  # its decode is wrapped to count calls
+    assert_no_hooks_left(pipe)
+    copy.deepcopy(pipe.vae)  # outside the session: a plain copy
+
+
+def test_a_denoiser_call_interrupted_by_keyboardinterrupt_does_not_nest_later_runs():
+    pipe = tiny_models.sd_pipeline()
+    steps, interrupt = [], [True]
+
+    def record(x, ctx):
+        steps.append(ctx.step)
+        if interrupt[0] and ctx.step == 1:
+            raise KeyboardInterrupt
+
+    session = attach(pipe, {"unet.mid_block": record})
+    kw = dict(num_inference_steps=3, guidance_scale=1.0, output_type="latent")
+    with pytest.raises(KeyboardInterrupt):
+        pipe("a red circle", **kw)
+    interrupt[0], steps[:] = False, []
+    pipe("a red circle", **kw)  # torch ran no exit hook for the interrupted call: the run starts clean
+    session.remove()
+    assert steps == [0, 1, 2]
+
+
+def test_an_inner_stop_session_lets_the_outer_sessions_stop_through():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2), nn.Linear(2, 2))
+    outer_cache, inner_cache, after = Cache(), Cache(), []
+    with attach(model, {"0": outer_cache}, stop=True):
+        with attach(model, {"2": inner_cache}, stop=True):
+            model(torch.randn(1, 2))  # the outer session's site fires first and ends the forward
+        after.append("inner block went on")  # the outer session's stop ends the outer block: never runs
+    assert after == [] and len(outer_cache.keys()) == 1 and len(inner_cache.keys()) == 0
+
+
+def test_a_session_entered_inside_its_own_block_is_refused():
+    model = nn.Sequential(nn.Linear(2, 2))
+    with attach(model, {"0": Cache(on_repeat="replace")}) as session:
+        with pytest.raises(InterventionError, match="already inside its `with` block"):
+            with session:
+                pass
+        model(torch.randn(1, 2))
+    assert session.fired == {"0": 1}  # the hooks stayed for the rest of the block
+    with session:  # after its block: entered again
+        model(torch.randn(1, 2))
+    assert session.fired == {"0": 1}

@@ -14,7 +14,7 @@ from torch import nn
 
 import interventions.adapters.diffusers as diffusers_adapter
 import interventions.store as store_module
-from interventions import Cache, DiskStore, MemoryStore, attach
+from interventions import Cache, DiskStore, InterventionError, MemoryStore, attach
 from interventions.adapters.base import Adapter, call_before, wrap_attribute
 from interventions.testing import assert_no_hooks_left
 from tests import tiny_models
@@ -349,3 +349,44 @@ def test_a_branch_named_twice_is_refused_and_interleaved_class_labels_are_unlabe
         ("transformer_blocks.0", 1, "uncond"),
     ]
     assert cache.get("transformer_blocks.0", 1, "cond").shape[0] == 2
+
+
+def _tiny_ltx():
+    from diffusers import LTXVideoTransformer3DModel
+
+    torch.manual_seed(0)
+    model = LTXVideoTransformer3DModel(
+        in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, num_attention_heads=2, attention_head_dim=8,
+        cross_attention_dim=16, num_layers=1, caption_channels=16,
+    ).eval()  # fmt: skip
+    kw = dict(
+        hidden_states=torch.randn(2, 4, 8), encoder_hidden_states=torch.randn(2, 3, 16), timestep=torch.tensor([500, 500]),
+        encoder_attention_mask=torch.ones(2, 3), num_frames=1, height=2, width=2,
+    )  # fmt: skip
+    return model, kw
+
+
+def test_a_batched_cfg_pass_named_cond_uncond_is_split_and_an_unknown_pass_name_is_unlabelled():
+    """LTX, CogVideoX and Mochi run their batched [uncond, cond] call inside cache_context("cond_uncond"):
+    its rows split by the layout, not one key named after the context; a pass name that is no branch
+    (LTX2's "uncond_stg") leaves the rows unlabelled with a warning."""
+    model, kw = _tiny_ltx()
+    cache = Cache()
+    with attach(model, {"transformer_blocks.0": cache}, cfg=("uncond", "cond")), torch.no_grad():
+        with model.cache_context("cond_uncond"):
+            model(**kw)
+        with pytest.warns(UserWarning, match="'uncond_stg'.*is no CFG branch"), model.cache_context("uncond_stg"):
+            model(**{**kw, "timestep": torch.tensor([400, 400])})
+    assert sorted(cache.keys(), key=str) == [
+        ("transformer_blocks.0", 0, "cond"),
+        ("transformer_blocks.0", 0, "uncond"),
+        ("transformer_blocks.0", 1, None),
+    ]
+    assert cache.get("transformer_blocks.0", 0, "cond").shape[0] == 1
+
+
+def test_session_branch_around_a_batched_cfg_call_is_refused():
+    sd = tiny_models.sd_pipeline()
+    with attach(sd, {"unet.mid_block": Cache()}) as session, session.branch("cond"):
+        with pytest.raises(InterventionError, match=r"session.branch\('cond'\).*batches CFG branches"):
+            sd(["a red circle"], num_inference_steps=1, guidance_scale=3.0, output_type="pt")

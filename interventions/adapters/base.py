@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..context import ALL_ROWS, BRANCHES, RunState, Segments, check_branch
-from ..errors import AdapterError
+from ..errors import AdapterError, InterventionError
 
 Undo = Callable[[], None]
 TIMESTEP_NAMES = ("timestep", "timesteps", "t", "sigma", "sigmas")
@@ -103,10 +103,36 @@ def call_before(obj: Any, name: str, callback: Callable[[], None]) -> Undo:
     return _install(obj, name, wrapper, below, layer)
 
 
+class _Wrapper:
+    """An instance wrapper as installed: calls ``call``; refuses to be copied or pickled. A copy
+    of the object made inside a session (``copy.deepcopy(pipe.vae)``) would carry the wrapper,
+    bound to the original's method: the copy would run the original's weights, and keep the
+    wrapper after the session ended."""
+
+    def __init__(self, call: Callable[..., Any], layer: _Layer) -> None:
+        self._call, self._layer = call, layer
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call(*args, **kwargs)
+
+    def __deepcopy__(self, memo: Any) -> Any:
+        raise _copied(self)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise _copied(self)
+
+
+def _copied(wrapper: _Wrapper) -> InterventionError:
+    return InterventionError(
+        f"cannot copy or pickle {getattr(wrapper, '__qualname__', 'a method')!r} while a session wraps it: the "
+        "copy would call the original object's method and keep the session's wrapper after it ended. Copy the "
+        "model before attaching or after the session's block (session.remove())"
+    )
+
+
 def _install(obj: Any, name: str, wrapper: Callable[..., Any], wrapped: Callable[..., Any], layer: _Layer) -> Undo:
-    looks_like(wrapper, wrapped)
-    wrapper._layer = layer  # type: ignore[attr-defined]
-    _set(obj, name, wrapper)
+    installed = looks_like(_Wrapper(wrapper, layer), wrapped)
+    _set(obj, name, installed)
 
     def undo() -> None:
         layer.active = False
@@ -133,8 +159,10 @@ def looks_like(wrapper: Callable[..., Any], wrapped: Callable[..., Any]) -> Call
     ``__wrapped__``: diffusers reads ``scheduler.step``'s parameters). What ``functools.wraps``
     does that matters here, at a tenth of its cost: sessions wrap several methods per attach."""
     wrapper.__wrapped__ = wrapped  # type: ignore[attr-defined]
-    wrapper.__name__ = getattr(wrapped, "__name__", wrapper.__name__)
-    wrapper.__qualname__ = getattr(wrapped, "__qualname__", wrapper.__qualname__)
+    for attribute in ("__name__", "__qualname__"):
+        value = getattr(wrapped, attribute, None)
+        if value is not None:
+            setattr(wrapper, attribute, value)
     wrapper.__doc__ = getattr(wrapped, "__doc__", None)
     return wrapper
 

@@ -19,13 +19,16 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from ..context import ALL_ROWS, RunState, Segments
+from ..context import ALL_ROWS, BRANCHES, RunState, Segments
 from .base import Undo, halves, wrap_attribute
 
 UNCOND_FIRST = ("uncond", "cond")
 PIX2PIX = ("cond", "image_cond", "uncond")  # text + image, image only, neither
 PAG_CFG = ("uncond", "cond", "perturbed")
 PAG = ("cond", "perturbed")
+BATCHED_PASS = (
+    "cond_uncond"  # the cache_context of a batched CFG call (LTX, CogVideoX, Mochi): its rows split by the layout
+)
 
 
 class CfgLayout(Protocol):
@@ -105,7 +108,7 @@ class DenoiserCalls:
         self.layout = layout
         self.owner = owner
         self._sequential: str | None = None
-        self._warned = False
+        self._warned: set[str] = set()
         self._null_classes: dict[int, int] = {}
 
     def install(self, state: RunState, denoisers: Sequence[nn.Module]) -> list[Undo]:
@@ -132,8 +135,17 @@ class DenoiserCalls:
         return _Tracked
 
     def segments(self, module: nn.Module, kwargs: dict[str, Any], batch: int) -> Segments:
-        if self._sequential is not None:
-            return ((self._sequential, slice(None)),)
+        named = self._sequential
+        if named is not None and named != BATCHED_PASS:  # "cond_uncond": the batched call, split below
+            if named in BRANCHES:
+                return ((named, slice(None)),)
+            self._warn_once(
+                named,
+                f"{self.owner}: a denoiser pass named {named!r} (its cache_context) is no CFG branch "
+                f"({', '.join(BRANCHES)}); its rows are left unlabelled and hooks restricted with When(branch=...) "
+                "are refused there.",
+            )
+            return ALL_ROWS
         if kwargs.get("skip_layers") is not None:
             return (("skip_layers", slice(None)),)
         if self._null_classes:
@@ -143,7 +155,14 @@ class DenoiserCalls:
                 runs = _label_runs(labels, null)
                 if len(runs) <= 2:
                     return runs
-                self._warn_interleaved(labels, null)  # a branch in several blocks: a key holds one block
+                self._warn_once(  # a branch in several blocks: a key holds one block
+                    "interleaved",
+                    f"{self.owner}: the class labels {labels.reshape(-1).tolist()[:8]} interleave the null class "
+                    f"{null} with real classes, so the batch has no single cond block and uncond block; its rows "
+                    "are left unlabelled (a Cache keeps the whole batch under branch None) and hooks restricted "
+                    "with When(branch=...) are refused there. Batch the cond rows first and the null rows after, "
+                    "as DiTPipeline does.",
+                )
                 return ALL_ROWS
         order = self.layout.order()
         if order is None:  # unconditional (DDPM), or a bare denoiser nobody declared
@@ -151,33 +170,21 @@ class DenoiserCalls:
         if len(order) == 1:
             return ((order[0], slice(None)),)
         if batch % len(order):
-            self._warn_unlabelled(order, batch)
+            self._warn_once(
+                "unsplit",
+                f"{self.owner}: a denoiser batch of {batch} rows does not split into the CFG blocks {order}; this "
+                "model batches another layout, so its rows are left unlabelled and hooks restricted with "
+                "When(branch=...) are refused there. Declare the layout with attach(..., cfg=(...)) to label them.",
+            )
             return ALL_ROWS
         return halves(order, batch)
 
-    def _warn_interleaved(self, labels: torch.Tensor, null: int) -> None:
-        if self._warned:
+    def _warn_once(self, reason: str, message: str) -> None:
+        """Each reason rows are left unlabelled is said once per session, at its first call."""
+        if reason in self._warned:
             return
-        self._warned = True
-        warnings.warn(
-            f"{self.owner}: the class labels {labels.reshape(-1).tolist()[:8]} interleave the null class {null} "
-            "with real classes, so the batch has no single cond block and uncond block; its rows are left "
-            "unlabelled (a Cache keeps the whole batch under branch None) and hooks restricted with "
-            "When(branch=...) are refused there. Batch the cond rows first and the null rows after, as "
-            "DiTPipeline does.",
-            stacklevel=4,
-        )
-
-    def _warn_unlabelled(self, order: tuple[str, ...], batch: int) -> None:
-        if self._warned:
-            return
-        self._warned = True
-        warnings.warn(
-            f"{self.owner}: a denoiser batch of {batch} rows does not split into the CFG blocks {order}; this "
-            "model batches another layout, so its rows are left unlabelled and hooks restricted with "
-            "When(branch=...) are refused there. Declare the layout with attach(..., cfg=(...)) to label them.",
-            stacklevel=4,
-        )
+        self._warned.add(reason)
+        warnings.warn(message, stacklevel=4)
 
 
 def null_class(model: nn.Module) -> int | None:
