@@ -375,3 +375,22 @@ def test_a_session_entered_inside_its_own_block_is_refused():
     with session:  # after its block: entered again
         model(torch.randn(1, 2))
     assert session.fired == {"0": 1}
+
+
+def test_a_scheduler_replaced_during_a_session_is_refused_at_the_next_call():
+    """The session wrapped the old scheduler's step and set_timesteps: the new one's steps would
+    go uncounted (DDIM swapped for Heun counted 0, 1, 1, 2, 2)."""
+    from diffusers import HeunDiscreteScheduler
+
+    pipe = tiny_models.sd_pipeline()
+    kw = dict(num_inference_steps=2, guidance_scale=1.0, output_type="latent")
+    with attach(pipe, {"unet.mid_block": Cache(on_repeat="replace")}):
+        pipe("a red circle", **kw)
+        pipe.scheduler = HeunDiscreteScheduler.from_config(pipe.scheduler.config)
+        with pytest.raises(InterventionError, match=r"pipe.scheduler was replaced \(DDIMScheduler -> Heun"):
+            pipe("a red circle", **kw)
+    assert_no_hooks_left(pipe)
+    steps = []
+    with attach(pipe, {"unet.mid_block": lambda x, ctx: steps.append(ctx.step)}):  # attached after: counted
+        pipe("a red circle", **kw)
+    assert steps == [0, 1, 2]  # Heun: 2 steps are 3 denoiser evaluations, each its own step index

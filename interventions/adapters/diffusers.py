@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 from torch import nn
 
 from ..context import RunState, Segments
+from ..errors import InterventionError
 from ..groups import class_names, hidden_site, leaf, nonempty, once, walk
 from .base import TIMESTEP_NAMES, Adapter, Undo, call_before
 from .cfg import CfgLayout, Declared, DenoiserCalls, PipelineFlags, Unlabelled
@@ -173,6 +174,7 @@ class DiffusersPipelineAdapter(DiffusersModelAdapter):
         self.calls.owner = type(target).__name__
         self.pipe = target
         roles, found = _roles(target)
+        self._found = {k: found[k] for k in roles.modules + roles.schedulers}  # as attached
         self._comps: dict[str, nn.Module] = {k: found[k] for k in roles.modules}
         self._schedulers: list[Any] = [found[k] for k in roles.schedulers]
         # every component run with a timestep in the denoising loop is stepped (a ControlNet, Wan's
@@ -207,13 +209,30 @@ class DiffusersPipelineAdapter(DiffusersModelAdapter):
         undo = super().install(state)
         begins_run = callable(getattr(self.pipe, "check_inputs", None))
         if begins_run:
-            undo.append(call_before(self.pipe, "check_inputs", state.new_run))
+
+            def begin_run() -> None:
+                self._refuse_replaced()
+                state.new_run()
+
+            undo.append(call_before(self.pipe, "check_inputs", begin_run))
         for scheduler in self._schedulers:
             restart = state.restart_steps if begins_run else state.new_run
             undo.append(call_before(scheduler, "set_timesteps", restart))
             if callable(getattr(scheduler, "step", None)):
                 undo.append(call_before(scheduler, "step", state.scheduler_stepped))
         return undo
+
+    def _refuse_replaced(self) -> None:
+        """A component or scheduler set on the pipeline while a session is attached is not the one
+        hooked and wrapped: its sites would never fire and its steps would go uncounted."""
+        for name, held in self._found.items():
+            now = getattr(self.pipe, name, None)
+            if now is not held:
+                raise InterventionError(
+                    f"pipe.{name} was replaced ({type(held).__name__} -> {type(now).__name__}) while a session is "
+                    f"attached to the pipeline: the session's hooks and step tracking are on the old {name}. End "
+                    "the session (its with block, or session.remove()) and attach again after setting it"
+                )
 
 
 class _Roles(NamedTuple):
