@@ -38,7 +38,9 @@ class RunState:
     a site knows whether it already fired during the current call (its invocation index).
     """
 
-    __slots__ = ("calls", "run", "step", "timestep", "segments", "depth", "epoch", "_last_t", "_stepped", "forced")
+    __slots__ = (
+        "calls", "run", "step", "timestep", "segments", "depth", "epoch", "_last_t", "_stepped", "forced", "open",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.calls: dict[str, int] = {}
@@ -51,12 +53,23 @@ class RunState:
         self._last_t: float | None = None
         self._stepped = False  # the scheduler updated the sample since the last denoiser call
         self.forced: str | None = None  # branch set by ``session.branch(name)``
+        self.open = False  # a pipeline call under way
 
     def new_run(self) -> None:
         """A new run (a pipeline call, a ``generate`` call): steps and call indices restart."""
         self.run += 1
         self.calls.clear()
         self.restart_steps()
+
+    def pipeline_call_began(self) -> None:
+        """A pipeline's ``__call__`` began (its ``check_inputs``): a new run, under way until it ends."""
+        self.new_run()
+        self.open = True
+
+    def pipeline_call_ended(self) -> None:
+        """The pipeline call ended (its ``maybe_free_model_hooks``): what it set on the pipeline, its
+        CFG flag, no longer describes a denoiser call made by hand after it."""
+        self.open = False
 
     def restart_steps(self) -> None:
         """The scheduler set its timesteps: the next denoiser call is step 0. No denoiser call is

@@ -394,3 +394,17 @@ def test_a_scheduler_replaced_during_a_session_is_refused_at_the_next_call():
     with attach(pipe, {"unet.mid_block": lambda x, ctx: steps.append(ctx.step)}):  # attached after: counted
         pipe("a red circle", **kw)
     assert steps == [0, 1, 2]  # Heun: 2 steps are 3 denoiser evaluations, each its own step index
+
+
+def test_a_denoiser_run_by_hand_after_a_pipeline_call_is_unlabelled():
+    """The pipeline's CFG flag still holds the last call's value after it: two rows of a later call
+    made by hand are no [uncond, cond] batch, and labelling them so would be silently wrong."""
+    pipe = tiny_models.sd_pipeline()
+    cache = Cache()
+    with torch.no_grad(), attach(pipe, {"unet.mid_block": cache}) as session:
+        pipe(["a red circle"], num_inference_steps=1, guidance_scale=3.0, output_type="latent")
+        assert sorted(k[2] for k in cache.keys()) == ["cond", "uncond"]
+        session.new_run()
+        cache.store.clear()
+        pipe.unet(torch.randn(2, 4, 8, 8), torch.tensor(10), encoder_hidden_states=torch.randn(2, 7, 32))
+    assert list(cache.keys()) == [("unet.mid_block", 0, None)]

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..context import ALL_ROWS, BRANCHES, RunState, Segments
-from .base import Undo, halves, wrap_attribute
+from .base import Undo, call_before, halves, wrap_attribute
 
 UNCOND_FIRST = ("uncond", "cond")
 PIX2PIX = ("cond", "image_cond", "uncond")  # text + image, image only, neither
@@ -66,10 +66,14 @@ class PipelineFlags:
         self.pipe = pipe
         self._flag_property, self._pag, self._pix2pix = _class_traits(type(pipe))  # type: ignore[arg-type]
         self._captured: bool | None = None  # the flag the pipeline last passed to encode_prompt
+        self._runs: RunState | None = None  # where a pipeline call begins and ends, if the pipeline marks both
 
     def order(self) -> tuple[str, ...] | None:
         # the properties read what the pipeline's __call__ set: before a first call (the denoiser run
-        # by hand) they raise, and the rows carry no branch
+        # by hand) they raise, and after one they describe that call: outside a call the rows carry
+        # no branch
+        if self._runs is not None and not self._runs.open:
+            return None
         flag = getattr(self.pipe, "do_classifier_free_guidance", None) if self._flag_property else self._captured
         if self._pag and getattr(self.pipe, "do_perturbed_attention_guidance", False):
             return PAG_CFG if flag else PAG
@@ -80,11 +84,18 @@ class PipelineFlags:
         return UNCOND_FIRST if flag else ("cond",)
 
     def install(self, state: RunState) -> list[Undo]:
-        """Pipelines without the property (StableAudio) pass the flag to ``encode_prompt``."""
-        encode = getattr(self.pipe, "encode_prompt", None)
+        """A call ends at ``maybe_free_model_hooks`` (273 of diffusers' 299 pipelines; it begins at
+        ``check_inputs``, see the pipeline adapter). Pipelines without the flag property
+        (StableAudio) pass the flag to ``encode_prompt``."""
+        undo: list[Undo] = []
+        pipe = self.pipe
+        if callable(getattr(pipe, "check_inputs", None)) and callable(getattr(pipe, "maybe_free_model_hooks", None)):
+            self._runs = state
+            undo.append(call_before(pipe, "maybe_free_model_hooks", state.pipeline_call_ended))
+        encode = getattr(pipe, "encode_prompt", None)
         if encode is None or self._flag_property or "do_classifier_free_guidance" not in _params(encode):
-            return []
-        return [wrap_attribute(self.pipe, "encode_prompt", self._capture)]
+            return undo
+        return [*undo, wrap_attribute(pipe, "encode_prompt", self._capture)]
 
     def _capture(self, original: Callable[..., Any]) -> Callable[..., Any]:
         names = _params(original)

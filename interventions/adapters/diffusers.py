@@ -212,7 +212,7 @@ class DiffusersPipelineAdapter(DiffusersModelAdapter):
 
             def begin_run() -> None:
                 self._refuse_replaced()
-                state.new_run()
+                state.pipeline_call_began()
 
             undo.append(call_before(self.pipe, "check_inputs", begin_run))
         for scheduler in self._schedulers:
