@@ -66,6 +66,12 @@ class RunState:
         self.new_run()
         self.open = True
 
+    def timesteps_set(self) -> None:
+        """A pipeline's scheduler set its timesteps: the denoising loop begins (steps restart), also
+        in a pipeline whose ``__call__`` never runs its ``check_inputs``."""
+        self.restart_steps()
+        self.open = True
+
     def pipeline_call_ended(self) -> None:
         """The pipeline call ended (its ``maybe_free_model_hooks``): what it set on the pipeline, its
         CFG flag, no longer describes a denoiser call made by hand after it."""

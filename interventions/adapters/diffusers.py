@@ -216,7 +216,7 @@ class DiffusersPipelineAdapter(DiffusersModelAdapter):
 
             undo.append(call_before(self.pipe, "check_inputs", begin_run))
         for scheduler in self._schedulers:
-            restart = state.restart_steps if begins_run else state.new_run
+            restart = state.timesteps_set if begins_run else state.new_run
             undo.append(call_before(scheduler, "set_timesteps", restart))
             if callable(getattr(scheduler, "step", None)):
                 undo.append(call_before(scheduler, "step", state.scheduler_stepped))
