@@ -85,7 +85,7 @@ class RunState:
         self._last_t = None
         self._stepped = False
         self.depth = 0
-        self.segments = ((self.forced, slice(None)),) if self.forced else ALL_ROWS
+        self.segments = self._between_calls()
 
     def scheduler_stepped(self) -> None:
         """The pipeline's scheduler updated the sample: the next denoiser call is a new step even
@@ -101,8 +101,7 @@ class RunState:
         self.depth += 1
         if self.depth > 1:  # a denoiser run inside another: same step, same rows
             return
-        self.calls[component] = self.calls.get(component, -1) + 1  # begin_call, inlined: it runs at every step
-        self.epoch += 1
+        self.begin_call(component)
         if self.step is None:
             self.step = 0
         elif self._stepped or (timestep is not None and timestep != self._last_t):
@@ -113,12 +112,16 @@ class RunState:
         self.timestep = timestep
         self.segments = ((self.forced, slice(None)),) if self.forced else segments
 
+    def _between_calls(self) -> Segments:
+        """The rows' labels outside any denoiser call: the forced branch, else none."""
+        return ((self.forced, slice(None)),) if self.forced else ALL_ROWS
+
     def exit_denoiser(self, *hook_args: Any) -> None:
         """A denoiser call ended; registered as the denoiser's forward hook itself (its arguments,
         module, inputs and output, are not needed: a call less per step)."""
         self.depth = max(self.depth - 1, 0)
         if not self.depth:
-            self.segments = ((self.forced, slice(None)),) if self.forced else ALL_ROWS
+            self.segments = self._between_calls()
 
 
 class Context:

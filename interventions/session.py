@@ -382,11 +382,10 @@ class Session:
 
     def _denoiser_entry(self, component: str) -> Callable[..., None]:
         """The pre-hook of a denoiser: a new step (or the same one) with its timestep and rows."""
-        adapter, state, get_ident = self.adapter, self.state, threading.get_ident
+        adapter, state = self.adapter, self.state
 
         def enter(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            if self._thread != get_ident():  # _own_thread, called only when it has work (a call less per step)
-                self._own_thread()
+            self._own_thread()
             t = adapter.read_timestep(module, args, kwargs)
             batch = adapter.batch_of(args, kwargs) or 0
             segments = adapter.segments(module, args, kwargs, batch)

@@ -148,10 +148,22 @@ def _set(obj: Any, name: str, value: Any) -> None:
     """``setattr(obj, name, value)``; written to the instance's dict directly where the class
     holds a plain method of that name (what ``setattr`` would do after ``nn.Module.__setattr__``'s
     checks for parameters, buffers and submodules, a third of wrapping a module's method)."""
-    if isinstance(getattr(type(obj), name, None), FunctionType):
+    if _shadows_method(obj, name):
         vars(obj)[name] = value
     else:
         setattr(obj, name, value)
+
+
+def _unset(obj: Any, name: str) -> None:
+    """``delattr(obj, name)``, past ``nn.Module.__delattr__`` as :func:`_set` is past its setattr."""
+    if _shadows_method(obj, name):
+        del vars(obj)[name]
+    else:
+        delattr(obj, name)
+
+
+def _shadows_method(obj: Any, name: str) -> bool:
+    return isinstance(getattr(type(obj), name, None), FunctionType)
 
 
 def looks_like(wrapper: Callable[..., Any], wrapped: Callable[..., Any]) -> Callable[..., Any]:
@@ -169,18 +181,14 @@ def looks_like(wrapper: Callable[..., Any], wrapped: Callable[..., Any]) -> Call
 
 def _unwind(obj: Any, name: str) -> None:
     """Take the switched-off wrappers off the top of ``obj.name``'s chain."""
-    plain = isinstance(getattr(type(obj), name, None), FunctionType)
-    own = vars(obj)
     while True:
-        layer = getattr(own.get(name), "_layer", None)
+        layer = getattr(vars(obj).get(name), "_layer", None)
         if not isinstance(layer, _Layer) or layer.active:
             return
         if layer.had_own:
             _set(obj, name, layer.previous)
-        elif plain:
-            del own[name]
         else:
-            delattr(obj, name)
+            _unset(obj, name)
 
 
 def _undone_on_failure(install: Callable[[Any, RunState], list[Undo]]) -> Callable[[Any, RunState], list[Undo]]:

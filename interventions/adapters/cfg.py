@@ -26,9 +26,8 @@ UNCOND_FIRST = ("uncond", "cond")
 PIX2PIX = ("cond", "image_cond", "uncond")  # text + image, image only, neither
 PAG_CFG = ("uncond", "cond", "perturbed")
 PAG = ("cond", "perturbed")
-BATCHED_PASS = (
-    "cond_uncond"  # the cache_context of a batched CFG call (LTX, CogVideoX, Mochi): its rows split by the layout
-)
+# the cache_context of a batched CFG call (LTX, CogVideoX, Mochi): its rows are split by the layout
+BATCHED_PASS = "cond_uncond"
 
 
 class CfgLayout(Protocol):
